@@ -1,0 +1,40 @@
+"""Errors a user can fix: the CLI prints them as one line and exits non-zero, without a traceback."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class HybridRayError(Exception):
+    """Base class of every error caused by input, configuration or environment rather than a bug."""
+
+    exit_code = 1
+
+
+class SpecError(HybridRayError, ValueError):
+    """A run specification (variant, preset, field value, YAML file) is invalid."""
+
+    exit_code = 2
+
+
+class DataError(HybridRayError):
+    """A data source, tokenizer or token shard cannot be read or is unusable."""
+
+
+class CheckpointError(HybridRayError):
+    """A checkpoint is missing, incomplete or corrupt."""
+
+
+class ClusterError(HybridRayError):
+    """The Ray cluster is unreachable or lacks the resources a run asks for."""
+
+
+class EnvironmentProblem(HybridRayError):
+    """The installed software cannot do what was asked (e.g. train FLA's kernels on this GPU)."""
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """' (did you mean X?)' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

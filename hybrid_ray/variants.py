@@ -1,0 +1,206 @@
+"""Named variants (attention layouts) and presets (model sizes), and the rule that places attention layers.
+
+A variant fixes where the softmax-attention layers go and the hyper-parameters that the original experiments used
+with it; a preset fixes the size (width, depth, heads, sequence, batch). `variant_spec(variant, preset)` combines
+the two into a RunSpec. Every other setting comes from the H100 base configuration below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from hybrid_ray.errors import SpecError, suggest
+from hybrid_ray.spec import DataSpec, ModelSpec, OptimSpec, RunSpec, TrainSpec
+
+# Attention layers for each attention-layer count at 12 layers, exactly as in the original experiments
+# (0-based). Counts missing here (4) and every other depth use `spread_layers`.
+GRID_12: dict[int, list[int]] = {
+    0: [],
+    1: [11],
+    2: [5, 11],
+    3: [4, 8, 11],
+    5: [2, 4, 6, 8, 11],
+    6: [1, 3, 5, 7, 9, 11],
+    7: [1, 3, 5, 7, 8, 9, 11],
+    8: [1, 2, 4, 5, 7, 8, 10, 11],
+    9: [1, 2, 3, 5, 6, 7, 9, 10, 11],
+    10: [1, 2, 3, 4, 5, 6, 7, 8, 10, 11],
+    11: list(range(1, 12)),
+    12: list(range(12)),
+}
+
+
+def spread_layers(n_attn: int, n_layers: int) -> list[int]:
+    """n_attn layers spread evenly, always ending at the top layer: layer_i = round((i + 1) * L / n) - 1."""
+    return [math.floor((i + 1) * n_layers / n_attn + 0.5) - 1 for i in range(n_attn)]
+
+
+def late_layers(n_attn: int, n_layers: int) -> list[int]:
+    """The top n_attn layers."""
+    return list(range(n_layers - n_attn, n_layers))
+
+
+PLACEMENTS = {"spread": spread_layers, "late": late_layers}
+
+
+def attention_layers(ratio: float, n_layers: int, placement: str = "spread") -> list[int]:
+    """The attention layers for an attention share in [0, 1].
+
+    n = round(ratio * n_layers) layers become attention. With the default "spread" placement and 12 layers the
+    lists of the original experiments are reproduced (GRID_12); otherwise they are spread evenly, always
+    including the top layer. "late" puts them at the top.
+    """
+    if not isinstance(ratio, (int, float)) or math.isnan(ratio) or not 0.0 <= ratio <= 1.0:
+        raise SpecError(f"attention ratio must be between 0 and 1, got {ratio}")
+    if n_layers < 1:
+        raise SpecError(f"number of layers must be >= 1, got {n_layers}")
+    if placement not in PLACEMENTS:
+        raise SpecError(f"unknown placement {placement!r}{suggest(placement, PLACEMENTS)}")
+    n_attn = math.floor(ratio * n_layers + 0.5)
+    if n_attn == 0:
+        return []
+    if placement == "spread" and n_layers == 12 and n_attn in GRID_12:
+        return list(GRID_12[n_attn])
+    return PLACEMENTS[placement](n_attn, n_layers)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    description: str
+    attn_layers_12: tuple[int, ...]
+    placement: str = "spread"
+    lr: float = 2e-3
+
+    @property
+    def ratio(self) -> float:
+        return len(self.attn_layers_12) / 12
+
+    def layers_for(self, n_layers: int) -> list[int]:
+        if n_layers == 12:
+            return list(self.attn_layers_12)
+        return attention_layers(self.ratio, n_layers, self.placement)
+
+
+def _grid_variant(pct: int, n: int) -> Variant:
+    return Variant(f"h100_hybrid_{pct}pct", f"{n} of 12 layers attention ({pct}%)", tuple(GRID_12[n]))
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in [
+        Variant("h100_deltanet", "pure Gated DeltaNet", (), lr=1e-3),
+        Variant("h100_transformer", "pure softmax attention", tuple(range(12))),
+        Variant("h100_hybrid_sparse", "attention at layers 5 and 11 (17%)", (5, 11)),
+        Variant("h100_hybrid_alternating", "attention at every odd layer (50%)", tuple(range(1, 12, 2))),
+        Variant("h100_hybrid_late", "attention at the top four layers (33%)", (8, 9, 10, 11), placement="late"),
+        _grid_variant(8, 1),
+        _grid_variant(25, 3),
+        _grid_variant(42, 5),
+        _grid_variant(58, 7),
+        _grid_variant(67, 8),
+        _grid_variant(75, 9),
+        _grid_variant(83, 10),
+        _grid_variant(92, 11),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    seq_len: int
+    batch_size: int
+    description: str
+    head_dim: int | None = None
+    lr: float | None = None
+    steps: int | None = None
+    warmup_steps: int | None = None
+    vocab_size: int | None | str = "base"  # "base": keep the base vocab; None: follow the tokenizer
+    eval_every: int | None = None
+    checkpoint_every: int | None = None
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in [
+        Preset("tiny", 64, 4, 2, 128, 8, "CPU debug size: trains in minutes on 2 cores", head_dim=32, steps=200,
+               warmup_steps=20, vocab_size=None, eval_every=50, checkpoint_every=50),
+        Preset("small", 128, 4, 4, 128, 2, "single-architecture experiment, small"),
+        Preset("medium", 256, 8, 8, 256, 4, "single-architecture experiment, medium"),
+        Preset("large", 512, 12, 8, 512, 8, "single-architecture experiment, large"),
+        Preset("xlarge", 1024, 16, 16, 1024, 4, "single-architecture experiment, xlarge"),
+        Preset("rtx4090", 768, 12, 12, 1024, 32, "one RTX 4090", lr=1e-3),
+        Preset("h100", 768, 12, 12, 1024, 120, "one H100, long run", steps=10_000),
+        Preset("b200", 768, 12, 12, 1024, 256, "one B200, long run", lr=8.5e-4, steps=10_000),
+    ]
+}
+
+DEFAULT_VARIANT = "h100_hybrid_sparse"
+DEFAULT_PRESET = "tiny"
+
+# The H100 base configuration every variant starts from (see DESIGN.md, "Variants").
+BASE_MODEL = ModelSpec(
+    hidden_size=768, num_layers=12, num_heads=12, head_dim=256, expand_v=1.0,
+    attn_num_heads=12, attn_window=2048, vocab_size=49152,
+)
+
+
+def get_variant(name: str) -> Variant:
+    if name not in VARIANTS:
+        raise SpecError(f"unknown variant {name!r}{suggest(name, VARIANTS)}; `hybrid-ray variants` lists them")
+    return VARIANTS[name]
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise SpecError(f"unknown preset {name!r}{suggest(name, PRESETS)}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def variant_spec(variant: str = DEFAULT_VARIANT, preset: str | None = None) -> RunSpec:
+    """The RunSpec of a named variant at the H100 base size, or at a preset's size."""
+    v = get_variant(variant)
+    model = dataclasses.replace(BASE_MODEL, attn_layers=list(v.attn_layers_12))
+    data = DataSpec(seq_len=1024)
+    optim = OptimSpec(lr=v.lr, warmup_steps=100)
+    train = TrainSpec(steps=1000, batch_size=48)
+    name = variant
+    if preset is not None:
+        p = get_preset(preset)
+        model = dataclasses.replace(
+            model,
+            hidden_size=p.hidden_size,
+            num_layers=p.num_layers,
+            num_heads=p.num_heads,
+            attn_num_heads=p.num_heads,
+            head_dim=p.head_dim or model.head_dim,
+            attn_layers=v.layers_for(p.num_layers),
+            vocab_size=model.vocab_size if p.vocab_size == "base" else p.vocab_size,
+        )
+        data = dataclasses.replace(data, seq_len=p.seq_len)
+        optim = dataclasses.replace(
+            optim, lr=p.lr or optim.lr, warmup_steps=optim.warmup_steps if p.warmup_steps is None else p.warmup_steps
+        )
+        train = dataclasses.replace(
+            train,
+            batch_size=p.batch_size,
+            steps=p.steps or train.steps,
+            eval_every=p.eval_every or train.eval_every,
+            checkpoint_every=p.checkpoint_every or train.checkpoint_every,
+        )
+        name = f"{variant}-{preset}"
+    return RunSpec(name=name, variant=variant, model=model, data=data, optim=optim, train=train)
+
+
+def ratio_spec(ratio: float, base: RunSpec, placement: str = "spread") -> RunSpec:
+    """`base` with its attention layers replaced by those of an attention share (for ratio grids and sweeps)."""
+    layers = attention_layers(ratio, base.model.num_layers, placement)
+    return dataclasses.replace(
+        base, model=dataclasses.replace(base.model, attn_layers=layers), name=f"{base.name}-attn{round(ratio * 100)}"
+    )
