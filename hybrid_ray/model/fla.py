@@ -1,0 +1,96 @@
+"""FLA's own model (GPU backend): import FLA, give its Attention layer a kernel, build GatedDeltaNetForCausalLM.
+
+flash-attn is optional: FLA's `Attention` refuses to build without it, so when it is missing this module installs
+the SDPA / Triton kernels of `hybrid_ray.model.attention` in its place (see DESIGN.md, "Two backends").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from hybrid_ray.errors import EnvironmentProblem
+from hybrid_ray.spec import ModelSpec
+
+_state: dict[str, Any] = {}
+
+
+def attention_kernel() -> str:
+    """Which kernel FLA's attention layers run: 'flash-attn' or 'sdpa (hybrid-ray)'."""
+    import_fla()
+    return _state["kernel"]
+
+
+def import_fla() -> Any:
+    """Import `fla` once, patching its attention kernel when flash-attn is absent; clear error when FLA is missing."""
+    if "fla" in _state:
+        return _state["fla"]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # FLA warns about flash-attn and CPU-only triton at import
+            import fla
+            import fla.layers.attn as fla_attn
+            import fla.models  # noqa: F401  (registers the models with transformers' Auto classes)
+    except ImportError as e:
+        raise EnvironmentProblem(
+            f"cannot import FLA ({e}); install flash-linear-attention and triton, or use --backend torch"
+        ) from e
+    if fla_attn.flash_attn_func is None:
+        from hybrid_ray.model import attention
+
+        fla_attn.flash_attn_func = attention.flash_attn_func
+        fla_attn.flash_attn_varlen_func = attention.flash_attn_varlen_func
+        _state["kernel"] = "sdpa (hybrid-ray)"
+    else:
+        _state["kernel"] = "flash-attn"
+    _state["fla"] = fla
+    return fla
+
+
+def fla_available() -> bool:
+    return importlib.util.find_spec("fla") is not None and importlib.util.find_spec("triton") is not None
+
+
+def fla_source() -> dict[str, Any]:
+    """Where FLA is imported from: version, path, and the git commit when it is a clone."""
+    spec = importlib.util.find_spec("fla")
+    if spec is None or not spec.origin:
+        return {"installed": False}
+    package_dir = Path(spec.origin).parent
+    info: dict[str, Any] = {"installed": True, "path": str(package_dir)}
+    try:
+        from importlib.metadata import version
+
+        info["version"] = version("flash-linear-attention")
+    except Exception:
+        info["version"] = None
+    root = package_dir.parent
+    if (root / ".git").exists():
+        info["kind"] = "git clone"
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+            )
+            info["commit"] = out.stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True, timeout=10)
+            info["dirty"] = bool(dirty.stdout.strip())
+        except (OSError, subprocess.SubprocessError):
+            info["commit"] = None
+    else:
+        info["kind"] = "site-packages" if "site-packages" in str(package_dir) else "path"
+    return info
+
+
+def build_fla_model(spec: ModelSpec, **config_overrides: Any) -> nn.Module:
+    """FLA's GatedDeltaNetForCausalLM for `spec` (weights uninitialised by us: call `init_weights`)."""
+    import_fla()
+    from fla.models import GatedDeltaNetConfig, GatedDeltaNetForCausalLM
+
+    cfg = {k: v for k, v in spec.to_fla_config().items() if k != "model_type"}
+    cfg.update(config_overrides)
+    return GatedDeltaNetForCausalLM(GatedDeltaNetConfig(**cfg))
