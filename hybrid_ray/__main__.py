@@ -1,0 +1,5 @@
+import sys
+
+from hybrid_ray.cli import main
+
+sys.exit(main())

@@ -1,0 +1,86 @@
+"""Run storage: a local folder or any pyarrow filesystem URI (s3://, gs://, ...), used the same way."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from hybrid_ray.errors import HybridRayError
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def normalize(path: str) -> str:
+    """Local paths become absolute (Ray needs that); URIs are kept as they are."""
+    return path.rstrip("/") if is_uri(path) else str(Path(path).expanduser().resolve())
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts]) if is_uri(base) else str(Path(base, *parts))
+
+
+def _fs(path: str) -> tuple[pafs.FileSystem, str]:
+    try:
+        return pafs.FileSystem.from_uri(path) if is_uri(path) else (pafs.LocalFileSystem(), path)
+    except Exception as e:
+        raise HybridRayError(f"cannot open storage {path}: {str(e).splitlines()[0]}") from e
+
+
+def check_writable(path: str) -> None:
+    """Create the storage folder and write/delete a probe file; one clear error when that fails."""
+    fs, root = _fs(path)
+    probe = f"{root}/.hybrid-ray-probe-{uuid.uuid4().hex}"
+    try:
+        fs.create_dir(root, recursive=True)
+        with fs.open_output_stream(probe) as f:
+            f.write(b"ok")
+        fs.delete_file(probe)
+    except OSError as e:  # pyarrow's filesystem errors are OSErrors too
+        raise HybridRayError(f"storage path {path} is not writable: {str(e).splitlines()[0]}") from e
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write atomically on local disks (temp file + rename); object stores are atomic per object already."""
+    if not is_uri(path):
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(data)
+        tmp.replace(p)
+        return
+    fs, target = _fs(path)
+    with fs.open_output_stream(target) as f:
+        f.write(data)
+
+
+def read_bytes(path: str) -> bytes:
+    fs, target = _fs(path)
+    with fs.open_input_stream(target) as f:
+        return f.read()
+
+
+def exists(path: str) -> bool:
+    fs, target = _fs(path)
+    return fs.get_file_info(target).type != pafs.FileType.NotFound
+
+
+def list_dirs(path: str) -> list[str]:
+    """Names of the sub-folders of `path` ([] when it does not exist)."""
+    fs, target = _fs(path)
+    if fs.get_file_info(target).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(target, recursive=False))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def copy_dir(src: str, dst: str) -> None:
+    """Copy a folder between any two storages (local <-> URI)."""
+    src_fs, src_path = _fs(src)
+    dst_fs, dst_path = _fs(dst)
+    dst_fs.create_dir(dst_path, recursive=True)
+    pafs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs)

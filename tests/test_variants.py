@@ -1,0 +1,93 @@
+"""Variants, presets and the attention-placement rule."""
+
+import pytest
+
+from hybrid_ray.errors import SpecError
+from hybrid_ray.spec import RunSpec
+from hybrid_ray.variants import GRID_12, PRESETS, VARIANTS, attention_layers, spread_layers, variant_spec
+
+EXPECTED = {  # DESIGN.md, "Variants"
+    "h100_deltanet": [],
+    "h100_transformer": list(range(12)),
+    "h100_hybrid_sparse": [5, 11],
+    "h100_hybrid_alternating": [1, 3, 5, 7, 9, 11],
+    "h100_hybrid_late": [8, 9, 10, 11],
+    "h100_hybrid_8pct": [11],
+    "h100_hybrid_25pct": [4, 8, 11],
+    "h100_hybrid_42pct": [2, 4, 6, 8, 11],
+    "h100_hybrid_58pct": [1, 3, 5, 7, 8, 9, 11],
+    "h100_hybrid_67pct": [1, 2, 4, 5, 7, 8, 10, 11],
+    "h100_hybrid_75pct": [1, 2, 3, 5, 6, 7, 9, 10, 11],
+    "h100_hybrid_83pct": [1, 2, 3, 4, 5, 6, 7, 8, 10, 11],
+    "h100_hybrid_92pct": list(range(1, 12)),
+}
+
+
+def test_every_named_variant_has_the_original_layers():
+    assert set(VARIANTS) == set(EXPECTED)
+    for name, layers in EXPECTED.items():
+        spec = variant_spec(name)
+        assert spec.model.attn_layers == layers, name
+        assert spec.model.num_layers == 12 and spec.model.hidden_size == 768
+
+
+def test_h100_base_hyperparameters():
+    spec = variant_spec("h100_deltanet")
+    assert spec.optim.lr == 1e-3
+    assert variant_spec("h100_transformer").optim.lr == 2e-3
+    assert (spec.train.batch_size, spec.data.seq_len, spec.train.steps, spec.optim.warmup_steps) == (48, 1024, 1000, 100)
+    assert (spec.optim.beta1, spec.optim.beta2, spec.optim.weight_decay, spec.optim.grad_clip) == (0.9, 0.95, 0.1, 1.0)
+    assert spec.model.expand_v == 1.0 and spec.model.head_dim == 256 and spec.model.attn_window == 2048
+    assert spec.model.vocab_size == 49152 and spec.optim.min_lr_ratio == 0.1
+
+
+def test_ratio_rule_reproduces_the_12_layer_grid_and_is_deterministic():
+    for n, layers in GRID_12.items():
+        assert attention_layers(n / 12, 12) == layers
+    assert attention_layers(1 / 3, 12) == [2, 5, 8, 11]  # 4 of 12 is not in the grid: spread evenly
+    assert attention_layers(0.5, 24) == list(range(1, 24, 2))
+    assert attention_layers(0.25, 8, "late") == [6, 7]
+    for L in range(1, 30):
+        for n in range(1, L + 1):
+            layers = spread_layers(n, L)
+            assert len(set(layers)) == n and layers[-1] == L - 1 and all(0 <= i < L for i in layers)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.01, float("nan")])
+def test_ratio_outside_unit_interval_is_rejected(bad):
+    with pytest.raises(SpecError, match="between 0 and 1"):
+        attention_layers(bad, 12)
+
+
+def test_presets_set_size_and_keep_the_variant_layout():
+    spec = variant_spec("h100_hybrid_alternating", "large")
+    assert (spec.model.hidden_size, spec.model.num_layers, spec.model.num_heads) == (512, 12, 8)
+    assert spec.model.attn_layers == [1, 3, 5, 7, 9, 11]
+    assert variant_spec("h100_hybrid_late", "xlarge").model.attn_layers == [11, 12, 13, 14, 15]  # round(16 / 3) = 5
+    assert variant_spec("h100_transformer", "rtx4090").optim.lr == 1e-3
+    b200 = variant_spec("h100_hybrid_sparse", "b200")
+    assert (b200.train.batch_size, b200.optim.lr) == (256, 8.5e-4)
+    assert set(PRESETS) >= {"small", "medium", "large", "xlarge", "rtx4090", "h100", "b200"}
+
+
+def test_unknown_names_suggest_a_close_match():
+    with pytest.raises(SpecError, match="did you mean 'h100_hybrid_sparse'"):
+        variant_spec("h100_hybrid_spares")
+    with pytest.raises(SpecError, match="did you mean 'small'"):
+        variant_spec("h100_deltanet", "smal")
+
+
+def test_spec_round_trips_and_rejects_bad_fields(tmp_path):
+    spec = variant_spec("h100_hybrid_sparse", "tiny")
+    path = tmp_path / "spec.yaml"
+    spec.save(path)
+    assert RunSpec.load(path) == spec
+    with pytest.raises(SpecError, match="did you mean 'steps'"):
+        RunSpec.from_dict({"train": {"stpes": 3}})
+    with pytest.raises(SpecError, match="out of range"):
+        spec.with_overrides({"model.attn_layers": [7]})
+    with pytest.raises(SpecError, match="divisible"):
+        spec.with_overrides({"model.attn_num_heads": 3})
+    with pytest.raises(SpecError, match="not divisible by 3 workers"):
+        spec.with_overrides({"scale.num_workers": 3})
+    assert RunSpec.from_dict({"optim": {"lr": "1e-3"}}).optim.lr == 1e-3  # YAML reads 1e-3 as a string
