@@ -1,0 +1,113 @@
+"""The handle a training run holds: what was prepared, and loaders over it."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hybrid_ray.data.loader import Batch, BatchLoader, Blocks, TokenBlocks, fixed_batches
+from hybrid_ray.data.shards import prepare_shards, read_manifest
+from hybrid_ray.data.sources import source_kind
+from hybrid_ray.data.synthetic import PAD_ID, MQARBlocks, MQARConfig, mqar_manifest, parse_mqar
+from hybrid_ray.data.tokenizer import IdTokenizer, Tokenizer, load_tokenizer
+from hybrid_ray.errors import DataError
+from hybrid_ray.spec import DataSpec
+
+
+def prepare(spec: DataSpec, *, progress: bool = False) -> Dataset:
+    """Tokenize the source into cached shards once (a cache hit returns at once) and return its handle.
+
+    Safe to call from many processes at once: one writes, the others wait and then reuse it.
+    """
+    if source_kind(spec.source) == "mqar":  # synthetic: nothing to write, examples are made on the fly
+        return Dataset(path=None, manifest=mqar_manifest(parse_mqar(spec.source), spec.source))
+    return Dataset.open(prepare_shards(spec, progress=progress))
+
+
+@dataclass(eq=False)
+class Dataset:
+    """A prepared dataset: its manifest, its tokenizer, and loaders over its train and validation splits."""
+
+    path: Path | None  # the shard folder (None for synthetic tasks)
+    manifest: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | Path) -> Dataset:
+        """A prepared dataset folder, e.g. one printed by `describe`."""
+        return cls(path=Path(path), manifest=read_manifest(Path(path)))
+
+    @property
+    def task(self) -> str:
+        """'lm' (next-token prediction over documents) or 'mqar'."""
+        return self.manifest["task"]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.manifest["vocab_size"]
+
+    @property
+    def model_vocab_size(self) -> int:
+        """vocab_size rounded up to a multiple of 64, the embedding size the model uses."""
+        return -(-self.vocab_size // 64) * 64
+
+    @property
+    def eos_id(self) -> int:
+        return self.manifest["eos_id"]
+
+    @functools.cached_property
+    def tokenizer(self) -> Tokenizer:
+        if self.path is None:
+            return IdTokenizer(self.vocab_size, PAD_ID, name="mqar")
+        return load_tokenizer(self.path / "tokenizer")
+
+    def train_loader(self, *, seq_len: int, global_batch: int, micro_batch: int, rank: int, world_size: int,
+                     seed: int, packed: bool = False) -> BatchLoader:
+        """This rank's endless, resumable stream of training micro batches."""
+        return BatchLoader(self._blocks("train", seq_len), seq_len=seq_len, global_batch=global_batch,
+                           micro_batch=micro_batch, rank=rank, world_size=world_size, seed=seed, packed=packed)
+
+    def val_batches(self, *, seq_len: int, global_batch: int, micro_batch: int, rank: int, world_size: int,
+                    num_batches: int, packed: bool = False) -> list[Batch]:
+        """The same validation micro batches on every call: the first `num_batches` global batches, in order."""
+        return fixed_batches(self._blocks("val", seq_len), seq_len=seq_len, global_batch=global_batch,
+                             micro_batch=micro_batch, rank=rank, world_size=world_size, num_batches=num_batches,
+                             packed=packed)
+
+    def epochs_for(self, steps: int, *, seq_len: int, global_batch: int) -> float:
+        """Passes over the training split that `steps` steps make; above 1 the run repeats data."""
+        blocks = self._blocks("train", seq_len).num_blocks
+        if blocks < global_batch:
+            raise DataError(f"the training split has {blocks} blocks of {seq_len} tokens, "
+                            f"fewer than one global batch of {global_batch}")
+        return steps / (blocks // global_batch)
+
+    def _blocks(self, split: str, seq_len: int) -> Blocks:
+        if seq_len < 2:
+            raise DataError(f"seq_len must be >= 2, got {seq_len}")
+        if self.path is None:
+            return MQARBlocks(MQARConfig(**self.manifest["mqar"]), split, seq_len)
+        return TokenBlocks(self.path / f"{split}.bin", self.path / f"{split}_docs.npy", self.manifest["dtype"], seq_len)
+
+
+def describe(dataset: Dataset) -> str:
+    """A few lines for humans: source, tokenizer, documents/tokens per split, shard sizes, cache path."""
+    m = dataset.manifest
+    lines = [f"source:    {m['source']}" + (f" (task {m['task']})" if m["task"] != "lm" else ""),
+             f"tokenizer: {m['tokenizer']} (vocab {m['vocab_size']:,}, model vocab {dataset.model_vocab_size:,}, "
+             f"eos {m['eos_id']})"]
+    for split, s in m["splits"].items():
+        kind = "examples" if m["task"] == "mqar" else "documents"
+        size = f", {split}.bin {_size(s['bytes'])}" if dataset.path is not None else ""
+        lines.append(f"{split + ':':<10} {s['documents']:,} {kind}, {s['tokens']:,} tokens{size}")
+    lines.append(f"cache:     {dataset.path}" if dataset.path is not None else "cache:     none (generated on the fly)")
+    return "\n".join(lines)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
