@@ -80,6 +80,14 @@ def resolve_vocab(spec: RunSpec, dataset: Any) -> RunSpec:
     return dataclasses.replace(spec, model=spec.model.with_vocab(vocab))
 
 
+def absolute_source(spec: RunSpec) -> RunSpec:
+    """Local data paths made absolute: workers may run from another directory (a Ray job's working_dir)."""
+    source = spec.data.source
+    if source == "stdlib" or source.startswith(("mqar", "hf:")) or "://" in source:
+        return spec
+    return dataclasses.replace(spec, data=dataclasses.replace(spec.data, source=str(Path(source).expanduser().absolute())))
+
+
 def _root_cause(error: BaseException) -> BaseException:
     """The user-facing exception inside Ray's wrappers (TrainingFailedError -> worker error -> cause)."""
     failures = getattr(error, "worker_failures", None)
@@ -106,7 +114,15 @@ def _scaling(spec: RunSpec) -> tuple[Any, bool]:
     return ScalingConfig(num_workers=spec.scale.num_workers, use_gpu=gpus > 0, resources_per_worker=resources), gpus > 0
 
 
-def _latest_checkpoint(run_dir: str) -> str | None:
+def resume_checkpoint(run_dir: str) -> str | None:
+    """The checkpoint Ray Train will resume from: the last one its snapshot registered (else the newest folder)."""
+    snapshot = storage.join(run_dir, "checkpoint_manager_snapshot.json")
+    try:
+        registered = json.loads(storage.read_bytes(snapshot))["checkpoint_results"]
+        if registered:
+            return storage.join(run_dir, registered[-1]["checkpoint_dir_name"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     names = [n for n in storage.list_dirs(run_dir) if n.startswith("checkpoint_")]
     return storage.join(run_dir, names[-1]) if names else None
 
@@ -122,13 +138,14 @@ def train(
 ) -> TrainOutcome:
     """Train (or resume, or extend) the run `spec.name` under `spec.storage_path` on a Ray cluster."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.v2.api.config import LoggingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     if extend_steps < 0 or (until_step is not None and until_step < 1):
         raise SpecError("--extend-steps must be >= 0 and --until-step >= 1")
     started = time.time()
     root = storage.normalize(spec.storage_path)
-    spec = dataclasses.replace(spec, storage_path=root)
+    spec = absolute_source(dataclasses.replace(spec, storage_path=root))
     run_dir = storage.join(root, spec.name)
     storage.check_writable(root)
 
@@ -141,10 +158,10 @@ def train(
         check_same_run(yaml.safe_load(storage.read_bytes(spec_path)), spec)
     else:
         storage.write_bytes(spec_path, spec.to_yaml().encode())
-    epochs = dataset.train_loader(
-        seq_len=spec.data.seq_len, global_batch=spec.train.batch_size, micro_batch=spec.micro_batch_size,
-        rank=0, world_size=spec.scale.num_workers, seed=spec.train.seed, packed=spec.data.packed,
-    ).epochs_for(spec.train.steps + extend_steps)
+    previous = resume_checkpoint(run_dir)
+    if previous and not storage.is_uri(previous):
+        ckpt_lib.verify(previous)  # fail here with one line rather than in every worker
+    epochs = dataset.epochs_for(spec.train.steps + extend_steps, seq_len=spec.data.seq_len, global_batch=spec.train.batch_size)
     if epochs > 1:
         warnings.warn(f"{spec.train.steps + extend_steps} steps will read the training data {epochs:.1f} times")
     if progress:
@@ -167,6 +184,9 @@ def train(
             failure_config=FailureConfig(max_failures=spec.scale.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep),
             callbacks=callbacks,
+            logging_config=LoggingConfig(log_level="WARNING"),
+            # Train's print patch tees our progress lines to the console twice; plain stdout reaches the driver once
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
     )
     try:
@@ -177,7 +197,7 @@ def train(
             raise cause from e
         message = str(cause).strip().splitlines()
         raise TrainingError(f"training failed: {type(cause).__name__}: {message[-1] if message else ''}") from e
-    checkpoint = result.checkpoint.path if result.checkpoint is not None else _latest_checkpoint(run_dir)
+    checkpoint = result.checkpoint.path if result.checkpoint is not None else resume_checkpoint(run_dir)
     return finalize(spec, run_dir, checkpoint, dataset, time.time() - started)
 
 

@@ -136,6 +136,8 @@ def train_step(
         loss_sum += loss.detach()
     clip = spec.optim.grad_clip if spec.optim.grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns the norm as a DTensor
+        grad_norm = grad_norm.full_tensor()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum, grad_norm
@@ -210,6 +212,16 @@ class _TensorBoard:
             self.writer.close()
 
 
+def _quiet_ray_reports() -> None:
+    """Ray 2.60 logs every report at INFO through a logger named after its file, which LoggingConfig's level
+    does not reach; one line per report would drown the progress lines."""
+    import logging
+
+    from ray.train.v2._internal.execution import context as ray_context
+
+    logging.getLogger(ray_context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point: config = {"spec": RunSpec.to_dict(), "launch": LaunchOptions as a dict}."""
     import ray.train
@@ -219,6 +231,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     spec = RunSpec.from_dict(config["spec"])
     launch = LaunchOptions(**config.get("launch", {}))
+    _quiet_ray_reports()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
