@@ -33,6 +33,8 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
     """
     import ray
 
+    if address and address not in ("auto", "local"):
+        _reachable(address)
     if ray.is_initialized():
         return "the current Ray session"
     address = address or os.environ.get("RAY_ADDRESS")

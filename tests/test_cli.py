@@ -1,0 +1,115 @@
+"""The CLI without a cluster: listing, verify, spec resolution and bad input (one line, non-zero, no traceback)."""
+
+import json
+
+import click
+import pytest
+import yaml
+
+from hybrid_ray.cli import cli, main
+
+
+def run(capsys, *args):
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc, err, expected_rc, fragment):
+    assert rc == expected_rc
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_variants_table_and_json(capsys):
+    rc, out, _ = run(capsys, "variants")
+    assert rc == 0 and "h100_hybrid_sparse" in out and "255.4M" in out and "5,11" in out
+    rc, out, _ = run(capsys, "variants", "--json")
+    rows = {r["name"]: r for r in json.loads(out)}
+    assert len(rows) == 13 and rows["h100_deltanet"]["params"]["total"] == 274_364_448
+
+
+def test_verify_reports_versions_and_cpu_fallback(capsys):
+    rc, out, _ = run(capsys, "verify")
+    assert rc == 0
+    assert "torch" in out and "fla" in out and "attention" in out
+    rc, _, err = run(capsys, "verify", "--require-gpu")
+    assert_one_line_error(rc, err, 1, "no CUDA GPU")
+
+
+def test_default_spec_is_the_tiny_hybrid_and_flags_override_it(capsys):
+    rc, out, _ = run(capsys, "train", "--dry-run")
+    spec = yaml.safe_load(out)
+    assert rc == 0 and spec["name"] == "h100_hybrid_sparse-tiny" and spec["model"]["hidden_size"] == 64
+    rc, out, _ = run(capsys, "train", "--dry-run", "--variant", "h100_transformer", "--steps", "7", "--lr", "3e-4",
+                     "--attention-ratio", "0.5", "--num-workers", "2")
+    spec = yaml.safe_load(out)
+    assert spec["train"]["steps"] == 7 and spec["optim"]["lr"] == 3e-4 and spec["scale"]["num_workers"] == 2
+    assert spec["model"]["attn_layers"] == [1, 3, 5, 7, 9, 11] and spec["name"] == "h100_transformer-attn50"
+
+
+def test_config_file_round_trip(capsys, tmp_path):
+    rc, out, _ = run(capsys, "train", "--dry-run", "--preset", "small", "--variant", "h100_hybrid_late")
+    path = tmp_path / "run.yaml"
+    path.write_text(out)
+    rc2, out2, _ = run(capsys, "train", "--dry-run", "--config", str(path))
+    assert rc == rc2 == 0 and out2 == out
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--variant", "h100_hybrid_spars"], "unknown variant 'h100_hybrid_spars' (did you mean 'h100_hybrid_sparse'?)"),
+        (["--preset", "hugee"], "unknown preset"),
+        (["--attention-ratio", "1.5"], "attention ratio must be between 0 and 1"),
+        (["--attention-ratio", "-0.2"], "attention ratio must be between 0 and 1"),
+        (["--num-workers", "3"], "batch size 8 is not divisible by 3 workers"),
+        (["--steps", "0"], "train.steps must be > 0"),
+    ],
+)
+def test_bad_input_is_one_line(capsys, args, fragment):
+    rc, _, err = run(capsys, "train", "--dry-run", *args)
+    assert_one_line_error(rc, err, 2, fragment)
+
+
+@pytest.mark.parametrize(
+    "model, fragment",
+    [
+        ({"attn_layers": [4]}, "attention layer index 4 out of range for 4 layers"),
+        ({"attn_layers": [3], "attn_num_heads": 5}, "must be divisible by model.attn_num_heads (5)"),
+        ({"attn_layers": [3], "attn_num_kv_heads": 3, "attn_num_heads": 2}, "must be divisible by model.attn_num_kv_heads (3)"),
+        ({"num_v_heads": 3}, "must be a multiple of model.num_heads"),
+        ({"hidden_sise": 3}, "did you mean 'hidden_size'"),
+    ],
+)
+def test_bad_model_config_is_one_line(capsys, tmp_path, model, fragment):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"model": {"hidden_size": 64, "num_layers": 4, "num_heads": 2, **model}}))
+    rc, _, err = run(capsys, "train", "--dry-run", "--config", str(path))
+    assert_one_line_error(rc, err, 2, fragment)
+
+
+def test_missing_and_broken_config_files(capsys, tmp_path):
+    rc, _, err = run(capsys, "train", "--dry-run", "--config", str(tmp_path / "nope.yaml"))
+    assert_one_line_error(rc, err, 2, "cannot read spec file")
+    (tmp_path / "broken.yaml").write_text("model: [unclosed")
+    rc, _, err = run(capsys, "train", "--dry-run", "--config", str(tmp_path / "broken.yaml"))
+    assert_one_line_error(rc, err, 2, "not valid YAML")
+
+
+def test_click_usage_errors_are_one_line_too(capsys):
+    rc, _, err = run(capsys, "train", "--steps", "many")
+    assert_one_line_error(rc, err, 2, "'many' is not a valid integer")
+
+
+def test_train_flag_set_is_pinned():
+    """Adding or removing a flag must be a deliberate change: update this list with the README."""
+    flags = sorted(opt for p in cli.commands["train"].params if isinstance(p, click.Option) for opt in p.opts)
+    assert flags == sorted([
+        "--variant", "--preset", "--config", "--attention-ratio", "--data", "--tokenizer", "--seq-len",
+        "--max-documents", "--packed", "--steps", "--lr", "--batch-size", "--micro-batch-size", "--num-workers",
+        "--gpus-per-worker", "--cpus-per-worker", "--strategy", "--backend", "--compile", "--max-failures",
+        "--eval-every", "--log-every", "--checkpoint-every", "--keep", "--seed", "--name", "--storage-path",
+        "--address", "--extend-steps", "--until-step", "--dry-run",
+    ])
