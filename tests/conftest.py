@@ -1,8 +1,11 @@
 """Test environment: offline, FLA's Triton kernels interpreted on CPU-only machines, GPU tests skipped there."""
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# token shards of this test session only (Ray workers inherit the variable)
+os.environ["HYBRID_RAY_CACHE"] = tempfile.mkdtemp(prefix="hybrid-ray-test-cache-")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 

@@ -113,3 +113,14 @@ def test_train_flag_set_is_pinned():
         "--eval-every", "--log-every", "--checkpoint-every", "--keep", "--seed", "--name", "--storage-path",
         "--address", "--extend-steps", "--until-step", "--dry-run",
     ])
+
+
+def test_every_job_spec_is_a_valid_run_spec():
+    from pathlib import Path
+
+    from hybrid_ray.spec import RunSpec
+
+    jobs = sorted(Path(__file__).parent.parent.joinpath("jobs").glob("*.yaml"))
+    assert len(jobs) >= 3
+    for path in jobs:
+        assert RunSpec.load(path).name == path.stem.replace("_", "-")
