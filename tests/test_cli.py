@@ -124,3 +124,24 @@ def test_every_job_spec_is_a_valid_run_spec():
     assert len(jobs) >= 3
     for path in jobs:
         assert RunSpec.load(path).name == path.stem.replace("_", "-")
+
+
+def test_data_prepare_prints_documents_tokens_and_shards(capsys, tmp_path):
+    (tmp_path / "docs.jsonl").write_text("\n".join(json.dumps({"text": f"document {i} " * 20}) for i in range(40)))
+    rc, out, _ = run(capsys, "data", "prepare", "--data", str(tmp_path / "docs.jsonl"))
+    assert rc == 0
+    assert "documents" in out and "tokens" in out and "train.bin" in out and "val.bin" in out
+    assert "byte" in out
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--data", "/nonexistent/x.jsonl"], "data source not found: /nonexistent/x.jsonl"),
+        (["--tokenizer", "no-such-org/no-such-tokenizer"], "could not load tokenizer"),
+    ],
+)
+def test_data_prepare_bad_input_is_one_line(capsys, args, fragment):
+    rc, _, err = run(capsys, "data", "prepare", *args)
+    err = "\n".join(line for line in err.splitlines() if not line.startswith("tokenizing"))  # progress bar
+    assert_one_line_error(rc, err, 1, fragment)
