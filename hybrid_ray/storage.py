@@ -54,6 +54,7 @@ def write_bytes(path: str, data: bytes) -> None:
         tmp.replace(p)
         return
     fs, target = _fs(path)
+    fs.create_dir(target.rsplit("/", 1)[0], recursive=True)  # needed by file://, harmless on object stores
     with fs.open_output_stream(target) as f:
         f.write(data)
 
