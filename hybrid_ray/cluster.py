@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 from urllib.parse import urlparse
 
 from hybrid_ray.errors import ClusterError
@@ -25,6 +26,13 @@ def _reachable(address: str, timeout: float = 5.0) -> None:
         raise ClusterError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from e
 
 
+def _use_token_auth() -> None:
+    """Ray 2.60 clusters started with `ray start` use token auth; a client sends the token it finds in
+    ~/.ray/auth_token only when RAY_AUTH_MODE=token, so opt in when that file exists and nothing else is set."""
+    if "RAY_AUTH_MODE" not in os.environ and Path("~/.ray/auth_token").expanduser().exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = True) -> str:
     """Connect to `address` (host:port, ray://..., 'auto'), to $RAY_ADDRESS, or start a local Ray in-process.
 
@@ -42,6 +50,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
     if address and address != "local":
         if address != "auto":
             _reachable(address)
+        _use_token_auth()
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
