@@ -41,15 +41,13 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
     """
     import ray
 
+    address = address or os.environ.get("RAY_ADDRESS")
     if address and address not in ("auto", "local"):
-        _reachable(address)
+        _reachable(address)  # also inside an existing session: an explicit address must not be silently ignored
     if ray.is_initialized():
         return "the current Ray session"
-    address = address or os.environ.get("RAY_ADDRESS")
     kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address and address != "local":
-        if address != "auto":
-            _reachable(address)
         _use_token_auth()
         try:
             ray.init(address=address, **kwargs)

@@ -190,15 +190,16 @@ def train(
         ),
     )
     try:
-        result = trainer.fit()
+        trainer.fit()
     except Exception as e:
         cause = _root_cause(e)
         if isinstance(cause, HybridRayError):
             raise cause from e
         message = str(cause).strip().splitlines()
         raise TrainingError(f"training failed: {type(cause).__name__}: {message[-1] if message else ''}") from e
-    checkpoint = result.checkpoint.path if result.checkpoint is not None else resume_checkpoint(run_dir)
-    return finalize(spec, run_dir, checkpoint, dataset, time.time() - started)
+    # Ray's Result.checkpoint.path drops the URI scheme (s3://...), so read the run's snapshot instead; it also
+    # names the latest checkpoint when a finished run was relaunched and reported nothing new
+    return finalize(spec, run_dir, resume_checkpoint(run_dir), dataset, time.time() - started)
 
 
 def finalize(spec: RunSpec, run_dir: str, checkpoint: str | None, dataset: Any, wall_s: float) -> TrainOutcome:
