@@ -98,7 +98,8 @@ def cli() -> None:
 @click.option("--num-workers", type=int)
 @click.option("--gpus-per-worker", type=float)
 @click.option("--cpus-per-worker", type=float)
-@click.option("--strategy", type=click.Choice(["ddp", "fsdp"]))
+@click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]),
+              help="Data parallelism: fsdp (FSDP2, bf16 compute params) on GPUs and ddp on CPUs by default.")
 @click.option("--backend", type=click.Choice(["auto", "fla", "torch"]), help="Model backend.")
 @click.option("--compile/--no-compile", default=None, help="torch.compile each block.")
 @click.option("--max-failures", type=int, help="Worker-group restarts from the last checkpoint.")

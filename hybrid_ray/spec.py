@@ -260,6 +260,9 @@ class TrainSpec:
         _check(self.precision in ("auto", "bf16", "fp32"), f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
 
 
+STRATEGIES = ("auto", "ddp", "fsdp")
+
+
 @dataclass(kw_only=True)
 class ScaleSpec:
     """How many Ray Train workers, on what, with which parallelism and model backend."""
@@ -267,7 +270,7 @@ class ScaleSpec:
     num_workers: int = 1
     gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs, else 0
     cpus_per_worker: float = 1
-    strategy: str = "ddp"  # ddp | fsdp
+    strategy: str = "auto"  # auto (fsdp on GPU workers, ddp on CPU) | ddp | fsdp
     backend: str = "auto"  # model backend: auto | fla | torch
     max_failures: int = 0
 
@@ -275,7 +278,7 @@ class ScaleSpec:
         _check(self.num_workers >= 1, f"scale.num_workers must be >= 1, got {self.num_workers}")
         _check(self.gpus_per_worker is None or self.gpus_per_worker >= 0, "scale.gpus_per_worker must be >= 0")
         _check(self.cpus_per_worker > 0, "scale.cpus_per_worker must be > 0")
-        _check(self.strategy in ("ddp", "fsdp"), f"scale.strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
+        _check(self.strategy in STRATEGIES, f"scale.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
         _check(self.backend in ("auto", "fla", "torch"), f"scale.backend must be auto, fla or torch, got {self.backend!r}")
         _check(self.max_failures >= -1, "scale.max_failures must be >= -1 (-1 retries forever)")
 

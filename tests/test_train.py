@@ -62,6 +62,7 @@ def test_default_run_learns_and_writes_everything(default_run):
     assert results["layer_types"] == ["gdn", "gdn", "gdn", "attn"]
     assert results["tokens_seen"] == 200 * 8 * 128 and results["wall_seconds"] > 0
     assert results["versions"]["backend"] == "torch" and "fla" in results["versions"]
+    assert results["spec"]["scale"]["strategy"] == "auto" and results["versions"]["strategy"] == "ddp"  # CPU workers
     for name in ("results.json", "curves.png", "spec.yaml", "model/config.json", "model/model.safetensors"):
         assert (default_run / name).stat().st_size > 0, name
     assert (default_run / "curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -55,6 +55,18 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def resolve_strategy(strategy: str, device: torch.device) -> str:
+    """'auto' is FSDP2 on GPU workers (in a process group) and DDP elsewhere.
+
+    On an H100, FSDP2's bf16 compute parameters (fp32 master weights, fp32 gradient reduction) trained 5% (Gated
+    DeltaNet) to 12% (transformer) faster than DDP + autocast, on one GPU and on two (benchmarks/results).
+    """
+    if strategy != "auto":
+        return strategy
+    in_group = dist.is_available() and dist.is_initialized()
+    return "fsdp" if device.type == "cuda" and in_group else "ddp"
+
+
 def setup_model(spec: RunSpec, device: torch.device) -> nn.Module:
     """Build on the worker's device, optionally compile each block, then wrap for DDP or FSDP2."""
     model = build_model(spec.model, spec.scale.backend, device=device, seed=spec.train.seed)
@@ -62,7 +74,7 @@ def setup_model(spec: RunSpec, device: torch.device) -> nn.Module:
         # FLA's chunk kernels are excluded from compilation, so compile per block: the glue around them fuses
         for block in model.model.layers:
             block.compile()
-    if spec.scale.strategy == "fsdp":
+    if resolve_strategy(spec.scale.strategy, device) == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
         bf16 = spec.train.precision == "bf16" or (spec.train.precision == "auto" and device.type == "cuda")
@@ -255,7 +267,8 @@ def train_loop_per_worker(config: dict) -> None:
         state = TrainerState(total_steps=spec.train.steps)
     else:
         schedule = LRSchedule.from_dict(state.schedule)
-    state.env = runtime_versions(device, unwrap(model).hybrid_backend)
+    state.env = {**runtime_versions(device, unwrap(model).hybrid_backend),
+                 "strategy": resolve_strategy(spec.scale.strategy, device)}
     if launch.extend_steps:
         schedule.extend(state.step, state.total_steps + launch.extend_steps, spec.optim)
         state.total_steps = schedule.total_steps
