@@ -17,6 +17,19 @@ from hybrid_ray.train.loop import setup_model, train_step
 from hybrid_ray.train.optim import build_optimizer
 
 
+def single_process_group(device: torch.device) -> None:
+    """A process group of one, as a Ray Train worker has: FSDP2 (the GPU default) needs one."""
+    import os
+
+    import torch.distributed as dist
+
+    torch.cuda.set_device(device)  # initialises CUDA: the memory-stat calls do not, and fail before it
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29511")
+        dist.init_process_group("nccl", rank=0, world_size=1, device_id=device)
+
+
 def machine() -> dict[str, Any]:
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {"gpus": gpus, "torch": torch.__version__, "cuda": torch.version.cuda, "host": platform.node(),
