@@ -1,0 +1,100 @@
+"""GPU speed work: the training hot path of `hybrid-ray train` under named settings, and a kernel profile.
+
+    python benchmarks/bench_speed.py --variants h100_deltanet --settings ddp fsdp fsdp+compile --profile fsdp
+
+Settings combine with '+': `ddp` (autocast over fp32 parameters), `fsdp` (FSDP2 on one GPU: bf16 parameters in
+compute, fp32 master weights), `compile` (torch.compile per block). benchmarks/results/speed/NOTES.md keeps what
+was tried and what it measured. Each setting runs
+the same loop as `hybrid-ray train` (setup_model + train_step, batch 48 x 1024, random tokens) without Ray, and
+one JSON line per result goes to --out. --profile writes the top CUDA kernels of one step to --profile-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import random_batches, single_process_group, time_training
+from hybrid_ray.spec import RunSpec
+from hybrid_ray.train.loop import setup_model, train_step
+from hybrid_ray.train.optim import build_optimizer
+from hybrid_ray.variants import variant_spec
+
+
+def spec_for(variant: str, setting: str) -> RunSpec:
+    parts = set(setting.split("+"))
+    unknown = parts - {"ddp", "fsdp", "compile"}
+    if unknown:
+        raise SystemExit(f"unknown setting part(s) {sorted(unknown)}")
+    return variant_spec(variant).with_overrides({
+        "scale.backend": "fla", "scale.strategy": "fsdp" if "fsdp" in parts else "ddp",
+        "train.compile": "compile" in parts,
+    })
+
+
+def profile_step(spec: RunSpec, device: torch.device, path: Path) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    model = setup_model(spec, device)
+    optimizer = build_optimizer(model, spec.optim, device)
+    batches = random_batches(spec, spec.grad_accum_steps, device)
+    for _ in range(3):
+        train_step(model, optimizer, batches, spec.optim.lr, spec, device)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            train_step(model, optimizer, batches, spec.optim.lr, spec, device)
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    sort = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(events.table(sort_by=sort, row_limit=45, max_name_column_width=90))
+    del model, optimizer
+    torch.cuda.empty_cache()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--variants", nargs="*", default=["h100_deltanet"])
+    parser.add_argument("--settings", nargs="*", default=["ddp", "fsdp"])
+    parser.add_argument("--profile", nargs="*", default=[], help="settings to profile (first variant only)")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--out", default="benchmarks/results/speed.jsonl")
+    parser.add_argument("--profile-dir", default="benchmarks/results")
+    args = parser.parse_args()
+    device = torch.device("cuda", 0)
+    single_process_group(device)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+
+    def emit(record: dict) -> None:
+        record["time"] = time.strftime("%H:%M:%S")
+        with open(args.out, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(json.dumps(record), flush=True)
+
+    for setting in args.profile:
+        name = setting.replace("+", "-")  # the device tool brings back plain file names only
+        path = Path(args.profile_dir, f"profile-{args.variants[0]}-{name}.txt")
+        profile_step(spec_for(args.variants[0], setting), device, path)
+        emit({"profiled": setting})
+    for variant in args.variants:
+        for setting in args.settings:
+            spec = spec_for(variant, setting)
+            start = time.perf_counter()
+            try:
+                r = time_training(spec, device, steps=args.steps)
+            except Exception as e:  # keep going: one broken setting must not cost the others' numbers
+                emit({"variant": variant, "setting": setting, "error": f"{type(e).__name__}: {e}"[:500]})
+                continue
+            emit({"variant": variant, "setting": setting, "tokens_per_s": round(r["tokens_per_s"]),
+                  "mfu": round(r["mfu"], 4), "step_ms": round(r["step_s"] * 1e3, 1),
+                  "peak_gib": round(r["peak_memory_gib"], 1), "loss": round(r["loss"], 4),
+                  "wall_s": round(time.perf_counter() - start, 1)})
+
+
+if __name__ == "__main__":
+    main()

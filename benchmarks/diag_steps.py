@@ -1,0 +1,33 @@
+"""Diagnose a throughput drop: per-step times of the transformer without Ray over many steps, then through Ray."""
+
+import sys
+import time
+
+import torch
+
+from benchmarks.common import random_batches, single_process_group
+from hybrid_ray.train import train
+from hybrid_ray.train.loop import setup_model, train_step
+from hybrid_ray.train.optim import build_optimizer
+from hybrid_ray.variants import variant_spec
+
+variant, steps = sys.argv[1], int(sys.argv[2])
+device = torch.device("cuda", 0)
+single_process_group(device)
+spec = variant_spec(variant).with_overrides({"scale.backend": "fla"})
+model = setup_model(spec, device)
+opt = build_optimizer(model, spec.optim, device)
+batches = random_batches(spec, 1, device)
+times = []
+for i in range(steps):
+    t = time.perf_counter()
+    train_step(model, opt, batches, 1e-3, spec, device)
+    torch.cuda.synchronize()
+    times.append(time.perf_counter() - t)
+print("no-ray step ms:", " ".join(f"{x * 1e3:.0f}" for x in times), flush=True)
+del model, opt
+torch.cuda.empty_cache()
+spec = spec.with_overrides({"name": "diag", "storage_path": "/tmp/diag", "train.steps": steps, "train.log_every": 1,
+                            "train.eval_every": 10 * steps, "train.checkpoint_every": 10 * steps})
+out = train(spec, progress=False)
+print("ray tok/s:", " ".join(f"{r['tokens_per_s'] / 1e3:.0f}" for r in out.results["history"] if "tokens_per_s" in r))
