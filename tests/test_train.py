@@ -90,6 +90,22 @@ def test_resume_is_exact(ray_cluster, tmp_path):
     assert [s for s, _ in losses(straight.results)] == list(range(1, 21))
 
 
+def test_fsdp_trains_like_ddp_and_resumes_exactly(ray_cluster, tmp_path):
+    """FSDP2 (the GPU default) on 2 gloo workers: the same losses as DDP, and a resume that continues exactly."""
+    ddp = train(small_spec(tmp_path, "ddp", **{"train.steps": 10, "scale.strategy": "ddp"}), progress=False)
+    fsdp = small_spec(tmp_path, "fsdp", **{"train.steps": 10, "scale.strategy": "fsdp"})
+    straight = train(fsdp, progress=False)
+    assert straight.results["versions"]["strategy"] == "fsdp" and ddp.results["versions"]["strategy"] == "ddp"
+    for (step, a), (_, b) in zip(losses(straight.results), losses(ddp.results), strict=True):
+        assert a == pytest.approx(b, rel=1e-4), step  # fp32 on CPU: only the reduction order differs
+    resumed = fsdp.with_overrides({"name": "fsdp-resumed"})
+    assert train(resumed, until_step=5, progress=False).results["step"] == 5
+    second = train(resumed, progress=False)
+    assert second.results["launches"] == 2 and losses(second.results) == losses(straight.results)
+    state = (tmp_path / "fsdp-resumed" / "model" / "model.safetensors")
+    assert state.stat().st_size > 0  # the full (unsharded) model folder is written under FSDP2 too
+
+
 def test_extend_continues_without_an_lr_jump(ray_cluster, tmp_path):
     spec = small_spec(tmp_path, "extend", **{"train.steps": 20, "optim.warmup_steps": 5})
     done = train(spec, progress=False)
