@@ -1,4 +1,9 @@
-"""Diagnose a throughput drop: per-step times of the transformer without Ray over many steps, then through Ray."""
+"""Diagnose a throughput drop: per-step times of one variant without Ray, then tokens/s of every step through Ray.
+
+    python benchmarks/diag_steps.py h100_transformer 60
+
+Found the stall in ray.train.report described in benchmarks/results/speed/NOTES.md.
+"""
 
 import sys
 import time
