@@ -3,10 +3,10 @@
     python benchmarks/bench_speed.py --variants h100_deltanet --settings ddp fsdp fsdp+compile --profile fsdp
 
 Settings combine with '+': `ddp` (autocast over fp32 parameters), `fsdp` (FSDP2 on one GPU: bf16 parameters in
-compute, fp32 master weights), `compile` (torch.compile per block). benchmarks/results/speed/NOTES.md keeps what
-was tried and what it measured. Each setting runs
-the same loop as `hybrid-ray train` (setup_model + train_step, batch 48 x 1024, random tokens) without Ray, and
-one JSON line per result goes to --out. --profile writes the top CUDA kernels of one step to --profile-dir.
+compute, fp32 master weights), `compile` (torch.compile per block). Each setting runs the same loop as
+`hybrid-ray train` (setup_model + train_step, batch 48 x 1024, random tokens) without Ray, and one JSON line per
+result goes to --out. --profile writes the top CUDA kernels of two steps to --profile-dir.
+benchmarks/results/speed/NOTES.md keeps what was tried and what it measured.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import random_batches, single_process_group, time_training
+from benchmarks.common import setup_training, single_process_group, time_training
 from hybrid_ray.spec import RunSpec
-from hybrid_ray.train.loop import setup_model, train_step
-from hybrid_ray.train.optim import build_optimizer
+from hybrid_ray.train.loop import train_step
 from hybrid_ray.variants import variant_spec
 
 
@@ -39,9 +38,7 @@ def spec_for(variant: str, setting: str) -> RunSpec:
 def profile_step(spec: RunSpec, device: torch.device, path: Path) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    model = setup_model(spec, device)
-    optimizer = build_optimizer(model, spec.optim, device)
-    batches = random_batches(spec, spec.grad_accum_steps, device)
+    model, optimizer, batches = setup_training(spec, device)
     for _ in range(3):
         train_step(model, optimizer, batches, spec.optim.lr, spec, device)
     torch.cuda.synchronize()

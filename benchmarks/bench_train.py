@@ -92,5 +92,6 @@ def main() -> None:
                       f"overhead {r.get('ray_overhead', float('nan')):.4f}, "
                       f"x{r.get('speedup_vs_old_scripts', float('nan')):.2f} old scripts", flush=True)
 
+
 if __name__ == "__main__":
     main()

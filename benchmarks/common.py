@@ -42,12 +42,16 @@ def random_batches(spec: RunSpec, accum: int, device: torch.device) -> list[Batc
     return [Batch(input_ids=ids[i], labels=ids[i], cu_seqlens=None) for i in range(accum)]
 
 
+def setup_training(spec: RunSpec, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer, list[Batch]]:
+    """What `hybrid-ray train` builds on a worker (model, optimizer) and one step's random batches."""
+    model = setup_model(spec, device)
+    return model, build_optimizer(model, spec.optim, device), random_batches(spec, spec.grad_accum_steps, device)
+
+
 def time_training(spec: RunSpec, device: torch.device, steps: int = 10, warmup: int = 3) -> dict[str, Any]:
     """The training hot path of `hybrid-ray train` (model setup, train_step) without Ray, on random tokens."""
     torch.cuda.reset_peak_memory_stats(device)
-    model = setup_model(spec, device)
-    optimizer = build_optimizer(model, spec.optim, device)
-    batches = random_batches(spec, spec.grad_accum_steps, device)
+    model, optimizer, batches = setup_training(spec, device)
     for _ in range(warmup):
         train_step(model, optimizer, batches, spec.optim.lr, spec, device)
     torch.cuda.synchronize(device)

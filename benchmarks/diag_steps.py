@@ -10,23 +10,20 @@ import time
 
 import torch
 
-from benchmarks.common import random_batches, single_process_group
+from benchmarks.common import setup_training, single_process_group
 from hybrid_ray.train import train
-from hybrid_ray.train.loop import setup_model, train_step
-from hybrid_ray.train.optim import build_optimizer
+from hybrid_ray.train.loop import train_step
 from hybrid_ray.variants import variant_spec
 
 variant, steps = sys.argv[1], int(sys.argv[2])
 device = torch.device("cuda", 0)
 single_process_group(device)
 spec = variant_spec(variant).with_overrides({"scale.backend": "fla"})
-model = setup_model(spec, device)
-opt = build_optimizer(model, spec.optim, device)
-batches = random_batches(spec, 1, device)
+model, opt, batches = setup_training(spec, device)
 times = []
-for i in range(steps):
+for _ in range(steps):
     t = time.perf_counter()
-    train_step(model, opt, batches, 1e-3, spec, device)
+    train_step(model, opt, batches, spec.optim.lr, spec, device)
     torch.cuda.synchronize()
     times.append(time.perf_counter() - t)
 print("no-ray step ms:", " ".join(f"{x * 1e3:.0f}" for x in times), flush=True)

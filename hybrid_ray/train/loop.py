@@ -23,7 +23,7 @@ from hybrid_ray.env import runtime_versions
 from hybrid_ray.model import build_model, flops_per_token, unwrap
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train import checkpoint as ckpt_lib
-from hybrid_ray.train.metrics import Throughput, autocast, evaluate, memory_gib, progress_line
+from hybrid_ray.train.metrics import Throughput, autocast, evaluate, memory_gib, progress_line, uses_bf16
 from hybrid_ray.train.optim import LRSchedule, build_optimizer
 
 
@@ -77,7 +77,7 @@ def setup_model(spec: RunSpec, device: torch.device) -> nn.Module:
     if resolve_strategy(spec.scale.strategy, device) == "fsdp":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        bf16 = spec.train.precision == "bf16" or (spec.train.precision == "auto" and device.type == "cuda")
+        bf16 = uses_bf16(device, spec.train.precision)
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
         for block in model.model.layers:
             fully_shard(block, mp_policy=policy)

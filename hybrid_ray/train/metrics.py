@@ -53,10 +53,14 @@ def memory_gib(device: torch.device) -> float:
     return rss_kib / 2**20 if sys.platform != "darwin" else rss_kib / 2**30
 
 
+def uses_bf16(device: torch.device, precision: str) -> bool:
+    """'auto' precision is bf16 on GPUs and fp32 on CPUs."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """bf16 autocast on GPUs (fp32 master weights stay in the optimizer), full fp32 on CPUs unless asked."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
+    if not uses_bf16(device, precision):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
