@@ -1,6 +1,6 @@
 """Data-layer throughput: tokenize-and-shard (tokens/s) and the loader (batches/s) against a GPU's appetite.
 
-    python benchmarks/bench_data.py [--out benchmarks/results/data.json] [--hf-tokenizer NAME_OR_PATH]
+    python benchmarks/bench_data.py [--out-dir benchmarks/results] [--hf-tokenizer NAME_OR_PATH]
 
 Prepare runs on the stdlib corpus into a fresh cache. A Hugging Face tokenizer is timed only when it loads without
 the network (cached or a local folder). Loader numbers are per rank: in a real run every rank is its own process.
@@ -24,7 +24,9 @@ from hybrid_ray.data.tokenizer import get_tokenizer  # noqa: E402
 from hybrid_ray.errors import DataError  # noqa: E402
 from hybrid_ray.spec import DataSpec  # noqa: E402
 
-GPU_TOKENS_PER_S = 130_000  # one H100 on the 17% hybrid at batch 48 x 1024 (DESIGN.md)
+from benchmarks.common import DESIGN_TABLE  # noqa: E402
+
+GPU_TOKENS_PER_S = DESIGN_TABLE["h100_hybrid_sparse"][0]  # one H100 on the 17% hybrid at batch 48 x 1024
 
 
 def bench_prepare(tokenizer: str, cache: Path, max_documents: int | None) -> dict:
@@ -60,7 +62,7 @@ def bench_loader(ds, *, world: int, packed: bool, steps: int, global_batch: int,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results/data.json")
+    ap.add_argument("--out-dir", default="benchmarks/results", help="data.json goes here")
     ap.add_argument("--hf-tokenizer", default="HuggingFaceTB/SmolLM-135M")
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--global-batch", type=int, default=48)
@@ -97,15 +99,16 @@ def main() -> None:
             print(f"{r['tokenizer'][-32:]:<32} {r['documents']:>10,} {r['tokens']:>12,} {r['seconds']:>8.2f} "
                   f"{r['tokens_per_s']:>12,.0f} {r['cache_hit_s'] * 1e3:>8.1f}ms")
     print(f"\nloader (global batch {args.global_batch} x {args.seq_len}, one rank's share; GPU needs "
-          f"{GPU_TOKENS_PER_S:,} tokens/s per rank)")
+          f"{GPU_TOKENS_PER_S:,.0f} tokens/s per rank)")
     print(f"{'world':>5} {'packed':>7} {'micro':>6} {'steps/s':>9} {'tokens/s/rank':>14} {'x GPU':>7}")
     for r in [results["loader_first_pass"], *results["loader"]]:
         print(f"{r['world_size']:>5} {str(r['packed']):>7} {r['micro_batch']:>6} {r['steps_per_s']:>9.1f} "
               f"{r['rank_tokens_per_s']:>14,.0f} {r['headroom_vs_gpu']:>7.0f}"
               + ("  (first pass after prepare)" if r is results["loader_first_pass"] else ""))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
-    print(f"\nwrote {args.out}")
+    out = Path(args.out_dir, "data.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":

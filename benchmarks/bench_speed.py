@@ -5,7 +5,7 @@
 Settings combine with '+': `ddp` (autocast over fp32 parameters), `fsdp` (FSDP2 on one GPU: bf16 parameters in
 compute, fp32 master weights), `compile` (torch.compile per block). Each setting runs the same loop as
 `hybrid-ray train` (setup_model + train_step, batch 48 x 1024, random tokens) without Ray, and one JSON line per
-result goes to --out. --profile writes the top CUDA kernels of two steps to --profile-dir.
+result goes to --out-dir/speed.jsonl. --profile writes the top CUDA kernels of two steps there too.
 benchmarks/results/speed/NOTES.md keeps what was tried and what it measured.
 """
 
@@ -18,10 +18,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import setup_training, single_process_group, time_training
+from benchmarks.common import bench_spec, hot_path, single_process_group, step_times, time_training
 from hybrid_ray.spec import RunSpec
-from hybrid_ray.train.loop import train_step
-from hybrid_ray.variants import variant_spec
 
 
 def spec_for(variant: str, setting: str) -> RunSpec:
@@ -29,23 +27,16 @@ def spec_for(variant: str, setting: str) -> RunSpec:
     unknown = parts - {"ddp", "fsdp", "compile"}
     if unknown:
         raise SystemExit(f"unknown setting part(s) {sorted(unknown)}")
-    return variant_spec(variant).with_overrides({
-        "scale.backend": "fla", "scale.strategy": "fsdp" if "fsdp" in parts else "ddp",
-        "train.compile": "compile" in parts,
-    })
+    return bench_spec(variant, **{"scale.strategy": "fsdp" if "fsdp" in parts else "ddp", "train.compile": "compile" in parts})
 
 
 def profile_step(spec: RunSpec, device: torch.device, path: Path) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    model, optimizer, batches = setup_training(spec, device)
-    for _ in range(3):
-        train_step(model, optimizer, batches, spec.optim.lr, spec, device)
-    torch.cuda.synchronize()
+    model, optimizer, batches = hot_path(spec, device)
+    step_times(model, optimizer, batches, spec, device, steps=0)  # warm-up only
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(2):
-            train_step(model, optimizer, batches, spec.optim.lr, spec, device)
-        torch.cuda.synchronize()
+        step_times(model, optimizer, batches, spec, device, steps=2, warmup=0)
     events = prof.key_averages()
     sort = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,22 +51,22 @@ def main() -> None:
     parser.add_argument("--settings", nargs="*", default=["ddp", "fsdp"])
     parser.add_argument("--profile", nargs="*", default=[], help="settings to profile (first variant only)")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--out", default="benchmarks/results/speed.jsonl")
-    parser.add_argument("--profile-dir", default="benchmarks/results")
+    parser.add_argument("--out-dir", default="benchmarks/results/speed", help="speed.jsonl and profiles go here")
     args = parser.parse_args()
     device = torch.device("cuda", 0)
     single_process_group(device)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out_dir, "speed.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
 
     def emit(record: dict) -> None:
         record["time"] = time.strftime("%H:%M:%S")
-        with open(args.out, "a") as f:
+        with open(out, "a") as f:
             f.write(json.dumps(record) + "\n")
         print(json.dumps(record), flush=True)
 
     for setting in args.profile:
         name = setting.replace("+", "-")  # the device tool brings back plain file names only
-        path = Path(args.profile_dir, f"profile-{args.variants[0]}-{name}.txt")
+        path = Path(args.out_dir, f"profile-{args.variants[0]}-{name}.txt")
         profile_step(spec_for(args.variants[0], setting), device, path)
         emit({"profiled": setting})
     for variant in args.variants:

@@ -17,11 +17,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import single_process_group, time_training, write_json
+from benchmarks.common import OLD_SCRIPTS, bench_spec, single_process_group, time_training, write_json
 from hybrid_ray.train import train
-from hybrid_ray.variants import variant_spec
-
-OLD_SCRIPTS = {"h100_deltanet": 102e3, "h100_hybrid_sparse": 118e3, "h100_transformer": 282e3}  # tokens/s, one H100
 
 
 def steady(history: list[dict], key: str, skip: int = 2) -> float | None:
@@ -30,12 +27,11 @@ def steady(history: list[dict], key: str, skip: int = 2) -> float | None:
 
 
 def run(variant: str, gpus: int, strategy: str, steps: int, storage: str) -> dict:
-    spec = variant_spec(variant)
-    spec = spec.with_overrides({
+    spec = bench_spec(variant, **{
         "name": f"bench-{variant}-{gpus}gpu-{strategy}", "storage_path": storage,
-        "scale.num_workers": gpus, "scale.gpus_per_worker": 1, "scale.strategy": strategy, "scale.backend": "fla",
+        "scale.num_workers": gpus, "scale.gpus_per_worker": 1, "scale.strategy": strategy,
         "train.batch_size": 48 * gpus, "train.steps": steps, "train.log_every": 5,
-        "train.eval_every": 10 * steps, "train.checkpoint_every": 10 * steps, "train.eval_batches": 1,
+        "train.eval_every": 10 * steps, "train.checkpoint_every": 10 * steps, "train.eval_tokens": 48 * 1024,
     })
     outcome = train(spec, progress=False)
     history = outcome.results["history"]
@@ -69,8 +65,7 @@ def main() -> None:
         for strategy in args.strategies:
             baseline = None
             if not args.no_baseline and 1 in args.gpus:
-                spec = variant_spec(variant).with_overrides({"scale.backend": "fla", "scale.strategy": strategy})
-                baseline = time_training(spec, device, steps=10)
+                baseline = time_training(bench_spec(variant, **{"scale.strategy": strategy}), device, steps=10)
                 print(f"{variant} {strategy} without Ray: {baseline['tokens_per_s'] / 1e3:.1f}k tok/s", flush=True)
             one_gpu = None
             for gpus in sorted(args.gpus):

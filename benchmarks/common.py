@@ -1,8 +1,14 @@
-"""Shared by the GPU benchmarks: timing a training step, machine description, JSON results."""
+"""Shared by the GPU benchmarks: the reference numbers, the hot path of `hybrid-ray train`, the one timing loop, JSON.
+
+Every benchmark builds the model the way a Ray Train worker does (`setup_model`, inside a process group, so
+`--strategy auto` resolves to FSDP2 on a GPU exactly as in `hybrid-ray train`) and times `train_step` with
+`step_times`. Results go to a folder the caller names (`--out-dir`).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -15,12 +21,25 @@ from hybrid_ray.model import count_params, flops_per_token, peak_flops
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train.loop import setup_model, train_step
 from hybrid_ray.train.optim import build_optimizer
+from hybrid_ray.variants import REFERENCE_VOCAB, variant_spec
+
+# tokens/s on one H100 at the H100 base size, batch 48 x 1024: the single-GPU scripts hybrid-ray replaces, and the
+# first measurements of DESIGN.md's table (bf16 autocast, fused AdamW, no compile, FLA 0.6 + triton 3.7.1)
+OLD_SCRIPTS = {"h100_deltanet": 102e3, "h100_hybrid_sparse": 118e3, "h100_transformer": 282e3}
+DESIGN_TABLE = {  # tokens/s, peak GiB
+    "h100_deltanet": (112e3, 58), "h100_hybrid_sparse": (128e3, 53),
+    "h100_hybrid_alternating": (176e3, 42), "h100_transformer": (415e3, 26),
+}
+
+
+def bench_spec(variant: str, **overrides: Any) -> RunSpec:
+    """A variant at the H100 base size on FLA's kernels, with the original experiments' vocabulary."""
+    return variant_spec(variant).with_overrides({"scale.backend": "fla", "model.vocab_size": REFERENCE_VOCAB,
+                                                 **overrides})
 
 
 def single_process_group(device: torch.device) -> None:
     """A process group of one, as a Ray Train worker has: FSDP2 (the GPU default) needs one."""
-    import os
-
     import torch.distributed as dist
 
     torch.cuda.set_device(device)  # initialises CUDA: the memory-stat calls do not, and fail before it
@@ -33,43 +52,50 @@ def single_process_group(device: torch.device) -> None:
 def machine() -> dict[str, Any]:
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return {"gpus": gpus, "torch": torch.__version__, "cuda": torch.version.cuda, "host": platform.node(),
-            "cpus": __import__("os").cpu_count()}
+            "cpus": os.cpu_count()}
 
 
 def random_batches(spec: RunSpec, accum: int, device: torch.device) -> list[Batch]:
-    vocab = spec.model.vocab_size
-    ids = torch.randint(0, vocab, (accum, spec.micro_batch_size, spec.data.seq_len), device=device)
-    return [Batch(input_ids=ids[i], labels=ids[i], cu_seqlens=None) for i in range(accum)]
+    ids = torch.randint(0, spec.model.vocab_size, (accum, spec.micro_batch_size, spec.data.seq_len), device=device)
+    return [Batch(input_ids=ids[i], labels=ids[i]) for i in range(accum)]
 
 
-def setup_training(spec: RunSpec, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer, list[Batch]]:
+def hot_path(spec: RunSpec, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer, list[Batch]]:
     """What `hybrid-ray train` builds on a worker (model, optimizer) and one step's random batches."""
     model = setup_model(spec, device)
     return model, build_optimizer(model, spec.optim, device), random_batches(spec, spec.grad_accum_steps, device)
 
 
-def time_training(spec: RunSpec, device: torch.device, steps: int = 10, warmup: int = 3) -> dict[str, Any]:
-    """The training hot path of `hybrid-ray train` (model setup, train_step) without Ray, on random tokens."""
-    torch.cuda.reset_peak_memory_stats(device)
-    model, optimizer, batches = setup_training(spec, device)
+def step_times(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: list[Batch], spec: RunSpec,
+               device: torch.device, steps: int, warmup: int = 3) -> tuple[list[float], float]:
+    """The one timing loop: `warmup` untimed steps, then each step's seconds (synchronised); and the last loss."""
     for _ in range(warmup):
         train_step(model, optimizer, batches, spec.optim.lr, spec, device)
-    torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    times, loss = [], torch.zeros(())
     for _ in range(steps):
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
         loss, _ = train_step(model, optimizer, batches, spec.optim.lr, spec, device)
-    torch.cuda.synchronize(device)
-    seconds = (time.perf_counter() - start) / steps
+        torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times, loss.item()
+
+
+def time_training(spec: RunSpec, device: torch.device, steps: int = 10, warmup: int = 3) -> dict[str, Any]:
+    """The training hot path of `hybrid-ray train` without Ray, on random tokens: tokens/s, MFU, memory."""
+    torch.cuda.reset_peak_memory_stats(device)
+    model, optimizer, batches = hot_path(spec, device)
+    times, loss = step_times(model, optimizer, batches, spec, device, steps, warmup)
+    seconds = sorted(times)[len(times) // 2]  # the median step
     tokens = spec.train.batch_size * spec.data.seq_len
-    fpt = flops_per_token(spec.model, spec.data.seq_len)
     peak = peak_flops(torch.cuda.get_device_name(device))
     out = {
         "params": count_params(spec.model)["total"],
         "step_s": seconds,
         "tokens_per_s": tokens / seconds,
-        "mfu": tokens / seconds * fpt / peak if peak else None,
+        "mfu": tokens / seconds * flops_per_token(spec.model, spec.data.seq_len) / peak if peak else None,
         "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30,
-        "loss": loss.item(),
+        "loss": loss,
     }
     del model, optimizer
     torch.cuda.empty_cache()
@@ -78,4 +104,5 @@ def time_training(spec: RunSpec, device: torch.device, steps: int = 10, warmup: 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps({"machine": machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **payload}, indent=2))
+    Path(path).write_text(json.dumps({"machine": machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **payload},
+                                     indent=2))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import sys
 import warnings
 from typing import Any
@@ -11,7 +13,9 @@ import click
 
 from hybrid_ray.errors import HybridRayError, SpecError
 from hybrid_ray.spec import RunSpec
-from hybrid_ray.variants import DEFAULT_PRESET, DEFAULT_VARIANT, PRESETS, attention_layers, variant_spec
+from hybrid_ray.variants import DEFAULT_PRESET, DEFAULT_VARIANT, PRESETS, ratio_spec, variant_spec
+
+DEFAULT_STORAGE = RunSpec.storage_path
 
 # CLI flag -> RunSpec dotted key. The CLI never interprets these itself: it only copies them into the spec.
 SPEC_FLAGS: dict[str, str] = {
@@ -24,6 +28,7 @@ SPEC_FLAGS: dict[str, str] = {
     "tokenizer": "data.tokenizer",
     "max_documents": "data.max_documents",
     "packed": "data.packed",
+    "vocab_size": "model.vocab_size",
     "num_workers": "scale.num_workers",
     "gpus_per_worker": "scale.gpus_per_worker",
     "cpus_per_worker": "scale.cpus_per_worker",
@@ -32,6 +37,7 @@ SPEC_FLAGS: dict[str, str] = {
     "max_failures": "scale.max_failures",
     "compile": "train.compile",
     "eval_every": "train.eval_every",
+    "eval_tokens": "train.eval_tokens",
     "log_every": "train.log_every",
     "checkpoint_every": "train.checkpoint_every",
     "keep": "train.keep",
@@ -39,6 +45,18 @@ SPEC_FLAGS: dict[str, str] = {
     "name": "name",
     "seed": "train.seed",
 }
+
+
+def _vocab(value: str | None) -> int | str | None:
+    """--vocab-size: a number, or 'auto' (follow the tokenizer)."""
+    if value is None:
+        return None
+    if value == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError as e:
+        raise SpecError(f"--vocab-size must be a number or 'auto', got {value!r}") from e
 
 
 def build_spec(
@@ -57,64 +75,93 @@ def build_spec(
         if variant is None and preset is None:
             preset = DEFAULT_PRESET
         spec = variant_spec(variant or DEFAULT_VARIANT, preset)
-    overrides = {SPEC_FLAGS[k]: v for k, v in flags.items() if k in SPEC_FLAGS}
     if attention_ratio is not None:
-        overrides["model.attn_layers"] = attention_layers(attention_ratio, spec.model.num_layers)
-        if flags.get("name") is None:
-            overrides["name"] = f"{spec.name}-attn{round(attention_ratio * 100)}"
+        spec = ratio_spec(attention_ratio, spec)
+    overrides = {SPEC_FLAGS[k]: v for k, v in flags.items() if k in SPEC_FLAGS}
+    vocab = _vocab(overrides.pop("model.vocab_size", None))
+    if vocab == "auto":
+        spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, vocab_size=None))
+    elif vocab is not None:
+        overrides["model.vocab_size"] = vocab
     return spec.with_overrides(overrides)
 
 
-def _spec_options(f):
-    """The options that define a run (shared by train and data prepare)."""
-    options = [
-        click.option("--variant", help="Named variant (see `hybrid-ray variants`)."),
-        click.option("--preset", help=f"Model size preset: {', '.join(PRESETS)}."),
-        click.option("--config", "config", type=click.Path(dir_okay=False), help="YAML/JSON run spec (results.json works too)."),
-        click.option("--attention-ratio", type=float, help="Replace the attention layers by this share (0..1)."),
-        click.option("--data", help="stdlib | mqar[?k=v] | file/dir/glob | hf:NAME[:CONFIG][@SPLIT]."),
-        click.option("--tokenizer", help="byte, or a Hugging Face tokenizer name or path."),
-        click.option("--seq-len", type=int),
-        click.option("--max-documents", type=int, help="Read at most this many documents."),
-        click.option("--packed/--no-packed", default=None, help="Reset state at document boundaries (cu_seqlens)."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+def _options(*options):
+    """Apply click options in the order given (click would otherwise list them reversed)."""
+
+    def apply(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply
+
+
+SPEC_OPTIONS = _options(
+    click.option("--variant", help=f"Named variant (`hybrid-ray variants` lists them). [default: {DEFAULT_VARIANT}]"),
+    click.option("--preset", help=f"Model size preset: {', '.join(PRESETS)}. [default: {DEFAULT_PRESET} when neither "
+                                  "--variant nor --config is given, else the H100 base size]"),
+    click.option("--config", "config", type=click.Path(dir_okay=False),
+                 help="YAML/JSON run spec (a run's results.json or spec.yaml works too: it re-runs that exact spec; "
+                      "under the same --name it resumes that run)."),
+    click.option("--attention-ratio", type=float, help="Replace the attention layers by this share (0..1)."),
+    click.option("--data", help="stdlib | mqar[?k=v] | file/dir/glob | hf:NAME[:CONFIG][@SPLIT]. [default: stdlib]"),
+    click.option("--tokenizer", help="byte, or a Hugging Face tokenizer name or path. [default: byte]"),
+    click.option("--seq-len", type=int, help="Tokens per sequence. [default: the preset's]"),
+    click.option("--max-documents", type=int, help="Read at most this many documents. [default: all]"),
+    click.option("--packed/--no-packed", default=None, help="Reset state at document boundaries (cu_seqlens)."),
+    click.option("--vocab-size", help="Pin the model's vocabulary, or 'auto' to follow the tokenizer. [default: auto]"),
+)
+
+TRAIN_OPTIONS = _options(
+    click.option("--steps", type=int, help="Optimizer steps. [default: the preset's]"),
+    click.option("--lr", type=float, help="Peak learning rate. [default: the variant's]"),
+    click.option("--batch-size", type=int, help="Global batch (sequences per optimizer step)."),
+    click.option("--micro-batch-size", type=int, help="Per worker per forward (gradient accumulation)."),
+    click.option("--num-workers", type=int, help="Ray Train workers (data parallel). [default: 1]"),
+    click.option("--gpus-per-worker", type=float, help="[default: 1 when the cluster has the GPUs, else 0]"),
+    click.option("--cpus-per-worker", type=float, help="[default: 1]"),
+    click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]),
+                 help="Data parallelism. [default: auto = FSDP2 with bf16 compute params on GPUs, DDP on CPUs]"),
+    click.option("--backend", type=click.Choice(["auto", "fla", "torch"]),
+                 help="Model backend. [default: auto = FLA's kernels on GPUs, the pure-PyTorch twin on CPUs]"),
+    click.option("--compile/--no-compile", default=None, help="torch.compile each block. [default: off]"),
+    click.option("--max-failures", type=int, help="Worker-group restarts from the last checkpoint. [default: 0]"),
+    click.option("--eval-every", type=int, help="Steps between evaluations. [default: the preset's]"),
+    click.option("--eval-tokens", type=int,
+                 help="Validation tokens per evaluation, spread over the split; the last one scores the full split."),
+    click.option("--log-every", type=int, help="[default: 10]"),
+    click.option("--checkpoint-every", type=int, help="[default: the preset's]"),
+    click.option("--keep", type=int, help="Checkpoints to keep. [default: 3]"),
+    click.option("--seed", type=int, help="[default: 0]"),
+    click.option("--name", help="Run name; relaunching a name resumes it. [default: VARIANT-PRESET]"),
+    click.option("--storage-path", help=f"Local folder or pyarrow URI (s3://...). [default: {DEFAULT_STORAGE}]"),
+)
+
+CLUSTER_OPTIONS = _options(
+    click.option("--address", help="Ray cluster address. [default: $RAY_ADDRESS, else a local Ray on 127.0.0.1]"),
+    click.option("--verbose", is_flag=True, help="Show Ray's own log lines and warnings."),
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="hybrid-ray")
 def cli() -> None:
-    """Train and compare hybrid Gated DeltaNet / attention language models on Ray."""
+    """Train and compare hybrid Gated DeltaNet / attention language models on Ray.
+
+    Token shards are cached in $HYBRID_RAY_CACHE (default ~/.cache/hybrid-ray); runs live under --storage-path.
+    """
 
 
 @cli.command()
-@_spec_options
-@click.option("--steps", type=int)
-@click.option("--lr", type=float)
-@click.option("--batch-size", type=int, help="Global batch (sequences per optimizer step).")
-@click.option("--micro-batch-size", type=int, help="Per worker per forward (gradient accumulation).")
-@click.option("--num-workers", type=int)
-@click.option("--gpus-per-worker", type=float)
-@click.option("--cpus-per-worker", type=float)
-@click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]),
-              help="Data parallelism: fsdp (FSDP2, bf16 compute params) on GPUs and ddp on CPUs by default.")
-@click.option("--backend", type=click.Choice(["auto", "fla", "torch"]), help="Model backend.")
-@click.option("--compile/--no-compile", default=None, help="torch.compile each block.")
-@click.option("--max-failures", type=int, help="Worker-group restarts from the last checkpoint.")
-@click.option("--eval-every", type=int)
-@click.option("--log-every", type=int)
-@click.option("--checkpoint-every", type=int)
-@click.option("--keep", type=int, help="Checkpoints to keep.")
-@click.option("--seed", type=int)
-@click.option("--name", help="Run name (relaunching a name resumes it).")
-@click.option("--storage-path", help="Local folder or pyarrow URI (s3://...).")
-@click.option("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray).")
+@SPEC_OPTIONS
+@TRAIN_OPTIONS
+@CLUSTER_OPTIONS
 @click.option("--extend-steps", type=int, default=0, help="Train a (finished) run this many more steps.")
 @click.option("--until-step", type=int, help="Stop this launch at this step, resumable.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved spec and exit.")
-def train(address: str | None, extend_steps: int, until_step: int | None, dry_run: bool, **options: Any) -> None:
+def train(address: str | None, verbose: bool, extend_steps: int, until_step: int | None, dry_run: bool,
+          **options: Any) -> None:
     """Train one variant with Ray Train (resumes when the run name exists)."""
     spec = build_spec(**options)
     if dry_run:
@@ -122,7 +169,8 @@ def train(address: str | None, extend_steps: int, until_step: int | None, dry_ru
         return
     from hybrid_ray.train import train as train_run
 
-    outcome = train_run(spec, address=address, extend_steps=extend_steps, until_step=until_step)
+    _quiet(verbose)
+    outcome = train_run(spec, address=address, extend_steps=extend_steps, until_step=until_step, verbose=verbose)
     r = outcome.results
     line = f"{r['status']} at step {r['step']}/{r['total_steps']}"
     if "final" in r:
@@ -137,53 +185,65 @@ def data() -> None:
 
 
 @data.command("prepare")
-@_spec_options
-def data_prepare(**options: Any) -> None:
+@SPEC_OPTIONS
+@click.option("--verify", "verify_shards", is_flag=True, help="Also check every shard's checksum.")
+def data_prepare(verify_shards: bool, **options: Any) -> None:
     """Tokenize a corpus once into cached shards (what `train` would use)."""
     from hybrid_ray import data as data_lib
 
     spec = build_spec(**options)
     dataset = data_lib.prepare(spec.data, progress=True)
+    if verify_shards:
+        dataset.verify()
     click.echo(data_lib.describe(dataset))
+    if verify_shards:
+        click.echo("checksums: ok")
+
+
+@data.command("inspect")
+@SPEC_OPTIONS
+@click.option("--samples", type=int, default=2, show_default=True, help="Validation documents to print.")
+@click.option("--chars", type=int, default=300, show_default=True, help="Characters of each sample.")
+def data_inspect(samples: int, chars: int, **options: Any) -> None:
+    """Describe a prepared dataset and print the start of a few validation documents."""
+    from hybrid_ray import data as data_lib
+
+    dataset = data_lib.prepare(build_spec(**options).data, progress=True)
+    click.echo(data_lib.describe(dataset))
+    for i, text in enumerate(dataset.sample_documents("val", samples)):
+        click.echo(f"--- validation document {i + 1} ---\n{text[:chars]}")
 
 
 @cli.command()
-@click.option("--preset", help="Show the variants at this preset's size.")
+@click.option("--preset", help="Show the variants at this preset's size. [default: the H100 base size]")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def variants(preset: str | None, as_json: bool) -> None:
-    """List the named variants with their attention layers, hyper-parameters and parameter counts."""
-    from hybrid_ray.model import count_params
-    from hybrid_ray.variants import VARIANTS
+    """List the named variants: attention layers, hyper-parameters and parameter counts (at the reference vocabulary)."""
+    from hybrid_ray.variants import variant_table
 
-    rows = []
-    for name, v in VARIANTS.items():
-        spec = variant_spec(name, preset)
-        params = count_params(spec.model) if spec.model.vocab_size else None
-        rows.append({
-            "name": name, "description": v.description, "attention_ratio": round(spec.model.attention_ratio, 4),
-            "attention_layers": spec.model.attn_layers, "params": params, "lr": spec.optim.lr,
-            "batch_size": spec.train.batch_size, "seq_len": spec.data.seq_len, "steps": spec.train.steps,
-            "warmup_steps": spec.optim.warmup_steps,
-        })
+    rows = variant_table(preset)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     header = f"{'variant':<26}{'attn':>6}  {'attention layers':<32}{'params':>9}{'non-emb':>9}{'lr':>9}{'batch x seq':>13}{'steps':>7}"
     click.echo(header)
     for r in rows:
-        total = f"{r['params']['total'] / 1e6:.1f}M" if r["params"] else "-"
-        non_emb = f"{r['params']['non_embedding'] / 1e6:.1f}M" if r["params"] else "-"
         layers = ",".join(map(str, r["attention_layers"])) or "-"
         shape = f"{r['batch_size']} x {r['seq_len']}"
-        click.echo(f"{r['name']:<26}{r['attention_ratio'] * 100:>5.0f}%  {layers:<32}{total:>9}{non_emb:>9}"
-                   f"{r['lr']:>9.1e}{shape:>13}{r['steps']:>7}")
+        share = f"{r['attention_ratio'] * 100:>5.0f}%" + ("*" if r["share_differs"] else " ")
+        click.echo(f"{r['name']:<26}{share}  {layers:<32}{r['params']['total'] / 1e6:>8.1f}M"
+                   f"{r['params']['non_embedding'] / 1e6:>8.1f}M{r['lr']:>9.1e}{shape:>13}{r['steps']:>7}")
+    if any(r["share_differs"] for r in rows):
+        click.echo("* this depth cannot hold the variant's named share exactly")
+    click.echo(f"parameters at the reference vocabulary of {rows[0]['vocab_size']:,} (the SmolLM tokenizer); "
+               "a run's model follows its tokenizer unless --vocab-size pins it")
 
 
 @cli.command()
 @click.option("--require-gpu", is_flag=True, help="Also fail when there is no GPU at all.")
 @click.option("--json", "as_json", is_flag=True)
 def verify(require_gpu: bool, as_json: bool) -> int:
-    """Versions, FLA's origin, GPUs, attention kernel; non-zero exit when GPU training cannot work."""
+    """Versions (hybrid-ray's commit too), FLA's origin, GPUs, attention kernel; non-zero when GPU training cannot work."""
     from hybrid_ray.env import collect, format_report
 
     info = collect()
@@ -198,16 +258,69 @@ def verify(require_gpu: bool, as_json: bool) -> int:
 @cli.command()
 @click.argument("path")
 @click.option("--prompt", default="", help="Text to continue.")
-@click.option("--max-new-tokens", type=int, default=100)
-@click.option("--temperature", type=float, default=0.8, help="0 = greedy.")
-@click.option("--top-k", type=int, default=50)
-@click.option("--seed", type=int, default=0)
-@click.option("--backend", type=click.Choice(["auto", "fla", "torch"]), default="auto")
+@click.option("--max-new-tokens", type=int, default=100, show_default=True)
+@click.option("--temperature", type=float, default=0.8, show_default=True, help="0 = greedy.")
+@click.option("--top-k", type=int, default=50, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "fla", "torch"]), default="auto", show_default=True)
 def generate(path: str, prompt: str, **options: Any) -> None:
     """Continue a prompt with the model of a run folder (or a model folder)."""
     from hybrid_ray.generate import generate as generate_text
 
     click.echo(prompt + generate_text(path, prompt, **options))
+
+
+@cli.group()
+def runs() -> None:
+    """List and remove runs under a storage path."""
+
+
+STORAGE_OPTION = click.option("--storage-path", default=DEFAULT_STORAGE, show_default=True,
+                              help="Local folder or pyarrow URI.")
+
+
+@runs.command("list")
+@STORAGE_OPTION
+@click.option("--json", "as_json", is_flag=True)
+def runs_list(storage_path: str, as_json: bool) -> None:
+    """Name, variant, status, step, best validation loss and path of every run."""
+    from hybrid_ray.runs import list_runs
+
+    rows = list_runs(storage_path)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return
+    if not rows:
+        click.echo(f"no runs under {storage_path}")
+        return
+    click.echo(f"{'name':<32}{'variant':<26}{'status':<24}{'step':>12}{'best val':>10}  path")
+    for r in rows:
+        step = f"{r.step if r.step is not None else '-'}/{r.total_steps or '-'}"
+        best = f"{r.best_val_loss:.4f}" if r.best_val_loss is not None else "-"
+        click.echo(f"{r.name:<32}{r.variant or '-':<26}{r.status:<24}{step:>12}{best:>10}  {r.path}")
+
+
+@runs.command("rm")
+@click.argument("name")
+@STORAGE_OPTION
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def runs_rm(name: str, storage_path: str, yes: bool) -> None:
+    """Delete a run: its checkpoints, results and model folder."""
+    from hybrid_ray.runs import remove_run
+
+    if not yes:
+        click.confirm(f"delete run {name!r} under {storage_path} with all its checkpoints?", abort=True)
+    click.echo(f"removed {remove_run(storage_path, name)}")
+
+
+def _quiet(verbose: bool) -> None:
+    """Keep Ray's own log lines and warnings off the console unless --verbose (they go to Ray's log files)."""
+    if verbose:
+        return
+    for name in ("ray", "ray.train", "ray.tune", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"ray(\.|$)")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:

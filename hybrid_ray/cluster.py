@@ -1,17 +1,28 @@
-"""Every interaction with the Ray cluster itself: connect (or start a local one) and check resources."""
+"""Every interaction with the Ray cluster itself: connect (or start a local one), authenticate, check resources."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-from hybrid_ray.errors import ClusterError
+from hybrid_ray import ray_compat
+from hybrid_ray.errors import ClusterError, first_line
 
 # The dashboard's Train tab needs this before Ray starts (DESIGN.md, "Ray 2.60 facts").
 os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
+
+_session: dict[str, str | None] = {}
+
+
+def address_from_env() -> str | None:
+    return os.environ.get("RAY_ADDRESS") or None
 
 
 def _reachable(address: str, timeout: float = 5.0) -> None:
@@ -26,44 +37,76 @@ def _reachable(address: str, timeout: float = 5.0) -> None:
         raise ClusterError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from e
 
 
-def _use_token_auth() -> None:
-    """Ray 2.60 clusters started with `ray start` use token auth; a client sends the token it finds in
-    ~/.ray/auth_token only when RAY_AUTH_MODE=token, so opt in when that file exists and nothing else is set."""
-    if "RAY_AUTH_MODE" not in os.environ and Path("~/.ray/auth_token").expanduser().exists():
-        os.environ["RAY_AUTH_MODE"] = "token"
-
-
-def connect(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = True) -> str:
+def connect(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = True,
+            verbose: bool = False) -> str:
     """Connect to `address` (host:port, ray://..., 'auto'), to $RAY_ADDRESS, or start a local Ray in-process.
 
     Returns a short description of what it connected to. A no-op when Ray is already initialised (inside a
-    Ray job or a Tune trial).
+    Ray job or a Tune trial). Unless `verbose`, the console shows only what training workers print, not Ray's own
+    lines (they stay in Ray's log files). Clusters with token authentication get the token Ray finds ($RAY_AUTH_TOKEN,
+    $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token) without any variable to set; a local Ray listens on 127.0.0.1 only.
     """
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS")
+    address = address or address_from_env()
     if address and address not in ("auto", "local"):
         _reachable(address)  # also inside an existing session: an explicit address must not be silently ignored
+    import ray
+
     if ray.is_initialized():
         return "the current Ray session"
     kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}
     if address and address != "local":
-        _use_token_auth()
-        try:
-            ray.init(address=address, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ClusterError(f"cannot connect to the Ray cluster at {address}: {str(e).splitlines()[0]}") from e
+        ray_compat.use_token_if_available()
+        with _stderr_captured() as captured:  # Ray's C++ client repeats each failed attempt on stderr for ~20 s
+            try:
+                context = ray.init(address=address, **kwargs)
+            except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError, ... (one line either way)
+                raise ClusterError(f"cannot connect to the Ray cluster at {address}: "
+                                   f"{_auth_hint(e, captured.read_text(errors='replace'))}") from e
+        if verbose:
+            sys.stderr.write(captured.read_text(errors="replace"))
+        _session["dashboard"] = context.dashboard_url
+        if not verbose:
+            ray_compat.show_only_training_output()
         return f"Ray cluster at {address}"
+    ray_compat.enable_token_auth()  # what Ray does for a new local cluster anyway, without its warning
     try:
-        ray.init(
-            num_cpus=num_cpus,
-            include_dashboard=dashboard,
-            dashboard_host="127.0.0.1",
-            **kwargs,
-        )
+        context = ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
     except Exception as e:
-        raise ClusterError(f"cannot start a local Ray instance: {str(e).splitlines()[0]}") from e
+        raise ClusterError(f"cannot start a local Ray instance: {first_line(e)}") from e
+    _session["dashboard"] = context.dashboard_url
+    if not verbose:
+        ray_compat.show_only_training_output()
     return "a local Ray instance (stops when this command ends)"
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[Path]:
+    """Send this process's stderr (file descriptor 2, where Ray's C++ code writes) to a temporary file meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.NamedTemporaryFile(prefix="hybrid-ray-stderr-") as f:
+        os.dup2(f.fileno(), 2)
+        try:
+            yield Path(f.name)
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _auth_hint(error: BaseException, stderr: str = "") -> str:
+    message = first_line(error)
+    text = f"{message}\n{stderr}".lower()
+    if "token" in text or "authenticat" in text:
+        return ("authentication failed: the cluster uses token authentication and this machine's token is missing or "
+                "wrong; copy the head's ~/.ray/auth_token here or set RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH")
+    return message
+
+
+def dashboard_url() -> str | None:
+    """The dashboard of the cluster `connect` reached (None when unknown or disabled)."""
+    url = _session.get("dashboard")
+    return None if not url else url if "://" in url else f"http://{url}"
 
 
 def resources() -> dict[str, float]:

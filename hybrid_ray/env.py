@@ -6,11 +6,13 @@ import importlib.util
 import platform
 import sys
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from hybrid_ray.model.fla import fla_source
+from hybrid_ray.errors import first_line
+from hybrid_ray.model.fla import fla_source, git_info
 
 # FLA 0.6 refuses (rightly: wrong gradients) the gated chunk backward on Hopper with Triton in [3.4.0, 3.7.1).
 HOPPER_BAD_TRITON = ((3, 4, 0), (3, 7, 1))
@@ -42,6 +44,15 @@ def _flash_attn() -> str | None:
         return None
 
 
+def hybrid_ray_source() -> dict[str, Any]:
+    """hybrid-ray's own version, and its commit when it runs from a git checkout."""
+    package = Path(__file__).parent
+    info: dict[str, Any] = {"version": _version("hybrid-ray"), "path": str(package)}
+    if (package.parent / ".git").exists():
+        info.update({k: v for k, v in git_info(package).items() if k != "repo"})
+    return info
+
+
 def collect() -> dict[str, Any]:
     """Versions, GPUs, FLA's origin, the attention kernel, and whether GPU training can work (with reasons)."""
     gpus = []
@@ -52,6 +63,7 @@ def collect() -> dict[str, Any]:
     triton_version = _version("triton")
     flash = _flash_attn()
     info: dict[str, Any] = {
+        "hybrid_ray": hybrid_ray_source(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "torch": torch.__version__,
@@ -89,7 +101,7 @@ def collect() -> dict[str, Any]:
 
                 import_fla()
             except Exception as e:  # report, do not crash: this is a diagnostic command
-                problems.append(f"FLA does not import: {str(e).splitlines()[0]}")
+                problems.append(f"FLA does not import: {first_line(e)}")
     info["gpu_training"] = bool(gpus) and not problems
     info["problems"] = problems
     return info
@@ -100,6 +112,7 @@ def runtime_versions(device: torch.device, backend: str) -> dict[str, Any]:
     out = {
         "python": sys.version.split()[0], "torch": torch.__version__, "triton": _version("triton"),
         "ray": _version("ray"), "fla": fla_source(), "flash_attn": _flash_attn(), "backend": backend,
+        "hybrid_ray": hybrid_ray_source(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
     }
     if backend == "fla":
@@ -125,7 +138,10 @@ def format_report(info: dict[str, Any]) -> str:
         training = "GPU training: NOT possible"
     else:
         training = "GPU training: no CUDA GPU here; training runs on CPU with the pure-PyTorch backend"
+    own = info["hybrid_ray"]
+    commit = f" @ {own['commit'][:12]}{' (dirty)' if own.get('dirty') else ''}" if own.get("commit") else ""
     lines = [
+        f"hybrid-ray    {own['version'] or '?'}{commit} ({own['path']})",
         f"python        {info['python']} ({info['platform']})",
         f"torch         {info['torch']} (CUDA {info['cuda'] or 'none'})",
         f"triton        {info['triton'] or 'not installed'}",

@@ -34,6 +34,14 @@ class EnvironmentProblem(HybridRayError):
     """The installed software cannot do what was asked (e.g. train FLA's kernels on this GPU)."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name when the message is empty."""
+    for line in str(error).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(error).__name__
+
+
 def suggest(name: str, choices: Iterable[str]) -> str:
     """' (did you mean X?)' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)

@@ -65,6 +65,10 @@ def generate(
     tokenizer = load_tokenizer(folder)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, _ = load_model(folder, backend, device=device)
+    broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if broken:
+        raise CheckpointError(f"the model in {folder} has non-finite weights ({broken[0]} and {len(broken) - 1} more): "
+                              "its run diverged; generate from an earlier checkpoint folder instead")
     model.eval()
     ids = torch.as_tensor(tokenizer.encode(prompt), dtype=torch.long, device=device)[None]
     if ids.shape[1] == 0:

@@ -7,17 +7,19 @@ checkpoints and results.json store it, and `--config FILE` reads it back.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hybrid_ray.errors import SpecError, suggest
+from hybrid_ray.errors import SpecError, first_line, suggest
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _check(ok: bool, message: str) -> None:
@@ -41,6 +43,7 @@ class ModelSpec:
     attn_window: int | None = None
     rope_theta: float = 10000.0
     hidden_ratio: int = 4
+    mlp_size: int | None = None  # SwiGLU width of every layer; None: FLA's rule from hidden_ratio (--match-params sets it)
     conv_size: int = 4
     use_gate: bool = True
     allow_neg_eigval: bool = False
@@ -80,6 +83,7 @@ class ModelSpec:
         _check(self.attn_window is None or self.attn_window > 0, "model.attn_window must be a positive integer or null")
         _check(self.vocab_size is None or self.vocab_size > 1, "model.vocab_size must be > 1 or null")
         _check(self.conv_size > 1, "model.conv_size must be > 1")
+        _check(self.mlp_size is None or self.mlp_size > 0, "model.mlp_size must be > 0 or null")
 
     @property
     def attention_ratio(self) -> float:
@@ -87,7 +91,9 @@ class ModelSpec:
 
     @property
     def intermediate_size(self) -> int:
-        """SwiGLU width, FLA's rule: 256 * ceil(int(hidden * ratio * 2/3) / 256)."""
+        """SwiGLU width: mlp_size, else FLA's rule 256 * ceil(int(hidden * ratio * 2/3) / 256)."""
+        if self.mlp_size is not None:
+            return self.mlp_size
         inner = int(self.hidden_size * self.hidden_ratio * 2 / 3)
         return 256 * math.ceil(inner / 256)
 
@@ -107,84 +113,47 @@ class ModelSpec:
     def with_vocab(self, vocab_size: int) -> ModelSpec:
         return dataclasses.replace(self, vocab_size=vocab_size)
 
-    def to_fla_config(self) -> dict[str, Any]:
-        """The keyword arguments of FLA's GatedDeltaNetConfig (and the content of a saved config.json)."""
-        _check(self.vocab_size is not None, "model.vocab_size is unresolved: build the tokenizer first")
-        attn = None
-        if self.attn_layers:
-            attn = {
-                "layers": list(self.attn_layers),
-                "num_heads": self.attn_num_heads,
-                "num_kv_heads": self.attn_num_kv_heads or self.attn_num_heads,
-                "qkv_bias": False,
-                "window_size": self.attn_window,
-                "rope_theta": self.rope_theta,
-            }
-        return {
-            "model_type": "gated_deltanet",
-            "hidden_size": self.hidden_size,
-            "num_hidden_layers": self.num_layers,
-            "num_heads": self.num_heads,
-            "num_v_heads": self.num_v_heads,
-            "head_dim": self.head_dim,
-            "expand_v": self.expand_v,
-            "attn": attn,
-            "hidden_ratio": self.hidden_ratio,
-            "intermediate_size": None,
-            "conv_size": self.conv_size,
-            "use_gate": self.use_gate,
-            "use_short_conv": True,
-            "allow_neg_eigval": self.allow_neg_eigval,
-            "vocab_size": self.vocab_size,
-            "max_position_embeddings": self.max_position_embeddings,
-            "norm_eps": self.norm_eps,
-            "initializer_range": self.initializer_range,
-            "tie_word_embeddings": False,
-            "hidden_act": "swish",
-        }
 
-    @classmethod
-    def from_fla_config(cls, cfg: dict[str, Any]) -> ModelSpec:
-        """Inverse of to_fla_config; accepts any GatedDeltaNet config.json this model family can express."""
-        if cfg.get("model_type", "gated_deltanet") != "gated_deltanet":
-            raise SpecError(f"config.json describes a {cfg.get('model_type')!r} model, not gated_deltanet")
-        unsupported = {
-            "use_short_conv": True, "tie_word_embeddings": False, "attnres_block_size": None, "use_l2warp": False,
-            "intermediate_size": None, "output_gate_activation": "swish",
-        }
-        for key, expected in unsupported.items():
-            if key in cfg and cfg[key] != expected and not (key == "output_gate_activation" and cfg[key] == "silu"):
-                raise SpecError(f"config.json sets {key}={cfg[key]!r}; hybrid-ray models need {expected!r}")
-        attn = cfg.get("attn")
-        if isinstance(attn, list):
-            if len(attn) != 1:
-                raise SpecError("config.json has several attention specifications; hybrid-ray supports one")
-            attn = attn[0]
-        attn = attn or {}
-        if attn.get("qkv_bias"):
-            raise SpecError("config.json sets attn.qkv_bias; hybrid-ray models have no attention biases")
-        num_heads = cfg.get("num_heads", 6)
-        return cls(
-            hidden_size=cfg.get("hidden_size", 2048),
-            num_layers=cfg.get("num_hidden_layers", 21),
-            num_heads=num_heads,
-            num_v_heads=cfg.get("num_v_heads"),
-            head_dim=cfg.get("head_dim", 256),
-            expand_v=cfg.get("expand_v", 2.0),
-            attn_layers=list(attn.get("layers", [])),
-            attn_num_heads=attn.get("num_heads", num_heads),
-            attn_num_kv_heads=attn.get("num_kv_heads"),
-            attn_window=attn.get("window_size"),
-            rope_theta=attn.get("rope_theta", 10000.0),
-            hidden_ratio=cfg.get("hidden_ratio", 4),
-            conv_size=cfg.get("conv_size", 4),
-            use_gate=cfg.get("use_gate", True),
-            allow_neg_eigval=cfg.get("allow_neg_eigval", False),
-            vocab_size=cfg.get("vocab_size", 32000),
-            max_position_embeddings=cfg.get("max_position_embeddings", 2048),
-            norm_eps=cfg.get("norm_eps", 1e-6),
-            initializer_range=cfg.get("initializer_range", 0.02),
-        )
+SOURCE_KINDS = ("stdlib", "mqar", "hf", "files")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A data source string, parsed once: which reader it needs and what that reader reads.
+
+    `stdlib`, `mqar[?k=v&...]`, `hf:NAME[:CONFIG][@SPLIT]`, or a local file, folder or glob. A local path that
+    exists wins over the prefixes, so a folder named `hf:x` or `mqar_data` is read as files.
+    """
+
+    kind: str
+    text: str  # the normalized source string (local paths absolute)
+    hf_name: str | None = None
+    hf_config: str | None = None
+    hf_split: str = "train"
+    options: str = ""  # mqar's query string
+
+    @property
+    def path(self) -> str:
+        """The local path or glob of a `files` source."""
+        return self.text
+
+
+def parse_source(text: str) -> Source:
+    """Parse a data source string (see Source); local paths become absolute, so workers in another directory
+    (a Ray job's working_dir) and every command find the same files and the same shard cache."""
+    _check(bool(text and text.strip()), "data.source must not be empty")
+    text = text.strip()
+    local = os.path.abspath(os.path.expanduser(text))
+    if text == "stdlib":
+        return Source("stdlib", text)
+    if (text == "mqar" or text.startswith("mqar?")) and not os.path.exists(local):
+        return Source("mqar", text, options=text.partition("?")[2])
+    if text.startswith("hf:") and not os.path.exists(local):
+        rest, _, split = text.removeprefix("hf:").partition("@")
+        name, _, config = rest.partition(":")
+        _check(bool(name), f"bad Hugging Face source {text!r}; expected hf:NAME[:CONFIG][@SPLIT]")
+        return Source("hf", text, hf_name=name, hf_config=config or None, hf_split=split or "train")
+    return Source("files", local)
 
 
 @dataclass(kw_only=True)
@@ -202,11 +171,16 @@ class DataSpec:
     cache_dir: str | None = None  # None: $HYBRID_RAY_CACHE or ~/.cache/hybrid-ray
 
     def __post_init__(self) -> None:
-        _check(bool(self.source), "data.source must not be empty")
+        self.source = parse_source(self.source).text
         _check(self.seq_len >= 2, "data.seq_len must be >= 2")
         _check(0.0 < self.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         _check(self.max_documents is None or self.max_documents > 0, "data.max_documents must be > 0 or null")
         _check(self.max_tokens is None or self.max_tokens > 0, "data.max_tokens must be > 0 or null")
+
+    @functools.cached_property
+    def parsed(self) -> Source:
+        """The source string parsed (see Source)."""
+        return parse_source(self.source)
 
 
 @dataclass(kw_only=True)
@@ -224,13 +198,14 @@ class OptimSpec:
     grad_clip: float = 1.0
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _check(math.isfinite(self.lr) and self.lr > 0, f"optim.lr must be a finite number > 0, got {self.lr}")
+        _check(math.isfinite(self.eps) and self.eps > 0, f"optim.eps must be a finite number > 0, got {self.eps}")
         _check(0 <= self.min_lr_ratio <= 1, "optim.min_lr_ratio must be in [0, 1]")
         _check(self.schedule in ("linear", "cosine"), f"optim.schedule must be 'linear' or 'cosine', got {self.schedule!r}")
         _check(self.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
-        _check(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
+        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "optim.weight_decay must be finite and >= 0")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "optim.beta1 and optim.beta2 must be in [0, 1)")
-        _check(self.grad_clip >= 0, "optim.grad_clip must be >= 0 (0 disables clipping)")
+        _check(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "optim.grad_clip must be finite and >= 0 (0 disables clipping)")
 
 
 @dataclass(kw_only=True)
@@ -241,7 +216,7 @@ class TrainSpec:
     batch_size: int = 48  # global: sequences per optimizer step, over all workers
     micro_batch_size: int | None = None  # per worker per forward; None: batch_size // num_workers
     eval_every: int = 100
-    eval_batches: int = 4  # global validation batches per evaluation
+    eval_tokens: int = 262_144  # validation tokens per evaluation, spread over the split; the run's end scores all
     log_every: int = 10
     checkpoint_every: int = 100
     keep: int = 3
@@ -254,7 +229,7 @@ class TrainSpec:
         _check(self.batch_size > 0, f"train.batch_size must be > 0, got {self.batch_size}")
         _check(self.micro_batch_size is None or self.micro_batch_size > 0, "train.micro_batch_size must be > 0")
         _check(self.eval_every > 0 and self.log_every > 0, "train.eval_every and train.log_every must be > 0")
-        _check(self.eval_batches > 0, "train.eval_batches must be > 0")
+        _check(self.eval_tokens > 0, "train.eval_tokens must be > 0")
         _check(self.checkpoint_every > 0, "train.checkpoint_every must be > 0")
         _check(self.keep >= 1, "train.keep must be >= 1")
         _check(self.precision in ("auto", "bf16", "fp32"), f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
@@ -341,8 +316,7 @@ class RunSpec:
         """Strict: unknown keys are errors (with a close-match suggestion), values are coerced to field types."""
         if not isinstance(d, dict):
             raise SpecError(f"a run spec must be a mapping, got {type(d).__name__}")
-        d = dict(d)
-        d.pop("schema", None)
+        d = _migrate(dict(d))
         top = {f.name: f for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
         for key, value in d.items():
@@ -365,7 +339,7 @@ class RunSpec:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise SpecError(f"spec file {p} is not valid YAML/JSON: {str(e).splitlines()[0]}") from e
+            raise SpecError(f"spec file {p} is not valid YAML/JSON: {first_line(e)}") from e
         if isinstance(data, dict) and "spec" in data and "model" not in data:
             data = data["spec"]
         return cls.from_dict(data)
@@ -386,6 +360,15 @@ class RunSpec:
                 raise SpecError(f"unknown spec key {dotted!r}{suggest(leaf, node)}")
             node[leaf] = value
         return RunSpec.from_dict(d)
+
+
+def _migrate(d: dict[str, Any]) -> dict[str, Any]:
+    """Read older schemas: version 1 counted validation in global batches (train.eval_batches)."""
+    if d.pop("schema", SCHEMA_VERSION) < 2 and isinstance(d.get("train"), dict) and "eval_batches" in d["train"]:
+        train = d["train"] = dict(d["train"])
+        seq_len = (d.get("data") or {}).get("seq_len", DataSpec.seq_len)
+        train["eval_tokens"] = int(train.pop("eval_batches")) * int(train.get("batch_size", TrainSpec.batch_size)) * int(seq_len)
+    return d
 
 
 def _section_from_dict(section: str, cls: type, d: Any) -> Any:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from hybrid_ray.errors import HybridRayError
+from hybrid_ray.errors import HybridRayError, first_line
 
 
 def is_uri(path: str) -> bool:
@@ -28,7 +28,7 @@ def _fs(path: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(path) if is_uri(path) else (pafs.LocalFileSystem(), path)
     except Exception as e:
-        raise HybridRayError(f"cannot open storage {path}: {str(e).splitlines()[0]}") from e
+        raise HybridRayError(f"cannot open storage {path}: {first_line(e)}") from e
 
 
 def check_writable(path: str) -> None:
@@ -41,7 +41,7 @@ def check_writable(path: str) -> None:
             f.write(b"ok")
         fs.delete_file(probe)
     except OSError as e:  # pyarrow's filesystem errors are OSErrors too
-        raise HybridRayError(f"storage path {path} is not writable: {str(e).splitlines()[0]}") from e
+        raise HybridRayError(f"storage path {path} is not writable: {first_line(e)}") from e
 
 
 def write_bytes(path: str, data: bytes) -> None:
@@ -77,6 +77,33 @@ def list_dirs(path: str) -> list[str]:
         return []
     infos = fs.get_file_info(pafs.FileSelector(target, recursive=False))
     return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def file_sizes(path: str) -> dict[str, int]:
+    """Sizes of the files directly in folder `path`, by name ({} when it does not exist)."""
+    fs, target = _fs(path)
+    if fs.get_file_info(target).type != pafs.FileType.Directory:
+        return {}
+    infos = fs.get_file_info(pafs.FileSelector(target, recursive=False))
+    return {i.base_name: i.size for i in infos if i.type == pafs.FileType.File}
+
+
+def list_files(path: str) -> list[str]:
+    """Names of the files directly in folder `path`, sorted ([] when it does not exist)."""
+    return sorted(file_sizes(path))
+
+
+def delete_file(path: str) -> None:
+    """Delete a file if it exists."""
+    fs, target = _fs(path)
+    if fs.get_file_info(target).type == pafs.FileType.File:
+        fs.delete_file(target)
+
+
+def remove_dir(path: str) -> None:
+    """Delete a folder and everything in it."""
+    fs, target = _fs(path)
+    fs.delete_dir(target)
 
 
 def copy_dir(src: str, dst: str) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 
 from hybrid_ray.errors import SpecError, suggest
+from hybrid_ray.model.flops import count_params
 from hybrid_ray.spec import DataSpec, ModelSpec, OptimSpec, RunSpec, TrainSpec
 
 # Attention layers for each attention-layer count at 12 layers, exactly as in the original experiments
@@ -121,20 +123,22 @@ class Preset:
     lr: float | None = None
     steps: int | None = None
     warmup_steps: int | None = None
-    vocab_size: int | None | str = "base"  # "base": keep the base vocab; None: follow the tokenizer
     eval_every: int | None = None
+    eval_tokens: int | None = None
     checkpoint_every: int | None = None
 
 
+# Depths are multiples of 6 so that the default 17% hybrid (one attention layer in six) exists at every preset;
+# at 12 and 24 layers every named share exists. The old scripts' single-architecture sizes had 4, 8 and 16 layers.
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
-        Preset("tiny", 64, 4, 2, 128, 8, "CPU debug size: trains in minutes on 2 cores", head_dim=32, steps=200,
-               warmup_steps=20, vocab_size=None, eval_every=50, checkpoint_every=50),
-        Preset("small", 128, 4, 4, 128, 2, "single-architecture experiment, small"),
-        Preset("medium", 256, 8, 8, 256, 4, "single-architecture experiment, medium"),
+        Preset("tiny", 64, 6, 2, 128, 8, "CPU debug size: trains in about a minute on 2 cores", head_dim=32, steps=200,
+               warmup_steps=20, eval_every=50, eval_tokens=32_768, checkpoint_every=50),
+        Preset("small", 128, 6, 4, 128, 2, "single-architecture experiment, small"),
+        Preset("medium", 256, 12, 8, 256, 4, "single-architecture experiment, medium"),
         Preset("large", 512, 12, 8, 512, 8, "single-architecture experiment, large"),
-        Preset("xlarge", 1024, 16, 16, 1024, 4, "single-architecture experiment, xlarge"),
+        Preset("xlarge", 1024, 24, 16, 1024, 4, "single-architecture experiment, xlarge"),
         Preset("rtx4090", 768, 12, 12, 1024, 32, "one RTX 4090", lr=1e-3),
         Preset("h100", 768, 12, 12, 1024, 120, "one H100, long run", steps=10_000),
         Preset("b200", 768, 12, 12, 1024, 256, "one B200, long run", lr=8.5e-4, steps=10_000),
@@ -143,11 +147,13 @@ PRESETS: dict[str, Preset] = {
 
 DEFAULT_VARIANT = "h100_hybrid_sparse"
 DEFAULT_PRESET = "tiny"
+# The vocabulary of the original experiments (the SmolLM tokenizer). Models follow their tokenizer's vocabulary
+# unless model.vocab_size pins one; parameter tables and GPU benchmarks quote this one.
+REFERENCE_VOCAB = 49152
 
 # The H100 base configuration every variant starts from (see DESIGN.md, "Variants").
 BASE_MODEL = ModelSpec(
-    hidden_size=768, num_layers=12, num_heads=12, head_dim=256, expand_v=1.0,
-    attn_num_heads=12, attn_window=2048, vocab_size=49152,
+    hidden_size=768, num_layers=12, num_heads=12, head_dim=256, expand_v=1.0, attn_num_heads=12, attn_window=2048,
 )
 
 
@@ -164,7 +170,10 @@ def get_preset(name: str) -> Preset:
 
 
 def variant_spec(variant: str = DEFAULT_VARIANT, preset: str | None = None) -> RunSpec:
-    """The RunSpec of a named variant at the H100 base size, or at a preset's size."""
+    """The RunSpec of a named variant at the H100 base size, or at a preset's size.
+
+    Warns when the preset's depth cannot hold the variant's attention share exactly (8% at 6 layers, say).
+    """
     v = get_variant(variant)
     model = dataclasses.replace(BASE_MODEL, attn_layers=list(v.attn_layers_12))
     data = DataSpec(seq_len=1024)
@@ -181,8 +190,10 @@ def variant_spec(variant: str = DEFAULT_VARIANT, preset: str | None = None) -> R
             attn_num_heads=p.num_heads,
             head_dim=p.head_dim or model.head_dim,
             attn_layers=v.layers_for(p.num_layers),
-            vocab_size=model.vocab_size if p.vocab_size == "base" else p.vocab_size,
         )
+        if abs(model.attention_ratio - v.ratio) > 1e-9:
+            warnings.warn(f"{variant} has {v.ratio:.0%} attention, which {p.num_layers} layers cannot hold: preset "
+                          f"{preset} gets {len(model.attn_layers)} of {p.num_layers} ({model.attention_ratio:.0%})")
         data = dataclasses.replace(data, seq_len=p.seq_len)
         optim = dataclasses.replace(
             optim, lr=p.lr or optim.lr, warmup_steps=optim.warmup_steps if p.warmup_steps is None else p.warmup_steps
@@ -192,6 +203,7 @@ def variant_spec(variant: str = DEFAULT_VARIANT, preset: str | None = None) -> R
             batch_size=p.batch_size,
             steps=p.steps or train.steps,
             eval_every=p.eval_every or train.eval_every,
+            eval_tokens=p.eval_tokens or train.eval_tokens,
             checkpoint_every=p.checkpoint_every or train.checkpoint_every,
         )
         name = f"{variant}-{preset}"
@@ -204,3 +216,22 @@ def ratio_spec(ratio: float, base: RunSpec, placement: str = "spread") -> RunSpe
     return dataclasses.replace(
         base, model=dataclasses.replace(base.model, attn_layers=layers), name=f"{base.name}-attn{round(ratio * 100)}"
     )
+
+
+def variant_table(preset: str | None = None) -> list[dict]:
+    """One row per named variant at a preset's size: attention layers and share, parameters at REFERENCE_VOCAB,
+    hyper-parameters; `share_differs` marks a depth that cannot hold the named share exactly."""
+    rows = []
+    for name, v in VARIANTS.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the table marks it instead
+            spec = variant_spec(name, preset)
+        rows.append({
+            "name": name, "description": v.description, "attention_ratio": round(spec.model.attention_ratio, 4),
+            "share_differs": abs(spec.model.attention_ratio - v.ratio) > 1e-9,
+            "attention_layers": spec.model.attn_layers, "vocab_size": REFERENCE_VOCAB,
+            "params": count_params(spec.model.with_vocab(REFERENCE_VOCAB)), "lr": spec.optim.lr,
+            "batch_size": spec.train.batch_size, "seq_len": spec.data.seq_len, "steps": spec.train.steps,
+            "warmup_steps": spec.optim.warmup_steps,
+        })
+    return rows

@@ -1,13 +1,22 @@
-"""Test environment: offline, FLA's Triton kernels interpreted on CPU-only machines, GPU tests skipped there."""
+"""Test environment: offline, hermetic (own shard cache, own Ray on free ports, nothing written to ~/.ray), FLA's Triton
+kernels interpreted on CPU-only machines, GPU tests skipped there."""
 
 import os
+import secrets
+import shutil
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# token shards of this test session only (Ray workers inherit the variable)
-os.environ["HYBRID_RAY_CACHE"] = tempfile.mkdtemp(prefix="hybrid-ray-test-cache-")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# token shards of this test session only (Ray workers inherit the variable); removed when the session ends
+CACHE = tempfile.mkdtemp(prefix="hybrid-ray-test-cache-")
+os.environ["HYBRID_RAY_CACHE"] = CACHE
+# Ray turns token authentication on for local clusters and writes ~/.ray/auth_token when it finds no token: give it
+# one, so the tests never write into the user's home (tests of the token file use their own HOME)
+os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
+# Ray Train's controller polls its workers every 2 s; tiny test runs spend much of their time waiting for that
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -27,6 +36,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(CACHE, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def fla_interpreted():
     """FLA importable on CPU: its kernels interpreted, autotuning reduced to the first config (no timing)."""
@@ -38,3 +51,21 @@ def fla_interpreted():
     from hybrid_ray.model.fla import import_fla
 
     return import_fla()
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One in-process local Ray for the tests that call the library directly: 2 CPUs, the dashboard (Tune's early
+    stopping needs it) on a free port of 127.0.0.1, its own temp folder; shut down at the end of the session."""
+    import ray
+    from ray_procs import free_port, short_tmpdir
+
+    from hybrid_ray import ray_compat
+
+    temp = short_tmpdir()
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
+             logging_level="WARNING", _temp_dir=temp)
+    ray_compat.show_only_training_output()  # what `hybrid-ray` shows on its console
+    yield ray
+    ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hybrid_ray.data import Batch, BatchLoader, prepare
+from hybrid_ray.data.loader import eval_batches
 from hybrid_ray.errors import DataError
 from hybrid_ray.spec import DataSpec
 
@@ -67,7 +68,6 @@ def test_epochs_roll_over_with_a_new_order_and_a_warning(caplog):
     epoch0, epoch1 = sum(steps[:3], []), sum(steps[3:], [])
     assert sorted(epoch0) == sorted(epoch1) == list(range(24)) and epoch0 != epoch1
     loader = BatchLoader(IndexBlocks(24), seq_len=SEQ, global_batch=GB, micro_batch=8, rank=0, world_size=1, seed=0)
-    assert loader.epochs_for(9) == 3.0
     with caplog.at_level(logging.WARNING):
         for _ in range(4):
             loader.next_step()
@@ -126,26 +126,40 @@ def test_lm_batches(dataset):
     assert torch.equal(torch.cat([b.input_ids for b in batches]), torch.from_numpy(want))
 
 
-def test_val_batches_are_fixed_ordered_and_rank_split(dataset):
-    kw = dict(seq_len=SEQ, global_batch=GB, num_batches=3)
-    one = dataset.val_batches(micro_batch=4, rank=0, world_size=1, **kw)
-    assert len(one) == 6 and all(b.input_ids.shape == (4, SEQ) for b in one)
-    again = dataset.val_batches(micro_batch=4, rank=0, world_size=1, **kw)
+def served(batches):
+    return [int(i) for b in batches for i in b.input_ids[:, 0]]
+
+
+def test_validation_blocks_spread_over_the_whole_split_for_any_world_size():
+    one = eval_batches(IndexBlocks(100), seq_len=SEQ, micro_batch=4, rank=0, world_size=1, max_blocks=10)
+    assert served(one) == list(range(0, 100, 10)) and [len(b.input_ids) for b in one] == [4, 4, 2]
+    for world in (2, 3, 4):
+        shares = [eval_batches(IndexBlocks(100), seq_len=SEQ, micro_batch=2, rank=r, world_size=world, max_blocks=10)
+                  for r in range(world)]
+        assert sum((served(s) for s in shares), []) == served(one)  # same blocks, split into contiguous shares
+    odd = served(eval_batches(IndexBlocks(7), seq_len=SEQ, micro_batch=8, rank=0, world_size=1, max_blocks=3))
+    assert odd == [0, 2, 4]
+
+
+def test_validation_without_a_limit_is_the_full_split():
+    full = eval_batches(IndexBlocks(13), seq_len=SEQ, micro_batch=4, rank=0, world_size=1)
+    assert served(full) == list(range(13))
+    assert served(eval_batches(IndexBlocks(13), seq_len=SEQ, micro_batch=4, rank=0, world_size=1, max_blocks=99)) == list(range(13))
+    with pytest.raises(DataError, match="validation split has no block"):
+        eval_batches(IndexBlocks(0), seq_len=SEQ, micro_batch=4, rank=0, world_size=1)
+
+
+def test_val_batches_read_the_split_and_repeat_exactly(dataset):
+    one = dataset.val_batches(seq_len=SEQ, micro_batch=4, rank=0, world_size=1, max_tokens=6 * SEQ)
+    again = dataset.val_batches(seq_len=SEQ, micro_batch=4, rank=0, world_size=1, max_tokens=6 * SEQ)
+    assert [len(b.input_ids) for b in one] == [4, 2]
     assert all(torch.equal(a.input_ids, b.input_ids) for a, b in zip(one, again))
     tokens = np.fromfile(dataset.path / "val.bin", dtype=np.uint16)
-    assert torch.equal(torch.cat([b.input_ids for b in one]).flatten(), torch.from_numpy(tokens[: 3 * GB * SEQ].astype(np.int64)))
-    two = [dataset.val_batches(micro_batch=4, rank=r, world_size=2, **kw) for r in range(2)]
-    per_step = [torch.cat([two[r][t].input_ids for r in range(2)]) for t in range(3)]
-    assert torch.equal(torch.cat(per_step), torch.cat([b.input_ids for b in one]))
-
-
-def test_val_batches_shrink_to_what_exists_or_fail(dataset):
-    val_blocks = dataset.manifest["splits"]["val"]["tokens"] // SEQ
-    got = dataset.val_batches(seq_len=SEQ, global_batch=GB, micro_batch=GB, rank=0, world_size=1, num_batches=10_000)
-    assert len(got) == val_blocks // GB
-    with pytest.raises(DataError, match="validation split"):
-        dataset.val_batches(seq_len=SEQ, global_batch=val_blocks + 1, micro_batch=val_blocks + 1, rank=0,
-                            world_size=1, num_batches=1)
+    n = len(tokens) // SEQ
+    want = tokens[: n * SEQ].reshape(n, SEQ)[(np.arange(6) * n) // 6].astype(np.int64)
+    assert torch.equal(torch.cat([b.input_ids for b in one]), torch.from_numpy(want))
+    full = dataset.val_batches(seq_len=SEQ, micro_batch=GB, rank=0, world_size=1)
+    assert sum(len(b.input_ids) for b in full) == n
 
 
 def test_packed_mode_marks_documents_and_rows(dataset):
@@ -169,8 +183,7 @@ def test_packed_mode_marks_documents_and_rows(dataset):
 
 
 def test_packed_val_batches(dataset):
-    (b,) = dataset.val_batches(seq_len=SEQ, global_batch=GB, micro_batch=GB, rank=0, world_size=1, num_batches=1,
-                               packed=True)
+    (b,) = dataset.val_batches(seq_len=SEQ, micro_batch=GB, rank=0, world_size=1, max_tokens=GB * SEQ, packed=True)
     assert b.input_ids.shape == (1, GB * SEQ) and b.cu_seqlens is not None
 
 

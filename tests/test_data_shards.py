@@ -218,3 +218,30 @@ def test_stale_temp_folder_is_cleaned(tmp_path):
     (stale / "train.bin").write_bytes(b"partial")
     prepare(spec)
     assert cache_dirs(tmp_path / "cache") == [final.name]
+
+
+def test_a_damaged_shard_is_one_line_that_says_how_to_rebuild(tmp_path):
+    corpus(tmp_path / "c.jsonl")
+    spec = spec_for(tmp_path / "c.jsonl", tmp_path / "cache")
+    ds = prepare(spec)
+    assert set(ds.manifest["files"]) == {"train.bin", "train_docs.npy", "val.bin", "val_docs.npy"}
+    ds.verify()
+    train_bin = ds.path / "train.bin"
+    data = train_bin.read_bytes()
+    train_bin.write_bytes(data[: len(data) // 2])  # truncated: caught on every open, by size
+    with pytest.raises(DataError, match=f"token shard {train_bin} is {len(data) // 2:,} bytes, not {len(data):,}: "
+                                        f"the cache is damaged; delete {ds.path} and run the same command again"):
+        prepare(spec)
+    train_bin.write_bytes(data[:-2] + bytes([data[-2] ^ 1, data[-1]]))  # same size, one bit flipped
+    ds = prepare(spec)  # sizes match: opening is cheap and does not read the shards
+    with pytest.raises(DataError, match="does not match its checksum"):
+        ds.verify()
+
+
+def test_a_folder_typed_two_ways_is_one_cache(tmp_path, monkeypatch):
+    (tmp_path / "corpus").mkdir()
+    corpus(tmp_path / "corpus" / "c.jsonl")
+    monkeypatch.chdir(tmp_path)
+    a = prepare(DataSpec(source="corpus/", cache_dir=str(tmp_path / "cache")))
+    b = prepare(DataSpec(source=str(tmp_path / "corpus"), cache_dir=str(tmp_path / "cache")))
+    assert a.path == b.path and cache_dirs(tmp_path / "cache") == [a.path.name]

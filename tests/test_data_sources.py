@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hybrid_ray.data.sources import iter_documents, parse_hf, source_identity, stdlib_files
-from hybrid_ray.errors import DataError
-from hybrid_ray.spec import DataSpec
+from hybrid_ray.data.sources import iter_documents, source_identity, stdlib_files
+from hybrid_ray.errors import DataError, SpecError
+from hybrid_ray.spec import DataSpec, parse_source
 
 
 @pytest.fixture(autouse=True)
@@ -95,10 +95,30 @@ def test_source_identity_tracks_file_changes(tmp_path):
     assert source_identity(DataSpec(source="stdlib"))["kind"] == "stdlib"
 
 
-def test_parse_hf():
-    assert parse_hf("hf:HuggingFaceTB/smollm-corpus:cosmopedia-v2") == (
-        "HuggingFaceTB/smollm-corpus", "cosmopedia-v2", "train")
-    assert parse_hf("hf:user/ds@validation") == ("user/ds", None, "validation")
+def test_parse_source():
+    hf = parse_source("hf:HuggingFaceTB/smollm-corpus:cosmopedia-v2")
+    assert (hf.kind, hf.hf_name, hf.hf_config, hf.hf_split) == ("hf", "HuggingFaceTB/smollm-corpus", "cosmopedia-v2", "train")
+    hf = parse_source("hf:user/ds@validation")
+    assert (hf.hf_name, hf.hf_config, hf.hf_split) == ("user/ds", None, "validation")
+    assert parse_source("stdlib").kind == "stdlib"
+    mqar = parse_source("mqar?pairs=8")
+    assert (mqar.kind, mqar.options) == ("mqar", "pairs=8")
+    with pytest.raises(SpecError, match="expected hf:NAME"):
+        parse_source("hf:")
+
+
+def test_local_folders_named_like_other_sources_are_files(tmp_path, monkeypatch):
+    """A folder named mqar_data or hf:corpus is read as files and made absolute (a Ray job runs elsewhere)."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("mqar_data", "hf:corpus", "mqar"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "a.txt").write_text(f"text of {name}")
+        spec = DataSpec(source=name)
+        assert spec.parsed.kind == "files" and spec.source == str(tmp_path / name)
+        monkeypatch.chdir("/")
+        assert docs(spec.source) == [f"text of {name}"]
+        monkeypatch.chdir(tmp_path)
+    assert DataSpec(source="corpus/").source == DataSpec(source=str(tmp_path / "corpus")).source
 
 
 def test_missing_path(tmp_path):
@@ -148,3 +168,17 @@ def test_hf_source_streams_a_local_dataset_folder(tmp_path):
 
 def test_mqar_has_no_documents():
     one_line_error("mqar", "synthetic")
+
+
+def test_binary_files_named_txt_are_skipped_and_counted(tmp_path):
+    (tmp_path / "a.txt").write_text("real text")
+    (tmp_path / "b.txt").write_bytes(b"\x7fELF\x02\x01\x01\x00\x00\x00binary")
+    (tmp_path / "c.txt").write_bytes(bytes(range(256)))
+    with pytest.warns(UserWarning, match=f"skipped 2 binary file\\(s\\) named .txt in {tmp_path}"):
+        assert docs(tmp_path) == ["real text"]
+
+
+def test_the_embedded_corpus_leaves_out_generated_modules():
+    names = {p.name for p in stdlib_files()}
+    assert "os.py" in names and "cp1252.py" not in names and "topics.py" not in names
+    assert not any(n.startswith("_sysconfigdata") for n in names)

@@ -5,7 +5,7 @@ import torch
 
 from hybrid_ray.errors import SpecError
 from hybrid_ray.spec import RunSpec
-from hybrid_ray.train.loop import resolve_strategy
+from hybrid_ray.train.parallelize import resolve_strategy
 
 
 def test_auto_is_ddp_on_cpu_and_without_a_process_group():

@@ -1,5 +1,5 @@
 """Training through a real local Ray cluster on CPU workers: the default run, exact resume, fault tolerance,
-extension without an LR jump, and bad input."""
+extension without an LR jump, divergence, broken and planted checkpoints, and bad input."""
 
 import json
 import os
@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from hybrid_ray.cli import main
 from hybrid_ray.model import count_params
@@ -20,16 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def default_run(ray_cluster, tmp_path_factory):
+def default_run(ray_session, tmp_path_factory):
     """`hybrid-ray train` with no run arguments, on 2 CPU workers."""
     storage = tmp_path_factory.mktemp("runs")
     rc = main(["train", "--num-workers", "2", "--storage-path", str(storage)])
@@ -38,10 +30,12 @@ def default_run(ray_cluster, tmp_path_factory):
 
 
 def small_spec(storage, name, **overrides):
+    """A 2-layer hybrid on 400 documents: seconds per run."""
     spec = variant_spec("h100_hybrid_sparse", "tiny")
     return spec.with_overrides({
         "name": name, "storage_path": str(storage), "scale.num_workers": 2, "data.max_documents": 400,
-        "train.log_every": 1, "train.eval_every": 10, "train.checkpoint_every": 10, **overrides,
+        "model.num_layers": 2, "model.attn_layers": [1], "train.log_every": 1, "train.eval_every": 10,
+        "train.checkpoint_every": 10, "train.eval_tokens": 4096, **overrides,
     })
 
 
@@ -49,17 +43,29 @@ def losses(results):
     return [(r["step"], r["loss"]) for r in results["history"] if "loss" in r]
 
 
+def strict_json(path):
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    return json.loads(Path(path).read_text(), parse_constant=refuse)
+
+
 def test_default_run_learns_and_writes_everything(default_run):
-    results = json.loads((default_run / "results.json").read_text())
+    results = strict_json(default_run / "results.json")
     assert results["status"] == "finished" and results["step"] == results["total_steps"] == 200
     train_losses = [loss for _, loss in losses(results)]
     assert train_losses[-1] < train_losses[0] - 2.0  # byte-level text: from ~5.8 nats to well under 3.8
     evals = [r for r in results["history"] if "val_loss" in r]
     assert len(evals) == 4 and evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5
+    # evaluations sample 32k tokens spread over the split; the last one scores the whole split
+    assert [r["val_split"] for r in evals] == ["sample"] * 3 + ["full"]
+    assert 30_000 < evals[0]["val_tokens"] <= 32_768 < evals[-1]["val_tokens"]
+    assert results["final"]["val_tokens"] == evals[-1]["val_tokens"]
+    assert abs(results["final"]["val_loss"] - results["final_train_loss"]) < 0.5  # validation is representative
     assert 0 < results["final"]["val_accuracy"] <= 1 and results["final"]["val_perplexity"] > 1
     spec = variant_spec("h100_hybrid_sparse", "tiny").model.with_vocab(320)
     assert results["params"]["total"] == count_params(spec)["total"]
-    assert results["layer_types"] == ["gdn", "gdn", "gdn", "attn"]
+    assert results["layer_types"] == ["gdn"] * 5 + ["attn"]  # the 17% hybrid: one attention layer in six
     assert results["tokens_seen"] == 200 * 8 * 128 and results["wall_seconds"] > 0
     assert results["versions"]["backend"] == "torch" and "fla" in results["versions"]
     assert results["spec"]["scale"]["strategy"] == "auto" and results["versions"]["strategy"] == "ddp"  # CPU workers
@@ -72,15 +78,18 @@ def test_default_run_learns_and_writes_everything(default_run):
 
 
 def test_trained_model_generates_and_loads_in_fla(default_run, capsys, fla_interpreted):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     assert main(["generate", str(default_run), "--prompt", "def main(", "--max-new-tokens", "12", "--seed", "1"]) == 0
     assert capsys.readouterr().out.startswith("def main(")
     model = AutoModelForCausalLM.from_pretrained(default_run / "model")
     assert type(model).__name__ == "GatedDeltaNetForCausalLM"
+    tokenizer = AutoTokenizer.from_pretrained(default_run / "model")  # the byte tokenizer, for transformers too
+    assert tokenizer.encode("héllo\n") == list("héllo\n".encode())
+    assert tokenizer.decode(list("wörld".encode())) == "wörld"
 
 
-def test_resume_is_exact(ray_cluster, tmp_path):
+def test_resume_is_exact(ray_session, tmp_path):
     straight = train(small_spec(tmp_path, "straight", **{"train.steps": 20}), progress=False)
     first = train(small_spec(tmp_path, "resumed", **{"train.steps": 20}), until_step=10, progress=False)
     assert first.results["status"] == "stopped" and first.results["step"] == 10
@@ -88,16 +97,23 @@ def test_resume_is_exact(ray_cluster, tmp_path):
     assert second.results["status"] == "finished" and second.results["launches"] == 2
     assert losses(second.results) == losses(straight.results)
     assert [s for s, _ in losses(straight.results)] == list(range(1, 21))
+    evals = [(r["step"], r["val_loss"]) for r in straight.results["history"] if "val_loss" in r]
+    assert [(r["step"], r["val_loss"]) for r in second.results["history"] if "val_loss" in r] == evals
 
 
-def test_fsdp_trains_like_ddp_and_resumes_exactly(ray_cluster, tmp_path):
+def test_fsdp_trains_like_ddp_and_resumes_exactly(ray_session, tmp_path):
     """FSDP2 (the GPU default) on 2 gloo workers: the same losses as DDP, and a resume that continues exactly."""
     ddp = train(small_spec(tmp_path, "ddp", **{"train.steps": 10, "scale.strategy": "ddp"}), progress=False)
-    fsdp = small_spec(tmp_path, "fsdp", **{"train.steps": 10, "scale.strategy": "fsdp"})
+    fsdp = small_spec(tmp_path, "fsdp", **{"train.steps": 10, "scale.strategy": "fsdp", "train.checkpoint_every": 5})
     straight = train(fsdp, progress=False)
     assert straight.results["versions"]["strategy"] == "fsdp" and ddp.results["versions"]["strategy"] == "ddp"
     for (step, a), (_, b) in zip(losses(straight.results), losses(ddp.results), strict=True):
         assert a == pytest.approx(b, rel=1e-4), step  # fp32 on CPU: only the reduction order differs
+    # the full validation split on 2 ranks scores the same tokens as on 1 rank: same loss
+    one_rank = train(fsdp.with_overrides({"name": "fsdp-1", "scale.num_workers": 1, "scale.strategy": "ddp"}),
+                     progress=False)
+    assert straight.results["final"]["val_tokens"] == one_rank.results["final"]["val_tokens"]
+    assert straight.results["final"]["val_loss"] == pytest.approx(one_rank.results["final"]["val_loss"], rel=1e-4)
     resumed = fsdp.with_overrides({"name": "fsdp-resumed"})
     assert train(resumed, until_step=5, progress=False).results["step"] == 5
     second = train(resumed, progress=False)
@@ -106,7 +122,7 @@ def test_fsdp_trains_like_ddp_and_resumes_exactly(ray_cluster, tmp_path):
     assert state.stat().st_size > 0  # the full (unsharded) model folder is written under FSDP2 too
 
 
-def test_extend_continues_without_an_lr_jump(ray_cluster, tmp_path):
+def test_extend_continues_without_an_lr_jump(ray_session, tmp_path):
     spec = small_spec(tmp_path, "extend", **{"train.steps": 20, "optim.warmup_steps": 5})
     done = train(spec, progress=False)
     floor = spec.optim.lr * spec.optim.min_lr_ratio
@@ -117,7 +133,7 @@ def test_extend_continues_without_an_lr_jump(ray_cluster, tmp_path):
     assert losses(extended.results)[:20] == losses(done.results)
 
 
-def test_killed_worker_restarts_from_its_checkpoint(ray_cluster, tmp_path):
+def test_killed_worker_restarts_from_its_checkpoint(ray_session, tmp_path):
     from ray.util.state import list_actors
 
     spec = small_spec(tmp_path, "ft", **{"train.steps": 150, "train.log_every": 5, "scale.max_failures": 1})
@@ -142,7 +158,64 @@ def test_killed_worker_restarts_from_its_checkpoint(ray_cluster, tmp_path):
     assert (run_dir / "spec.yaml").read_bytes() == spec_before
 
 
-def test_bad_training_input_is_one_line(ray_cluster, default_run, tmp_path, capsys):
+def test_a_diverging_run_stops_at_the_step_and_keeps_earlier_checkpoints(ray_session, tmp_path, capsys):
+    rc = main(["train", "--lr", "1e6", "--steps", "30", "--max-documents", "400",
+               "--checkpoint-every", "1", "--eval-every", "100", "--storage-path", str(tmp_path), "--name", "nan"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert rc == 1 and len(lines) == 1 and "Traceback" not in err, err
+    results = strict_json(tmp_path / "nan" / "results.json")  # no bare NaN
+    bad_step = results["diverged"]["step"]
+    assert f"stopped being finite at step {bad_step}" in lines[0] and results["status"] == "diverged"
+    kept = sorted(int(p.name.split("_")[1]) for p in (tmp_path / "nan").glob("checkpoint_0*"))
+    assert all(step < bad_step for step in kept)  # nothing of the broken model was saved
+    if kept:
+        from safetensors.torch import load_file
+
+        weights = load_file(tmp_path / "nan" / f"checkpoint_{kept[-1]:08d}" / "model.safetensors")
+        assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_a_broken_newest_checkpoint_is_skipped_with_a_warning(ray_session, tmp_path, recwarn):
+    spec = small_spec(tmp_path, "broken", **{"train.steps": 20})
+    done = train(spec, progress=False)
+    newest = tmp_path / "broken" / "checkpoint_00000020"
+    for file in newest.iterdir():
+        file.write_bytes(b"")  # what a full disk leaves behind
+    again = train(spec, progress=False)  # relaunched unchanged: continues from step 10, the newest good checkpoint
+    assert any("checkpoint_00000020" in str(w.message) and "older checkpoint" in str(w.message) for w in recwarn)
+    assert again.results["step"] == 20 and again.results["launches"] == 2
+    assert losses(again.results) == losses(done.results)  # resumed exactly from step 10, not from scratch
+    assert (tmp_path / "broken" / "checkpoint_00000020-1").is_dir()  # the broken folder was not written into
+    assert newest.is_dir() and (newest / "model.safetensors").stat().st_size == 0
+
+
+@pytest.mark.parametrize("planted", ["optimizer.pt", "rng_rank0.pt"])
+def test_a_planted_pickle_in_a_checkpoint_is_refused_and_never_runs(ray_session, tmp_path, capsys, planted):
+    """Someone who can write the run folder replaces a checkpoint file (and fixes the manifest to match)."""
+    from hybrid_ray.train.checkpoint import _crc32
+
+    spec = small_spec(tmp_path, "planted", **{"train.steps": 10, "scale.num_workers": 1})
+    train(spec, progress=False)
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "planted" / "checkpoint_00000010"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"state": Exploit()}, folder / planted)
+    manifest = json.loads((folder / "manifest_rank0.json").read_text())
+    manifest["files"][planted] = {"bytes": (folder / planted).stat().st_size, "crc32": _crc32(folder / planted)}
+    (folder / "manifest_rank0.json").write_text(json.dumps(manifest))
+    rc = main(["train", "--config", str(tmp_path / "planted" / "spec.yaml"), "--extend-steps", "5"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert rc != 0 and len(lines) == 1 and f"refusing to load {folder / planted}" in lines[0], err
+    assert not marker.exists()
+
+
+def test_bad_training_input_is_one_line(ray_session, default_run, tmp_path, capsys):
     def run(*args):
         rc = main(["train", *args])
         err = capsys.readouterr().err
@@ -158,19 +231,36 @@ def test_bad_training_input_is_one_line(ray_cluster, default_run, tmp_path, caps
     assert "cannot reach the Ray cluster" in run("--address", "127.0.0.1:9", "--storage-path", storage)
     assert "already exists with train.steps=200" in run("--num-workers", "2", "--storage-path", str(default_run.parent),
                                                          "--steps", "300")
+    assert "optim.lr must be a finite number > 0" in run("--lr", "inf")
+    assert "optim.lr must be a finite number > 0" in run("--lr", "-1")
 
     copy = tmp_path / "copy"
     shutil.copytree(default_run, copy / default_run.name)
-    weights = copy / default_run.name / "checkpoint_00000200" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:-100] + b"\x00" * 100)
+    for checkpoint in (copy / default_run.name).glob("checkpoint_0*"):  # every checkpoint damaged: nothing to resume
+        weights = checkpoint / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-100] + b"\x00" * 100)
     results_before = (copy / default_run.name / "results.json").read_bytes()
     line = run("--num-workers", "2", "--storage-path", str(copy), "--extend-steps", "10")
-    assert "checkpoint" in line and "corrupt" in line and "model.safetensors" in line
+    assert "every checkpoint of run" in line and "is damaged" in line and "runs rm" in line
     assert (copy / default_run.name / "results.json").read_bytes() == results_before
     assert Path(copy / default_run.name / "checkpoint_00000150" / "model.safetensors").exists()
 
 
-def test_uri_storage_writes_and_resumes_through_pyarrow(ray_cluster, tmp_path):
+def test_input_is_checked_before_any_cluster_is_contacted(tmp_path, capsys):
+    """Data, tokenizer and backend errors come first: the unreachable address is never reached."""
+    unreachable = ["--address", "127.0.0.1:9", "--storage-path", str(tmp_path)]
+    for args, fragment in [
+        (["--data", str(tmp_path / "missing")], "data source not found"),
+        (["--tokenizer", str(tmp_path / "no-tokenizer")], "could not load tokenizer"),
+        (["--seq-len", "1000000", "--max-documents", "50"], "fewer than one global batch"),
+    ]:
+        assert main(["train", *args, *unreachable]) != 0
+        assert fragment in capsys.readouterr().err
+    assert main(["train", "--backend", "fla", "--storage-path", str(tmp_path)]) == 2
+    assert "--backend fla needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_uri_storage_writes_and_resumes_through_pyarrow(ray_session, tmp_path):
     """Any pyarrow filesystem URI works as storage (file:// here; s3:// and gs:// take the same code path)."""
     spec = small_spec(f"file://{tmp_path}", "uri", **{"train.steps": 4, "scale.num_workers": 1,
                                                       "train.checkpoint_every": 2, "train.eval_every": 4})

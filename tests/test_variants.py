@@ -4,7 +4,9 @@ import pytest
 
 from hybrid_ray.errors import SpecError
 from hybrid_ray.spec import RunSpec
-from hybrid_ray.variants import GRID_12, PRESETS, VARIANTS, attention_layers, spread_layers, variant_spec
+from hybrid_ray.variants import (
+    GRID_12, PRESETS, REFERENCE_VOCAB, VARIANTS, attention_layers, spread_layers, variant_spec,
+)
 
 EXPECTED = {  # DESIGN.md, "Variants"
     "h100_deltanet": [],
@@ -38,7 +40,8 @@ def test_h100_base_hyperparameters():
     assert (spec.train.batch_size, spec.data.seq_len, spec.train.steps, spec.optim.warmup_steps) == (48, 1024, 1000, 100)
     assert (spec.optim.beta1, spec.optim.beta2, spec.optim.weight_decay, spec.optim.grad_clip) == (0.9, 0.95, 0.1, 1.0)
     assert spec.model.expand_v == 1.0 and spec.model.head_dim == 256 and spec.model.attn_window == 2048
-    assert spec.model.vocab_size == 49152 and spec.optim.min_lr_ratio == 0.1
+    assert spec.model.vocab_size is None and spec.optim.min_lr_ratio == 0.1  # the vocabulary follows the tokenizer
+    assert REFERENCE_VOCAB == 49152  # the SmolLM tokenizer of the original experiments
 
 
 def test_ratio_rule_reproduces_the_12_layer_grid_and_is_deterministic():
@@ -63,11 +66,27 @@ def test_presets_set_size_and_keep_the_variant_layout():
     spec = variant_spec("h100_hybrid_alternating", "large")
     assert (spec.model.hidden_size, spec.model.num_layers, spec.model.num_heads) == (512, 12, 8)
     assert spec.model.attn_layers == [1, 3, 5, 7, 9, 11]
-    assert variant_spec("h100_hybrid_late", "xlarge").model.attn_layers == [11, 12, 13, 14, 15]  # round(16 / 3) = 5
+    assert variant_spec("h100_hybrid_late", "xlarge").model.attn_layers == list(range(16, 24))  # 8 of 24 at the top
     assert variant_spec("h100_transformer", "rtx4090").optim.lr == 1e-3
     b200 = variant_spec("h100_hybrid_sparse", "b200")
     assert (b200.train.batch_size, b200.optim.lr) == (256, 8.5e-4)
     assert set(PRESETS) >= {"small", "medium", "large", "xlarge", "rtx4090", "h100", "b200"}
+
+
+def test_every_preset_holds_the_default_17pct_hybrid_and_warns_when_a_share_does_not_fit():
+    import warnings
+
+    for preset in PRESETS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning: the share is exact
+            spec = variant_spec("h100_hybrid_sparse", preset)
+        assert len(spec.model.attn_layers) * 6 == spec.model.num_layers, preset
+    assert variant_spec("h100_hybrid_sparse", "tiny").model.attn_layers == [5]
+    with pytest.warns(UserWarning, match="h100_hybrid_8pct has 8% attention, which 6 layers cannot hold: preset tiny "
+                                         "gets 1 of 6 \\(17%\\)"):
+        variant_spec("h100_hybrid_8pct", "tiny")
+    with pytest.warns(UserWarning, match="gets 6 of 6"):
+        variant_spec("h100_hybrid_92pct", "tiny")
 
 
 def test_unknown_names_suggest_a_close_match():

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hybrid_ray.data.loader import Batch, BatchLoader, Blocks, TokenBlocks, fixed_batches
-from hybrid_ray.data.shards import prepare_shards, read_manifest
-from hybrid_ray.data.sources import source_kind
+import numpy as np
+
+from hybrid_ray.data.loader import Batch, BatchLoader, Blocks, TokenBlocks, eval_batches, whole_batches
+from hybrid_ray.data.shards import check_files, prepare_shards, read_manifest
 from hybrid_ray.data.synthetic import PAD_ID, MQARBlocks, MQARConfig, mqar_manifest, parse_mqar
 from hybrid_ray.data.tokenizer import IdTokenizer, Tokenizer, load_tokenizer
 from hybrid_ray.errors import DataError
@@ -21,8 +22,8 @@ def prepare(spec: DataSpec, *, progress: bool = False) -> Dataset:
 
     Safe to call from many processes at once: one writes, the others wait and then reuse it.
     """
-    if source_kind(spec.source) == "mqar":  # synthetic: nothing to write, examples are made on the fly
-        return Dataset(path=None, manifest=mqar_manifest(parse_mqar(spec.source), spec.source))
+    if spec.parsed.kind == "mqar":  # synthetic: nothing to write, examples are made on the fly
+        return Dataset(path=None, manifest=mqar_manifest(parse_mqar(spec.parsed.options), spec.source))
     return Dataset.open(prepare_shards(spec, progress=progress))
 
 
@@ -35,8 +36,26 @@ class Dataset:
 
     @classmethod
     def open(cls, path: str | Path) -> Dataset:
-        """A prepared dataset folder, e.g. one printed by `describe`."""
-        return cls(path=Path(path), manifest=read_manifest(Path(path)))
+        """A prepared dataset folder, e.g. one printed by `describe`; its shard sizes are checked."""
+        manifest = read_manifest(Path(path))
+        check_files(Path(path), manifest)
+        return cls(path=Path(path), manifest=manifest)
+
+    def verify(self) -> None:
+        """Check every shard's checksum (DataError naming the damaged file)."""
+        if self.path is not None:
+            check_files(self.path, self.manifest, checksums=True)
+
+    def sample_documents(self, split: str, n: int) -> list[str]:
+        """The text of up to n documents spread over a split (synthetic tasks: their first examples, as ids)."""
+        if self.path is None:
+            blocks = self._blocks(split, MQARConfig(**self.manifest["mqar"]).example_len)
+            return [self.tokenizer.decode(blocks.batch([i], False).input_ids[0]) for i in range(min(n, blocks.num_blocks))]
+        tokens = np.memmap(self.path / f"{split}.bin", dtype=self.manifest["dtype"], mode="r")
+        starts = np.load(self.path / f"{split}_docs.npy")
+        ends = np.append(starts[1:], len(tokens))
+        picks = (np.arange(min(n, len(starts))) * len(starts)) // max(min(n, len(starts)), 1)
+        return [self.tokenizer.decode(tokens[starts[i]:ends[i]]) for i in picks]
 
     @property
     def task(self) -> str:
@@ -68,20 +87,17 @@ class Dataset:
         return BatchLoader(self._blocks("train", seq_len), seq_len=seq_len, global_batch=global_batch,
                            micro_batch=micro_batch, rank=rank, world_size=world_size, seed=seed, packed=packed)
 
-    def val_batches(self, *, seq_len: int, global_batch: int, micro_batch: int, rank: int, world_size: int,
-                    num_batches: int, packed: bool = False) -> list[Batch]:
-        """The same validation micro batches on every call: the first `num_batches` global batches, in order."""
-        return fixed_batches(self._blocks("val", seq_len), seq_len=seq_len, global_batch=global_batch,
-                             micro_batch=micro_batch, rank=rank, world_size=world_size, num_batches=num_batches,
-                             packed=packed)
+    def val_batches(self, *, seq_len: int, micro_batch: int, rank: int, world_size: int,
+                    max_tokens: int | None = None, packed: bool = False) -> list[Batch]:
+        """This rank's validation micro batches: blocks spread evenly over the whole split, at most `max_tokens`
+        tokens of them (None: the full split), the same blocks on every call and for every world size."""
+        return eval_batches(self._blocks("val", seq_len), seq_len=seq_len, micro_batch=micro_batch, rank=rank,
+                            world_size=world_size, max_blocks=None if max_tokens is None else max_tokens // seq_len,
+                            packed=packed)
 
     def epochs_for(self, steps: int, *, seq_len: int, global_batch: int) -> float:
         """Passes over the training split that `steps` steps make; above 1 the run repeats data."""
-        blocks = self._blocks("train", seq_len).num_blocks
-        if blocks < global_batch:
-            raise DataError(f"the training split has {blocks} blocks of {seq_len} tokens, "
-                            f"fewer than one global batch of {global_batch}")
-        return steps / (blocks // global_batch)
+        return steps / whole_batches(self._blocks("train", seq_len).num_blocks, global_batch, seq_len)
 
     def _blocks(self, split: str, seq_len: int) -> Blocks:
         if seq_len < 2:

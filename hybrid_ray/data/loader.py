@@ -79,6 +79,14 @@ class TokenBlocks:
         return Batch(flat, labels, torch.from_numpy(cu))
 
 
+def whole_batches(num_blocks: int, global_batch: int, seq_len: int) -> int:
+    """Global batches in one pass over the training split; DataError when not even one fits."""
+    if num_blocks < global_batch:
+        raise DataError(f"the training split has {num_blocks} blocks of {seq_len} tokens, fewer than one global batch "
+                        f"of {global_batch}; use more data, a smaller batch or a shorter seq_len")
+    return num_blocks // global_batch
+
+
 def check_layout(global_batch: int, micro_batch: int, rank: int, world_size: int) -> int:
     """The number of micro batches per rank per step; DataError when the numbers do not divide."""
     if world_size < 1 or not 0 <= rank < world_size:
@@ -94,10 +102,7 @@ class BatchLoader:
     def __init__(self, blocks: Blocks, *, seq_len: int, global_batch: int, micro_batch: int, rank: int,
                  world_size: int, seed: int, packed: bool = False) -> None:
         self.accum = check_layout(global_batch, micro_batch, rank, world_size)
-        self.steps_per_epoch = blocks.num_blocks // global_batch
-        if self.steps_per_epoch == 0:
-            raise DataError(f"the training split has {blocks.num_blocks} blocks of {seq_len} tokens, fewer than one "
-                            f"global batch of {global_batch}; use more data, a smaller batch or a shorter seq_len")
+        self.steps_per_epoch = whole_batches(blocks.num_blocks, global_batch, seq_len)
         self.blocks, self.seq_len, self.global_batch, self.micro_batch = blocks, seq_len, global_batch, micro_batch
         self.rank, self.world_size, self.seed, self.packed = rank, world_size, seed, packed
         self.step = 0  # global optimizer steps served so far: the whole state
@@ -107,10 +112,6 @@ class BatchLoader:
     def epoch(self) -> float:
         """Completed epochs, fractional."""
         return self.step / self.steps_per_epoch
-
-    def epochs_for(self, steps: int) -> float:
-        """How many passes over the training split `steps` optimizer steps make (> 1 means data repeats)."""
-        return steps / self.steps_per_epoch
 
     def next_step(self) -> list[Batch]:
         """This rank's `accum` micro batches for the next optimizer step."""
@@ -146,20 +147,19 @@ class BatchLoader:
         return self._perm
 
 
-def fixed_batches(blocks: Blocks, *, seq_len: int, global_batch: int, micro_batch: int, rank: int, world_size: int,
-                  num_batches: int, packed: bool = False) -> list[Batch]:
-    """The first `num_batches` global batches of a split, in order, this rank's micro batches of each, flattened."""
-    accum = check_layout(global_batch, micro_batch, rank, world_size)
-    available = blocks.num_blocks // global_batch
-    if available == 0:
-        raise DataError(f"the validation split has {blocks.num_blocks} blocks of {seq_len} tokens, fewer than one "
-                        f"global batch of {global_batch}; raise data.val_fraction or lower the batch size")
-    if available < num_batches:
-        log.warning("validation split holds %d global batches of %d x %d; evaluating on %d, not %d",
-                    available, global_batch, seq_len, available, num_batches)
-    share = global_batch // world_size
-    out = []
-    for t in range(min(num_batches, available)):
-        start = t * global_batch + rank * share
-        out += [blocks.batch(np.arange(start + i * micro_batch, start + (i + 1) * micro_batch), packed) for i in range(accum)]
-    return out
+def eval_batches(blocks: Blocks, *, seq_len: int, micro_batch: int, rank: int, world_size: int,
+                 max_blocks: int | None = None, packed: bool = False) -> list[Batch]:
+    """This rank's share of a split's validation blocks, in micro batches of at most `micro_batch`.
+
+    With `max_blocks` (fewer than the split has), that many blocks spread evenly over the whole split; else every
+    block. The chosen blocks depend on neither rank nor world size, so every run is scored on the same tokens; rank r
+    takes the r-th of `world_size` contiguous shares (metrics are summed over ranks before dividing).
+    """
+    n = blocks.num_blocks
+    if n == 0:
+        raise DataError(f"the validation split has no block of {seq_len} tokens; raise data.val_fraction, add data "
+                        "or shorten seq_len")
+    k = n if max_blocks is None else max(1, min(max_blocks, n))
+    chosen = (np.arange(k) * n) // k  # evenly spread, strictly increasing since n / k >= 1
+    mine = np.array_split(chosen, world_size)[rank]
+    return [blocks.batch(mine[i:i + micro_batch], packed) for i in range(0, len(mine), micro_batch)]

@@ -4,7 +4,8 @@ On-disk contract of one prepared dataset (a folder named `<source>-<tokenizer>-<
     train.bin, val.bin            raw tokens (uint16, or uint32 for vocabularies over 65535), EOS after every document
     train_docs.npy, val_docs.npy  int64 offset of each document's first token in its .bin
     tokenizer/                    the tokenizer, saved, so workers and checkpoints never need the hub
-    manifest.json                 written last: a folder without it is not a dataset
+    manifest.json                 written last: a folder without it is not a dataset; it records the size and CRC32
+                                  of every shard file (sizes are checked on every open, checksums by `verify`)
 The folder is built under a temporary name and renamed into place when complete, under a file lock, so concurrent
 `prepare` calls for one key write it once and a failure leaves nothing half-written.
 """
@@ -20,6 +21,7 @@ import re
 import shutil
 import sys
 import tempfile
+import zlib
 from array import array
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -30,12 +32,13 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from hybrid_ray.data.sources import iter_documents, parse_hf, source_identity, source_kind
+from hybrid_ray.data.sources import iter_documents, source_identity
 from hybrid_ray.data.tokenizer import Tokenizer, get_tokenizer, tokenizer_identity
 from hybrid_ray.errors import DataError
 from hybrid_ray.spec import DataSpec
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SHARD_FILES = tuple(f"{s}{ext}" for s in ("train", "val") for ext in (".bin", "_docs.npy"))
 SPLITS = ("train", "val")
 _SPLIT_SALT = b"hybrid-ray/split/v1"  # changing it reshuffles which documents are held out
 _ENCODE_BATCH = 512
@@ -101,6 +104,27 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+def check_files(path: Path, manifest: dict[str, Any], checksums: bool = False) -> None:
+    """DataError unless every shard file has the size (and with `checksums`, the CRC32) the manifest records."""
+    for name, meta in manifest["files"].items():
+        file = path / name
+        size = file.stat().st_size if file.exists() else None
+        bad = "is missing" if size is None else f"is {size:,} bytes, not {meta['bytes']:,}" if size != meta["bytes"] else None
+        if bad is None and checksums and _crc32(file) != meta["crc32"]:
+            bad = "does not match its checksum"
+        if bad:
+            raise DataError(f"token shard {file} {bad}: the cache is damaged; delete {path} and run the same command "
+                            "again to rebuild it")
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
 def _write(spec: DataSpec, out: Path, key: str, what: dict[str, Any], progress: bool) -> None:
     tok = get_tokenizer(spec.tokenizer)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 65535 else np.uint32)
@@ -109,6 +133,7 @@ def _write(spec: DataSpec, out: Path, key: str, what: dict[str, Any], progress: 
     _balance(writers, spec.source, read)
     splits = {s: w.close(out / f"{s}_docs.npy") for s, w in writers.items()}
     tok.save(out / "tokenizer")
+    files = {name: {"bytes": (out / name).stat().st_size, "crc32": _crc32(out / name)} for name in SHARD_FILES}
     manifest = {
         "format": FORMAT_VERSION,
         "key": key,
@@ -125,6 +150,7 @@ def _write(spec: DataSpec, out: Path, key: str, what: dict[str, Any], progress: 
         "max_documents": spec.max_documents,
         "max_tokens": spec.max_tokens,
         "splits": splits,
+        "files": files,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -233,14 +259,14 @@ def _locked(lock_path: Path) -> Iterator[None]:
 
 
 def _dir_name(spec: DataSpec, key: str) -> str:
-    kind = source_kind(spec.source)
-    if kind == "hf":
-        name, config, _ = parse_hf(spec.source)
-        src = f"{name.split('/')[-1]}_{config}" if config else name.split("/")[-1]
-    elif kind == "files":
-        src = Path(spec.source.rstrip("/")).name
+    source = spec.parsed
+    if source.kind == "hf":
+        name = source.hf_name.split("/")[-1]
+        src = f"{name}_{source.hf_config}" if source.hf_config else name
+    elif source.kind == "files":
+        src = Path(source.path).name
     else:
-        src = kind
+        src = source.kind
     tok = Path(spec.tokenizer.rstrip("/")).name
 
     def slug(s: str) -> str:

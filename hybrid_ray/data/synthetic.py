@@ -55,19 +55,19 @@ class MQARConfig:
         return 2 * (self.pairs + self.queries)
 
 
-def parse_mqar(source: str) -> MQARConfig:
-    """'mqar?pairs=8&vocab=128' -> MQARConfig; unknown or non-integer options are a DataError."""
-    _, _, query = source.partition("?")
+def parse_mqar(options: str) -> MQARConfig:
+    """The options of a source 'mqar?pairs=8&vocab=128' ('pairs=8&vocab=128') -> MQARConfig; unknown or
+    non-integer options are a DataError."""
     known = {f.name for f in dataclasses.fields(MQARConfig)}
-    options = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
+    values = {}
+    for key, value in parse_qsl(options, keep_blank_values=True):
         if key not in known:
             raise DataError(f"unknown mqar option {key!r}{suggest(key, known)} (options: {', '.join(sorted(known))})")
         try:
-            options[key] = int(value)
+            values[key] = int(value)
         except ValueError as e:
             raise DataError(f"mqar option {key} must be an integer, got {value!r}") from e
-    return MQARConfig(**options)
+    return MQARConfig(**values)
 
 
 def make_example(cfg: MQARConfig, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -112,26 +112,3 @@ class MQARBlocks:
         for row, i in enumerate(idx):
             ids[row, :n], labels[row, :n] = make_example(self.cfg, self.split, int(i))
         return Batch(torch.from_numpy(ids), torch.from_numpy(labels))
-
-
-def exact_match(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Recall accuracy per answer and the share of sequences with every answer right.
-
-    The model's shift applies: labels[:, j] is predicted by logits[:, j - 1]. The counts are returned too, so
-    results of several batches or ranks can be summed before dividing.
-    """
-    pred = logits[:, :-1].argmax(dim=-1)
-    target = labels[:, 1:].to(pred.device)
-    asked = target != IGNORE
-    right = (pred == target) & asked
-    scored = asked.any(dim=1)
-    all_right = (right | ~asked).all(dim=1) & scored
-    answers, sequences = int(asked.sum()), int(scored.sum())
-    return {
-        "accuracy": int(right.sum()) / max(answers, 1),
-        "exact_match": int(all_right.sum()) / max(sequences, 1),
-        "correct": int(right.sum()),
-        "answers": answers,
-        "sequences_correct": int(all_right.sum()),
-        "sequences": sequences,
-    }

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from hybrid_ray.data.hub import hub_available
-from hybrid_ray.errors import DataError
+from hybrid_ray.errors import DataError, first_line
 
 OWN_FILE = "hybrid_ray_tokenizer.json"  # not tokenizer.json: that name belongs to Hugging Face
 
@@ -49,7 +49,9 @@ class ByteTokenizer:
         return arr[(arr >= 0) & (arr < 256)].astype(np.uint8).tobytes().decode("utf-8", errors="replace")
 
     def save(self, directory: str | Path) -> None:
+        """Our own file, plus a tokenizer.json with the same ids so that transformers' AutoTokenizer reads it too."""
         _write_json(directory, {"type": "byte", "vocab_size": self.vocab_size, "eos_id": self.eos_id})
+        _byte_level_hf_tokenizer().save_pretrained(str(directory))
 
 
 class IdTokenizer:
@@ -100,6 +102,31 @@ class HFTokenizer:
         self._tok.save_pretrained(str(directory))
 
 
+def _gpt2_byte_chars() -> dict[int, str]:
+    """GPT-2's printable stand-in character for each byte, which byte-level tokenizers in `tokenizers` use."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars = {b: chr(b) for b in printable}
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + len(chars) - len(printable))
+    return chars
+
+
+def _byte_level_hf_tokenizer() -> Any:
+    """The byte tokenizer as a transformers PreTrainedTokenizerFast: byte b is id b, EOS is 256, no merges."""
+    from tokenizers import Tokenizer as HFCore
+    from tokenizers import decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {char: b for b, char in _gpt2_byte_chars().items()}
+    eos = "<|endoftext|>"
+    core = HFCore(models.BPE(vocab={**vocab, eos: ByteTokenizer.eos_id}, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    core.add_special_tokens([eos])
+    return PreTrainedTokenizerFast(tokenizer_object=core, eos_token=eos)
+
+
 def get_tokenizer(name: str) -> Tokenizer:
     """'byte' for the built-in tokenizer, else a Hugging Face tokenizer by hub name or local path."""
     if name == "byte":
@@ -140,7 +167,7 @@ def _load_hf(name: str) -> HFTokenizer:
     try:
         tok = AutoTokenizer.from_pretrained(os.path.expanduser(name) if local else name, local_files_only=offline)
     except Exception as e:  # transformers raises OSError, ValueError, EnvironmentError... depending on what is missing
-        where = "the Hugging Face hub is unreachable and it is not cached" if offline else _first_line(e)
+        where = "the Hugging Face hub is unreachable and it is not cached" if offline else first_line(e)
         raise DataError(f"could not load tokenizer {name!r}: {where}; {hint}") from e
     return HFTokenizer(name, tok)
 
@@ -149,7 +176,3 @@ def _write_json(directory: str | Path, meta: dict) -> None:
     Path(directory).mkdir(parents=True, exist_ok=True)
     (Path(directory) / OWN_FILE).write_text(json.dumps(meta))
 
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

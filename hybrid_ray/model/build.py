@@ -11,7 +11,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from hybrid_ray.errors import CheckpointError, SpecError
+from hybrid_ray.errors import CheckpointError, EnvironmentProblem, SpecError, first_line
+from hybrid_ray.model.config import fla_config, spec_from_fla_config
 from hybrid_ray.model.fla import build_fla_model, fla_available
 from hybrid_ray.model.torch_ref import HybridForCausalLM
 from hybrid_ray.spec import ModelSpec
@@ -28,6 +29,17 @@ def resolve_backend(backend: str, device: torch.device | str | None = None) -> s
         return backend
     on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
     return "fla" if on_cuda and fla_available() else "torch"
+
+
+def check_backend(backend: str) -> None:
+    """Fail on the driver, before any cluster starts, when this machine cannot run `backend` for a local run."""
+    if backend != "fla":
+        return
+    if not torch.cuda.is_available():
+        raise SpecError("--backend fla needs a CUDA GPU (FLA's Triton kernels do not run on CPUs); "
+                        "use --backend auto or torch here")
+    if not fla_available():
+        raise EnvironmentProblem("--backend fla needs flash-linear-attention and triton installed")
 
 
 def init_weights(model: nn.Module, spec: ModelSpec, seed: int = 0) -> None:
@@ -99,7 +111,7 @@ def save_model(
     folder.mkdir(parents=True, exist_ok=True)
     state = model_or_state if isinstance(model_or_state, dict) else unwrap(model_or_state).state_dict()
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    config = {**spec.to_fla_config(), "architectures": ["GatedDeltaNetForCausalLM"], **(extra_config or {})}
+    config = {**fla_config(spec), "architectures": ["GatedDeltaNetForCausalLM"], **(extra_config or {})}
     tmp = folder / (WEIGHTS_FILE + ".tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
     tmp.replace(folder / WEIGHTS_FILE)
@@ -110,7 +122,7 @@ def save_model(
 def read_model_spec(folder: str | Path) -> ModelSpec:
     path = Path(folder) / "config.json"
     try:
-        return ModelSpec.from_fla_config(json.loads(path.read_text()))
+        return spec_from_fla_config(json.loads(path.read_text()))
     except FileNotFoundError as e:
         raise CheckpointError(f"no model in {folder}: config.json is missing") from e
     except (json.JSONDecodeError, TypeError) as e:
@@ -127,7 +139,7 @@ def load_state(folder: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is corrupt or unreadable: {str(e).splitlines()[0]}") from e
+        raise CheckpointError(f"{path} is corrupt or unreadable: {first_line(e)}") from e
 
 
 def load_model(
@@ -140,5 +152,5 @@ def load_model(
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"weights in {folder} do not match its config: {str(e).splitlines()[0]}") from e
+        raise CheckpointError(f"weights in {folder} do not match its config: {first_line(e)}") from e
     return (model.to(device) if device is not None else model), spec

@@ -15,6 +15,7 @@ from typing import Any
 import torch.nn as nn
 
 from hybrid_ray.errors import EnvironmentProblem
+from hybrid_ray.model.config import fla_config
 from hybrid_ray.spec import ModelSpec
 
 _state: dict[str, Any] = {}
@@ -56,8 +57,20 @@ def fla_available() -> bool:
     return importlib.util.find_spec("fla") is not None and importlib.util.find_spec("triton") is not None
 
 
+def git_info(folder: Path) -> dict[str, Any]:
+    """Commit and dirty state of the git work tree that holds `folder` ({} when it is not in one)."""
+    try:
+        top = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.split()
+        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain"], capture_output=True, text=True,
+                               timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"repo": top[0], "commit": top[1], "dirty": bool(dirty)}
+
+
 def fla_source() -> dict[str, Any]:
-    """Where FLA is imported from: version, path, and the git commit when it is a clone."""
+    """Where FLA is imported from: version, path, and for a git clone its commit and whether it has local edits."""
     spec = importlib.util.find_spec("fla")
     if spec is None or not spec.origin:
         return {"installed": False}
@@ -69,18 +82,9 @@ def fla_source() -> dict[str, Any]:
         info["version"] = version("flash-linear-attention")
     except Exception:
         info["version"] = None
-    root = package_dir.parent
-    if (root / ".git").exists():
-        info["kind"] = "git clone"
-        try:
-            out = subprocess.run(
-                ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-            )
-            info["commit"] = out.stdout.strip()
-            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True, timeout=10)
-            info["dirty"] = bool(dirty.stdout.strip())
-        except (OSError, subprocess.SubprocessError):
-            info["commit"] = None
+    git = git_info(package_dir) if (package_dir.parent / ".git").exists() else {}
+    if git:
+        info.update(kind="git clone", commit=git["commit"], dirty=git["dirty"])
     else:
         info["kind"] = "site-packages" if "site-packages" in str(package_dir) else "path"
     return info
@@ -91,6 +95,6 @@ def build_fla_model(spec: ModelSpec, **config_overrides: Any) -> nn.Module:
     import_fla()
     from fla.models import GatedDeltaNetConfig, GatedDeltaNetForCausalLM
 
-    cfg = {k: v for k, v in spec.to_fla_config().items() if k != "model_type"}
+    cfg = {k: v for k, v in fla_config(spec).items() if k != "model_type"}
     cfg.update(config_overrides)
     return GatedDeltaNetForCausalLM(GatedDeltaNetConfig(**cfg))

@@ -10,6 +10,8 @@ FLOPs count what the kernels compute, forward x 3 for training (backward = 2 x f
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from hybrid_ray.spec import ModelSpec
 
 CHUNK = 64
@@ -37,16 +39,42 @@ def peak_flops(device_name: str) -> float | None:
     return None
 
 
-def _layer_params(spec: ModelSpec, layer_type: str) -> int:
+@dataclass(frozen=True)
+class _Dims:
+    """The widths one layer's parameters and FLOPs are made of."""
+
+    hidden: int
+    mlp: int  # SwiGLU intermediate width
+    q_dim: int  # attention: query/output width; Gated DeltaNet: key width (num_heads * head_dim)
+    kv_dim: int  # attention: key/value width; Gated DeltaNet: value width (value heads * head_v_dim)
+    value_heads: int  # Gated DeltaNet only
+
+
+def _dims(spec: ModelSpec, layer_type: str) -> _Dims:
     h = spec.hidden_size
-    mlp = 3 * h * spec.intermediate_size + 2 * h  # gate/up/down + the two block norms
     if layer_type == "attn":
-        kv_dim = (spec.attn_num_kv_heads or spec.attn_num_heads) * (h // spec.attn_num_heads)
-        return 2 * h * h + 2 * h * kv_dim + mlp
-    key_dim, value_dim, hv = spec.num_heads * spec.head_dim, spec.value_heads * spec.head_v_dim, spec.value_heads
-    proj = 2 * h * key_dim + h * value_dim + value_dim * h + 2 * h * hv + (h * value_dim if spec.use_gate else 0)
-    conv = (2 * key_dim + value_dim) * spec.conv_size
-    return proj + conv + 2 * hv + spec.head_v_dim + mlp
+        return _Dims(h, spec.intermediate_size, h, (spec.attn_num_kv_heads or spec.attn_num_heads) * (h // spec.attn_num_heads), 0)
+    return _Dims(h, spec.intermediate_size, spec.num_heads * spec.head_dim, spec.value_heads * spec.head_v_dim,
+                 spec.value_heads)
+
+
+def _projection_weights(spec: ModelSpec, layer_type: str) -> int:
+    """Weights of a layer's matrix products (mixer and MLP), each used once per token."""
+    d = _dims(spec, layer_type)
+    mlp = 3 * d.hidden * d.mlp
+    if layer_type == "attn":
+        return 2 * d.hidden * d.q_dim + 2 * d.hidden * d.kv_dim + mlp  # q, o; k, v
+    gate = d.hidden * d.kv_dim if spec.use_gate else 0
+    return 2 * d.hidden * d.q_dim + 2 * d.hidden * d.kv_dim + 2 * d.hidden * d.value_heads + gate + mlp  # q, k; v, o; a, b
+
+
+def _layer_params(spec: ModelSpec, layer_type: str) -> int:
+    norms = 2 * spec.hidden_size
+    if layer_type == "attn":
+        return _projection_weights(spec, layer_type) + norms
+    d = _dims(spec, layer_type)
+    conv = (2 * d.q_dim + d.kv_dim) * spec.conv_size
+    return _projection_weights(spec, layer_type) + conv + 2 * d.value_heads + spec.head_v_dim + norms  # A_log, dt_bias, o_norm
 
 
 def count_params(spec: ModelSpec) -> dict[str, int]:
@@ -68,21 +96,14 @@ def _mean_context(seq_len: int, window: int | None) -> float:
 
 def flops_per_token(spec: ModelSpec, seq_len: int, training: bool = True) -> float:
     """Model FLOPs per token for one forward (x3 with training=True)."""
-    h = spec.hidden_size
-    vocab = spec.vocab_size or 0
-    forward = 2.0 * vocab * h  # lm_head
+    forward = 2.0 * (spec.vocab_size or 0) * spec.hidden_size  # lm_head
     for layer_type in spec.layer_types():
-        forward += 2.0 * 3 * h * spec.intermediate_size
+        forward += 2.0 * _projection_weights(spec, layer_type)
+        d = _dims(spec, layer_type)
         if layer_type == "attn":
-            heads, head_dim = spec.attn_num_heads, h // spec.attn_num_heads
-            kv_dim = (spec.attn_num_kv_heads or heads) * head_dim
-            forward += 2.0 * (2 * h * h + 2 * h * kv_dim)
-            forward += 4.0 * heads * head_dim * _mean_context(seq_len, spec.attn_window)
+            forward += 4.0 * d.q_dim * _mean_context(seq_len, spec.attn_window)  # QK^T and PV over all heads
         else:
-            key_dim, value_dim, hv = spec.num_heads * spec.head_dim, spec.value_heads * spec.head_v_dim, spec.value_heads
-            proj = 2 * h * key_dim + 2 * h * value_dim + 2 * h * hv + (h * value_dim if spec.use_gate else 0)
-            forward += 2.0 * proj
             dk, dv = spec.head_dim, spec.head_v_dim
-            forward += hv * (6.0 * dk * dv + 6.0 * CHUNK * dk + 4.0 * CHUNK * dv)
-            forward += 2.0 * spec.conv_size * (2 * key_dim + value_dim)
+            forward += d.value_heads * (6.0 * dk * dv + 6.0 * CHUNK * dk + 4.0 * CHUNK * dv)
+            forward += 2.0 * spec.conv_size * (2 * d.q_dim + d.kv_dim)
     return forward * (3 if training else 1)

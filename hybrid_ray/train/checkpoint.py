@@ -1,31 +1,177 @@
-"""Checkpoint folders: written by every rank into a local folder that Ray Train uploads, verified on load.
+"""Checkpoints: the trainer state, what each rank writes, how a run resumes, and which checkpoint is the latest good one.
 
-Layout (Ray merges the ranks' folders into one):
+Layout of one checkpoint folder (Ray Train merges the ranks' local folders into it):
     config.json, model.safetensors   rank 0: the model, a Hugging Face-style folder that `generate` can load
-    optimizer.pt                     rank 0: the full AdamW state
-    trainer_state.json               rank 0: step, LR schedule, data-loader position, history, spec, environment
-    rng_rank{R}.pt                   every rank: its torch / CUDA / numpy / python RNG states
-    manifest_rank{R}.json            every rank, written last: size and CRC32 of each of its files
-A folder whose manifests are missing or do not match its files is corrupt: loading it raises CheckpointError.
+    optimizer.pt                     rank 0: the full AdamW state (tensors and numbers only)
+    trainer_state.json               rank 0: TrainerState, the spec and the format version
+    rng_rank{R}.pt                   every rank: its torch / CUDA / numpy / python RNG states (tensors and numbers)
+    manifest_rank{R}.json            every rank, written last: size and CRC32 of each of its files (rank 0's also
+                                     records the world size, so a folder missing a rank's files is incomplete)
+
+Loading never runs code from the folder: `.pt` files are read with `torch.load(weights_only=True)`, which builds
+tensors and plain containers only, so anyone able to write a run's folder cannot make a resume execute anything.
+A folder whose manifests are missing or do not match its files is corrupt: `verify` raises CheckpointError, and
+`latest` skips it for the newest good one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import pickle
 import random
+import re
+import tempfile
+import warnings
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn as nn
 
-from hybrid_ray.errors import CheckpointError
+from hybrid_ray import storage
+from hybrid_ray.errors import CheckpointError, first_line
+from hybrid_ray.model import unwrap
 from hybrid_ray.model.build import load_state, save_model
-from hybrid_ray.spec import ModelSpec
+from hybrid_ray.spec import RunSpec
+from hybrid_ray.train.parallelize import in_process_group
 
+FORMAT = 2
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
+PREFIX = "checkpoint_"
+_NAME = re.compile(rf"^{PREFIX}(\d+)(?:-(\d+))?$")
+
+
+@dataclass
+class TrainerState:
+    """Everything besides model and optimizer that a resumed run needs to continue exactly."""
+
+    step: int = 0
+    total_steps: int = 0
+    tokens_seen: int = 0
+    train_seconds: float = 0.0
+    schedule: dict = field(default_factory=dict)
+    loader: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    last_eval: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainerState:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class Restored:
+    """What `load` reads back from a checkpoint folder for one rank."""
+
+    state: TrainerState
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any]
+    rng: dict[str, Any] | None
+
+
+# --- names -------------------------------------------------------------------------------------------------------
+
+def folder_name(step: int, taken: set[str] | frozenset[str] = frozenset()) -> str:
+    """`checkpoint_<step>`, with a `-N` suffix when a folder of that name exists (a broken checkpoint is never
+    overwritten in place: Ray would later delete the shared folder when it evicts the broken entry)."""
+    name, n = f"{PREFIX}{step:08d}", 0
+    while (candidate := name if n == 0 else f"{name}-{n}") in taken:
+        n += 1
+    return candidate
+
+
+def step_of(name: str) -> int | None:
+    match = _NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
+def _order(name: str) -> tuple[int, int]:
+    match = _NAME.match(name)
+    assert match is not None
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def list_checkpoints(run_dir: str) -> list[str]:
+    """The run's checkpoint folder names, oldest first."""
+    return sorted((n for n in storage.list_dirs(run_dir) if _NAME.match(n)), key=_order)
+
+
+def newest_good(run_dir: str) -> tuple[str | None, list[CheckpointError]]:
+    """The newest checkpoint of a run that verifies (None when there is none), and why each newer one was skipped."""
+    skipped = []
+    for name in reversed(list_checkpoints(run_dir)):
+        path = storage.join(run_dir, name)
+        try:
+            verify(path)
+            return path, skipped
+        except CheckpointError as e:
+            skipped.append(e)
+    return None, skipped
+
+
+def latest(run_dir: str) -> str | None:
+    """The newest checkpoint of a run that verifies; newer broken ones are skipped with a warning naming them (and
+    left in place: Ray's own record of the run still lists them)."""
+    path, skipped = newest_good(run_dir)
+    for error in skipped:
+        warnings.warn(f"{error}; skipping it for an older checkpoint")
+    return path
+
+
+# --- RNG state, as tensors and numbers ---------------------------------------------------------------------------
+
+def rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                       numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+    np.random.set_state(numpy_state)
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# --- writing -----------------------------------------------------------------------------------------------------
+
+def _full_state_options(cpu_offload: bool):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload)
+
+
+def gather(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Full (unsharded, unwrapped) model and optimizer states keyed by parameter name, the same for DDP, FSDP2 and
+    one worker. A collective in a process group: every rank calls it; rank 0 gets the states."""
+    if in_process_group():
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+        opts = _full_state_options(cpu_offload=True)
+        return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
+    return unwrap(model).state_dict(), optimizer.state_dict()
 
 
 def _crc32(path: Path) -> int:
@@ -36,79 +182,142 @@ def _crc32(path: Path) -> int:
     return crc
 
 
-def _write_manifest(folder: Path, rank: int, files: list[str]) -> None:
-    entries = {name: {"bytes": (folder / name).stat().st_size, "crc32": _crc32(folder / name)} for name in files}
-    (folder / f"manifest_rank{rank}.json").write_text(json.dumps(entries, indent=1))
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
-def save(
-    folder: str | Path,
-    *,
-    rank: int,
-    trainer_state: dict[str, Any],
-    model_spec: ModelSpec,
-    model_state: dict[str, torch.Tensor] | None = None,
-    optimizer_state: dict[str, Any] | None = None,
-) -> None:
-    """Write this rank's part of a checkpoint; rank 0 passes the (full) model and optimizer states."""
+def save(folder: str | Path, *, rank: int, world_size: int, state: TrainerState, spec: RunSpec,
+         model_state: dict[str, torch.Tensor] | None = None, optimizer_state: dict[str, Any] | None = None) -> None:
+    """Write this rank's files of a checkpoint; rank 0 passes the full model and optimizer states. The manifest is
+    written last, so a write that fails part-way leaves a folder that `verify` rejects."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     files = [f"rng_rank{rank}.pt"]
-    torch.save(rng_state(), folder / files[0])
-    if rank == 0:
-        save_model(model_state, model_spec, folder)
-        torch.save(optimizer_state, folder / OPTIMIZER_FILE)
-        (folder / STATE_FILE).write_text(json.dumps(trainer_state))
-        files += ["config.json", "model.safetensors", OPTIMIZER_FILE, STATE_FILE]
-    _write_manifest(folder, rank, files)
-
-
-def verify(folder: str | Path) -> None:
-    """Raise CheckpointError unless every manifest's files exist with the recorded size and CRC32."""
-    folder = Path(folder)
-    manifests = sorted(folder.glob("manifest_rank*.json"))
-    if not (folder / "manifest_rank0.json").exists():
-        raise CheckpointError(f"checkpoint {folder} is incomplete: manifest_rank0.json is missing")
-    for manifest in manifests:
-        try:
-            entries = json.loads(manifest.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"checkpoint {folder} is corrupt: {manifest.name} is unreadable") from e
-        for name, meta in entries.items():
-            path = folder / name
-            if not path.exists():
-                raise CheckpointError(f"checkpoint {folder} is incomplete: {name} is missing")
-            if path.stat().st_size != meta["bytes"] or _crc32(path) != meta["crc32"]:
-                raise CheckpointError(f"checkpoint {folder} is corrupt: {name} does not match its checksum")
-
-
-def load(folder: str | Path, rank: int) -> dict[str, Any]:
-    """Verify, then read: trainer_state, model_state, optimizer_state and this rank's rng (when present)."""
-    folder = Path(folder)
-    verify(folder)
     try:
-        out: dict[str, Any] = {
-            "trainer_state": json.loads((folder / STATE_FILE).read_text()),
-            "model_state": load_state(folder),
-            "optimizer_state": torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=False),
-        }
-        rng = folder / f"rng_rank{rank}.pt"
-        out["rng"] = torch.load(rng, weights_only=False) if rng.exists() else None
-    except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint {folder} cannot be read: {str(e).splitlines()[0]}") from e
-    return out
+        torch.save(rng_state(), folder / files[0])
+        if rank == 0:
+            save_model(model_state, spec.model, folder)
+            torch.save(optimizer_state, folder / OPTIMIZER_FILE)
+            payload = {"format": FORMAT, **state.to_dict(), "spec": spec.to_dict()}
+            (folder / STATE_FILE).write_text(json.dumps(payload))
+            files += ["config.json", "model.safetensors", OPTIMIZER_FILE, STATE_FILE]
+        entries = {name: {"bytes": (folder / name).stat().st_size, "crc32": _crc32(folder / name)} for name in files}
+        manifest = {"files": entries, **({"world_size": world_size} if rank == 0 else {})}
+        (folder / f"manifest_rank{rank}.json").write_text(json.dumps(manifest, indent=1))
+    except OSError as e:
+        raise CheckpointError(f"cannot write the step-{state.step} checkpoint in {folder}: {e.strerror or e}") from e
+
+
+def write(model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainerState, spec: RunSpec, rank: int,
+          world_size: int) -> str:
+    """Gather the full states (all ranks) and write this rank's part into a fresh local folder for Ray to upload."""
+    model_state, optimizer_state = gather(model, optimizer)
+    folder = tempfile.mkdtemp(prefix=f"hybrid-ray-ckpt-{state.step}-")
+    save(folder, rank=rank, world_size=world_size, state=state, spec=spec,
+         model_state=model_state if rank == 0 else None, optimizer_state=optimizer_state if rank == 0 else None)
+    return folder
+
+
+# --- reading -----------------------------------------------------------------------------------------------------
+
+def _manifest_files(manifest: dict) -> dict[str, dict]:
+    return manifest["files"] if "files" in manifest else manifest  # format 1: the entries themselves
+
+
+def verify(folder: str) -> None:
+    """Raise CheckpointError unless every rank's manifest is there and its files have the recorded size (and, on
+    local disks, CRC32). Works on URIs too, where only sizes are compared (no download)."""
+    name = f"checkpoint {folder}"
+    manifests = [n for n in storage.list_files(folder) if n.startswith("manifest_rank")]
+    if "manifest_rank0.json" not in manifests:
+        raise CheckpointError(f"{name} is incomplete: manifest_rank0.json is missing")
+    parsed = {}
+    for manifest in sorted(manifests):
+        try:
+            parsed[manifest] = json.loads(storage.read_bytes(storage.join(folder, manifest)))
+            files = _manifest_files(parsed[manifest])
+            assert isinstance(files, dict) and all(isinstance(m, dict) for m in files.values())
+        except (OSError, ValueError, AssertionError) as e:
+            raise CheckpointError(f"{name} is corrupt: {manifest} is unreadable") from e
+    world = parsed["manifest_rank0.json"].get("world_size", 1)
+    missing = [r for r in range(world) if f"manifest_rank{r}.json" not in parsed]
+    if missing:
+        raise CheckpointError(f"{name} is incomplete: manifest_rank{missing[0]}.json is missing")
+    sizes = storage.file_sizes(folder)
+    for manifest in parsed.values():
+        for file, meta in _manifest_files(manifest).items():
+            if file not in sizes:
+                raise CheckpointError(f"{name} is incomplete: {file} is missing")
+            local = not storage.is_uri(folder)
+            if sizes[file] != meta["bytes"] or (local and _crc32(Path(folder, file)) != meta["crc32"]):
+                raise CheckpointError(f"{name} is corrupt: {file} does not match its checksum")
+
+
+# numpy's array pickles, which format-1 RNG files hold: array reconstruction only, no other code
+_core = getattr(np, "_core", None) or np.core
+LEGACY_RNG_GLOBALS = [_core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def _load_pt(path: Path, allow: list | None = None) -> Any:
+    """torch.load that builds tensors and plain containers only; anything else is refused, naming the file."""
+    try:
+        with torch.serialization.safe_globals(allow or []):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors and numbers "
+                              "(a checkpoint file can only hold those; was it replaced?)") from e
+
+
+def read_state(folder: str | Path) -> TrainerState:
+    """Rank 0's trainer state of a checkpoint folder (local or URI)."""
+    try:
+        return TrainerState.from_dict(json.loads(storage.read_bytes(storage.join(str(folder), STATE_FILE))))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {folder}: {STATE_FILE} is unreadable: {first_line(e)}") from e
+
+
+def load(folder: str | Path, rank: int) -> Restored:
+    """Verify a local checkpoint folder, then read rank 0's states and this rank's RNG (None when absent)."""
+    folder = Path(folder)
+    verify(str(folder))
+    try:
+        state = read_state(folder)
+        model_state = load_state(folder)
+        optimizer_state = _load_pt(folder / OPTIMIZER_FILE)
+        rng_path = folder / f"rng_rank{rank}.pt"
+        rng = _load_pt(rng_path, allow=LEGACY_RNG_GLOBALS) if rng_path.exists() else None
+    except (OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {folder} cannot be read: {first_line(e)}") from e
+    return Restored(state, model_state, optimizer_state, rng)
+
+
+def apply(model: nn.Module, optimizer: torch.optim.Optimizer, restored: Restored) -> None:
+    """Load full states into a (possibly wrapped or sharded) model and its optimizer."""
+    if in_process_group():
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+        opts = _full_state_options(cpu_offload=False)
+        set_model_state_dict(model, restored.model_state, options=opts)
+        set_optimizer_state_dict(model, optimizer, restored.optimizer_state, options=opts)
+    else:
+        unwrap(model).load_state_dict(restored.model_state)
+        optimizer.load_state_dict(restored.optimizer_state)
+
+
+def restore(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, rank: int, *,
+            resume_from: str | None, known: list[str]) -> TrainerState | None:
+    """Continue a run: from the checkpoint Ray hands a restarted worker group when it was written during this launch
+    (a retry after a failure), else from `resume_from`, the newest good checkpoint the driver found (None: start)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None or Path(checkpoint.path).name in known:
+        # a relaunch: Ray offers the newest checkpoint it registered, which may be a broken one; use the driver's
+        checkpoint = ray.train.Checkpoint(resume_from) if resume_from else None
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        restored = load(folder, rank)
+    apply(model, optimizer, restored)
+    state = restored.state
+    loader.load_state_dict(state.loader)
+    state.history = [r for r in state.history if r["step"] <= state.step]
+    if restored.rng is not None:
+        set_rng_state(restored.rng)
+    return state

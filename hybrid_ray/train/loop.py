@@ -1,30 +1,39 @@
 """train_loop_per_worker: what every Ray Train worker runs, top to bottom.
 
-Each helper does one step (set up the model, restore, train one step, evaluate, report); the loop only sequences
-them. Every worker calls `ray.train.report` at the same steps (it is a barrier); rank 0 writes the model,
-optimizer, history and TensorBoard logs, every rank writes its RNG state.
+The helpers each own one concern (parallelize.py: wrapping and precision; checkpoint.py: save and restore;
+evaluate.py: validation; metrics.py: throughput and the progress line); the loop only sequences them. Every worker
+calls `ray.train.report` at the same steps (it is a barrier); rank 0 writes the model, optimizer, history and
+TensorBoard logs, every rank writes its RNG state.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import tempfile
+import json
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 
 from hybrid_ray import data as data_lib
+from hybrid_ray import storage
 from hybrid_ray.env import runtime_versions
 from hybrid_ray.model import build_model, flops_per_token, unwrap
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train import checkpoint as ckpt_lib
-from hybrid_ray.train.metrics import Throughput, autocast, evaluate, memory_gib, progress_line, uses_bf16
+from hybrid_ray.train.checkpoint import TrainerState
+from hybrid_ray.train.evaluate import evaluate
+from hybrid_ray.train.metrics import Throughput, memory_gib, progress_line
 from hybrid_ray.train.optim import LRSchedule, build_optimizer
+from hybrid_ray.train.parallelize import (
+    autocast, gradient_sync, in_process_group, mean_over_ranks, parallelize, resolve_strategy,
+)
+from hybrid_ray.ray_compat import quiet_report_logs
+
+DIVERGED_FILE = "diverged.json"  # rank 0 writes it into the run folder when the loss stops being finite
 
 
 @dataclass
@@ -34,98 +43,31 @@ class LaunchOptions:
     extend_steps: int = 0  # lengthen a (finished) run by this many steps, without an LR jump
     until_step: int | None = None  # stop this launch at this step (with a checkpoint); the run stays resumable
     tensorboard_dir: str | None = None
+    resume_from: str | None = None  # the newest good checkpoint the driver found (None: start from scratch)
+    known_checkpoints: list[str] = field(default_factory=list)  # checkpoint folders that existed at launch
+    kernel_cache: str | None = None  # Triton's cache folder (compiled kernels and autotuning), shared by a sweep
 
 
-@dataclass
-class TrainerState:
-    """Everything besides model and optimizer that a resumed run needs to continue exactly."""
-
-    step: int = 0
-    total_steps: int = 0
-    tokens_seen: int = 0
-    train_seconds: float = 0.0
-    schedule: dict = field(default_factory=dict)
-    loader: dict = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)
-    last_eval: dict = field(default_factory=dict)
-    env: dict = field(default_factory=dict)
+def use_kernel_cache(folder: str | None) -> None:
+    """Keep Triton's autotuning results on disk beside its compiled kernels, in `folder` when given, so a second
+    process (a restarted worker, the next trial of a sweep) skips the minutes FLA's kernels take to tune. Must run
+    before the first kernel is compiled."""
+    os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        os.environ["TRITON_CACHE_DIR"] = folder
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def resolve_strategy(strategy: str, device: torch.device) -> str:
-    """'auto' is FSDP2 on GPU workers (in a process group) and DDP elsewhere.
-
-    On an H100, FSDP2's bf16 compute parameters (fp32 master weights, fp32 gradient reduction) trained 5% (Gated
-    DeltaNet) to 12% (transformer) faster than DDP + autocast, on one GPU and on two (benchmarks/results).
-    """
-    if strategy != "auto":
-        return strategy
-    in_group = dist.is_available() and dist.is_initialized()
-    return "fsdp" if device.type == "cuda" and in_group else "ddp"
+def _say(line: str) -> None:
+    """A progress line on the worker's stdout, which Ray forwards to the driver's console. Not print(): Ray Train
+    patches it to also log each line, which would show every line twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def setup_model(spec: RunSpec, device: torch.device) -> nn.Module:
-    """Build on the worker's device, optionally compile each block, then wrap for DDP or FSDP2."""
-    model = build_model(spec.model, spec.scale.backend, device=device, seed=spec.train.seed)
-    if spec.train.compile:
-        # FLA's chunk kernels are excluded from compilation, so compile per block: the glue around them fuses
-        for block in model.model.layers:
-            block.compile()
-    if resolve_strategy(spec.scale.strategy, device) == "fsdp":
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-        bf16 = uses_bf16(device, spec.train.precision)
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
-        for block in model.model.layers:
-            fully_shard(block, mp_policy=policy)
-        fully_shard(model, mp_policy=policy)
-        return model
-    if _distributed():
-        import ray.train.torch
-
-        return ray.train.torch.prepare_model(model, move_to_device=False)
-    return model
-
-
-def _full_state_options():
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-def model_and_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """Full (unsharded, unwrapped) states keyed by parameter name, identical for DDP, FSDP and one worker."""
-    if dist.is_available() and dist.is_initialized():
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-
-        opts = _full_state_options()
-        return get_model_state_dict(model, options=opts), get_optimizer_state_dict(model, optimizer, options=opts)
-    return unwrap(model).state_dict(), optimizer.state_dict()
-
-
-def load_model_and_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, restored: dict) -> None:
-    if dist.is_available() and dist.is_initialized():
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-
-        opts = dataclasses.replace(_full_state_options(), cpu_offload=False)
-        set_model_state_dict(model, restored["model_state"], options=opts)
-        set_optimizer_state_dict(model, optimizer, restored["optimizer_state"], options=opts)
-    else:
-        unwrap(model).load_state_dict(restored["model_state"])
-        optimizer.load_state_dict(restored["optimizer_state"])
-
-
-def _gradient_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
-    """Skip the gradient all-reduce on all but the last micro batch of an accumulation."""
-    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
-        model.set_requires_gradient_sync(sync)
-        return contextlib.nullcontext()
-    if not sync and hasattr(model, "no_sync"):  # DDP
-        return model.no_sync()
-    return contextlib.nullcontext()
+    """Build on the worker's device (initialised from the seed), then compile and wrap as the spec says."""
+    return parallelize(build_model(spec.model, spec.scale.backend, device=device, seed=spec.train.seed), spec, device)
 
 
 def train_step(
@@ -136,13 +78,9 @@ def train_step(
         group["lr"] = lr
     loss_sum = torch.zeros((), device=device)
     for i, batch in enumerate(batches):
-        cu = batch.cu_seqlens.to(device, non_blocking=True) if batch.cu_seqlens is not None else None
-        with _gradient_sync(model, sync=i == len(batches) - 1), autocast(device, spec.train.precision):
-            out = model(
-                input_ids=batch.input_ids.to(device, non_blocking=True),
-                labels=batch.labels.to(device, non_blocking=True),
-                cu_seqlens=cu,
-            )
+        batch = batch.to(device, non_blocking=True)
+        with gradient_sync(model, sync=i == len(batches) - 1), autocast(device, spec.train.precision):
+            out = model(input_ids=batch.input_ids, labels=batch.labels, cu_seqlens=batch.cu_seqlens)
             loss = out.loss / len(batches)
             loss.backward()
         loss_sum += loss.detach()
@@ -153,50 +91,6 @@ def train_step(
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum, grad_norm
-
-
-def _mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
-    if _distributed():
-        dist.all_reduce(values)
-        values /= dist.get_world_size()
-    return values
-
-
-def save_checkpoint(
-    model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainerState, spec: RunSpec, rank: int
-) -> str:
-    """Write this rank's part of a checkpoint into a fresh local folder (Ray uploads it, then deletes it)."""
-    model_state, optimizer_state = model_and_optimizer_state(model, optimizer)
-    folder = tempfile.mkdtemp(prefix=f"hybrid-ray-ckpt-{state.step}-")
-    ckpt_lib.save(
-        folder,
-        rank=rank,
-        trainer_state={**dataclasses.asdict(state), "spec": spec.to_dict()},
-        model_spec=spec.model,
-        model_state=model_state if rank == 0 else None,
-        optimizer_state=optimizer_state if rank == 0 else None,
-    )
-    return folder
-
-
-def restore(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, rank: int) -> TrainerState | None:
-    """Continue from the checkpoint Ray hands this worker (a relaunch of the same run, or a retry after a failure)."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as folder:
-        restored = ckpt_lib.load(folder, rank)
-    load_model_and_optimizer_state(model, optimizer, restored)
-    saved = restored["trainer_state"]
-    saved.pop("spec", None)
-    state = TrainerState(**saved)
-    loader.load_state_dict(state.loader)
-    state.history = [r for r in state.history if r["step"] <= state.step]
-    if restored["rng"] is not None:
-        ckpt_lib.set_rng_state(restored["rng"])
-    return state
 
 
 class _TensorBoard:
@@ -224,26 +118,70 @@ class _TensorBoard:
             self.writer.close()
 
 
-def _quiet_ray_reports() -> None:
-    """Ray 2.60 logs every report at INFO through a logger named after its file, which LoggingConfig's level
-    does not reach; one line per report would drown the progress lines."""
-    import logging
+class _Divergence:
+    """The first step whose loss or gradient norm was not finite, tracked on the device (no sync per step) and
+    agreed on by every rank when `check` is called, so all ranks stop at the same point."""
 
-    from ray.train.v2._internal.execution import context as ray_context
+    NONE = 2**62
 
-    logging.getLogger(ray_context.__file__).setLevel(logging.WARNING)
+    def __init__(self, device: torch.device):
+        self.first = torch.full((), self.NONE, dtype=torch.long, device=device)
+
+    def track(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+        self.first = torch.where(finite | (self.first < self.NONE), self.first, torch.full_like(self.first, step))
+
+    def check(self) -> int | None:
+        """The first bad step over all ranks, or None; a collective."""
+        first = self.first.clone()
+        if in_process_group():
+            import torch.distributed as dist
+
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        value = int(first.item())
+        return None if value == self.NONE else value
+
+
+def _report(state: TrainerState, record: dict, spec: RunSpec, model: nn.Module, optimizer: Any, schedule: Any,
+            loader: Any, rank: int, world: int, launch: LaunchOptions, checkpoint: bool) -> None:
+    """Report to Ray: with a checkpoint (every rank writes its part), or evaluation metrics alone."""
+    import ray.train
+    from ray.train import Checkpoint
+    from ray.train.v2.api.report_config import CheckpointUploadMode
+
+    evaluations = sum("val_loss" in r for r in state.history)
+    # `evaluations` is the clock of Tune's schedulers (ASHA counts in evaluations); `evaluated` marks a fresh one
+    metrics = {**state.last_eval, **record, "step": state.step, "evaluations": evaluations,
+               "evaluated": "val_loss" in record}
+    if not checkpoint:
+        # Each report waits until Ray Train's controller has taken the previous one, which it polls every 2 s: a
+        # report per log line stalled a fast model 4x, so only evaluations (for Tune's schedulers) go without one
+        ray.train.report(metrics)
+        return
+    state.schedule, state.loader = schedule.to_dict(), loader.state_dict()
+    folder = ckpt_lib.write(model, optimizer, state, spec, rank, world)
+    ray.train.report(
+        metrics,
+        checkpoint=Checkpoint.from_directory(folder),
+        checkpoint_dir_name=ckpt_lib.folder_name(state.step, set(launch.known_checkpoints)),
+        checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
+    )
+
+
+def _write_divergence(spec: RunSpec, step: int, lr: float) -> None:
+    info = {"step": step, "lr": lr}
+    storage.write_bytes(storage.join(spec.storage_path, spec.name, DIVERGED_FILE), json.dumps(info).encode())
 
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point: config = {"spec": RunSpec.to_dict(), "launch": LaunchOptions as a dict}."""
     import ray.train
     import ray.train.torch
-    from ray.train import Checkpoint
-    from ray.train.v2.api.report_config import CheckpointUploadMode
 
     spec = RunSpec.from_dict(config["spec"])
     launch = LaunchOptions(**config.get("launch", {}))
-    _quiet_ray_reports()
+    use_kernel_cache(launch.kernel_cache)
+    quiet_report_logs()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -254,14 +192,13 @@ def train_loop_per_worker(config: dict) -> None:
     dataset = data_lib.prepare(spec.data)  # a cache hit: the driver prepared it before starting the workers
     model = setup_model(spec, device)
     optimizer = build_optimizer(model, spec.optim, device)
-    loader_args = dict(
-        seq_len=spec.data.seq_len, global_batch=spec.train.batch_size, micro_batch=spec.micro_batch_size,
-        rank=rank, world_size=world, packed=spec.data.packed,
-    )
-    loader = dataset.train_loader(seed=spec.train.seed, **loader_args)
-    val_batches = dataset.val_batches(num_batches=spec.train.eval_batches, **loader_args)
+    layout = dict(seq_len=spec.data.seq_len, micro_batch=spec.micro_batch_size, rank=rank, world_size=world,
+                  packed=spec.data.packed)
+    loader = dataset.train_loader(global_batch=spec.train.batch_size, seed=spec.train.seed, **layout)
+    val_batches = dataset.val_batches(max_tokens=spec.train.eval_tokens, **layout)
 
-    state = restore(model, optimizer, loader, rank)
+    state = ckpt_lib.restore(model, optimizer, loader, rank, resume_from=launch.resume_from,
+                             known=launch.known_checkpoints)
     if state is None:
         schedule = LRSchedule.from_spec(spec.optim, spec.train.steps)
         state = TrainerState(total_steps=spec.train.steps)
@@ -277,36 +214,51 @@ def train_loop_per_worker(config: dict) -> None:
     tokens_per_step = spec.train.batch_size * spec.data.seq_len
     meter = Throughput(flops_per_token(spec.model, spec.data.seq_len), device, world)
     board = _TensorBoard(launch.tensorboard_dir, rank)
+    divergence = _Divergence(device)
     window_loss = torch.zeros((), device=device)
     window_steps = 0
     if rank == 0 and state.step:
-        print(f"resumed at step {state.step}/{state.total_steps}", flush=True)
+        _say(f"resumed at step {state.step}/{state.total_steps}")
 
     while state.step < stop_at:
         step_start = time.perf_counter()
         lr = schedule.lr_at(state.step)
         loss, grad_norm = train_step(model, optimizer, loader.next_step(), lr, spec, device)
         state.step += 1
+        divergence.track(state.step, loss, grad_norm)
         state.tokens_seen += tokens_per_step
         window_loss += loss
         window_steps += 1
         meter.add(tokens_per_step // world)
 
         done = state.step == stop_at
+        log_due = state.step % spec.train.log_every == 0 or done
+        eval_due = state.step % spec.train.eval_every == 0 or done
+        checkpoint_due = state.step % spec.train.checkpoint_every == 0 or done
         record: dict[str, Any] = {}
-        if state.step % spec.train.log_every == 0 or done:
-            mean = _mean_over_ranks(torch.stack([window_loss / window_steps, grad_norm.float()]))
+        if log_due:
+            mean = mean_over_ranks(torch.stack([window_loss / window_steps, grad_norm.float()]))
             record = {
-                "step": state.step, "loss": mean[0].item(), "grad_norm": mean[1].item(), "lr": lr,
+                "step": state.step, "time_s": state.train_seconds, "loss": mean[0].item(),
+                "grad_norm": mean[1].item(), "lr": lr,
                 "epoch": loader.epoch, "tokens_seen": state.tokens_seen, **meter.read(),
                 "memory_gib": memory_gib(device),
             }
             meter.reset()
             window_loss.zero_()
             window_steps = 0
+        if log_due or eval_due or checkpoint_due:
+            bad_step = divergence.check()
+            if bad_step is not None:  # stop before anything of a broken model is evaluated or saved
+                if rank == 0:
+                    _write_divergence(spec, bad_step, schedule.lr_at(bad_step - 1))
+                break
         state.train_seconds += time.perf_counter() - step_start
-        if state.step % spec.train.eval_every == 0 or done:
-            state.last_eval = {"step": state.step, **evaluate(model, val_batches, device, spec.train.precision, dataset.task)}
+        if eval_due:
+            final = done and state.step == state.total_steps  # the end of the run: score the full split
+            batches = dataset.val_batches(**layout) if final else val_batches
+            state.last_eval = {"step": state.step, **evaluate(model, batches, device, spec.train.precision, dataset.task),
+                               "val_split": "full" if final else "sample", "time_s": state.train_seconds}
             record = {**record, **state.last_eval, "step": state.step}
             meter.reset()  # evaluation time is not training throughput
         if record:
@@ -314,23 +266,12 @@ def train_loop_per_worker(config: dict) -> None:
             board.log(record)
             if rank == 0 and "loss" in record:
                 eta = state.train_seconds / max(state.step, 1) * (state.total_steps - state.step)
-                print(progress_line(record, state.total_steps, eta), flush=True)
+                _say(progress_line(record, state.total_steps, eta))
             if rank == 0 and "val_loss" in record:
-                print(f"eval step {state.step}: val_loss {record['val_loss']:.4f} | val_acc {record['val_accuracy']:.4f}"
-                      f" | val_ppl {record['val_perplexity']:.2f}", flush=True)
-
-        if state.step % spec.train.checkpoint_every == 0 or done:
-            state.schedule, state.loader = schedule.to_dict(), loader.state_dict()
-            folder = save_checkpoint(model, optimizer, state, spec, rank)
-            ray.train.report(
-                {**state.last_eval, **record, "step": state.step},
-                checkpoint=Checkpoint.from_directory(folder),
-                checkpoint_dir_name=f"checkpoint_{state.step:08d}",
-                checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
-            )
+                _say(f"eval step {state.step}: val_loss {record['val_loss']:.4f} | val_acc {record['val_accuracy']:.4f}"
+                     f" | val_ppl {record['val_perplexity']:.2f} | {record['val_tokens']:,} {record['val_split']}"
+                     " validation tokens")
+        if checkpoint_due or "val_loss" in record:
+            _report(state, record, spec, model, optimizer, schedule, loader, rank, world, launch, checkpoint_due)
             meter.reset()
-        elif "val_loss" in record:
-            # Only evaluations go to Ray (for Tune's schedulers): each report waits until Ray Train's controller has
-            # taken the previous one, which it polls every 2 s, so a report per log line stalled a fast model 4x.
-            ray.train.report({**state.last_eval, **record, "step": state.step})
     board.close()

@@ -1,0 +1,67 @@
+"""The one place that reaches into Ray's private modules (Ray 2.60): Train's report logger and the token-auth
+config. tests/test_ray_compat.py fails loudly when a Ray upgrade moves what this relies on."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+
+def report_logger() -> logging.Logger:
+    """The logger Ray Train 2.60 writes one INFO line to per `ray.train.report`: it is named after its module's file,
+    so `LoggingConfig(log_level=...)` does not reach it."""
+    from ray.train.v2._internal.execution import context
+
+    return logging.getLogger(context.__file__)
+
+
+def quiet_report_logs() -> None:
+    """Keep one line per report out of the progress lines."""
+    report_logger().setLevel(logging.WARNING)
+
+
+def _refresh_auth_mode(mode: str) -> None:
+    """Set RAY_AUTH_MODE for this process and its children, and make an already imported Ray see it (Ray reads the
+    variable once, at import, into a cached config that `Config.initialize` refreshes)."""
+    os.environ["RAY_AUTH_MODE"] = mode
+    from ray._raylet import Config
+
+    Config.initialize("")
+
+
+def token_available() -> bool:
+    """Whether Ray would find a token: $RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH names, or ~/.ray/auth_token."""
+    from ray._raylet import AuthenticationTokenLoader
+
+    return AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
+
+
+def use_token_if_available() -> None:
+    """Before connecting to an existing cluster: send the token when one is found and RAY_AUTH_MODE is unset
+    (Ray 2.60 clients send it only in token mode, and `ray start` heads use token auth once a token exists)."""
+    if "RAY_AUTH_MODE" not in os.environ and token_available():
+        _refresh_auth_mode("token")
+
+
+def enable_token_auth() -> None:
+    """Before starting a local cluster: token mode, as `ray.init()` turns on by default, minus its console warning."""
+    if "RAY_AUTH_MODE" not in os.environ:
+        _refresh_auth_mode("token")
+
+
+def show_only_training_output() -> None:
+    """Forward to this console only what Ray Train workers print on stdout (hybrid-ray's progress lines, without
+    Ray's "(RayTrainWorker pid=...)" prefix). Ray's own lines from its actors and raylets (deprecation warnings, the
+    core worker's notices) stay in its log files under the session folder. Call after `ray.init`."""
+    import sys
+
+    from ray._private import worker
+
+    def handler(data: dict) -> None:
+        if data.get("is_err") or data.get("actor_name") != "RayTrainWorker":
+            return
+        for line in data.get("lines", []):
+            print(line, file=sys.stdout, flush=True)
+
+    worker.global_worker_stdstream_dispatcher.remove_handler("ray_print_logs")
+    worker.global_worker_stdstream_dispatcher.add_handler("ray_print_logs", handler)

@@ -1,0 +1,144 @@
+"""Run folders: their layout, results.json (strict JSON), listing and removing runs.
+
+A run lives in `<storage_path>/<name>/`:
+    spec.yaml            what the run is (relaunching the same name must not change it once a checkpoint exists)
+    checkpoint_*/        see train/checkpoint.py
+    results.json         spec, parameters, metric history, best/final validation, tokens, time, versions
+    curves.png, tensorboard/, model/ (a Hugging Face-style folder), diverged.json (when the loss stopped being finite)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from hybrid_ray import storage
+from hybrid_ray.errors import HybridRayError, SpecError, suggest
+from hybrid_ray.spec import RunSpec
+from hybrid_ray.train.checkpoint import latest, list_checkpoints, step_of
+
+SPEC_FILE = "spec.yaml"
+RESULTS_FILE = "results.json"
+CURVES_FILE = "curves.png"
+MODEL_DIR = "model"
+# Settings that may change between launches of one run (hardware, cadence); everything else defines the run.
+MUTABLE = {"storage_path", "scale", "train.eval_every", "train.log_every", "train.checkpoint_every", "train.keep",
+           "train.micro_batch_size", "train.compile", "train.eval_tokens", "data.cache_dir"}
+
+
+def finite(value: Any) -> Any:
+    """The same structure with NaN and infinities replaced by None, so that it is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    """Strict JSON (no NaN/Infinity, which strict parsers reject); non-JSON values become strings."""
+    return json.dumps(finite(value), indent=2, default=str, allow_nan=False)
+
+
+def read_results(run_dir: str) -> dict[str, Any] | None:
+    path = storage.join(run_dir, RESULTS_FILE)
+    if not storage.exists(path):
+        return None
+    try:
+        return json.loads(storage.read_bytes(path))
+    except ValueError as e:
+        raise HybridRayError(f"{path} is not valid JSON: {e}") from e
+
+
+def write_results(run_dir: str, results: dict[str, Any]) -> None:
+    storage.write_bytes(storage.join(run_dir, RESULTS_FILE), dumps(results).encode())
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        out.update(_flatten(value, f"{name}.") if isinstance(value, dict) else {name: value})
+    return out
+
+
+def check_same_run(previous: dict, spec: RunSpec) -> None:
+    """Relaunching a run name must not silently change what the run is."""
+    old, new = _flatten(RunSpec.from_dict(previous).to_dict()), _flatten(spec.to_dict())
+    for key in sorted(set(old) | set(new)):
+        if any(key == m or key.startswith(m + ".") for m in MUTABLE):
+            continue
+        if old.get(key) != new.get(key):
+            raise SpecError(
+                f"run {spec.name!r} already exists with {key}={old.get(key)!r} (now {new.get(key)!r}); "
+                "relaunch it unchanged to resume, use --extend-steps to train longer, or pick a new --name"
+            )
+
+
+def claim(run_dir: str, spec: RunSpec) -> bool:
+    """Record the spec of a new run, or check a relaunch against it. A run with no checkpoint yet (it failed before
+    its first) takes the new settings. Returns True when the run already has checkpoints to resume from."""
+    spec_path = storage.join(run_dir, SPEC_FILE)
+    has_checkpoints = bool(list_checkpoints(run_dir))
+    if storage.exists(spec_path) and has_checkpoints:
+        check_same_run(yaml.safe_load(storage.read_bytes(spec_path)), spec)
+    else:
+        storage.write_bytes(spec_path, spec.to_yaml().encode())
+    return has_checkpoints
+
+
+@dataclass
+class RunInfo:
+    """One line of `hybrid-ray runs list`."""
+
+    name: str
+    variant: str | None
+    status: str  # finished | stopped | diverged | running or interrupted | not started
+    step: int | None
+    total_steps: int | None
+    best_val_loss: float | None
+    path: str
+
+
+def run_info(run_dir: str, name: str) -> RunInfo:
+    results = read_results(run_dir)
+    if results is not None:
+        best = (results.get("best") or {}).get("val_loss")
+        return RunInfo(name, results.get("spec", {}).get("variant"), results.get("status", "?"), results.get("step"),
+                       results.get("total_steps"), best, run_dir)
+    spec = yaml.safe_load(storage.read_bytes(storage.join(run_dir, SPEC_FILE)))
+    steps = [step_of(n) for n in list_checkpoints(run_dir)]
+    status = "running or interrupted" if steps else "not started"
+    return RunInfo(name, spec.get("variant"), status, max(steps) if steps else None,
+                   spec.get("train", {}).get("steps"), None, run_dir)
+
+
+def list_runs(storage_path: str) -> list[RunInfo]:
+    """Every run under a storage path (folders holding a spec.yaml), by name."""
+    root = storage.normalize(storage_path)
+    return [run_info(storage.join(root, name), name) for name in storage.list_dirs(root)
+            if storage.exists(storage.join(root, name, SPEC_FILE))]
+
+
+def remove_run(storage_path: str, name: str) -> str:
+    """Delete a run's folder (checkpoints, results, model); returns its path."""
+    root = storage.normalize(storage_path)
+    runs = [r.name for r in list_runs(root)]
+    if name not in runs:
+        raise HybridRayError(f"no run {name!r} under {root}{suggest(name, runs)}")
+    path = storage.join(root, name)
+    storage.remove_dir(path)
+    return path
+
+
+def resume_point(run_dir: str) -> int | None:
+    """The step a relaunch would continue from (the newest good checkpoint's), or None."""
+    path = latest(run_dir)
+    return step_of(path.rstrip("/").rsplit("/", 1)[-1]) if path else None
+

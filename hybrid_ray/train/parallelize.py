@@ -1,0 +1,96 @@
+"""Parallelism and precision on a worker: the DDP / FSDP2 choice and wrapping, the bf16 rule, gradient sync.
+
+Precision follows one rule (`uses_bf16`): bf16 on GPUs, fp32 on CPUs, unless the spec says otherwise. It sets both
+the autocast around forward passes and, under FSDP2, the `MixedPrecisionPolicy`: bf16 compute parameters with fp32
+master weights and fp32 gradient reduction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from hybrid_ray.spec import RunSpec
+
+
+def in_process_group() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def distributed() -> bool:
+    """True when there are other ranks to talk to."""
+    return in_process_group() and dist.get_world_size() > 1
+
+
+def resolve_strategy(strategy: str, device: torch.device) -> str:
+    """'auto' is FSDP2 on GPU workers (in a process group) and DDP elsewhere.
+
+    On an H100, FSDP2's bf16 compute parameters (fp32 master weights, fp32 gradient reduction) trained 5% (Gated
+    DeltaNet) to 12% (transformer) faster than DDP + autocast, on one GPU and on two (benchmarks/results).
+    """
+    if strategy != "auto":
+        return strategy
+    return "fsdp" if device.type == "cuda" and in_process_group() else "ddp"
+
+
+def uses_bf16(device: torch.device, precision: str) -> bool:
+    """'auto' precision is bf16 on GPUs and fp32 on CPUs."""
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast when the bf16 rule applies (fp32 master weights stay in the optimizer), else nothing."""
+    if not uses_bf16(device, precision):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def parallelize(model: nn.Module, spec: RunSpec, device: torch.device) -> nn.Module:
+    """Optionally compile each block, then wrap for FSDP2 or DDP (a single process stays unwrapped)."""
+    if spec.train.compile:
+        # FLA's chunk kernels are excluded from compilation, so compile per block: the glue around them fuses
+        for block in model.model.layers:
+            block.compile()
+    if resolve_strategy(spec.scale.strategy, device) == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        policy = MixedPrecisionPolicy()
+        if uses_bf16(device, spec.train.precision):
+            policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for block in model.model.layers:
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        return model
+    if distributed():
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model, move_to_device=False)
+    return model
+
+
+def gradient_sync(model: nn.Module, sync: bool) -> contextlib.AbstractContextManager:
+    """Skip the gradient all-reduce on all but the last micro batch of an accumulation."""
+    if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
+    if not sync and hasattr(model, "no_sync"):  # DDP
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
+def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """In-place mean of a tensor over all ranks (a no-op for a single process)."""
+    if distributed():
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return values
+
+
+def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
+    """In-place sum of a tensor over all ranks (a no-op for a single process)."""
+    if in_process_group():
+        dist.all_reduce(values)
+    return values

@@ -1,0 +1,143 @@
+"""Real Ray processes for tests: a `ray start --head` (or worker node) on free 127.0.0.1 ports with its own temp folder
+and HOME, stopped by pid; and the `hybrid-ray` command run as a user would run it, in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+BIN = Path(sys.executable).parent
+RAY = str(BIN / "ray")
+HYBRID_RAY = str(BIN / "hybrid-ray")
+# what a test harness sets that a user would not: a subprocess "as a user would" runs without these
+TEST_ONLY_VARS = ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "TRITON_INTERPRET",
+                  "PYTEST_CURRENT_TEST")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def short_tmpdir(prefix: str = "hr-") -> str:
+    """A temp folder with a short path: Ray's unix sockets live under it (at most ~107 characters)."""
+    return tempfile.mkdtemp(prefix=prefix, dir="/tmp")
+
+
+def user_env(home: str | Path, **extra: str) -> dict[str, str]:
+    """The environment of a user whose home is `home`: none of the variables the test session sets for itself."""
+    env = {k: v for k, v in os.environ.items() if k not in TEST_ONLY_VARS}
+    path = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # as after `. .venv/bin/activate`
+    return {**env, "HOME": str(home), "PATH": path, **extra}
+
+
+@dataclass
+class RayNode:
+    """A Ray node started with `ray start`; `stop` ends exactly its processes."""
+
+    temp_dir: str
+    home: str
+    port: int | None = None  # GCS port (head only)
+    dashboard_port: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def processes(self) -> list[psutil.Process]:
+        """Every live process whose command line names this node's temp folder (gcs, raylet, dashboard, workers)."""
+        found = []
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if any(self.temp_dir in part for part in proc.info["cmdline"] or []):
+                    found.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return found
+
+    def stop(self) -> None:
+        procs = self.processes()
+        for proc in procs:
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=5)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=10)
+
+
+def start_head(home: str | Path, *, num_cpus: int = 2, token: bool = True, extra_env: dict | None = None) -> RayNode:
+    """`ray start --head` on 127.0.0.1 with the dashboard, as cluster/local-head.sh does, for a user whose home is
+    `home`. With `token`, the user has a token file first, so the head uses token authentication."""
+    home = Path(home)
+    if token:
+        (home / ".ray").mkdir(parents=True, exist_ok=True)
+        (home / ".ray" / "auth_token").write_text(os.urandom(16).hex())
+    node = RayNode(temp_dir=short_tmpdir("hr-head-"), home=str(home), port=free_port(), dashboard_port=free_port())
+    node.env = user_env(home, RAY_TRAIN_ENABLE_STATE_TRACKING="1", **(extra_env or {}))
+    cmd = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={node.port}", "--dashboard-host=127.0.0.1",
+           f"--dashboard-port={node.dashboard_port}", f"--num-cpus={num_cpus}", f"--temp-dir={node.temp_dir}",
+           f"--ray-client-server-port={free_port()}", "--disable-usage-stats"]
+    _start(cmd, node)
+    _wait_for_dashboard(node)
+    return node
+
+
+def start_worker_node(head: RayNode, home: str | Path, *, num_cpus: int, extra_env: dict | None = None) -> RayNode:
+    """A second node joining `head` (same machine, its own temp folder and environment)."""
+    node = RayNode(temp_dir=short_tmpdir("hr-node-"), home=str(home))
+    node.env = user_env(home, **(extra_env or {}))
+    cmd = [RAY, "start", f"--address={head.address}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+           f"--temp-dir={node.temp_dir}", "--disable-usage-stats"]
+    _start(cmd, node)
+    return node
+
+
+def _start(cmd: list[str], node: RayNode) -> None:
+    try:
+        subprocess.run(cmd, check=True, env=node.env, capture_output=True, text=True, timeout=180)
+    except subprocess.CalledProcessError as e:
+        node.stop()
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{e.stdout[-2000:]}\n{e.stderr[-2000:]}") from e
+
+
+def _wait_for_dashboard(node: RayNode, timeout: float = 120) -> None:
+    import urllib.error
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{node.dashboard}/api/version", timeout=5).read()
+            return
+        except urllib.error.HTTPError:  # it answers (401 without the token): it is up
+            return
+        except OSError:
+            time.sleep(1)
+    node.stop()
+    raise RuntimeError(f"the dashboard at {node.dashboard} did not come up")
+
+
+def hybrid_ray(*args: str, env: dict[str, str], timeout: float = 600, cwd: str | None = None) -> subprocess.CompletedProcess:
+    """Run the `hybrid-ray` command as a user would."""
+    return subprocess.run([HYBRID_RAY, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)

@@ -1,0 +1,133 @@
+"""Checkpoint folders without Ray: the trainer state, safe loading, verification, failed writes, naming."""
+
+import json
+import os
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from hybrid_ray.errors import CheckpointError
+from hybrid_ray.model import build_model
+from hybrid_ray.train import checkpoint as ckpt
+from hybrid_ray.train.checkpoint import TrainerState
+from hybrid_ray.variants import variant_spec
+
+SPEC = variant_spec("h100_hybrid_sparse", "tiny").with_overrides({
+    "model.vocab_size": 64, "model.num_layers": 2, "model.attn_layers": [1]})
+
+
+def write(folder, step=10, world_size=1):
+    model = build_model(SPEC.model, "torch")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(input_ids=torch.randint(0, 64, (1, 8)), labels=torch.randint(0, 64, (1, 8))).loss.backward()
+    optimizer.step()
+    state = TrainerState(step=step, total_steps=20, tokens_seen=step * 8, history=[{"step": step, "loss": 1.5}],
+                         loader={"step": step})
+    for rank in range(world_size):
+        ckpt.save(folder, rank=rank, world_size=world_size, state=state, spec=SPEC,
+                  model_state=model.state_dict() if rank == 0 else None,
+                  optimizer_state=optimizer.state_dict() if rank == 0 else None)
+    return model, optimizer, state
+
+
+def test_a_checkpoint_round_trips_states_and_rng(tmp_path):
+    torch.manual_seed(3)
+    np.random.seed(4)
+    random.seed(5)
+    model, optimizer, state = write(tmp_path)
+    expected = (torch.rand(3), np.random.rand(3), random.random())  # draws right after the save
+    restored = ckpt.load(tmp_path, rank=0)
+    assert restored.state == state and json.loads((tmp_path / "trainer_state.json").read_text())["format"] == 2
+    assert all(torch.equal(restored.model_state[k], v) for k, v in model.state_dict().items())
+    assert restored.optimizer_state["state"][0]["exp_avg"].shape == next(model.parameters()).shape
+    ckpt.set_rng_state(restored.rng)
+    assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
+    assert random.random() == expected[2]
+
+
+def test_trainer_state_ignores_keys_it_does_not_know():
+    state = TrainerState(step=3, history=[{"step": 3}])
+    assert TrainerState.from_dict({**state.to_dict(), "spec": {}, "format": 2}) == state
+
+
+@pytest.mark.parametrize("planted", ["optimizer.pt", "rng_rank0.pt"])
+def test_a_pickle_that_runs_code_is_refused_by_name_and_never_runs(tmp_path, planted):
+    write(tmp_path)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / planted).write_bytes(pickle.dumps({"state": Exploit()}))
+    manifest = json.loads((tmp_path / "manifest_rank0.json").read_text())
+    manifest["files"][planted] = {"bytes": (tmp_path / planted).stat().st_size, "crc32": ckpt._crc32(tmp_path / planted)}
+    (tmp_path / "manifest_rank0.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=f"refusing to load {tmp_path / planted}"):
+        ckpt.load(tmp_path, rank=0)
+    assert not marker.exists()
+
+
+def test_format_1_rng_files_with_numpy_arrays_still_load(tmp_path):
+    write(tmp_path)
+    legacy = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    torch.save(legacy, tmp_path / "rng_rank0.pt")
+    manifest = json.loads((tmp_path / "manifest_rank0.json").read_text())
+    manifest["files"]["rng_rank0.pt"] = {"bytes": (tmp_path / "rng_rank0.pt").stat().st_size,
+                                         "crc32": ckpt._crc32(tmp_path / "rng_rank0.pt")}
+    (tmp_path / "manifest_rank0.json").write_text(json.dumps(manifest["files"]))  # format 1: a flat manifest
+    restored = ckpt.load(tmp_path, rank=0)
+    ckpt.set_rng_state(restored.rng)
+    assert np.random.get_state()[2] == legacy["numpy"][2]
+
+
+def test_a_write_that_fails_part_way_leaves_nothing_resume_picks_up(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    write(run / "checkpoint_00000010")
+
+    def full_disk(obj, path, *a, **k):
+        if str(path).endswith("optimizer.pt"):
+            raise OSError(28, "No space left on device")
+        return real_save(obj, path, *a, **k)
+
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match="cannot write the step-10 checkpoint .* No space left on device"):
+        write(run / "checkpoint_00000020")
+    monkeypatch.undo()
+    assert not (run / "checkpoint_00000020" / "manifest_rank0.json").exists()
+    with pytest.warns(UserWarning, match="checkpoint_00000020 is incomplete: manifest_rank0.json is missing"):
+        assert ckpt.latest(str(run)) == str(run / "checkpoint_00000010")
+
+
+def test_verify_wants_every_rank_and_matching_files(tmp_path):
+    write(tmp_path, world_size=2)
+    ckpt.verify(str(tmp_path))
+    (tmp_path / "manifest_rank1.json").unlink()
+    with pytest.raises(CheckpointError, match="incomplete: manifest_rank1.json is missing"):
+        ckpt.verify(str(tmp_path))
+    write(tmp_path, world_size=2)
+    (tmp_path / "optimizer.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="corrupt: optimizer.pt does not match"):
+        ckpt.verify(str(tmp_path))
+    (tmp_path / "manifest_rank0.json").write_text("")
+    with pytest.raises(CheckpointError, match="manifest_rank0.json is unreadable"):
+        ckpt.verify(str(tmp_path))
+
+
+def test_folder_names_never_reuse_an_existing_folder():
+    assert ckpt.folder_name(20) == "checkpoint_00000020"
+    taken = {"checkpoint_00000020", "checkpoint_00000020-1"}
+    assert ckpt.folder_name(20, taken) == "checkpoint_00000020-2"
+    assert ckpt.step_of("checkpoint_00000020-2") == 20 and ckpt.step_of("checkpoint_manager_snapshot.json") is None
+
+
+def test_latest_orders_by_step_then_suffix(tmp_path):
+    for name in ("checkpoint_00000010", "checkpoint_00000020", "checkpoint_00000020-1"):
+        write(tmp_path / name)
+    (tmp_path / "checkpoint_manager_snapshot.json").write_text("{}")  # Ray's own file: not a checkpoint
+    assert ckpt.list_checkpoints(str(tmp_path)) == ["checkpoint_00000010", "checkpoint_00000020", "checkpoint_00000020-1"]
+    assert ckpt.latest(str(tmp_path)).endswith("checkpoint_00000020-1")

@@ -1,0 +1,27 @@
+"""What hybrid_ray/ray_compat.py relies on in Ray's private modules: these fail loudly when a Ray upgrade moves it."""
+
+import logging
+
+
+def test_ray_train_reports_through_the_logger_we_quiet():
+    from ray.train.v2._internal.execution import context
+
+    from hybrid_ray.ray_compat import quiet_report_logs, report_logger
+
+    assert context.logger is report_logger()
+    quiet_report_logs()
+    assert not context.logger.isEnabledFor(logging.INFO)
+
+
+def test_the_token_auth_pieces_exist():
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    assert callable(Config.initialize)
+    assert AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)  # conftest sets RAY_AUTH_TOKEN
+
+
+def test_the_driver_log_dispatcher_exists():
+    from ray._private import worker
+
+    dispatcher = worker.global_worker_stdstream_dispatcher
+    assert callable(dispatcher.add_handler) and callable(dispatcher.remove_handler)

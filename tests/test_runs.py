@@ -1,0 +1,58 @@
+"""Run folders without Ray: relaunching a run that never checkpointed, `hybrid-ray runs list/rm`, strict JSON."""
+
+import json
+
+import pytest
+
+from hybrid_ray import runs
+from hybrid_ray.cli import main
+from hybrid_ray.errors import SpecError
+from hybrid_ray.variants import variant_spec
+from test_checkpoint import write
+
+
+def spec(tmp_path, **overrides):
+    return variant_spec("h100_hybrid_sparse", "tiny").with_overrides({"storage_path": str(tmp_path), **overrides})
+
+
+def test_a_run_without_checkpoints_takes_new_settings_and_one_with_them_does_not(tmp_path):
+    run_dir = str(tmp_path / "h100_hybrid_sparse-tiny")
+    assert runs.claim(run_dir, spec(tmp_path)) is False
+    assert runs.claim(run_dir, spec(tmp_path, **{"train.steps": 300})) is False  # it failed before its first checkpoint
+    assert "steps: 300" in (tmp_path / "h100_hybrid_sparse-tiny" / "spec.yaml").read_text()
+    write(tmp_path / "h100_hybrid_sparse-tiny" / "checkpoint_00000010")
+    with pytest.raises(SpecError, match="already exists with train.steps=300 \\(now 200\\)"):
+        runs.claim(run_dir, spec(tmp_path))
+    assert runs.claim(run_dir, spec(tmp_path, **{"train.steps": 300, "scale.num_workers": 2})) is True  # hardware may change
+
+
+def test_runs_list_and_rm(tmp_path, capsys):
+    runs.claim(str(tmp_path / "fresh"), spec(tmp_path, name="fresh"))
+    runs.claim(str(tmp_path / "going"), spec(tmp_path, name="going"))
+    write(tmp_path / "going" / "checkpoint_00000010")
+    runs.claim(str(tmp_path / "done"), spec(tmp_path, name="done"))
+    runs.write_results(str(tmp_path / "done"), {"status": "finished", "step": 200, "total_steps": 200,
+                                                "spec": {"variant": "h100_hybrid_sparse"},
+                                                "best": {"step": 150, "val_loss": 2.25}})
+    (tmp_path / "not-a-run").mkdir()
+    assert main(["runs", "list", "--storage-path", str(tmp_path), "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"fresh", "going", "done"}
+    assert (rows["fresh"]["status"], rows["fresh"]["step"]) == ("not started", None)
+    assert (rows["going"]["status"], rows["going"]["step"], rows["going"]["total_steps"]) == ("running or interrupted", 10, 200)
+    assert (rows["done"]["status"], rows["done"]["best_val_loss"]) == ("finished", 2.25)
+    assert main(["runs", "list", "--storage-path", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "done" in table and "2.2500" in table and "200/200" in table
+    assert main(["runs", "rm", "going", "--storage-path", str(tmp_path), "--yes"]) == 0
+    assert not (tmp_path / "going").exists() and (tmp_path / "done").exists()
+    assert main(["runs", "rm", "gone", "--storage-path", str(tmp_path), "--yes"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no run 'gone'") and "did you mean 'done'" in err[0]
+
+
+def test_results_are_strict_json(tmp_path):
+    runs.write_results(str(tmp_path), {"final": {"val_loss": float("nan")}, "history": [{"loss": float("inf")}]})
+    text = (tmp_path / "results.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"final": {"val_loss": None}, "history": [{"loss": None}]}
