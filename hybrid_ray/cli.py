@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from hybrid_ray import jobspec
 from hybrid_ray.errors import HybridRayError, SpecError
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.variants import DEFAULT_PRESET, DEFAULT_VARIANT, PRESETS, ratio_spec, variant_spec
@@ -70,7 +71,7 @@ def build_spec(
     if config:
         if variant or preset:
             raise SpecError("--config already defines the run: drop --variant/--preset or the config file")
-        spec = RunSpec.load(config)
+        spec = jobspec.load(config).spec
     else:
         if variant is None and preset is None:
             preset = DEFAULT_PRESET
@@ -177,6 +178,61 @@ def train(address: str | None, verbose: bool, extend_steps: int, until_step: int
         line += f": val_loss {r['final']['val_loss']:.4f} (best {r['best']['val_loss']:.4f} at step {r['best']['step']})"
     click.echo(line)
     click.echo(f"results: {outcome.run_dir}")
+
+
+@cli.command()
+@SPEC_OPTIONS
+@TRAIN_OPTIONS
+@CLUSTER_OPTIONS
+@click.option("--grid", "grid", multiple=True, metavar="AXIS[=V1,V2]",
+              help="A swept axis; repeat to combine as a product: attention_ratio (the 13 named layouts), lr (the "
+                   "original ablation), variant=A,B, or any spec field such as train.batch_size=16,32.")
+@click.option("--seeds", type=int, help="Runs of every arm (train.seed + 0..N-1). [default: 1]")
+@click.option("--scheduler", type=click.Choice(["asha", "fifo"]),
+              help="asha stops weak arms on validation loss at each evaluation; fifo runs the full grid. [default: asha]")
+@click.option("--grace-period", type=int, help="Evaluations before ASHA may stop a trial. [default: 1]")
+@click.option("--reduction-factor", type=int, help="ASHA keeps 1 in this many at each rung. [default: 3]")
+@click.option("--max-concurrent", type=int, help="Trials at a time. [default: the cluster's GPUs (or CPUs) // a trial's]")
+@click.option("--gpus-per-trial", type=float, help="GPUs of one trial (0.25 packs four small trials on a GPU). "
+                                                  "[default: 1 per worker when the cluster has GPUs]")
+@click.option("--match-params", is_flag=True, default=None,
+              help="Size every arm's MLP so its parameter count is within 2% of the reference arm's.")
+@click.option("--reference-arm", help="The arm --match-params matches. [default: the one without attention]")
+def sweep(address: str | None, verbose: bool, grid: tuple[str, ...], **options: Any) -> None:
+    """Sweep a grid of arms with Ray Tune (ASHA by default); --name names the sweep, relaunching it resumes it.
+
+    With --config of a sweep job file (jobs/*.yaml), its grid and settings apply unless flags give others.
+    """
+    from hybrid_ray.tune import sweep as run_sweep
+    from hybrid_ray.tune import sweep_options
+
+    names = ("seeds", "scheduler", "grace_period", "reduction_factor", "max_concurrent", "gpus_per_trial",
+             "match_params", "reference_arm")
+    flags = {k: options.pop(k) for k in names}
+    job = jobspec.load(options["config"]).sweep if options.get("config") else {}
+    settings = {**job, **{k: v for k, v in flags.items() if v is not None}, **({"grid": list(grid)} if grid else {})}
+    chosen = sweep_options(settings)
+    spec = build_spec(**options)
+    if options.get("name") is None and not options.get("config"):
+        spec = spec.with_overrides({"name": f"sweep-{spec.name}"})
+    _quiet(verbose)
+    outcome = run_sweep(spec, chosen, address=address, verbose=verbose)
+    click.echo(outcome.table)
+    click.echo(f"results: {outcome.sweep_dir}" + (f" (figure: {outcome.figure})" if outcome.figure else ""))
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--out", default="comparison", show_default=True, help="Folder for comparison.json and comparison.png.")
+def compare(paths: tuple[str, ...], out: str) -> None:
+    """Rank finished runs and sweeps (run folders, sweep folders, folders of runs) in one table and figure."""
+    from hybrid_ray import report, storage
+
+    rows = report.comparison_rows(list(paths))
+    folder = storage.normalize(out)
+    table, figure = report.write_comparison(folder, rows, "comparison", "comparison.json", "comparison.png")
+    click.echo(table)
+    click.echo(f"results: {folder}" + (f" (figure: {figure})" if figure else ""))
 
 
 @cli.group()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -66,3 +67,181 @@ def plot_runs(runs: dict[str, list[dict]], path: str, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# --- comparisons: sweeps and `hybrid-ray compare` ------------------------------------------------------------------
+
+def trial_row(arm: str, settings: dict[str, Any], seed: int, name: str, run_dir: str, results: dict | None,
+              value: float | None) -> dict[str, Any]:
+    """One trial (or run) of a comparison, from its results.json: what sweep.json and the table hold."""
+    row: dict[str, Any] = {"arm": arm, "settings": settings, "seed": seed, "name": name, "run_dir": run_dir,
+                           "value": value}
+    if results is None:
+        return {**row, "status": "no results"}
+    step, total = results.get("step", 0), results.get("total_steps", 0)
+    status = results.get("status", "?")
+    if status == "stopped" and step < total:
+        status = "stopped early"
+    best, final = results.get("best") or {}, results.get("final") or {}
+    return {
+        **row,
+        "status": status,
+        "stopped_at_step": step if step < total else None,
+        "step": step,
+        "total_steps": total,
+        "params": (results.get("params") or {}).get("total"),
+        "non_embedding_params": (results.get("params") or {}).get("non_embedding"),
+        "attention_layers": results.get("attention_layers"),
+        "best": best,
+        "final": final,
+        "tokens_seen": results.get("tokens_seen"),
+        "wall_seconds": results.get("wall_seconds"),
+        "train_seconds": results.get("train_seconds"),
+        "tokens_per_s": results.get("mean_tokens_per_s"),
+        "spec": results.get("spec"),
+        "history": results.get("history", []),
+    }
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def arm_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows grouped by arm: mean and standard deviation over seeds of the best validation loss (and accuracy),
+    ranked with arms that ran to the end first (an arm stopped early saw fewer tokens: not comparable)."""
+    arms: dict[str, list[dict]] = {}
+    for row in rows:
+        arms.setdefault(row["arm"], []).append(row)
+    out = []
+    for arm, members in arms.items():
+        losses = [m["best"]["val_loss"] for m in members if (m.get("best") or {}).get("val_loss") is not None]
+        accs = [m["best"]["val_accuracy"] for m in members if (m.get("best") or {}).get("val_accuracy") is not None]
+        loss, loss_std = _mean_std(losses) if losses else (math.inf, 0.0)
+        acc, acc_std = _mean_std(accs) if accs else (math.nan, 0.0)
+        complete = all(m["status"] == "finished" for m in members)
+        out.append({
+            "arm": arm, "value": members[0]["value"], "seeds": len(members), "complete": complete,
+            "statuses": sorted({m["status"] for m in members}), "best_val_loss": loss, "best_val_loss_std": loss_std,
+            "best_val_accuracy": acc, "best_val_accuracy_std": acc_std, "params": members[0].get("params"),
+            "tokens_seen": max((m.get("tokens_seen") or 0) for m in members),
+            "stopped_at_step": max((m.get("stopped_at_step") or 0) for m in members) or None,
+        })
+    return sorted(out, key=lambda a: (not a["complete"], a["best_val_loss"]))
+
+
+def ranked_table(rows: list[dict[str, Any]]) -> str:
+    """The terminal table: arms ranked by mean best validation loss over seeds (± std), parameters and tokens seen;
+    arms that did not run to the end are marked."""
+    lines = [f"{'rank':>4}  {'arm':<28}{'best val loss':>19}{'val acc':>9}{'params':>10}{'tokens':>10}{'seeds':>6}  note"]
+    for i, arm in enumerate(arm_summary(rows), 1):
+        loss = f"{arm['best_val_loss']:.4f} ± {arm['best_val_loss_std']:.4f}" if math.isfinite(arm["best_val_loss"]) else "-"
+        acc = f"{arm['best_val_accuracy']:.3f}" if math.isfinite(arm["best_val_accuracy"]) else "-"
+        params = f"{arm['params'] / 1e6:.2f}M" if arm["params"] else "-"
+        tokens = f"{arm['tokens_seen'] / 1e6:.2f}M" if arm["tokens_seen"] else "-"
+        note = "" if arm["complete"] else (f"stopped early (ASHA) at step {arm['stopped_at_step']}"
+                                           if arm["stopped_at_step"] else ", ".join(arm["statuses"]))
+        lines.append(f"{i:>4}  {arm['arm']:<28}{loss:>19}{acc:>9}{params:>10}{tokens:>10}{arm['seeds']:>6}  {note}")
+    return "\n".join(lines)
+
+
+def plot_sweep(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
+    """Three panels: validation curves per arm (mean over seeds), best validation loss against the swept value with
+    error bars (std over seeds; arms stopped early hollow), and validation loss against training time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (curves, by_value, by_time) = plt.subplots(1, 3, figsize=(17, 5))
+    colors = plt.get_cmap("viridis")
+    summary = arm_summary(rows)
+    order = {a["arm"]: i for i, a in enumerate(sorted(summary, key=lambda a: (a["value"] is None, a["value"] or 0, a["arm"])))}
+    for arm in summary:
+        color = colors(order[arm["arm"]] / max(len(order) - 1, 1))
+        members = [r for r in rows if r["arm"] == arm["arm"]]
+        for i, member in enumerate(members):
+            steps, values = series(member.get("history", []), "val_loss")
+            times = [r.get("time_s") for r in member.get("history", []) if "val_loss" in r and r.get("val_loss") is not None]
+            curves.plot(steps, values, color=color, alpha=0.8, label=arm["arm"] if i == 0 else None)
+            if len(times) == len(values) and all(t is not None for t in times):
+                by_time.plot(times, values, color=color, alpha=0.8)
+    numeric = [a for a in summary if a["value"] is not None and math.isfinite(a["best_val_loss"])]
+    positions = {a["arm"]: (a["value"] if a["value"] is not None else order[a["arm"]]) for a in summary}
+    for arm in summary:
+        if not math.isfinite(arm["best_val_loss"]):
+            continue
+        by_value.errorbar(positions[arm["arm"]], arm["best_val_loss"], yerr=arm["best_val_loss_std"], fmt="o",
+                          capsize=3, color=colors(order[arm["arm"]] / max(len(order) - 1, 1)),
+                          mfc="white" if not arm["complete"] else None)
+    swept = next(iter(rows[0]["settings"]), "arm") if rows else "arm"
+    if len(numeric) < len(summary):  # a categorical axis: label the arms
+        by_value.set_xticks(list(order.values()), list(order), rotation=60, fontsize=7)
+    elif swept == "lr":
+        by_value.set_xscale("log")
+    curves.set(title="validation loss", xlabel="step", ylabel="val loss")
+    by_value.set(title="best validation loss (mean ± std over seeds)", xlabel=swept, ylabel="best val loss")
+    by_time.set(title="validation loss against training time", xlabel="training seconds", ylabel="val loss")
+    curves.legend(fontsize=6, ncol=2)
+    for ax in (curves, by_value, by_time):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_comparison(folder: str, rows: list[dict[str, Any]], title: str, json_name: str, figure_name: str
+                     ) -> tuple[str, str | None]:
+    """Write the rows (strict JSON) and their figure into `folder` (local or URI); returns (table, figure path)."""
+    import tempfile
+    from pathlib import Path
+
+    from hybrid_ray import runs, storage
+
+    storage.write_bytes(storage.join(folder, json_name), runs.dumps({"trials": rows}).encode())
+    figure = None
+    if any(r.get("history") for r in rows):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = str(Path(tmp, figure_name))
+            plot_sweep(rows, local, title=title)
+            figure = storage.join(folder, figure_name)
+            storage.write_bytes(figure, Path(local).read_bytes())
+    return ranked_table(rows), figure
+
+
+def _run_row(run_dir: str, results: dict[str, Any]) -> dict[str, Any]:
+    """A run as a comparison row: runs named `<arm>-s<seed>` (a sweep's trials) group by arm."""
+    name = results.get("name") or run_dir.rstrip("/").rsplit("/", 1)[-1]
+    arm, _, seed = name.rpartition("-s")
+    if not (arm and seed.isdigit()):
+        arm, seed = name, str((results.get("spec") or {}).get("train", {}).get("seed", 0))
+    return trial_row(arm, {"attention_ratio": results.get("attention_ratio")}, int(seed), name, run_dir, results,
+                     results.get("attention_ratio"))
+
+
+def comparison_rows(paths: list[str]) -> list[dict[str, Any]]:
+    """Rows from run folders (results.json), sweep folders (sweep.json) and folders of runs, in the order given."""
+    from hybrid_ray import runs, storage
+    from hybrid_ray.errors import HybridRayError
+
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        path = storage.normalize(path)
+        sweep = storage.join(path, "sweep.json")
+        if storage.exists(sweep):
+            rows += json.loads(storage.read_bytes(sweep))["trials"]
+            continue
+        results = runs.read_results(path)
+        if results is not None:
+            rows.append(_run_row(path, results))
+            continue
+        inner = [storage.join(path, d) for d in storage.list_dirs(path)]
+        found = [(d, runs.read_results(d)) for d in inner]
+        found = [(d, r) for d, r in found if r is not None]
+        if not found:
+            raise HybridRayError(f"{path} holds no results.json or sweep.json (not a finished run, sweep or folder of runs)")
+        rows += [_run_row(d, r) for d, r in found]
+    return rows

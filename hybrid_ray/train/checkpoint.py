@@ -59,6 +59,7 @@ class TrainerState:
     history: list[dict] = field(default_factory=list)
     last_eval: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
+    resumed_at: list[int] = field(default_factory=list)  # the step of every restore (relaunch or worker restart)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -316,6 +317,7 @@ def restore(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, ran
         restored = load(folder, rank)
     apply(model, optimizer, restored)
     state = restored.state
+    state.resumed_at.append(state.step)
     loader.load_state_dict(state.loader)
     state.history = [r for r in state.history if r["step"] <= state.step]
     if restored.rng is not None:

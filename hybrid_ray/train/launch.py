@@ -148,7 +148,7 @@ def train(
 ) -> TrainOutcome:
     """Train (or resume, or extend) the run `spec.name` under `spec.storage_path` on a Ray cluster.
 
-    `progress` prints what the run does; `verbose` also lets Ray's own log lines through to the console;
+    `progress` prints what the run does, here and on its workers; `verbose` also lets Ray's own log lines through;
     `kernel_cache` is the Triton cache folder the workers use (a sweep shares one among its trials).
     """
     started = time.time()
@@ -181,6 +181,7 @@ def train(
         resume_from=resume_from,
         known_checkpoints=known,
         kernel_cache=kernel_cache,
+        echo=progress,
     )
     try:
         _fit(spec, launch, scaling, use_gpu, callbacks)
@@ -264,6 +265,7 @@ def finalize(spec: RunSpec, run_dir: str, dataset: Any, wall_s: float) -> TrainO
             "train_seconds": state.train_seconds,
             "wall_seconds": previous.get("wall_seconds", 0.0) + wall_s,
             "launches": previous.get("launches", 0) + 1,
+            "resumed_at": state.resumed_at,
             "versions": state.env,
             "data": {k: dataset.manifest.get(k) for k in ("source", "tokenizer", "vocab_size", "splits") if k in dataset.manifest},
             "checkpoint": checkpoint,

@@ -46,6 +46,7 @@ class LaunchOptions:
     resume_from: str | None = None  # the newest good checkpoint the driver found (None: start from scratch)
     known_checkpoints: list[str] = field(default_factory=list)  # checkpoint folders that existed at launch
     kernel_cache: str | None = None  # Triton's cache folder (compiled kernels and autotuning), shared by a sweep
+    echo: bool = True  # rank 0 prints progress lines (a sweep's trials do not: the sweep prints its own events)
 
 
 def use_kernel_cache(folder: str | None) -> None:
@@ -217,7 +218,7 @@ def train_loop_per_worker(config: dict) -> None:
     divergence = _Divergence(device)
     window_loss = torch.zeros((), device=device)
     window_steps = 0
-    if rank == 0 and state.step:
+    if rank == 0 and launch.echo and state.step:
         _say(f"resumed at step {state.step}/{state.total_steps}")
 
     while state.step < stop_at:
@@ -264,10 +265,10 @@ def train_loop_per_worker(config: dict) -> None:
         if record:
             state.history.append(record)
             board.log(record)
-            if rank == 0 and "loss" in record:
+            if rank == 0 and launch.echo and "loss" in record:
                 eta = state.train_seconds / max(state.step, 1) * (state.total_steps - state.step)
                 _say(progress_line(record, state.total_steps, eta))
-            if rank == 0 and "val_loss" in record:
+            if rank == 0 and launch.echo and "val_loss" in record:
                 _say(f"eval step {state.step}: val_loss {record['val_loss']:.4f} | val_acc {record['val_accuracy']:.4f}"
                      f" | val_ppl {record['val_perplexity']:.2f} | {record['val_tokens']:,} {record['val_split']}"
                      " validation tokens")

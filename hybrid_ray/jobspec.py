@@ -1,0 +1,91 @@
+"""Job files (jobs/*.yaml): one YAML that Ray's own CLI and hybrid-ray both read.
+
+    working_dir: .                 # runtime_env keys: `ray job submit --runtime-env jobs/X.yaml` reads these
+    excludes: [...]
+    env_vars: {...}
+    hybrid_ray:                    # hybrid-ray reads this: `hybrid-ray train|sweep --config jobs/X.yaml`,
+      command: sweep               #   `hybrid-ray submit jobs/X.yaml`
+      variant: h100_hybrid_sparse  # resolved through the variants registry ...
+      preset: tiny                 # ... at a preset's size (omit for the H100 base size)
+      overrides: {train.steps: 100}  # only what differs, as dotted spec keys
+      sweep: {grid: [attention_ratio], seeds: 2}   # for `command: sweep`: SweepOptions
+
+Ray ignores the `hybrid_ray` key (no runtime_env plugin has that name). A plain run spec (the schema of
+results.json's `spec`) works wherever a job file does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hybrid_ray.errors import SpecError, first_line, suggest
+from hybrid_ray.spec import RunSpec
+from hybrid_ray.variants import DEFAULT_VARIANT, variant_spec
+
+KEY = "hybrid_ray"
+COMMANDS = ("train", "sweep")
+JOB_FIELDS = ("command", "name", "variant", "preset", "overrides", "sweep")
+# runtime_env keys a job file may carry for `ray job submit --runtime-env` (Ray validates their values)
+RUNTIME_ENV_KEYS = ("working_dir", "py_modules", "excludes", "env_vars", "pip", "uv", "conda", "config")
+
+
+@dataclass
+class JobSpec:
+    command: str  # train | sweep
+    spec: RunSpec
+    sweep: dict[str, Any] = field(default_factory=dict)  # SweepOptions fields
+    runtime_env: dict[str, Any] = field(default_factory=dict)
+
+
+def _read(path: str | Path) -> Any:
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise SpecError(f"cannot read spec file {p}: {e.strerror or e}") from e
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError(f"spec file {p} is not valid YAML/JSON: {first_line(e)}") from e
+
+
+def from_dict(data: dict[str, Any], where: str = "job file") -> JobSpec:
+    """A job file's content (the `hybrid_ray` section and the runtime_env keys beside it)."""
+    job = data.get(KEY)
+    if not isinstance(job, dict):
+        raise SpecError(f"{where}: the {KEY!r} section must be a mapping")
+    unknown = set(job) - set(JOB_FIELDS)
+    if unknown:
+        key = sorted(unknown)[0]
+        raise SpecError(f"{where}: unknown key {KEY}.{key}{suggest(key, JOB_FIELDS)}")
+    extra = set(data) - {KEY, *RUNTIME_ENV_KEYS}
+    if extra:
+        key = sorted(extra)[0]
+        raise SpecError(f"{where}: unknown top-level key {key!r}{suggest(key, RUNTIME_ENV_KEYS)} (runtime_env keys "
+                        f"or {KEY!r})")
+    command = job.get("command", "train")
+    if command not in COMMANDS:
+        raise SpecError(f"{where}: {KEY}.command must be train or sweep, got {command!r}")
+    spec = variant_spec(job.get("variant") or DEFAULT_VARIANT, job.get("preset"))
+    overrides = job.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise SpecError(f"{where}: {KEY}.overrides must be a mapping of dotted spec keys")
+    spec = spec.with_overrides({**overrides, **({"name": job["name"]} if job.get("name") else {})})
+    sweep = job.get("sweep") or {}
+    if command == "sweep" and not sweep.get("grid"):
+        raise SpecError(f"{where}: a sweep job needs {KEY}.sweep.grid")
+    return JobSpec(command, spec, dict(sweep), {k: data[k] for k in RUNTIME_ENV_KEYS if k in data})
+
+
+def load(path: str | Path) -> JobSpec:
+    """A job file, or a plain run spec file (YAML/JSON; a results.json works too) as a `train` job."""
+    data = _read(path)
+    if isinstance(data, dict) and KEY in data:
+        return from_dict(data, str(path))
+    if isinstance(data, dict) and "spec" in data and "model" not in data:
+        data = data["spec"]  # a run's results.json
+    return JobSpec("train", RunSpec.from_dict(data))

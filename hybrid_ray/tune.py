@@ -1,0 +1,296 @@
+"""sweep(): a grid of train() runs as Ray Tune trials, early-stopped by ASHA on validation loss, then sweep.json, the
+ranked table and sweep.png.
+
+Each trial is one `train()` run (a TorchTrainer reporting through TuneReportCallback), named `<arm>-s<seed>` under
+`<storage>/<sweep>/trials/`, so it has everything a run has: checkpoints, exact resume, results.json, the model folder.
+ASHA's unit is the evaluation: every evaluation is one report carrying `evaluations`, its count so far.
+Relaunching a sweep's name resumes it: Tune restores its trials, and each unfinished trial's train() continues from
+its own newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray.tune import Callback
+
+from hybrid_ray import cluster, report, runs, storage
+from hybrid_ray.errors import HybridRayError, SpecError, suggest
+from hybrid_ray.grid import Arm, expand, match_params, numeric_value, parse_grid
+from hybrid_ray.model import count_params
+from hybrid_ray.spec import RunSpec
+from hybrid_ray.train import checkpoint as ckpt_lib
+from hybrid_ray.train.launch import check_locally, finalize
+
+SWEEP_FILE = "sweep.json"
+GRID_FILE = "grid.json"
+FIGURE_FILE = "sweep.png"
+SCHEDULERS = ("asha", "fifo")
+
+
+@dataclass(kw_only=True)
+class SweepOptions:
+    """How to sweep; the base RunSpec says what each trial trains."""
+
+    grid: list[str]
+    seeds: int = 1
+    scheduler: str = "asha"
+    grace_period: int = 1  # evaluations before ASHA may stop a trial
+    reduction_factor: int = 3
+    max_concurrent: int | None = None  # None: the cluster's GPUs (or CPUs) // what one trial takes
+    gpus_per_trial: float | None = None  # None: 1 per worker when the cluster has GPUs, else 0
+    match_params: bool = False
+    reference_arm: str | None = None  # --match-params REF; None: the arm without attention
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise SpecError(f"--seeds must be >= 1, got {self.seeds}")
+        if self.scheduler not in SCHEDULERS:
+            raise SpecError(f"unknown scheduler {self.scheduler!r}{suggest(self.scheduler, SCHEDULERS)}; use asha or fifo")
+        if self.grace_period < 1 or self.reduction_factor < 2:
+            raise SpecError("--grace-period must be >= 1 and --reduction-factor >= 2")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise SpecError("--max-concurrent must be >= 1")
+        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
+            raise SpecError("--gpus-per-trial must be >= 0")
+
+
+def sweep_options(settings: dict[str, Any]) -> SweepOptions:
+    """SweepOptions from a job file's `sweep` section merged with flags; unknown keys are one-line errors."""
+    known = [f.name for f in dataclasses.fields(SweepOptions)]
+    for key in settings:
+        if key not in known:
+            raise SpecError(f"unknown sweep setting {key!r}{suggest(key, known)}")
+    grid = settings.get("grid", [])
+    return SweepOptions(**{**settings, "grid": [grid] if isinstance(grid, str) else list(grid)})
+
+
+@dataclass
+class SweepOutcome:
+    sweep_dir: str
+    rows: list[dict[str, Any]]  # one per trial, as in sweep.json
+    table: str
+    figure: str | None = field(default=None)
+
+
+def trial_name(arm_id: str, seed: int) -> str:
+    return f"{arm_id}-s{seed}"
+
+
+def _arms(base: RunSpec, options: SweepOptions) -> list[Arm]:
+    arms = expand(base, parse_grid(options.grid))
+    return match_params(arms, options.reference_arm) if options.match_params else arms
+
+
+def _grid_record(base: RunSpec, options: SweepOptions, arms: list[Arm]) -> dict[str, Any]:
+    """What defines a sweep: relaunching its name with anything else is refused."""
+    return {"options": {k: v for k, v in dataclasses.asdict(options).items() if k != "max_concurrent"},
+            "arms": {a.id: a.spec.to_dict() for a in arms}}
+
+
+def _claim(sweep_dir: str, record: dict[str, Any]) -> bool:
+    """Record a new sweep's grid, or check a relaunch against it; True when the sweep existed."""
+    path = storage.join(sweep_dir, GRID_FILE)
+    if not storage.exists(path):
+        storage.write_bytes(path, runs.dumps(record).encode())
+        return False
+    previous = json.loads(storage.read_bytes(path))
+    if previous != json.loads(runs.dumps(record)):
+        changed = sorted(set(previous["arms"]) ^ set(record["arms"])) or sorted(
+            k for k in previous["options"] if previous["options"][k] != record["options"].get(k))
+        raise SpecError(f"sweep {sweep_dir.rsplit('/', 1)[-1]!r} already exists with another grid "
+                        f"(differs in: {', '.join(map(str, changed[:4])) or 'the arms specs'}); relaunch it unchanged "
+                        "to resume it, or pick a new --name")
+    return True
+
+
+def _trial_resources(spec: RunSpec, options: SweepOptions, cluster_gpus: float) -> tuple[RunSpec, float, float]:
+    """The arm's scale settings for the cluster: (spec, GPUs per trial, CPUs per trial)."""
+    workers = spec.scale.num_workers
+    gpus = options.gpus_per_trial
+    if gpus is None:
+        gpus = (spec.scale.gpus_per_worker or 1.0) * workers if cluster_gpus else 0.0
+    if gpus > cluster_gpus:
+        raise SpecError(f"--gpus-per-trial {gpus:g} is more than the cluster's {cluster_gpus:g} GPU(s)")
+    spec = spec.with_overrides({"scale.gpus_per_worker": gpus / workers})
+    return spec, gpus, workers * spec.scale.cpus_per_worker
+
+
+def _trial(config: dict[str, Any], specs: dict[str, dict], trials_root: str, kernel_cache: str | None) -> None:
+    """A Tune trial: one train() run of an arm and seed, reporting to Tune through Ray Train's callback."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from hybrid_ray.train import train
+
+    base = RunSpec.from_dict(specs[config["arm"]])
+    spec = base.with_overrides({"name": trial_name(config["arm"], config["seed"]), "storage_path": trials_root,
+                                "train.seed": base.train.seed + config["seed"]})
+    done = runs.read_results(storage.join(trials_root, spec.name)) or {}
+    if done.get("status") == "finished" and done.get("total_steps") == spec.train.steps:
+        # finished before the sweep was interrupted (and Tune's own record of it was lost): report, do not retrain
+        evaluations = sum("val_loss" in r for r in done.get("history", []))
+        tune.report({**(done.get("final") or {}), "step": done["step"], "evaluations": evaluations, "evaluated": False})
+        return
+    train(spec, callbacks=[TuneReportCallback()], progress=False, kernel_cache=kernel_cache)
+
+
+class Console(Callback):
+    """A Tune callback that prints one line per trial event, with the current ranking by best validation loss."""
+
+    def __init__(self, total: int, trials_root: str) -> None:
+        self.total, self.trials_root = total, trials_root
+        self.best: dict[str, float] = {}
+        self.started_trials = 0
+        self.started = time.time()
+
+    def _line(self, text: str) -> None:
+        ranking = ", ".join(f"{name} {loss:.3f}" for name, loss in sorted(self.best.items(), key=lambda kv: kv[1])[:3])
+        print(f"[{time.time() - self.started:6.0f}s] {text}" + (f"  | best: {ranking}" if ranking else ""), flush=True)
+
+    @staticmethod
+    def _name(trial: Any) -> str:
+        return trial_name(trial.config["arm"], trial.config["seed"])
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started_trials += 1
+        self._line(f"started   {self._name(trial)} ({self.started_trials}/{self.total})")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("evaluated"):
+            if math.isfinite(result["val_loss"]):
+                self.best[self._name(trial)] = min(self.best.get(self._name(trial), math.inf), result["val_loss"])
+            self._line(f"evaluated {self._name(trial)} step {result.get('step')}: val_loss {result['val_loss']:.4f}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        # a trial that ran to its end wrote results.json; one that ASHA stopped was killed before it could
+        results = runs.read_results(storage.join(self.trials_root, self._name(trial))) or {}
+        if results.get("status") == "finished":
+            self._line(f"finished  {self._name(trial)}")
+        else:
+            self._line(f"stopped   {self._name(trial)} by ASHA after step {(trial.last_result or {}).get('step', 0)}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(f"failed    {self._name(trial)}")
+
+
+def sweep(
+    base: RunSpec,
+    options: SweepOptions,
+    *,
+    address: str | None = None,
+    progress: bool = True,
+    verbose: bool = False,
+) -> SweepOutcome:
+    """Run (or resume) the sweep `base.name`: every arm of the grid times every seed, under `base.storage_path`."""
+    arms_unchecked = _arms(base, options)  # grid errors before anything else
+    base, dataset = check_locally(base, address=address, extend_steps=0, until_step=None, progress=progress)
+    arms = _arms(base, options)  # again, now that the vocabulary is resolved (--match-params counts embeddings)
+    assert [a.id for a in arms] == [a.id for a in arms_unchecked]
+    for arm in arms:
+        if arm.spec.data != base.data:
+            check_locally(arm.spec, address=address, extend_steps=0, until_step=None, progress=progress)
+    sweep_dir = storage.join(base.storage_path, base.name)
+    storage.check_writable(sweep_dir)
+
+    where = cluster.connect(address, verbose=verbose)
+    have = cluster.resources()
+    cluster_gpus = have.get("GPU", 0.0)
+    sized = [_trial_resources(arm.spec, options, cluster_gpus) for arm in arms]
+    arms = [dataclasses.replace(arm, spec=s) for arm, (s, _, _) in zip(arms, sized)]
+    gpus_per_trial, cpus_per_trial = sized[0][1], sized[0][2]
+    cluster.check_resources(arms[0].spec.scale.num_workers, arms[0].spec.scale.cpus_per_worker,
+                            arms[0].spec.scale.gpus_per_worker)
+    concurrent = options.max_concurrent or max(1, int(cluster_gpus // gpus_per_trial) if gpus_per_trial
+                                               else int(have.get("CPU", 1) // cpus_per_trial))
+    resumed = _claim(sweep_dir, _grid_record(base, options, arms))
+    trials = len(arms) * options.seeds
+    if progress:
+        counts = sorted({count_params(a.spec.model)["total"] for a in arms})
+        sizes = f"{counts[0] / 1e6:.2f}M" + (f"-{counts[-1] / 1e6:.2f}M" if len(counts) > 1 else "")
+        print(f"{'resuming' if resumed else 'sweeping'} {base.name} on {where}: {len(arms)} arm(s) x {options.seeds} "
+              f"seed(s) = {trials} trial(s), {concurrent} at a time, {options.scheduler.upper()}, {sizes} parameters",
+              flush=True)
+        print(f"  sweep folder: {sweep_dir}", flush=True)
+        if dashboard := cluster.dashboard_url():
+            print(f"  Ray dashboard: {dashboard}", flush=True)
+
+    started = time.time()
+    try:
+        _fit(base, options, arms, sweep_dir, concurrent, resumed, progress)
+    except KeyboardInterrupt:
+        raise HybridRayError(f"interrupted; relaunch the same command to resume the sweep in {sweep_dir}") from None
+    rows = collect(arms, options.seeds, sweep_dir, dataset)
+    if progress:
+        print(f"sweep finished in {time.time() - started:.0f}s", flush=True)
+    return write_outputs(sweep_dir, rows, title=base.name)
+
+
+def kernel_cache_for(sweep_dir: str) -> str | None:
+    """One Triton cache (compiled kernels and autotuning results) for every trial: under the sweep folder when it is
+    local (so every node sharing that folder shares it), else the nodes' own default cache."""
+    return None if storage.is_uri(sweep_dir) else storage.join(sweep_dir, "kernel-cache")
+
+
+def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep_dir: str, concurrent: int, resumed: bool,
+         progress: bool) -> None:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    specs = {arm.id: arm.spec.to_dict() for arm in arms}
+    trials_root = storage.join(sweep_dir, "trials")
+    trainable = tune.with_parameters(_trial, specs=specs, trials_root=trials_root, kernel_cache=kernel_cache_for(sweep_dir))
+    # the trial itself only waits on its TorchTrainer, whose workers hold the CPUs and GPUs
+    trainable = tune.with_resources(trainable, {"CPU": 0.01})
+    max_evals = max(math.ceil(a.spec.train.steps / a.spec.train.eval_every) for a in arms)
+    scheduler = FIFOScheduler() if options.scheduler == "fifo" else ASHAScheduler(
+        time_attr="evaluations", metric="val_loss", mode="min", max_t=max_evals,
+        grace_period=min(options.grace_period, max_evals), reduction_factor=options.reduction_factor)
+    callbacks = [Console(len(arms) * options.seeds, trials_root)] if progress else []
+    run_config = tune.RunConfig(name=base.name, storage_path=base.storage_path, callbacks=callbacks, verbose=0)
+    path = storage.join(base.storage_path, base.name)
+    if resumed and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"arm": tune.grid_search([a.id for a in arms]), "seed": tune.grid_search(list(range(options.seeds)))},
+            tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=concurrent),
+            run_config=run_config,
+        )
+    tuner.fit()
+
+
+def collect(arms: list[Arm], seeds: int, sweep_dir: str, dataset: Any) -> list[dict[str, Any]]:
+    """One row per trial from its run folder; a trial that ASHA stopped gets its results.json written now, from its
+    newest checkpoint, so it keeps its results like any other run."""
+    rows = []
+    for arm in arms:
+        for seed in range(seeds):
+            name = trial_name(arm.id, seed)
+            run_dir = storage.join(sweep_dir, "trials", name)
+            results = runs.read_results(run_dir)
+            has_checkpoint = bool(ckpt_lib.list_checkpoints(run_dir))
+            if (results is None or results.get("step", 0) < _newest_step(run_dir)) and has_checkpoint:
+                spec = RunSpec.from_dict(json.loads(json.dumps(arm.spec.to_dict())))
+                spec = spec.with_overrides({"name": name, "storage_path": storage.join(sweep_dir, "trials"),
+                                            "train.seed": spec.train.seed + seed})
+                results = finalize(spec, run_dir, dataset, 0.0).results
+            rows.append(report.trial_row(arm.id, arm.settings, seed, name, run_dir, results, numeric_value(arm)))
+    return rows
+
+
+def _newest_step(run_dir: str) -> int:
+    steps = [ckpt_lib.step_of(n) for n in ckpt_lib.list_checkpoints(run_dir)]
+    return max(steps) if steps else 0
+
+
+def write_outputs(sweep_dir: str, rows: list[dict[str, Any]], title: str) -> SweepOutcome:
+    """sweep.json, sweep.png and the ranked table."""
+    table, figure = report.write_comparison(sweep_dir, rows, title, SWEEP_FILE, FIGURE_FILE)
+    return SweepOutcome(sweep_dir=sweep_dir, rows=rows, table=table, figure=figure)

@@ -1,0 +1,158 @@
+"""Sweeps on Ray Tune with ASHA through a real local Ray (with its dashboard), tiny models on CPU workers."""
+
+import json
+import signal
+import subprocess
+import time
+
+import pytest
+from ray_procs import HYBRID_RAY, start_head
+
+from hybrid_ray import report
+from hybrid_ray.cli import main
+from hybrid_ray.grid import RATIO_ARMS, expand, match_params, parse_grid
+from hybrid_ray.model import count_params
+from hybrid_ray.tune import SweepOptions, sweep
+from hybrid_ray.variants import REFERENCE_VOCAB, variant_spec
+
+TINY = {"data.max_documents": 400, "model.num_layers": 2, "model.attn_layers": [1], "train.steps": 30,
+        "train.eval_every": 10, "train.checkpoint_every": 10, "train.log_every": 5, "train.eval_tokens": 4096}
+
+
+def base(storage, name, **overrides):
+    return variant_spec("h100_hybrid_sparse", "tiny").with_overrides(
+        {**TINY, "name": name, "storage_path": str(storage), **overrides})
+
+
+def losses(results):
+    return [(r["step"], r["loss"]) for r in results["history"] if "loss" in r]
+
+
+@pytest.mark.slow
+def test_an_asha_ratio_sweep_stops_weak_arms_and_writes_everything(ray_session, tmp_path):
+    outcome = sweep(base(tmp_path, "asha"), SweepOptions(grid=["attention_ratio=0,0.5,1"], seeds=2, reduction_factor=2),
+                    progress=False)
+    rows = outcome.rows
+    assert len(rows) == 6 and {r["arm"] for r in rows} == {"attn0", "attn50", "attn100"}
+    stopped = [r for r in rows if r["status"] == "stopped early"]
+    assert stopped and any(r["status"] == "finished" for r in rows)
+    for row in rows:  # every trial ended with its own run folder, results and checkpoints
+        results = json.loads((tmp_path / "asha" / "trials" / row["name"] / "results.json").read_text())
+        assert results["best"] == row["best"] and results["final"] == row["final"]
+        assert results["tokens_seen"] == row["tokens_seen"] and results["params"]["total"] == row["params"]
+        assert list((tmp_path / "asha" / "trials" / row["name"]).glob("checkpoint_0*"))
+    for row in stopped:
+        assert row["stopped_at_step"] < 30 and row["step"] == row["stopped_at_step"]
+    first_losses = {r["name"]: losses(json.loads((tmp_path / "asha" / "trials" / r["name"] / "results.json").read_text()))[0]
+                    for r in rows}
+    assert first_losses["attn50-s0"] != first_losses["attn50-s1"]  # two seeds, two initialisations
+    saved = json.loads((tmp_path / "asha" / "sweep.json").read_text())["trials"]
+    assert [(r["name"], r["best"]) for r in saved] == [(r["name"], r["best"]) for r in rows]
+    ranked = [line.split()[1] for line in outcome.table.splitlines()[1:]]
+    assert ranked == [a["arm"] for a in report.arm_summary(rows)]
+    complete = [a for a in report.arm_summary(rows) if a["complete"]]
+    assert complete and ranked[0] == min(complete, key=lambda a: a["best_val_loss"])["arm"]
+    assert (tmp_path / "asha" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    deadline = time.time() + 30  # a stopped trial's CPUs come back (ASHA's stop goes through the dashboard)
+    while ray_session.available_resources().get("CPU", 0) < 2:
+        assert time.time() < deadline, ray_session.available_resources()
+        time.sleep(1)
+
+
+@pytest.mark.slow
+def test_seeds_differ_and_the_same_seed_repeats_exactly(ray_session, tmp_path, capsys):
+    first = sweep(base(tmp_path, "fifo-a", **{"train.steps": 20}), SweepOptions(grid=["lr=2e-3"], seeds=2, scheduler="fifo"),
+                  progress=False)
+    again = sweep(base(tmp_path, "fifo-b", **{"train.steps": 20}), SweepOptions(grid=["lr=2e-3"], seeds=1, scheduler="fifo"),
+                  progress=False)
+    run = {r["name"]: json.loads((tmp_path / d / "trials" / r["name"] / "results.json").read_text())
+           for d, outcome in (("fifo-a", first), ("fifo-b", again)) for r in outcome.rows}
+    assert all(r["status"] == "finished" for r in first.rows + again.rows)
+    a0 = losses(json.loads((tmp_path / "fifo-a" / "trials" / "lr0.002-s0" / "results.json").read_text()))
+    a1 = losses(json.loads((tmp_path / "fifo-a" / "trials" / "lr0.002-s1" / "results.json").read_text()))
+    b0 = losses(json.loads((tmp_path / "fifo-b" / "trials" / "lr0.002-s0" / "results.json").read_text()))
+    assert a0 == b0 and a0 != a1 and len(run) == 2
+    # compare: the same table from the run folders and from the sweep folder
+    assert main(["compare", str(tmp_path / "fifo-a"), "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert "lr0.002" in out and "± " in out and (tmp_path / "cmp" / "comparison.png").exists()
+    rows = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["trials"]
+    assert [r["name"] for r in rows] == ["lr0.002-s0", "lr0.002-s1"]
+    assert main(["compare", str(tmp_path / "fifo-a" / "trials"), "--out", str(tmp_path / "cmp2")]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[1] == "lr0.002"
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path):
+    head = start_head(tmp_path / "home", num_cpus=2)
+    try:
+        args = [HYBRID_RAY, "sweep", "--grid", "lr=2e-3,1e-3", "--scheduler", "fifo", "--max-concurrent", "1",
+                "--steps", "60", "--eval-every", "20", "--checkpoint-every", "10", "--max-documents", "400",
+                "--eval-tokens", "4096", "--storage-path", str(tmp_path), "--name", "killed", "--address", head.address]
+        trials = tmp_path / "killed" / "trials"
+        proc = subprocess.Popen(args, env=head.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 400
+        while not list(trials.glob("lr0.001-s0/checkpoint_0*/manifest_rank0.json")):  # the second trial is under way
+            assert time.time() < deadline and proc.poll() is None, proc.communicate()[0][-3000:]
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        finished = trials / "lr0.002-s0" / "results.json"
+        before = finished.read_bytes()
+        assert json.loads(before)["status"] == "finished"
+        time.sleep(5)  # the cluster notices the dead driver and frees its trials
+        again = subprocess.run(args, env=head.env, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+        assert "resuming killed" in again.stdout
+        assert finished.read_bytes() == before  # not rerun
+        resumed = json.loads((trials / "lr0.001-s0" / "results.json").read_text())
+        assert resumed["status"] == "finished" and resumed["resumed_at"] and resumed["resumed_at"][0] >= 10
+        assert [r["step"] for r in resumed["history"] if "loss" in r] == list(range(10, 61, 10))  # no gap, no repeat
+    finally:
+        head.stop()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--grid", "atention_ratio"], "unknown grid axis 'atention_ratio' (did you mean 'attention_ratio'?)"),
+    (["--grid", "lr="], "--grid lr= has an empty value list"),
+    (["--grid", "attention_ratio=0,1.5"], "attention ratio must be between 0 and 1, got 1.5"),
+    (["--grid", "lr", "--seeds", "0"], "--seeds must be >= 1"),
+    (["--grid", "train.bach_size=4"], "did you mean 'train.batch_size'"),
+])
+def test_bad_grids_are_one_line_before_anything_starts(tmp_path, capsys, args, fragment):
+    assert main(["sweep", *args, "--storage-path", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_cluster_errors_come_before_any_trial(ray_session, tmp_path, capsys):
+    common = ["--steps", "4", "--max-documents", "100", "--storage-path", str(tmp_path), "--name", "s"]
+    assert main(["sweep", "--grid", "lr=1e-3", "--gpus-per-trial", "1", *common]) == 2
+    assert "--gpus-per-trial 1 is more than the cluster's 0 GPU(s)" in capsys.readouterr().err
+    assert not (tmp_path / "s" / "trials").exists()
+    (tmp_path / "s").mkdir(exist_ok=True)
+    (tmp_path / "s" / "grid.json").write_text(json.dumps({"options": {}, "arms": {"lr0.002": {}}}))
+    assert main(["sweep", "--grid", "lr=1e-3", *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sweep 's' already exists with another grid" in err[0], err
+    assert not (tmp_path / "s" / "trials").exists()
+
+
+def test_match_params_sizes_every_arm_within_2_percent_of_pure_deltanet():
+    arms = expand(variant_spec("h100_hybrid_sparse").with_overrides({"model.vocab_size": REFERENCE_VOCAB}),
+                  parse_grid(["attention_ratio"]))
+    assert [a.spec.variant for a in arms] == RATIO_ARMS
+    raw = {a.id: count_params(a.spec.model)["total"] for a in arms}
+    assert raw["attn100"] < 0.65 * raw["attn0"]  # unmatched: the transformer is far smaller (161M vs 274M)
+    matched = match_params(arms)
+    target = raw["attn0"]  # the reference: pure DeltaNet, the largest
+    for arm in matched:
+        total = count_params(arm.spec.model)["total"]
+        assert abs(total / target - 1) <= 0.02, (arm.id, total, target)
+        assert arm.spec.model.attn_layers == next(a for a in arms if a.id == arm.id).spec.model.attn_layers
+    widths = [a.spec.model.intermediate_size for a in matched]
+    assert widths == sorted(widths)  # more attention, wider MLPs
+    with pytest.raises(Exception, match="not an arm of this grid"):
+        match_params(arms, "attn55")
