@@ -235,6 +235,100 @@ def compare(paths: tuple[str, ...], out: str) -> None:
     click.echo(f"results: {folder}" + (f" (figure: {figure})" if figure else ""))
 
 
+JOB_ADDRESS = click.option("--address", help="The cluster's dashboard, e.g. http://127.0.0.1:8265. [default: "
+                           "$RAY_API_SERVER_ADDRESS, an http $RAY_ADDRESS, else http://127.0.0.1:8265]")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@JOB_ADDRESS
+@click.option("--fla", "fla_clone", type=click.Path(), help="A local FLA clone every worker imports instead of the "
+              "installed FLA (shipped as py_modules); checked against the twin on this CPU first.")
+@click.option("--no-check", is_flag=True, help="Skip the CPU check of --fla's clone.")
+@click.option("--no-wait", is_flag=True, help="Return once the job is submitted instead of streaming its logs.")
+@click.option("--dry-run", is_flag=True, help="List what would be uploaded and exit.")
+@click.option("--working-dir", default=".", show_default=True, help="The project folder to upload.")
+@click.option("--exclude", "excludes", multiple=True, help="More upload exclusions (gitignore syntax).")
+@click.argument("what", nargs=-1, type=click.UNPROCESSED, required=True)
+def submit(address: str | None, fla_clone: str | None, no_check: bool, no_wait: bool, dry_run: bool,
+           working_dir: str, excludes: tuple[str, ...], what: tuple[str, ...]) -> int:
+    """Run `hybrid-ray train|sweep ...` (after --) or a job file (jobs/NAME.yaml) as a Ray job on a cluster."""
+    from hybrid_ray import jobs
+
+    args, extra = list(what), list(excludes)
+    if len(args) == 1 and args[0].endswith((".yaml", ".yml", ".json")):
+        job = jobspec.load(args[0])
+        extra += job.runtime_env.get("excludes", [])
+        args = [job.command, "--config", args[0]]
+    if fla_clone and not no_check and not dry_run:
+        from hybrid_ray.env import verify_clone
+
+        click.echo(f"checking the FLA clone {fla_clone} against the pure-PyTorch twin (CPU)...")
+        report = verify_clone(fla_clone)
+        if not report["passed"]:
+            raise HybridRayError(f"the FLA in {fla_clone} does not match the twin: {report['failures'][0]} "
+                                 "(nothing was submitted; --no-check skips this)")
+    outcome = jobs.submit(args, address=address, fla=fla_clone, working_dir=working_dir, excludes=extra,
+                          wait=not no_wait, dry_run=dry_run, echo=click.echo)
+    if outcome.status is not None:
+        click.echo(f"job {outcome.job_id}: {outcome.status} ({jobs.job_url(outcome.dashboard, outcome.job_id)})")
+        return 0 if outcome.status == "SUCCEEDED" else 1
+    return 0
+
+
+@cli.group("jobs")
+def jobs_group() -> None:
+    """List, inspect, follow and stop Ray jobs (each line gives the job's dashboard URL)."""
+
+
+@jobs_group.command("list")
+@JOB_ADDRESS
+@click.option("--json", "as_json", is_flag=True)
+def jobs_list(address: str | None, as_json: bool) -> None:
+    """Every job the cluster knows, oldest first."""
+    from hybrid_ray import jobs
+
+    rows = jobs.list_jobs(address)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['job_id']:<34}{r['status']:<11}{r['url']}  {r['entrypoint']}")
+
+
+@jobs_group.command("status")
+@JOB_ADDRESS
+@click.argument("job_id")
+def jobs_status(address: str | None, job_id: str) -> None:
+    """A job's status and message."""
+    from hybrid_ray import jobs
+
+    info = jobs.status(job_id, address)
+    click.echo(f"{job_id}: {info['status']} ({info['url']})" + (f": {info['message']}" if info["message"] else ""))
+
+
+@jobs_group.command("logs")
+@JOB_ADDRESS
+@click.argument("job_id")
+@click.option("--follow", is_flag=True, help="Stream until the job ends.")
+def jobs_logs(address: str | None, job_id: str, follow: bool) -> None:
+    """A job's logs."""
+    from hybrid_ray import jobs
+
+    final = jobs.logs(job_id, address, follow_logs=follow, echo=click.echo)
+    click.echo(f"{job_id}: {final or jobs.status(job_id, address)['status']} "
+               f"({jobs.job_url(jobs.dashboard_address(address), job_id)})")
+
+
+@jobs_group.command("stop")
+@JOB_ADDRESS
+@click.argument("job_id")
+def jobs_stop(address: str | None, job_id: str) -> None:
+    """Stop a running job."""
+    from hybrid_ray import jobs
+
+    click.echo(f"{job_id}: {jobs.stop(job_id, address)} ({jobs.job_url(jobs.dashboard_address(address), job_id)})")
+
+
 @cli.group()
 def data() -> None:
     """Prepare and inspect token shards."""
@@ -297,13 +391,27 @@ def variants(preset: str | None, as_json: bool) -> None:
 
 @cli.command()
 @click.option("--require-gpu", is_flag=True, help="Also fail when there is no GPU at all.")
+@click.option("--fla", "fla_clone", type=click.Path(), help="Check this FLA clone against the pure-PyTorch twin "
+              "(forward and gradients on a GPU; the forward under Triton's interpreter on a CPU).")
 @click.option("--json", "as_json", is_flag=True)
-def verify(require_gpu: bool, as_json: bool) -> int:
-    """Versions (hybrid-ray's commit too), FLA's origin, GPUs, attention kernel; non-zero when GPU training cannot work."""
-    from hybrid_ray.env import collect, format_report
+@click.option("--parity-json", is_flag=True, hidden=True, help="Print the importable FLA's parity report as JSON.")
+def verify(require_gpu: bool, fla_clone: str | None, as_json: bool, parity_json: bool) -> int:
+    """Versions (hybrid-ray's commit too), FLA's origin, GPUs, attention kernel; non-zero when GPU training cannot
+    work, or when --fla's clone does not match the twin."""
+    from hybrid_ray import env
 
-    info = collect()
-    click.echo(json.dumps(info, indent=2) if as_json else format_report(info))
+    if parity_json:
+        click.echo(env.parity_json())
+        return 0
+    if fla_clone:
+        report = env.verify_clone(fla_clone)
+        click.echo(json.dumps(report, indent=2) if as_json else env.format_clone_report(report))
+        if not report["passed"]:
+            click.echo(f"error: the FLA in {fla_clone} does not match the twin: {report['failures'][0]}", err=True)
+            return 1
+        return 0
+    info = env.collect()
+    click.echo(json.dumps(info, indent=2) if as_json else env.format_report(info))
     if info["problems"] or (require_gpu and not info["gpus"]):
         reason = info["problems"][0] if info["problems"] else "no CUDA GPU on this machine"
         click.echo(f"error: GPU training cannot work here: {reason}", err=True)

@@ -25,7 +25,7 @@ def address_from_env() -> str | None:
     return os.environ.get("RAY_ADDRESS") or None
 
 
-def _reachable(address: str, timeout: float = 5.0) -> None:
+def reachable(address: str, timeout: float = 5.0) -> None:
     """Fail fast on host:port addresses that nothing listens on (ray.init would retry for a minute)."""
     target = address if "://" in address else f"tcp://{address}"
     parsed = urlparse(target)
@@ -48,7 +48,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
     """
     address = address or address_from_env()
     if address and address not in ("auto", "local"):
-        _reachable(address)  # also inside an existing session: an explicit address must not be silently ignored
+        reachable(address)  # also inside an existing session: an explicit address must not be silently ignored
     import ray
 
     if ray.is_initialized():
@@ -61,7 +61,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
                 context = ray.init(address=address, **kwargs)
             except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError, ... (one line either way)
                 raise ClusterError(f"cannot connect to the Ray cluster at {address}: "
-                                   f"{_auth_hint(e, captured.read_text(errors='replace'))}") from e
+                                   f"{auth_hint(e, captured.read_text(errors='replace'))}") from e
         if verbose:
             sys.stderr.write(captured.read_text(errors="replace"))
         _session["dashboard"] = context.dashboard_url
@@ -94,7 +94,7 @@ def _stderr_captured() -> Iterator[Path]:
             os.close(saved)
 
 
-def _auth_hint(error: BaseException, stderr: str = "") -> str:
+def auth_hint(error: BaseException, stderr: str = "") -> str:
     message = first_line(error)
     text = f"{message}\n{stderr}".lower()
     if "token" in text or "authenticat" in text:
@@ -107,6 +107,13 @@ def dashboard_url() -> str | None:
     """The dashboard of the cluster `connect` reached (None when unknown or disabled)."""
     url = _session.get("dashboard")
     return None if not url else url if "://" in url else f"http://{url}"
+
+
+def node_count() -> int:
+    """Alive nodes of the connected cluster."""
+    import ray
+
+    return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
 def resources() -> dict[str, float]:

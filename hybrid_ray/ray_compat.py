@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 
 def report_logger() -> logging.Logger:
@@ -65,3 +66,14 @@ def show_only_training_output() -> None:
 
     worker.global_worker_stdstream_dispatcher.remove_handler("ray_print_logs")
     worker.global_worker_stdstream_dispatcher.add_handler("ray_print_logs", handler)
+
+
+def package_files(root: Path, excludes: list[str]) -> list[Path]:
+    """The files Ray's job upload takes from `root` (working_dir): it walks the folder the same way, honouring
+    .gitignore and .rayignore at every level and `excludes` (gitignore syntax)."""
+    from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
+
+    found: list[Path] = []
+    _dir_travel(root, [_get_excludes(root, excludes)], lambda p: found.append(p) if p.is_file() else None,
+                include_gitignore=True, logger=logging.getLogger("hybrid_ray.upload"))
+    return found

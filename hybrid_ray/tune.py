@@ -25,7 +25,7 @@ from hybrid_ray.grid import Arm, expand, match_params, numeric_value, parse_grid
 from hybrid_ray.model import count_params
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train import checkpoint as ckpt_lib
-from hybrid_ray.train.launch import check_locally, finalize
+from hybrid_ray.train.launch import check_locally, finalize, share_data
 
 SWEEP_FILE = "sweep.json"
 GRID_FILE = "grid.json"
@@ -121,7 +121,8 @@ def _trial_resources(spec: RunSpec, options: SweepOptions, cluster_gpus: float) 
     return spec, gpus, workers * spec.scale.cpus_per_worker
 
 
-def _trial(config: dict[str, Any], specs: dict[str, dict], trials_root: str, kernel_cache: str | None) -> None:
+def _trial(config: dict[str, Any], specs: dict[str, dict], trials_root: str, kernel_cache: str | None,
+           data_origin: str | None) -> None:
     """A Tune trial: one train() run of an arm and seed, reporting to Tune through Ray Train's callback."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -137,7 +138,7 @@ def _trial(config: dict[str, Any], specs: dict[str, dict], trials_root: str, ker
         evaluations = sum("val_loss" in r for r in done.get("history", []))
         tune.report({**(done.get("final") or {}), "step": done["step"], "evaluations": evaluations, "evaluated": False})
         return
-    train(spec, callbacks=[TuneReportCallback()], progress=False, kernel_cache=kernel_cache)
+    train(spec, callbacks=[TuneReportCallback()], progress=False, kernel_cache=kernel_cache, data_origin=data_origin)
 
 
 class Console(Callback):
@@ -222,7 +223,7 @@ def sweep(
 
     started = time.time()
     try:
-        _fit(base, options, arms, sweep_dir, concurrent, resumed, progress)
+        _fit(base, options, arms, sweep_dir, concurrent, resumed, progress, share_data(base, dataset))
     except KeyboardInterrupt:
         raise HybridRayError(f"interrupted; relaunch the same command to resume the sweep in {sweep_dir}") from None
     rows = collect(arms, options.seeds, sweep_dir, dataset)
@@ -238,13 +239,14 @@ def kernel_cache_for(sweep_dir: str) -> str | None:
 
 
 def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep_dir: str, concurrent: int, resumed: bool,
-         progress: bool) -> None:
+         progress: bool, data_origin: str | None) -> None:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     specs = {arm.id: arm.spec.to_dict() for arm in arms}
     trials_root = storage.join(sweep_dir, "trials")
-    trainable = tune.with_parameters(_trial, specs=specs, trials_root=trials_root, kernel_cache=kernel_cache_for(sweep_dir))
+    trainable = tune.with_parameters(_trial, specs=specs, trials_root=trials_root, kernel_cache=kernel_cache_for(sweep_dir),
+                                     data_origin=data_origin)
     # the trial itself only waits on its TorchTrainer, whose workers hold the CPUs and GPUs
     trainable = tune.with_resources(trainable, {"CPU": 0.01})
     max_evals = max(math.ceil(a.spec.train.steps / a.spec.train.eval_every) for a in arms)

@@ -106,7 +106,7 @@ def start_head(home: str | Path, *, num_cpus: int = 2, token: bool = True, extra
 def start_worker_node(head: RayNode, home: str | Path, *, num_cpus: int, extra_env: dict | None = None) -> RayNode:
     """A second node joining `head` (same machine, its own temp folder and environment)."""
     node = RayNode(temp_dir=short_tmpdir("hr-node-"), home=str(home))
-    node.env = user_env(home, **(extra_env or {}))
+    node.env = user_env(home, RAY_AUTH_MODE="token", **(extra_env or {}))  # a joining node must send the token
     cmd = [RAY, "start", f"--address={head.address}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
            f"--temp-dir={node.temp_dir}", "--disable-usage-stats"]
     _start(cmd, node)

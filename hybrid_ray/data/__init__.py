@@ -7,10 +7,11 @@
 
 from hybrid_ray.data.dataset import Dataset, describe, prepare
 from hybrid_ray.data.loader import Batch, BatchLoader
+from hybrid_ray.data.shards import publish
 from hybrid_ray.data.sources import iter_documents, source_identity
 from hybrid_ray.data.tokenizer import Tokenizer, get_tokenizer, load_tokenizer
 
 __all__ = [
     "Batch", "BatchLoader", "Dataset", "Tokenizer", "describe", "get_tokenizer", "iter_documents",
-    "load_tokenizer", "prepare", "source_identity",
+    "load_tokenizer", "prepare", "publish", "source_identity",
 ]

@@ -10,20 +10,23 @@ from typing import Any
 import numpy as np
 
 from hybrid_ray.data.loader import Batch, BatchLoader, Blocks, TokenBlocks, eval_batches, whole_batches
-from hybrid_ray.data.shards import check_files, prepare_shards, read_manifest
+from hybrid_ray.data.shards import check_files, fetch, prepare_shards, read_manifest
 from hybrid_ray.data.synthetic import PAD_ID, MQARBlocks, MQARConfig, mqar_manifest, parse_mqar
 from hybrid_ray.data.tokenizer import IdTokenizer, Tokenizer, load_tokenizer
 from hybrid_ray.errors import DataError
 from hybrid_ray.spec import DataSpec
 
 
-def prepare(spec: DataSpec, *, progress: bool = False) -> Dataset:
-    """Tokenize the source into cached shards once (a cache hit returns at once) and return its handle.
+def prepare(spec: DataSpec, *, progress: bool = False, origin: str | None = None) -> Dataset:
+    """Tokenize the source into cached shards once (a cache hit returns at once) and return its handle; with `origin`
+    (a dataset the driver published to shared storage), copy that into this node's cache instead.
 
     Safe to call from many processes at once: one writes, the others wait and then reuse it.
     """
     if spec.parsed.kind == "mqar":  # synthetic: nothing to write, examples are made on the fly
         return Dataset(path=None, manifest=mqar_manifest(parse_mqar(spec.parsed.options), spec.source))
+    if origin is not None:
+        return Dataset.open(fetch(origin, spec))
     return Dataset.open(prepare_shards(spec, progress=progress))
 
 

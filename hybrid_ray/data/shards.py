@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from hybrid_ray import storage
 from hybrid_ray.data.sources import iter_documents, source_identity
 from hybrid_ray.data.tokenizer import Tokenizer, get_tokenizer, tokenizer_identity
 from hybrid_ray.errors import DataError
@@ -74,6 +75,32 @@ def prepare_shards(spec: DataSpec, *, progress: bool = False) -> Path:
     """Tokenize `spec`'s source into the cache unless it is already there; returns the dataset folder."""
     key, what = cache_key(spec)  # raises DataError for a missing path before anything is created
     final = cache_root(spec) / _dir_name(spec, key)
+    return _build_once(final, lambda tmp: _write(spec, tmp, key, what, progress))
+
+
+def publish(path: Path, store: str) -> str:
+    """Copy a prepared dataset folder under `store` (a run's storage: shared by every node of a cluster), once;
+    manifest.json goes last, so a copy that stopped part-way is never taken for a dataset. Returns its location."""
+    target = storage.join(store, path.name)
+    if storage.exists(storage.join(target, "manifest.json")):
+        return target
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p.name != "manifest.json"):
+        storage.write_bytes(storage.join(target, *file.relative_to(path).parts), file.read_bytes())
+    storage.write_bytes(storage.join(target, "manifest.json"), (path / "manifest.json").read_bytes())
+    return target
+
+
+def fetch(origin: str, spec: DataSpec) -> Path:
+    """The dataset published at `origin`, copied into this node's cache on first use (once per node)."""
+    final = cache_root(spec) / origin.rstrip("/").rsplit("/", 1)[-1]
+    if not storage.exists(storage.join(origin, "manifest.json")):
+        raise DataError(f"no prepared dataset at {origin}: the driver publishes it there before starting workers")
+    return _build_once(final, lambda tmp: storage.copy_dir(origin, str(tmp)))
+
+
+def _build_once(final: Path, build: Any) -> Path:
+    """Make a dataset folder unless it is complete: built in a temporary folder, renamed into place, under a file
+    lock, so concurrent processes build it once and a failure leaves nothing half-written."""
     if _complete(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +111,7 @@ def prepare_shards(spec: DataSpec, *, progress: bool = False) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
         try:
-            _write(spec, tmp, key, what, progress)
+            build(tmp)
             if final.exists():  # a folder without manifest.json (not written by us): replace it
                 shutil.rmtree(final)
             os.rename(tmp, final)

@@ -7,6 +7,8 @@ the SDPA / Triton kernels of `hybrid_ray.model.attention` in its place (see DESI
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import subprocess
 import warnings
 from pathlib import Path
@@ -83,8 +85,12 @@ def fla_source() -> dict[str, Any]:
     except Exception:
         info["version"] = None
     git = git_info(package_dir) if (package_dir.parent / ".git").exists() else {}
+    shipped = os.environ.get("HYBRID_RAY_FLA_CLONE")  # set by `hybrid-ray submit --fla`: the uploaded copy has no .git
     if git:
         info.update(kind="git clone", commit=git["commit"], dirty=git["dirty"])
+    elif shipped and "py_modules" in str(package_dir):
+        info.update(kind="submitted clone", clone=json.loads(shipped))
+        info.update(commit=info["clone"].get("commit"), dirty=info["clone"].get("dirty"))
     else:
         info["kind"] = "site-packages" if "site-packages" in str(package_dir) else "path"
     return info

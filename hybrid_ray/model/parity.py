@@ -7,6 +7,7 @@ interpreter (eval mode, no gradients, sequences of at most 64 tokens: FLA's fuse
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,6 +21,19 @@ from hybrid_ray.spec import ModelSpec
 TOLERANCE = {"cpu": {"logits": 1e-4}, "cuda": {"logits": 2e-2, "grad_max": 1e-1, "grad_median": 2e-2}}
 
 
+# Points compared between the two models, in execution order within a layer: (op, module name pattern, what).
+# FLA's delta-rule kernel is a function, not a module: its output is what the output norm receives.
+POINTS = [
+    ("RMS norm", r"model\.layers\.\d+\.attn_norm$", "output"),
+    ("short convolution", r"model\.layers\.\d+\.attn\.[qkv]_conv1d$", "output"),
+    ("gated delta rule", r"model\.layers\.\d+\.attn\.o_norm$", "input"),
+    ("gated RMS norm / softmax attention", r"model\.layers\.\d+\.attn\.o_proj$", "input"),
+    ("RMS norm", r"model\.layers\.\d+\.mlp_norm$", "output"),
+    ("SwiGLU MLP", r"model\.layers\.\d+\.mlp$", "output"),
+    ("RMS norm", r"model\.norm$", "output"),
+]
+
+
 @dataclass
 class ParityReport:
     device: str
@@ -30,6 +44,7 @@ class ParityReport:
     grad_rel_err_max: float | None = None
     grad_rel_err_median: float | None = None
     worst_grads: list[tuple[str, float]] = field(default_factory=list)  # the parameters with the largest errors
+    first_divergence: str | None = None  # "op (module): relative error" of the first point off tolerance
 
     @property
     def failures(self) -> list[str]:
@@ -37,17 +52,66 @@ class ParityReport:
         limits = TOLERANCE[self.device]
         out = []
         if not self.logits_rel_err <= limits["logits"]:  # written so that NaN fails
-            out.append(f"logits relative error {self.logits_rel_err:.2e} > {limits['logits']:.0e}")
+            where = f" (first off: {self.first_divergence})" if self.first_divergence else ""
+            out.append(f"logits relative error {self.logits_rel_err:.2e} > {limits['logits']:.0e}{where}")
         if self.grad_rel_err_max is not None:
             if not self.grad_rel_err_max <= limits["grad_max"]:
                 name, err = self.worst_grads[0]
-                out.append(f"gradient of {name}: relative error {err:.2e} > {limits['grad_max']:.0e}")
+                out.append(f"gradient of {name} ({op_of(name)} backward): relative error {err:.2e} > "
+                           f"{limits['grad_max']:.0e}")
             if not self.grad_rel_err_median <= limits["grad_median"]:
                 out.append(f"median gradient relative error {self.grad_rel_err_median:.2e} > {limits['grad_median']:.0e}")
         return out
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "failures": self.failures, "passed": not self.failures}
+
+
+def op_of(parameter: str) -> str:
+    """The op a parameter's gradient comes through, for messages."""
+    leaf = parameter.rsplit(".", 2)
+    name = leaf[-2] if leaf[-1] == "weight" else leaf[-1]
+    return {"A_log": "gated delta rule", "dt_bias": "gated delta rule", "a_proj": "gated delta rule",
+            "b_proj": "gated delta rule", "q_conv1d": "short convolution", "k_conv1d": "short convolution",
+            "v_conv1d": "short convolution", "o_norm": "gated RMS norm", "g_proj": "gated RMS norm",
+            "mlp_norm": "RMS norm", "attn_norm": "RMS norm", "norm": "RMS norm", "lm_head": "cross entropy",
+            "embeddings": "embedding"}.get(name, "matrix product")
+
+
+class _Probe:
+    """Forward hooks that keep the first input and the output of the modules POINTS names."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.values: dict[str, torch.Tensor] = {}
+        self.order: list[str] = []
+        self.handles = []
+        for name, module in model.named_modules():
+            for _, pattern, what in POINTS:
+                if re.match(pattern, name):
+                    self.handles.append(module.register_forward_hook(self._hook(name, what)))
+
+    def _hook(self, name: str, what: str):
+        def hook(module, inputs, output):
+            value = inputs[0] if what == "input" else (output[0] if isinstance(output, tuple) else output)
+            if name not in self.values:
+                self.order.append(name)
+            self.values[name] = value.detach().float().reshape(value.shape[0], -1)
+
+        return hook
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _first_divergence(fla: _Probe, twin: _Probe, limit: float) -> str | None:
+    for name in twin.order:
+        if name in fla.values and fla.values[name].shape == twin.values[name].shape:
+            err = rel_err(fla.values[name], twin.values[name])
+            if not err <= limit:
+                op = next(op for op, pattern, _ in POINTS if re.match(pattern, name))
+                return f"{op} ({name}): relative error {err:.2e}"
+    return None
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -68,15 +132,19 @@ def compare_backends(spec: ModelSpec, device: torch.device | str, *, batch: int 
     if not on_gpu:
         fla.eval()
         twin.eval()
+    probes = _Probe(fla), _Probe(twin)
     with torch.set_grad_enabled(on_gpu):
         out_fla = fla(input_ids=x, labels=x, use_cache=False)
         out_twin = twin(input_ids=x, labels=x)
+    for probe in probes:
+        probe.close()
     report = ParityReport(
         device=device.type,
         logits_rel_err=rel_err(out_fla.logits, out_twin.logits),
         logits_max_abs_diff=(out_fla.logits.float() - out_twin.logits.float()).abs().max().item(),
         loss_fla=out_fla.loss.item(),
         loss_twin=out_twin.loss.item(),
+        first_divergence=_first_divergence(*probes, TOLERANCE[device.type]["logits"]),
     )
     if on_gpu:
         out_fla.loss.backward()
@@ -90,3 +158,25 @@ def compare_backends(spec: ModelSpec, device: torch.device | str, *, batch: int 
         report.grad_rel_err_median = values[len(values) // 2] if values else 0.0
         report.worst_grads = errors[:3]
     return report
+
+
+# the model `hybrid-ray verify --fla` checks: both layer types, GQA attention, value heads > key heads
+CHECK_SPEC = {
+    "cpu": (ModelSpec(hidden_size=64, num_layers=2, num_heads=2, num_v_heads=4, head_dim=32, attn_layers=[1],
+                      attn_num_heads=4, attn_num_kv_heads=2, vocab_size=128), 1, 48),
+    "cuda": (ModelSpec(hidden_size=256, num_layers=2, num_heads=2, num_v_heads=4, head_dim=64, attn_layers=[1],
+                       attn_num_heads=4, attn_num_kv_heads=2, vocab_size=1024), 2, 512),
+}
+
+
+def check_importable_fla() -> ParityReport:
+    """The FLA this process imports (an installed one, or a clone put first on PYTHONPATH) against the twin: forward
+    and gradients on a GPU, the forward under Triton's interpreter on a CPU (set TRITON_INTERPRET=1 before triton is
+    imported; FLA's training kernels do not run there)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        import triton.runtime.autotuner as autotuner
+
+        autotuner.Autotuner._bench = lambda self, *a, config=None, **k: [0.0, 0.0, 0.0]  # the interpreter cannot time
+    spec, batch, seq = CHECK_SPEC[device]
+    return compare_backends(spec, device, batch=batch, seq=seq)

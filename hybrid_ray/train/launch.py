@@ -93,9 +93,10 @@ def _scaling(spec: RunSpec) -> tuple[Any, bool]:
 
 
 def check_locally(spec: RunSpec, *, address: str | None, extend_steps: int, until_step: int | None,
-                  progress: bool) -> tuple[RunSpec, Any]:
+                  progress: bool, data_origin: str | None = None) -> tuple[RunSpec, Any]:
     """Every check that needs no cluster: launch options, storage, the backend, data and tokenizer. Returns the spec
-    with its storage normalized and vocabulary resolved, and the prepared dataset."""
+    with its storage normalized and vocabulary resolved, and the prepared dataset (copied from `data_origin`, when
+    given, instead of tokenized here)."""
     if extend_steps < 0 or (until_step is not None and until_step < 1):
         raise SpecError("--extend-steps must be >= 0 and --until-step >= 1")
     root = storage.normalize(spec.storage_path)
@@ -103,13 +104,21 @@ def check_locally(spec: RunSpec, *, address: str | None, extend_steps: int, unti
     storage.check_writable(root)
     if not (address or cluster.address_from_env()):
         check_backend(spec.scale.backend)
-    dataset = data_lib.prepare(spec.data, progress=progress)
+    dataset = data_lib.prepare(spec.data, progress=progress, origin=data_origin)
     spec = resolve_vocab(spec, dataset)
     total = spec.train.steps + extend_steps
     epochs = dataset.epochs_for(total, seq_len=spec.data.seq_len, global_batch=spec.train.batch_size)
     if epochs > 1:
         warnings.warn(f"{total} steps will read the training data {epochs:.1f} times")
     return spec, dataset
+
+
+def share_data(spec: RunSpec, dataset: Any) -> str | None:
+    """On a cluster of several nodes, publish the prepared shards under the run's storage (which every node reaches)
+    so that each node copies them once, instead of re-tokenizing or failing; None on one node."""
+    if dataset.path is None or cluster.node_count() < 2:
+        return None
+    return data_lib.publish(dataset.path, storage.join(spec.storage_path, ".data"))
 
 
 def _known_checkpoints(run_dir: str, name: str) -> tuple[str | None, list[str]]:
@@ -145,15 +154,17 @@ def train(
     progress: bool = True,
     verbose: bool = False,
     kernel_cache: str | None = None,
+    data_origin: str | None = None,
 ) -> TrainOutcome:
     """Train (or resume, or extend) the run `spec.name` under `spec.storage_path` on a Ray cluster.
 
     `progress` prints what the run does, here and on its workers; `verbose` also lets Ray's own log lines through;
-    `kernel_cache` is the Triton cache folder the workers use (a sweep shares one among its trials).
+    `kernel_cache` is the Triton cache folder the workers use (a sweep shares one among its trials); `data_origin`
+    is a dataset already published to shared storage (a sweep publishes once for all its trials).
     """
     started = time.time()
     spec, dataset = check_locally(spec, address=address, extend_steps=extend_steps, until_step=until_step,
-                                  progress=progress)
+                                  progress=progress, data_origin=data_origin)
     run_dir = storage.join(spec.storage_path, spec.name)
     runs.claim(run_dir, spec)
     resume_from, known = _known_checkpoints(run_dir, spec.name)
@@ -164,6 +175,8 @@ def train(
 
     where = cluster.connect(address, verbose=verbose)
     scaling, use_gpu = _scaling(spec)
+    if data_origin is None:
+        data_origin = share_data(spec, dataset)
     if progress:
         print(f"training {spec.name} on {where}: {spec.scale.num_workers} worker(s), "
               f"{'GPU' if use_gpu else 'CPU'}, {count_params(spec.model)['total'] / 1e6:.1f}M parameters", flush=True)
@@ -182,6 +195,7 @@ def train(
         known_checkpoints=known,
         kernel_cache=kernel_cache,
         echo=progress,
+        data_origin=data_origin,
     )
     try:
         _fit(spec, launch, scaling, use_gpu, callbacks)

@@ -47,6 +47,7 @@ class LaunchOptions:
     known_checkpoints: list[str] = field(default_factory=list)  # checkpoint folders that existed at launch
     kernel_cache: str | None = None  # Triton's cache folder (compiled kernels and autotuning), shared by a sweep
     echo: bool = True  # rank 0 prints progress lines (a sweep's trials do not: the sweep prints its own events)
+    data_origin: str | None = None  # the prepared dataset in shared storage, for nodes that do not have it yet
 
 
 def use_kernel_cache(folder: str | None) -> None:
@@ -190,7 +191,8 @@ def train_loop_per_worker(config: dict) -> None:
         torch.set_num_threads(max(1, int(spec.scale.cpus_per_worker)))
     torch.manual_seed(spec.train.seed + rank)
 
-    dataset = data_lib.prepare(spec.data)  # a cache hit: the driver prepared it before starting the workers
+    # a cache hit on the driver's node; other nodes copy what the driver published, once per node
+    dataset = data_lib.prepare(spec.data, origin=launch.data_origin)
     model = setup_model(spec, device)
     optimizer = build_optimizer(model, spec.optim, device)
     layout = dict(seq_len=spec.data.seq_len, micro_batch=spec.micro_batch_size, rank=rank, world_size=world,
