@@ -64,7 +64,7 @@ class RayNode:
         found = []
         for proc in psutil.process_iter(["cmdline"]):
             try:
-                if any(self.temp_dir in part for part in proc.info["cmdline"] or []):
+                if proc.pid != os.getpid() and any(self.temp_dir in part for part in proc.info["cmdline"] or []):
                     found.append(proc)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue

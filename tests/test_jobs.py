@@ -122,8 +122,10 @@ def test_two_nodes_read_the_same_shards_and_resume_exactly(ray_session, tmp_path
 
     caches = {name: tmp_path / f"cache-{name}" for name in ("driver", "head", "node")}
     head = start_head(tmp_path / "home", num_cpus=1, extra_env={"HYBRID_RAY_CACHE": str(caches["head"])})
-    node = start_worker_node(head, tmp_path / "home", num_cpus=1, extra_env={"HYBRID_RAY_CACHE": str(caches["node"])})
+    node = None
     try:
+        node = start_worker_node(head, tmp_path / "home", num_cpus=1,
+                                 extra_env={"HYBRID_RAY_CACHE": str(caches["node"])})
         args = ["train", "--num-workers", "2", "--steps", "10", "--log-every", "1", "--eval-every", "10",
                 "--checkpoint-every", "5", "--max-documents", "200", "--eval-tokens", "2048",
                 "--storage-path", str(tmp_path / "runs"), "--name", "two", "--address", head.address]
@@ -133,7 +135,8 @@ def test_two_nodes_read_the_same_shards_and_resume_exactly(ray_session, tmp_path
         second = hybrid_ray(*args, env=env)
         assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
     finally:
-        node.stop()
+        if node is not None:
+            node.stop()
         head.stop()
     prepared = [p.name for p in caches["driver"].iterdir() if (p / "manifest.json").exists()]
     assert len(prepared) == 1
