@@ -20,10 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from hybrid_ray.errors import SpecError, first_line, suggest
-from hybrid_ray.spec import RunSpec
+from hybrid_ray.errors import SpecError, suggest
+from hybrid_ray.spec import RunSpec, read_yaml
 from hybrid_ray.variants import DEFAULT_VARIANT, variant_spec
 
 KEY = "hybrid_ray"
@@ -39,18 +37,6 @@ class JobSpec:
     spec: RunSpec
     sweep: dict[str, Any] = field(default_factory=dict)  # SweepOptions fields
     runtime_env: dict[str, Any] = field(default_factory=dict)
-
-
-def _read(path: str | Path) -> Any:
-    p = Path(path).expanduser()
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise SpecError(f"cannot read spec file {p}: {e.strerror or e}") from e
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise SpecError(f"spec file {p} is not valid YAML/JSON: {first_line(e)}") from e
 
 
 def from_dict(data: dict[str, Any], where: str = "job file") -> JobSpec:
@@ -83,7 +69,7 @@ def from_dict(data: dict[str, Any], where: str = "job file") -> JobSpec:
 
 def load(path: str | Path) -> JobSpec:
     """A job file, or a plain run spec file (YAML/JSON; a results.json works too) as a `train` job."""
-    data = _read(path)
+    data = read_yaml(path)
     if isinstance(data, dict) and KEY in data:
         return from_dict(data, str(path))
     if isinstance(data, dict) and "spec" in data and "model" not in data:

@@ -331,15 +331,7 @@ class RunSpec:
     @classmethod
     def load(cls, path: str | Path) -> RunSpec:
         """Read a YAML or JSON spec file; results.json files work too (their 'spec' entry is used)."""
-        p = Path(path).expanduser()
-        try:
-            text = p.read_text()
-        except OSError as e:
-            raise SpecError(f"cannot read spec file {p}: {e.strerror or e}") from e
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            raise SpecError(f"spec file {p} is not valid YAML/JSON: {first_line(e)}") from e
+        data = read_yaml(path)
         if isinstance(data, dict) and "spec" in data and "model" not in data:
             data = data["spec"]
         return cls.from_dict(data)
@@ -360,6 +352,19 @@ class RunSpec:
                 raise SpecError(f"unknown spec key {dotted!r}{suggest(leaf, node)}")
             node[leaf] = value
         return RunSpec.from_dict(d)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML or JSON file's content; one-line SpecErrors for a missing or malformed file."""
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise SpecError(f"cannot read spec file {p}: {e.strerror or e}") from e
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError(f"spec file {p} is not valid YAML/JSON: {first_line(e)}") from e
 
 
 def _migrate(d: dict[str, Any]) -> dict[str, Any]:

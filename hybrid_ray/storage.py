@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import os
 import uuid
+import zlib
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
 from hybrid_ray.errors import HybridRayError, first_line
+
+
+def crc32(path: Path) -> int:
+    """CRC32 of a local file, read in 16 MiB pieces."""
+    crc = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return crc
 
 
 def is_uri(path: str) -> bool:

@@ -69,3 +69,15 @@ def ray_session():
     yield ray
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A `ray start --head` (127.0.0.1, dashboard, token authentication) for a user whose home the test made;
+    stopped by pid at the end of the module, with nothing left behind."""
+    from ray_procs import start_head
+
+    node = start_head(tmp_path_factory.mktemp("home"))
+    yield node
+    node.stop()
+    assert not node.processes(), "a Ray process of the test's head outlived it"

@@ -141,3 +141,11 @@ def _wait_for_dashboard(node: RayNode, timeout: float = 120) -> None:
 def hybrid_ray(*args: str, env: dict[str, str], timeout: float = 600, cwd: str | None = None) -> subprocess.CompletedProcess:
     """Run the `hybrid-ray` command as a user would."""
     return subprocess.run([HYBRID_RAY, *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The single `error:` line of a failed command (tqdm's progress lines aside); fails the test otherwise."""
+    lines = [line for line in result.stderr.replace("\r", "\n").splitlines()
+             if line.strip() and not line.startswith("tokenizing")]
+    assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
+    return lines[0]

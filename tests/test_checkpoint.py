@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from hybrid_ray.errors import CheckpointError
+from hybrid_ray.storage import crc32
 from hybrid_ray.model import build_model
 from hybrid_ray.train import checkpoint as ckpt
 from hybrid_ray.train.checkpoint import TrainerState
@@ -64,7 +65,7 @@ def test_a_pickle_that_runs_code_is_refused_by_name_and_never_runs(tmp_path, pla
 
     (tmp_path / planted).write_bytes(pickle.dumps({"state": Exploit()}))
     manifest = json.loads((tmp_path / "manifest_rank0.json").read_text())
-    manifest["files"][planted] = {"bytes": (tmp_path / planted).stat().st_size, "crc32": ckpt._crc32(tmp_path / planted)}
+    manifest["files"][planted] = {"bytes": (tmp_path / planted).stat().st_size, "crc32": crc32(tmp_path / planted)}
     (tmp_path / "manifest_rank0.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match=f"refusing to load {tmp_path / planted}"):
         ckpt.load(tmp_path, rank=0)
@@ -77,7 +78,7 @@ def test_format_1_rng_files_with_numpy_arrays_still_load(tmp_path):
     torch.save(legacy, tmp_path / "rng_rank0.pt")
     manifest = json.loads((tmp_path / "manifest_rank0.json").read_text())
     manifest["files"]["rng_rank0.pt"] = {"bytes": (tmp_path / "rng_rank0.pt").stat().st_size,
-                                         "crc32": ckpt._crc32(tmp_path / "rng_rank0.pt")}
+                                         "crc32": crc32(tmp_path / "rng_rank0.pt")}
     (tmp_path / "manifest_rank0.json").write_text(json.dumps(manifest["files"]))  # format 1: a flat manifest
     restored = ckpt.load(tmp_path, rank=0)
     ckpt.set_rng_state(restored.rng)

@@ -1,6 +1,7 @@
 """The CLI without a cluster: listing, verify, spec resolution and bad input (one line, non-zero, no traceback)."""
 
 import json
+from pathlib import Path
 
 import click
 import pytest
@@ -31,9 +32,21 @@ def test_variants_table_and_json(capsys):
 
 
 def test_verify_reports_versions_and_cpu_fallback(capsys):
+    import subprocess
+
+    import torch
+
+    import hybrid_ray
+
     rc, out, _ = run(capsys, "verify")
     assert rc == 0
-    assert "torch" in out and "fla" in out and "attention" in out
+    lines = dict(line.split(None, 1) for line in out.splitlines() if line and not line.startswith(("GPU", " ")))
+    assert lines["torch"].startswith(torch.__version__) and lines["gpus"] == "none"
+    repo = Path(hybrid_ray.__file__).parent.parent
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert lines["hybrid-ray"].startswith("0.1.0") and (not commit or commit[:12] in lines["hybrid-ray"])
+    assert "site-packages" in lines["fla"] and "torch SDPA" in lines["attention"]
+    assert "no CUDA GPU here; training runs on CPU with the pure-PyTorch backend" in out
     rc, _, err = run(capsys, "verify", "--require-gpu")
     assert_one_line_error(rc, err, 1, "no CUDA GPU")
 
@@ -115,15 +128,38 @@ def test_train_flag_set_is_pinned():
     ])
 
 
-def test_every_job_spec_is_a_valid_run_spec():
+def test_every_job_file_resolves_for_hybrid_ray_and_for_ray():
+    """Each job file names a registered variant and preset, its sweep grid parses, and Ray accepts its runtime_env."""
     from pathlib import Path
 
-    from hybrid_ray.spec import RunSpec
+    from ray.runtime_env import RuntimeEnv
 
-    jobs = sorted(Path(__file__).parent.parent.joinpath("jobs").glob("*.yaml"))
-    assert len(jobs) >= 3
-    for path in jobs:
-        assert RunSpec.load(path).name == path.stem.replace("_", "-")
+    from hybrid_ray import jobspec
+    from hybrid_ray.grid import expand, parse_grid
+    from hybrid_ray.tune import sweep_options
+    from hybrid_ray.variants import VARIANTS
+
+    files = sorted(Path(__file__).parent.parent.joinpath("jobs").glob("*.yaml"))
+    assert {f.stem for f in files} >= {"tiny_local", "ratio_ablation", "ratio_ablation_small", "lr_ablation",
+                                        "lr_ablation_small", "exp7_hybrid_sparse"}
+    for path in files:
+        job = jobspec.load(path)
+        assert job.spec.variant in VARIANTS, path
+        RuntimeEnv(**job.runtime_env)  # what `ray job submit --runtime-env` builds from the same file
+        assert job.runtime_env["working_dir"] == "." and ".env*" in job.runtime_env["excludes"]
+        if job.command == "sweep":
+            options = sweep_options(job.sweep)
+            assert expand(job.spec, parse_grid(options.grid)), path
+    ratio = jobspec.load(files[[f.stem for f in files].index("ratio_ablation")])
+    assert len(expand(ratio.spec, parse_grid(sweep_options(ratio.sweep).grid))) == 13
+    assert ratio.spec.model.hidden_size == 768 and ratio.spec.train.batch_size == 48  # the original H100 size
+
+
+def test_a_job_file_with_a_typo_is_one_line(capsys, tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("hybrid_ray:\n  command: train\n  varient: h100_deltanet\n")
+    rc, _, err = run(capsys, "train", "--dry-run", "--config", str(path))
+    assert_one_line_error(rc, err, 2, "unknown key hybrid_ray.varient (did you mean 'variant'?)")
 
 
 def test_data_prepare_prints_documents_tokens_and_shards(capsys, tmp_path):

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from ray_procs import HYBRID_RAY, RAY, hybrid_ray, start_head, user_env
+from ray_procs import HYBRID_RAY, RAY, hybrid_ray, one_error_line, user_env
 
 pytestmark = pytest.mark.slow
 SMALL = ["--steps", "4", "--log-every", "2", "--eval-every", "4", "--max-documents", "100"]
@@ -16,56 +16,43 @@ RAY_NOISE = ("core_worker.cc", "RayDeprecationWarning", "(raylet)", "PreemptionW
              "Token authentication is enabled")
 
 
-@pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    node = start_head(tmp_path_factory.mktemp("home"))
-    yield node
-    node.stop()
-    assert not node.processes(), "a Ray process of the test's head outlived it"
 
 
-def one_error_line(result):
-    lines = [line for line in result.stderr.replace("\r", "\n").splitlines()
-             if line.strip() and not line.startswith("tokenizing")]
-    assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
-
-
-def test_train_connects_with_the_token_file_alone_and_keeps_the_console_clean(head, tmp_path):
-    result = hybrid_ray("train", *SMALL, "--storage-path", str(tmp_path), "--name", "addr", "--address", head.address,
-                        env=head.env)
+def test_train_connects_with_the_token_file_alone_and_keeps_the_console_clean(ray_head, tmp_path):
+    result = hybrid_ray("train", *SMALL, "--storage-path", str(tmp_path), "--name", "addr", "--address", ray_head.address,
+                        env=ray_head.env)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
-    assert f"on Ray cluster at {head.address}" in out and f"Ray dashboard: {head.dashboard}" in out
+    assert f"on Ray cluster at {ray_head.address}" in out and f"Ray dashboard: {ray_head.dashboard}" in out
     assert f"tensorboard --logdir {tmp_path / 'addr' / 'tensorboard'}" in out
     assert "step 4/4 | loss" in out and "finished at step 4/4" in out
     assert not [noise for noise in RAY_NOISE if noise in out], out
     assert json.loads((tmp_path / "addr" / "results.json").read_text())["status"] == "finished"
 
 
-def test_ray_address_from_the_environment_works_the_same(head, tmp_path):
+def test_ray_address_from_the_environment_works_the_same(ray_head, tmp_path):
     result = hybrid_ray("train", *SMALL, "--storage-path", str(tmp_path), "--name", "env",
-                        env={**head.env, "RAY_ADDRESS": head.address})
+                        env={**ray_head.env, "RAY_ADDRESS": ray_head.address})
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
 
 
-def test_a_missing_or_wrong_token_is_one_line(head, tmp_path):
+def test_a_missing_or_wrong_token_is_one_line(ray_head, tmp_path):
     (tmp_path / "wrong" / ".ray").mkdir(parents=True)
     (tmp_path / "wrong" / ".ray" / "auth_token").write_text("not-the-token")
     for home in (tmp_path / "none", tmp_path / "wrong"):
         home.mkdir(exist_ok=True)
-        result = hybrid_ray("train", *SMALL, "--storage-path", str(tmp_path), "--address", head.address,
+        result = hybrid_ray("train", *SMALL, "--storage-path", str(tmp_path), "--address", ray_head.address,
                             env=user_env(home), timeout=180)
         line = one_error_line(result)
-        assert f"cannot connect to the Ray cluster at {head.address}: authentication failed" in line
+        assert f"cannot connect to the Ray cluster at {ray_head.address}: authentication failed" in line
         assert "RAY_AUTH_TOKEN" in line
 
 
-def test_ctrl_c_says_where_the_run_resumes_and_exits_130(head, tmp_path):
+def test_ctrl_c_says_where_the_run_resumes_and_exits_130(ray_head, tmp_path):
     run = tmp_path / "long"
     proc = subprocess.Popen([HYBRID_RAY, "train", "--steps", "1500", "--checkpoint-every", "5", "--log-every", "5",
                              "--max-documents", "100", "--storage-path", str(tmp_path), "--name", "long",
-                             "--address", head.address], env=head.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--address", ray_head.address], env=ray_head.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.time() + 240
     while not list(run.glob("checkpoint_0*/manifest_rank0.json")):
@@ -79,12 +66,12 @@ def test_ctrl_c_says_where_the_run_resumes_and_exits_130(head, tmp_path):
     assert lines[0].startswith("error: interrupted at step ") and "relaunch the same command to resume" in lines[0]
 
 
-def test_ray_job_submit_as_the_readme_writes_it(head, tmp_path):
+def test_ray_job_submit_as_the_readme_writes_it(ray_head, tmp_path):
     """README: `RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 -- hybrid-ray train ...`."""
     entry = f"hybrid-ray train {' '.join(SMALL)} --storage-path {tmp_path} --name job"
     for _ in range(30):  # a head that has just started may not have its job agent yet
-        result = subprocess.run([RAY, "job", "submit", "--address", head.dashboard, "--", *entry.split()],
-                                env={**head.env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=600)
+        result = subprocess.run([RAY, "job", "submit", "--address", ray_head.dashboard, "--", *entry.split()],
+                                env={**ray_head.env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=600)
         if "No available agent" not in result.stderr:
             break
         time.sleep(2)

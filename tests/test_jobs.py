@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ray_procs import RAY, hybrid_ray, start_head, start_worker_node, user_env
+from ray_procs import RAY, hybrid_ray, one_error_line, start_head, start_worker_node, user_env
 
 from hybrid_ray.cli import main
 from hybrid_ray.jobs import EXCLUDES, measure_upload
@@ -38,74 +38,61 @@ def commit_of(folder: Path) -> str:
     return subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
-def one_error_line(result):
-    lines = [line for line in result.stderr.replace("\r", "\n").splitlines()
-             if line.strip() and not line.startswith("tokenizing")]
-    assert result.returncode != 0 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-3000:]
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def head(tmp_path_factory):
-    node = start_head(tmp_path_factory.mktemp("home"))
-    yield node
-    node.stop()
-    assert not node.processes(), "a Ray process of the test's head outlived it"
 
 
 @pytest.mark.slow
-def test_submit_with_a_local_fla_clone_reports_it_and_leaks_no_token(head, tmp_path):
+def test_submit_with_a_local_fla_clone_reports_it_and_leaks_no_token(ray_head, tmp_path):
     clone = make_clone(tmp_path / "clone")
     runs = tmp_path / "runs"
-    result = hybrid_ray("submit", "--address", head.dashboard, "--fla", str(clone), "--", "train", *SMALL,
-                        "--storage-path", str(runs), "--name", "job", env=head.env, cwd=str(ROOT))
+    result = hybrid_ray("submit", "--address", ray_head.dashboard, "--fla", str(clone), "--", "train", *SMALL,
+                        "--storage-path", str(runs), "--name", "job", env=ray_head.env, cwd=str(ROOT))
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
     assert "checking the FLA clone" in out and "upload: " in out and "finished at step 4/4" in out
     job_id = next(line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("submitted "))
-    assert f"{head.dashboard}/#/jobs/{job_id}" in out and f"job {job_id}: SUCCEEDED" in out
+    assert f"{ray_head.dashboard}/#/jobs/{job_id}" in out and f"job {job_id}: SUCCEEDED" in out
     fla = json.loads((runs / "job" / "results.json").read_text())["versions"]["fla"]
     assert fla["kind"] == "submitted clone" and fla["clone"]["path"] == str(clone.resolve())
     assert fla["commit"] == commit_of(clone) and fla["dirty"] is False
 
-    status = hybrid_ray("jobs", "status", job_id, "--address", head.dashboard, env=head.env)
-    assert status.returncode == 0 and f"{job_id}: SUCCEEDED ({head.dashboard}/#/jobs/{job_id})" in status.stdout
-    logs = hybrid_ray("jobs", "logs", job_id, "--address", head.dashboard, env=head.env)
+    status = hybrid_ray("jobs", "status", job_id, "--address", ray_head.dashboard, env=ray_head.env)
+    assert status.returncode == 0 and f"{job_id}: SUCCEEDED ({ray_head.dashboard}/#/jobs/{job_id})" in status.stdout
+    logs = hybrid_ray("jobs", "logs", job_id, "--address", ray_head.dashboard, env=ray_head.env)
     assert logs.returncode == 0 and "finished at step 4/4" in logs.stdout
-    listed = hybrid_ray("jobs", "list", "--address", head.dashboard, "--json", env=head.env)
+    listed = hybrid_ray("jobs", "list", "--address", ray_head.dashboard, "--json", env=ray_head.env)
     job = next(j for j in json.loads(listed.stdout) if j["job_id"] == job_id)
     assert job["status"] == "SUCCEEDED" and job["entrypoint"].startswith("python -m hybrid_ray train")
 
-    token = (Path(head.home) / ".ray" / "auth_token").read_text().strip()
+    token = (Path(ray_head.home) / ".ray" / "auth_token").read_text().strip()
     written = [p for p in runs.rglob("*") if p.is_file()]
     assert written and not [p for p in written if token.encode() in p.read_bytes()]
-    info = hybrid_ray("jobs", "status", job_id, "--address", head.dashboard, env=head.env)
+    info = hybrid_ray("jobs", "status", job_id, "--address", ray_head.dashboard, env=ray_head.env)
     assert token not in out + logs.stdout + listed.stdout + info.stdout + info.stderr
 
 
 @pytest.mark.slow
-def test_stop_stops_a_long_job(head, tmp_path):
-    result = hybrid_ray("submit", "--address", head.dashboard, "--no-wait", "--", "train", "--steps", "100000",
+def test_stop_stops_a_long_job(ray_head, tmp_path):
+    result = hybrid_ray("submit", "--address", ray_head.dashboard, "--no-wait", "--", "train", "--steps", "100000",
                         "--max-documents", "100", "--storage-path", str(tmp_path), "--name", "long",
-                        env=head.env, cwd=str(ROOT))
+                        env=ray_head.env, cwd=str(ROOT))
     assert result.returncode == 0, result.stderr[-3000:]
     job_id = next(line.split()[1].rstrip(":") for line in result.stdout.splitlines() if line.startswith("submitted "))
     deadline = time.time() + 120
-    while "RUNNING" not in hybrid_ray("jobs", "status", job_id, "--address", head.dashboard, env=head.env).stdout:
+    while "RUNNING" not in hybrid_ray("jobs", "status", job_id, "--address", ray_head.dashboard, env=ray_head.env).stdout:
         assert time.time() < deadline
         time.sleep(2)
-    stopped = hybrid_ray("jobs", "stop", job_id, "--address", head.dashboard, env=head.env)
+    stopped = hybrid_ray("jobs", "stop", job_id, "--address", ray_head.dashboard, env=ray_head.env)
     assert stopped.returncode == 0 and f"{job_id}: STOPPED" in stopped.stdout, stopped.stdout + stopped.stderr
 
 
 @pytest.mark.slow
-def test_ray_job_submit_reads_a_job_file_as_its_runtime_env(head, tmp_path):
+def test_ray_job_submit_reads_a_job_file_as_its_runtime_env(ray_head, tmp_path):
     """README: `ray job submit --runtime-env jobs/NAME.yaml -- python -m hybrid_ray train --config jobs/NAME.yaml`."""
-    command = [RAY, "job", "submit", "--address", head.dashboard, "--runtime-env", "jobs/tiny_local.yaml", "--",
+    command = [RAY, "job", "submit", "--address", ray_head.dashboard, "--runtime-env", "jobs/tiny_local.yaml", "--",
                "python", "-m", "hybrid_ray", "train", "--config", "jobs/tiny_local.yaml", *SMALL,
                "--storage-path", str(tmp_path), "--name", "from-ray-cli"]
     for _ in range(30):  # a head that has just started may not have its job agent yet
-        result = subprocess.run(command, env={**head.env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
+        result = subprocess.run(command, env={**ray_head.env, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True,
                                 timeout=600, cwd=str(ROOT))
         if "No available agent" not in result.stderr:
             break
@@ -157,32 +144,32 @@ def test_two_nodes_read_the_same_shards_and_resume_exactly(ray_session, tmp_path
 
 
 @pytest.mark.slow
-def test_bad_input_is_one_line_and_nothing_is_sent(head, tmp_path):
-    before = hybrid_ray("jobs", "list", "--address", head.dashboard, "--json", env=head.env).stdout
+def test_bad_input_is_one_line_and_nothing_is_sent(ray_head, tmp_path):
+    before = hybrid_ray("jobs", "list", "--address", ray_head.dashboard, "--json", env=ray_head.env).stdout
     train = ["--", "train", *SMALL, "--storage-path", str(tmp_path)]
-    line = one_error_line(hybrid_ray("submit", "--address", "http://127.0.0.1:9", *train, env=head.env, cwd=str(ROOT)))
+    line = one_error_line(hybrid_ray("submit", "--address", "http://127.0.0.1:9", *train, env=ray_head.env, cwd=str(ROOT)))
     assert "cannot reach the Ray cluster at 127.0.0.1:9" in line
     (tmp_path / "none").mkdir()
-    line = one_error_line(hybrid_ray("submit", "--address", head.dashboard, *train, env=user_env(tmp_path / "none"),
+    line = one_error_line(hybrid_ray("submit", "--address", ray_head.dashboard, *train, env=user_env(tmp_path / "none"),
                                      cwd=str(ROOT)))
     assert "authentication failed" in line and "auth_token" in line
     (tmp_path / "wrong" / ".ray").mkdir(parents=True)
     (tmp_path / "wrong" / ".ray" / "auth_token").write_text("not-the-token")
-    line = one_error_line(hybrid_ray("submit", "--address", head.dashboard, *train, env=user_env(tmp_path / "wrong"),
+    line = one_error_line(hybrid_ray("submit", "--address", ray_head.dashboard, *train, env=user_env(tmp_path / "wrong"),
                                      cwd=str(ROOT)))
     assert "authentication failed" in line
     (tmp_path / "not-a-clone").mkdir()
-    line = one_error_line(hybrid_ray("submit", "--address", head.dashboard, "--fla", str(tmp_path / "not-a-clone"),
-                                     *train, env=head.env, cwd=str(ROOT)))
+    line = one_error_line(hybrid_ray("submit", "--address", ray_head.dashboard, "--fla", str(tmp_path / "not-a-clone"),
+                                     *train, env=ray_head.env, cwd=str(ROOT)))
     assert "is not an FLA clone: it has no fla/ package folder" in line
     big = tmp_path / "project"
     big.mkdir()
     with open(big / "weights.npy", "wb") as f:
         f.truncate(101 * 2**20)  # sparse: 101 MiB as the upload sees it
-    line = one_error_line(hybrid_ray("submit", "--address", head.dashboard, "--working-dir", str(big), *train,
-                                     env=head.env, cwd=str(ROOT)))
+    line = one_error_line(hybrid_ray("submit", "--address", ray_head.dashboard, "--working-dir", str(big), *train,
+                                     env=ray_head.env, cwd=str(ROOT)))
     assert "over the job server's 100 MiB" in line and "weights.npy (101 MiB)" in line
-    assert hybrid_ray("jobs", "list", "--address", head.dashboard, "--json", env=head.env).stdout == before
+    assert hybrid_ray("jobs", "list", "--address", ray_head.dashboard, "--json", env=ray_head.env).stdout == before
 
 
 def test_the_upload_leaves_out_secrets_caches_and_checkpoints(tmp_path, capsys):

@@ -18,7 +18,6 @@ def test_explicit_strategy_is_kept(strategy):
     assert resolve_strategy(strategy, torch.device("cpu")) == strategy
 
 
-def test_default_strategy_is_auto_and_unknown_ones_fail():
-    assert RunSpec().scale.strategy == "auto"
+def test_unknown_strategies_fail():
     with pytest.raises(SpecError, match="scale.strategy must be one of auto, ddp, fsdp"):
         RunSpec.from_dict({"scale": {"strategy": "zero3"}})

@@ -193,7 +193,7 @@ def test_a_broken_newest_checkpoint_is_skipped_with_a_warning(ray_session, tmp_p
 @pytest.mark.parametrize("planted", ["optimizer.pt", "rng_rank0.pt"])
 def test_a_planted_pickle_in_a_checkpoint_is_refused_and_never_runs(ray_session, tmp_path, capsys, planted):
     """Someone who can write the run folder replaces a checkpoint file (and fixes the manifest to match)."""
-    from hybrid_ray.train.checkpoint import _crc32
+    from hybrid_ray.storage import crc32
 
     spec = small_spec(tmp_path, "planted", **{"train.steps": 10, "scale.num_workers": 1})
     train(spec, progress=False)
@@ -206,7 +206,7 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_and_never_runs(ray_session,
 
     torch.save({"state": Exploit()}, folder / planted)
     manifest = json.loads((folder / "manifest_rank0.json").read_text())
-    manifest["files"][planted] = {"bytes": (folder / planted).stat().st_size, "crc32": _crc32(folder / planted)}
+    manifest["files"][planted] = {"bytes": (folder / planted).stat().st_size, "crc32": crc32(folder / planted)}
     (folder / "manifest_rank0.json").write_text(json.dumps(manifest))
     rc = main(["train", "--config", str(tmp_path / "planted" / "spec.yaml"), "--extend-steps", "5"])
     err = capsys.readouterr().err

@@ -21,7 +21,6 @@ import re
 import shutil
 import sys
 import tempfile
-import zlib
 from array import array
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -137,19 +136,11 @@ def check_files(path: Path, manifest: dict[str, Any], checksums: bool = False) -
         file = path / name
         size = file.stat().st_size if file.exists() else None
         bad = "is missing" if size is None else f"is {size:,} bytes, not {meta['bytes']:,}" if size != meta["bytes"] else None
-        if bad is None and checksums and _crc32(file) != meta["crc32"]:
+        if bad is None and checksums and storage.crc32(file) != meta["crc32"]:
             bad = "does not match its checksum"
         if bad:
             raise DataError(f"token shard {file} {bad}: the cache is damaged; delete {path} and run the same command "
                             "again to rebuild it")
-
-
-def _crc32(path: Path) -> int:
-    crc = 0
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 24):
-            crc = zlib.crc32(chunk, crc)
-    return crc
 
 
 def _write(spec: DataSpec, out: Path, key: str, what: dict[str, Any], progress: bool) -> None:
@@ -160,7 +151,7 @@ def _write(spec: DataSpec, out: Path, key: str, what: dict[str, Any], progress: 
     _balance(writers, spec.source, read)
     splits = {s: w.close(out / f"{s}_docs.npy") for s, w in writers.items()}
     tok.save(out / "tokenizer")
-    files = {name: {"bytes": (out / name).stat().st_size, "crc32": _crc32(out / name)} for name in SHARD_FILES}
+    files = {name: {"bytes": (out / name).stat().st_size, "crc32": storage.crc32(out / name)} for name in SHARD_FILES}
     manifest = {
         "format": FORMAT_VERSION,
         "key": key,

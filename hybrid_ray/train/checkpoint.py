@@ -23,7 +23,6 @@ import random
 import re
 import tempfile
 import warnings
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,14 +174,6 @@ def gather(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, di
     return unwrap(model).state_dict(), optimizer.state_dict()
 
 
-def _crc32(path: Path) -> int:
-    crc = 0
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 24):
-            crc = zlib.crc32(chunk, crc)
-    return crc
-
-
 def save(folder: str | Path, *, rank: int, world_size: int, state: TrainerState, spec: RunSpec,
          model_state: dict[str, torch.Tensor] | None = None, optimizer_state: dict[str, Any] | None = None) -> None:
     """Write this rank's files of a checkpoint; rank 0 passes the full model and optimizer states. The manifest is
@@ -198,7 +189,7 @@ def save(folder: str | Path, *, rank: int, world_size: int, state: TrainerState,
             payload = {"format": FORMAT, **state.to_dict(), "spec": spec.to_dict()}
             (folder / STATE_FILE).write_text(json.dumps(payload))
             files += ["config.json", "model.safetensors", OPTIMIZER_FILE, STATE_FILE]
-        entries = {name: {"bytes": (folder / name).stat().st_size, "crc32": _crc32(folder / name)} for name in files}
+        entries = {name: {"bytes": (folder / name).stat().st_size, "crc32": storage.crc32(folder / name)} for name in files}
         manifest = {"files": entries, **({"world_size": world_size} if rank == 0 else {})}
         (folder / f"manifest_rank{rank}.json").write_text(json.dumps(manifest, indent=1))
     except OSError as e:
@@ -246,7 +237,7 @@ def verify(folder: str) -> None:
             if file not in sizes:
                 raise CheckpointError(f"{name} is incomplete: {file} is missing")
             local = not storage.is_uri(folder)
-            if sizes[file] != meta["bytes"] or (local and _crc32(Path(folder, file)) != meta["crc32"]):
+            if sizes[file] != meta["bytes"] or (local and storage.crc32(Path(folder, file)) != meta["crc32"]):
                 raise CheckpointError(f"{name} is corrupt: {file} does not match its checksum")
 
 
