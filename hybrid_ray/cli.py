@@ -198,6 +198,9 @@ def train(address: str | None, verbose: bool, extend_steps: int, until_step: int
 @click.option("--match-params", is_flag=True, default=None,
               help="Size every arm's MLP so its parameter count is within 2% of the reference arm's.")
 @click.option("--reference-arm", help="The arm --match-params matches. [default: the one without attention]")
+@click.option("--eval-task", "eval_tasks", multiple=True,
+              help="Score every finished trial on this task too (arc_easy, arc_challenge, hellaswag, lambada).")
+@click.option("--eval-data", help="The --eval-task's data when the Hugging Face hub is out of reach.")
 def sweep(address: str | None, verbose: bool, grid: tuple[str, ...], **options: Any) -> None:
     """Sweep a grid of arms with Ray Tune (ASHA by default); --name names the sweep, relaunching it resumes it.
 
@@ -207,8 +210,9 @@ def sweep(address: str | None, verbose: bool, grid: tuple[str, ...], **options: 
     from hybrid_ray.tune import sweep_options
 
     names = ("seeds", "scheduler", "grace_period", "reduction_factor", "max_concurrent", "gpus_per_trial",
-             "match_params", "reference_arm")
+             "match_params", "reference_arm", "eval_tasks", "eval_data")
     flags = {k: options.pop(k) for k in names}
+    flags["eval_tasks"] = list(flags["eval_tasks"]) or None
     job = jobspec.load(options["config"]).sweep if options.get("config") else {}
     settings = {**job, **{k: v for k, v in flags.items() if v is not None}, **({"grid": list(grid)} if grid else {})}
     chosen = sweep_options(settings)
@@ -421,17 +425,74 @@ def verify(require_gpu: bool, fla_clone: str | None, as_json: bool, parity_json:
 
 @cli.command()
 @click.argument("path")
-@click.option("--prompt", default="", help="Text to continue.")
+@click.option("--prompt", "prompts", multiple=True, help="Text to continue; repeat for several prompts at once.")
+@click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), help="A file of prompts, one per line.")
 @click.option("--max-new-tokens", type=int, default=100, show_default=True)
 @click.option("--temperature", type=float, default=0.8, show_default=True, help="0 = greedy.")
-@click.option("--top-k", type=int, default=50, show_default=True)
+@click.option("--top-k", type=int, default=50, show_default=True, help="0 = no limit.")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling; 1 = no limit.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--backend", type=click.Choice(["auto", "fla", "torch"]), default="auto", show_default=True)
-def generate(path: str, prompt: str, **options: Any) -> None:
-    """Continue a prompt with the model of a run folder (or a model folder)."""
+@click.option("--no-cache", is_flag=True, help="Recompute the whole prefix for every token (for comparisons).")
+def generate(path: str, prompts: tuple[str, ...], prompts_file: str | None, backend: str, no_cache: bool,
+             **options: Any) -> None:
+    """Continue prompts with the model of a run folder (or a model folder), streaming a single prompt's tokens."""
+    from pathlib import Path
+
+    from hybrid_ray.generate import SamplingOptions
     from hybrid_ray.generate import generate as generate_text
 
-    click.echo(prompt + generate_text(path, prompt, **options))
+    texts = list(prompts)
+    if prompts_file:
+        try:
+            texts += [line for line in Path(prompts_file).read_text().splitlines() if line.strip()]
+        except OSError as e:
+            raise SpecError(f"cannot read --prompts file {prompts_file}: {e.strerror or e}") from e
+    texts = texts or [""]
+    sampling = SamplingOptions(use_cache=not no_cache, **options)
+    stream = len(texts) == 1
+    if stream:
+        click.echo(texts[0], nl=False)
+    result = generate_text(path, texts, sampling, backend=backend,
+                           on_text=(lambda _, text: click.echo(text, nl=False)) if stream else None)
+    if stream:
+        click.echo()
+    else:
+        for prompt, completion in zip(result.prompts, result.completions):
+            click.echo(f"{prompt}{completion}\n---")
+    click.echo(f"{sum(result.new_tokens)} tokens in {result.seconds:.2f} s ({result.tokens_per_s:.1f} tokens/s"
+               f"{', no cache' if no_cache else ''})", err=True)
+
+
+@cli.command("eval")
+@click.argument("path")
+@click.option("--task", required=True, help="arc_easy | arc_challenge | hellaswag | lambada | perplexity")
+@click.option("--data", help="Task data: a JSON/JSONL/parquet file or folder in the task's usual layout [default: the "
+                             "Hugging Face hub]; for perplexity, any data source (file, folder, glob, stdlib, hf:...).")
+@click.option("--limit", type=int, help="Score only the first N examples.")
+@click.option("--seq-len", type=int, help="Perplexity: tokens per block. [default: the run's]")
+@click.option("--backend", type=click.Choice(["auto", "fla", "torch"]), default="auto", show_default=True)
+@click.option("--address", help="Run on a worker of this Ray cluster (a GPU one when there is one); PATH must be on "
+                                "storage its workers reach.")
+def eval_command(path: str, task: str, data: str | None, limit: int | None, seq_len: int | None, backend: str,
+                 address: str | None) -> None:
+    """Score a run's model on a downstream task; the result goes into the run's eval/ folder and results.json."""
+    from hybrid_ray import evals
+
+    if address:
+        (result,) = evals.evaluate_on_cluster([path], task, address=address, data=data, limit=limit, seq_len=seq_len)
+    else:
+        result = evals.evaluate_task(path, task, data=data, limit=limit, backend=backend, seq_len=seq_len)
+    if task == "perplexity":
+        click.echo(f"perplexity {result['perplexity']:.3f} (loss {result['loss']:.4f}) over {result['tokens']:,} tokens "
+                   f"of {result['data']}")
+    else:
+        line = f"{task}: acc {result['acc']:.4f} ± {result['acc_stderr']:.4f}"
+        if "acc_norm" in result:
+            line += f", acc_norm {result['acc_norm']:.4f} ± {result['acc_norm_stderr']:.4f}"
+        if "perplexity" in result:
+            line += f", perplexity {result['perplexity']:.2f}"
+        click.echo(f"{line} ({result['examples']} examples)")
 
 
 @cli.group()

@@ -1,15 +1,55 @@
-"""Text generation from a trained run or a saved model folder (either backend)."""
+"""Text generation from a trained run or a saved model folder: incremental decoding with the model's cache on either
+backend (Gated DeltaNet layers carry their recurrent and short-convolution state, attention layers their keys and
+values), greedy or sampled (temperature, top-k, top-p), several prompts at once, stopping at EOS."""
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from hybrid_ray import storage
 from hybrid_ray.data import load_tokenizer
-from hybrid_ray.errors import CheckpointError
+from hybrid_ray.errors import CheckpointError, SpecError
 from hybrid_ray.model import load_model
+
+
+@dataclass(kw_only=True)
+class SamplingOptions:
+    max_new_tokens: int = 100
+    temperature: float = 0.8  # 0: greedy
+    top_k: int = 50  # 0: no limit
+    top_p: float = 1.0  # nucleus sampling; 1: no limit
+    seed: int = 0
+    use_cache: bool = True  # False recomputes the whole prefix for every token (slow; for comparisons)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise SpecError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise SpecError(f"--temperature must be a finite number >= 0 (0 is greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise SpecError(f"--top-k must be >= 0 (0 keeps every token), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise SpecError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Generation:
+    prompts: list[str]
+    completions: list[str]
+    new_tokens: list[int]  # generated tokens per prompt (up to and including EOS)
+    seconds: float
+    token_ids: list[list[int]] = field(default_factory=list)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return sum(self.new_tokens) / max(self.seconds, 1e-9)
 
 
 def model_dir(path: str) -> str:
@@ -20,47 +60,9 @@ def model_dir(path: str) -> str:
     raise CheckpointError(f"no model found in {path}: expected config.json there or in {path}/model")
 
 
-@torch.no_grad()
-def sample(
-    model: torch.nn.Module,
-    input_ids: torch.Tensor,
-    max_new_tokens: int,
-    *,
-    temperature: float = 0.8,
-    top_k: int | None = 50,
-    eos_id: int | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Autoregressive sampling; temperature 0 is greedy. Re-runs the whole prefix each token: simple and exact
-    for both backends, fine for the lengths this is used at."""
-    ids = input_ids
-    for _ in range(max_new_tokens):
-        logits = model(input_ids=ids).logits[:, -1].float()
-        if temperature <= 0:
-            nxt = logits.argmax(-1, keepdim=True)
-        else:
-            logits = logits / temperature
-            if top_k:
-                kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator)
-        ids = torch.cat([ids, nxt.to(ids.device)], dim=1)
-        if eos_id is not None and bool((nxt == eos_id).all()):
-            break
-    return ids
-
-
-def generate(
-    path: str,
-    prompt: str,
-    *,
-    max_new_tokens: int = 100,
-    temperature: float = 0.8,
-    top_k: int | None = 50,
-    seed: int = 0,
-    backend: str = "auto",
-) -> str:
-    """The prompt's continuation, from the model in `path`."""
+def load_for_inference(path: str, backend: str = "auto") -> tuple[torch.nn.Module, Any, torch.device]:
+    """(model in eval mode, tokenizer, device) from a run, checkpoint or model folder; a model with non-finite weights
+    (a diverged run) is refused."""
     folder = model_dir(path)
     tokenizer = load_tokenizer(folder)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -68,13 +70,89 @@ def generate(
     broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
     if broken:
         raise CheckpointError(f"the model in {folder} has non-finite weights ({broken[0]} and {len(broken) - 1} more): "
-                              "its run diverged; generate from an earlier checkpoint folder instead")
-    model.eval()
-    ids = torch.as_tensor(tokenizer.encode(prompt), dtype=torch.long, device=device)[None]
-    if ids.shape[1] == 0:
-        ids = torch.tensor([[tokenizer.eos_id]], device=device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        out = sample(model, ids, max_new_tokens, temperature=temperature, top_k=top_k, eos_id=tokenizer.eos_id,
-                     generator=generator)
-    return tokenizer.decode(out[0, ids.shape[1]:].tolist())
+                              "its run diverged; use an earlier checkpoint folder instead")
+    return model.eval(), tokenizer, device
+
+
+def forward(model: torch.nn.Module, ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+    """Logits of `ids` continuing the sequences in `cache` (None: from the start), and the cache after them."""
+    if getattr(model, "hybrid_backend", "torch") == "fla":
+        out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+        return out.logits, out.past_key_values
+    out = model(input_ids=ids, cache=cache, use_cache=True)
+    return out.logits, out.cache
+
+
+def next_tokens(logits: torch.Tensor, options: SamplingOptions, generator: torch.Generator) -> torch.Tensor:
+    """One token per row of `logits` [B, V]: the argmax at temperature 0, else a sample after top-k and top-p."""
+    logits = logits.float()
+    if options.temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits / options.temperature
+    if options.top_k:
+        kth = torch.topk(logits, min(options.top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if options.top_p < 1:
+        ordered, order = logits.sort(-1, descending=True)
+        # drop a token once the tokens ranked above it already hold top_p of the probability
+        drop = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1) >= options.top_p
+        logits = logits.scatter(-1, order, ordered.masked_fill(drop, float("-inf")))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)
+
+
+@torch.no_grad()
+def decode(model: torch.nn.Module, prompt_ids: list[list[int]], options: SamplingOptions, eos_id: int | None,
+           device: torch.device, on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
+    """The new tokens of each prompt. Prompts of equal length decode together as one batch (a recurrent state cannot
+    skip padding, so different lengths are not padded together); `on_token(prompt index, token)` sees every token
+    as it comes."""
+    generator = torch.Generator(device=device).manual_seed(options.seed)
+    out: list[list[int]] = [[] for _ in prompt_ids]
+    groups: dict[int, list[int]] = {}
+    for i, ids in enumerate(prompt_ids):
+        groups.setdefault(len(ids), []).append(i)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for members in groups.values():
+        ids = torch.tensor([prompt_ids[i] for i in members], dtype=torch.long, device=device)
+        done = torch.zeros(len(members), dtype=torch.bool, device=device)
+        cache, step_input = None, ids
+        for _ in range(options.max_new_tokens):
+            with autocast:
+                logits, cache = forward(model, step_input, cache if options.use_cache else None)
+            token = next_tokens(logits[:, -1], options, generator)
+            for row, i in enumerate(members):
+                if not done[row]:
+                    out[i].append(int(token[row]))
+                    if on_token is not None:
+                        on_token(i, int(token[row]))
+            if eos_id is not None:
+                done |= token[:, 0] == eos_id
+            if bool(done.all()):
+                break
+            ids = torch.cat([ids, token], dim=1)
+            step_input = token if options.use_cache else ids
+    return out
+
+
+def generate(path: str, prompts: list[str], options: SamplingOptions, *, backend: str = "auto",
+             on_text: Callable[[int, str], None] | None = None) -> Generation:
+    """Continue each prompt with the model in `path`; `on_text(prompt index, new text)` streams the decoded text."""
+    model, tokenizer, device = load_for_inference(path, backend)
+    prompt_ids = [tokenizer.encode(p).tolist() or [tokenizer.eos_id] for p in prompts]
+    streamed = [""] * len(prompts)
+    so_far: list[list[int]] = [[] for _ in prompts]
+
+    def on_token(i: int, token: int) -> None:
+        if on_text is None or token == tokenizer.eos_id:
+            return
+        so_far[i].append(token)
+        text = tokenizer.decode(so_far[i])
+        if not text.endswith("\ufffd"):  # hold back a character whose bytes have not all arrived
+            on_text(i, text[len(streamed[i]):])
+            streamed[i] = text
+
+    start = time.perf_counter()
+    new = decode(model, prompt_ids, options, tokenizer.eos_id, device, on_token)
+    seconds = time.perf_counter() - start
+    completions = [tokenizer.decode([t for t in ids if t != tokenizer.eos_id]) for ids in new]
+    return Generation(prompts, completions, [len(ids) for ids in new], seconds, new)

@@ -99,6 +99,7 @@ def trial_row(arm: str, settings: dict[str, Any], seed: int, name: str, run_dir:
         "train_seconds": results.get("train_seconds"),
         "tokens_per_s": results.get("mean_tokens_per_s"),
         "spec": results.get("spec"),
+        "evals": results.get("evals", {}),
         "history": results.get("history", []),
     }
 
@@ -122,12 +123,17 @@ def arm_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         loss, loss_std = _mean_std(losses) if losses else (math.inf, 0.0)
         acc, acc_std = _mean_std(accs) if accs else (math.nan, 0.0)
         complete = all(m["status"] == "finished" for m in members)
+        scores = {}
+        for task in sorted({t for m in members for t in (m.get("evals") or {})}):
+            values = [m["evals"][task]["acc"] for m in members if task in (m.get("evals") or {})]
+            scores[task] = _mean_std(values)
         out.append({
             "arm": arm, "value": members[0]["value"], "seeds": len(members), "complete": complete,
             "statuses": sorted({m["status"] for m in members}), "best_val_loss": loss, "best_val_loss_std": loss_std,
             "best_val_accuracy": acc, "best_val_accuracy_std": acc_std, "params": members[0].get("params"),
             "tokens_seen": max((m.get("tokens_seen") or 0) for m in members),
             "stopped_at_step": max((m.get("stopped_at_step") or 0) for m in members) or None,
+            "evals": scores,
         })
     return sorted(out, key=lambda a: (not a["complete"], a["best_val_loss"]))
 
@@ -135,15 +141,20 @@ def arm_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def ranked_table(rows: list[dict[str, Any]]) -> str:
     """The terminal table: arms ranked by mean best validation loss over seeds (± std), parameters and tokens seen;
     arms that did not run to the end are marked."""
-    lines = [f"{'rank':>4}  {'arm':<28}{'best val loss':>19}{'val acc':>9}{'params':>10}{'tokens':>10}{'seeds':>6}  note"]
-    for i, arm in enumerate(arm_summary(rows), 1):
+    summary = arm_summary(rows)
+    tasks = sorted({t for arm in summary for t in arm["evals"]})
+    lines = [f"{'rank':>4}  {'arm':<28}{'best val loss':>19}{'val acc':>9}{'params':>10}{'tokens':>10}{'seeds':>6}"
+             + "".join(f"{task:>16}" for task in tasks) + "  note"]
+    for i, arm in enumerate(summary, 1):
         loss = f"{arm['best_val_loss']:.4f} ± {arm['best_val_loss_std']:.4f}" if math.isfinite(arm["best_val_loss"]) else "-"
         acc = f"{arm['best_val_accuracy']:.3f}" if math.isfinite(arm["best_val_accuracy"]) else "-"
         params = f"{arm['params'] / 1e6:.2f}M" if arm["params"] else "-"
         tokens = f"{arm['tokens_seen'] / 1e6:.2f}M" if arm["tokens_seen"] else "-"
         note = "" if arm["complete"] else (f"stopped early (ASHA) at step {arm['stopped_at_step']}"
                                            if arm["stopped_at_step"] else ", ".join(arm["statuses"]))
-        lines.append(f"{i:>4}  {arm['arm']:<28}{loss:>19}{acc:>9}{params:>10}{tokens:>10}{arm['seeds']:>6}  {note}")
+        scores = "".join(f"{arm['evals'][t][0]:>9.3f} ± {arm['evals'][t][1]:.3f}" if t in arm["evals"] else f"{'-':>16}"
+                         for t in tasks)
+        lines.append(f"{i:>4}  {arm['arm']:<28}{loss:>19}{acc:>9}{params:>10}{tokens:>10}{arm['seeds']:>6}{scores}  {note}")
     return "\n".join(lines)
 
 

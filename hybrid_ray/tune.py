@@ -46,6 +46,8 @@ class SweepOptions:
     gpus_per_trial: float | None = None  # None: 1 per worker when the cluster has GPUs, else 0
     match_params: bool = False
     reference_arm: str | None = None  # --match-params REF; None: the arm without attention
+    eval_tasks: list[str] = field(default_factory=list)  # downstream tasks scored on every finished trial
+    eval_data: str | None = None  # their data when the hub is out of reach (one task)
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -58,6 +60,14 @@ class SweepOptions:
             raise SpecError("--max-concurrent must be >= 1")
         if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
             raise SpecError("--gpus-per-trial must be >= 0")
+        from hybrid_ray.evals import TASKS
+
+        for task in self.eval_tasks:
+            if task not in TASKS or task == "perplexity":
+                raise SpecError(f"unknown eval task {task!r}{suggest(task, TASKS)}; a sweep scores arc_easy, "
+                                "arc_challenge, hellaswag or lambada")
+        if self.eval_data is not None and len(self.eval_tasks) != 1:
+            raise SpecError("--eval-data goes with exactly one --eval-task")
 
 
 def sweep_options(settings: dict[str, Any]) -> SweepOptions:
@@ -227,6 +237,8 @@ def sweep(
     except KeyboardInterrupt:
         raise HybridRayError(f"interrupted; relaunch the same command to resume the sweep in {sweep_dir}") from None
     rows = collect(arms, options.seeds, sweep_dir, dataset)
+    if options.eval_tasks:
+        rows = evaluate_finished(rows, options, address, progress)
     if progress:
         print(f"sweep finished in {time.time() - started:.0f}s", flush=True)
     return write_outputs(sweep_dir, rows, title=base.name)
@@ -284,6 +296,21 @@ def collect(arms: list[Arm], seeds: int, sweep_dir: str, dataset: Any) -> list[d
                                             "train.seed": spec.train.seed + seed})
                 results = finalize(spec, run_dir, dataset, 0.0).results
             rows.append(report.trial_row(arm.id, arm.settings, seed, name, run_dir, results, numeric_value(arm)))
+    return rows
+
+
+def evaluate_finished(rows: list[dict[str, Any]], options: SweepOptions, address: str | None,
+                      progress: bool) -> list[dict[str, Any]]:
+    """Score every finished trial on the sweep's eval tasks (Ray tasks, on GPUs when the cluster has them)."""
+    from hybrid_ray.evals import evaluate_on_cluster
+
+    finished = [r for r in rows if r["status"] == "finished"]
+    for task in options.eval_tasks:
+        if progress:
+            print(f"evaluating {len(finished)} finished trial(s) on {task}", flush=True)
+        results = evaluate_on_cluster([r["run_dir"] for r in finished], task, address=address, data=options.eval_data)
+        for row, result in zip(finished, results):
+            row.setdefault("evals", {})[task] = result
     return rows
 
 

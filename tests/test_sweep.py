@@ -61,8 +61,14 @@ def test_an_asha_ratio_sweep_stops_weak_arms_and_writes_everything(ray_session, 
 
 @pytest.mark.slow
 def test_seeds_differ_and_the_same_seed_repeats_exactly(ray_session, tmp_path, capsys):
-    first = sweep(base(tmp_path, "fifo-a", **{"train.steps": 20}), SweepOptions(grid=["lr=2e-3"], seeds=2, scheduler="fifo"),
+    from test_evals import arc_file
+
+    arc = arc_file(tmp_path / "arc.jsonl", n=4)
+    first = sweep(base(tmp_path, "fifo-a", **{"train.steps": 20}),
+                  SweepOptions(grid=["lr=2e-3"], seeds=2, scheduler="fifo", eval_tasks=["arc_easy"], eval_data=str(arc)),
                   progress=False)
+    assert all(r["evals"]["arc_easy"]["examples"] == 4 for r in first.rows)  # every finished trial was scored
+    assert "arc_easy" in first.table.splitlines()[0]
     again = sweep(base(tmp_path, "fifo-b", **{"train.steps": 20}), SweepOptions(grid=["lr=2e-3"], seeds=1, scheduler="fifo"),
                   progress=False)
     run = {r["name"]: json.loads((tmp_path / d / "trials" / r["name"] / "results.json").read_text())

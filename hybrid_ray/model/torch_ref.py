@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hybrid_ray.model.attention import flash_attn_func, flash_attn_varlen_func
-from hybrid_ray.model.delta_rule import chunk_gated_delta_rule
+from hybrid_ray.model.delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
 from hybrid_ray.spec import ModelSpec
 
 
@@ -24,6 +24,15 @@ class LMOutput:
 
     loss: torch.Tensor | None
     logits: torch.Tensor
+    cache: list[dict] | None = None  # with use_cache: one dict per layer, to pass back for the next tokens
+
+
+def _conv_with_state(x: torch.Tensor, state: torch.Tensor | None, kernel: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [B, T, D] preceded by the last kernel-1 inputs (zeros at the start); returns (that input, the new state)."""
+    if state is None:
+        state = x.new_zeros(x.shape[0], kernel - 1, x.shape[2])
+    full = torch.cat([state.to(x.dtype), x], dim=1)
+    return full, full[:, -(kernel - 1):]
 
 
 class RMSNorm(nn.Module):
@@ -47,6 +56,12 @@ class ShortConvolution(nn.Conv1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, D]
         y = F.conv1d(x.transpose(1, 2), self.weight.to(x.dtype), padding=self.kernel_size[0] - 1, groups=self.groups)
         return F.silu(y[..., : x.shape[1]]).transpose(1, 2)
+
+    def step(self, x: torch.Tensor, state: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same convolution continued from `state` (the previous kernel-1 inputs); returns (y, new state)."""
+        full, state = _conv_with_state(x, state, self.kernel_size[0])
+        y = F.conv1d(full.transpose(1, 2), self.weight.to(x.dtype), groups=self.groups)
+        return F.silu(y).transpose(1, 2), state
 
 
 class GatedMLP(nn.Module):
@@ -109,12 +124,20 @@ class GatedDeltaNet(nn.Module):
         self.o_norm = RMSNorm(self.head_v_dim, spec.norm_eps)
         self.o_proj = nn.Linear(value_dim, hidden, bias=False)
 
-    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
+                cache: dict | None = None) -> tuple[torch.Tensor, dict]:
+        """Whole sequences (chunked delta rule), or, with `cache`, a continuation of the sequences it holds (the
+        per-token recurrence from its state). Returns the output and the cache after these tokens."""
         B, T, _ = x.shape
-        q = _unpack(self.q_proj(x), cu_seqlens)
-        k = _unpack(self.k_proj(x), cu_seqlens)
-        v = _unpack(self.v_proj(x), cu_seqlens)
-        q, k, v = self.q_conv1d(q), self.k_conv1d(k), self.v_conv1d(v)
+        projected = (self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        convs = (self.q_conv1d, self.k_conv1d, self.v_conv1d)
+        if cache is not None:
+            (q, k, v), conv_states = zip(*(c.step(p, state) for c, p, state in zip(convs, projected, cache["conv"])))
+        else:
+            q, k, v = (c(_unpack(p, cu_seqlens)) for c, p in zip(convs, projected))
+            # the inputs the next token's convolution needs (not for packed documents: they are not continued)
+            kernel = self.q_conv1d.kernel_size[0]
+            conv_states = [None if cu_seqlens is not None else _conv_with_state(p, None, kernel)[1] for p in projected]
         n, length = q.shape[:2]
         q = q.reshape(n, length, self.num_heads, self.head_k_dim).float()
         k = k.reshape(n, length, self.num_heads, self.head_k_dim).float()
@@ -125,15 +148,19 @@ class GatedDeltaNet(nn.Module):
         if self.allow_neg_eigval:
             beta = beta * 2
         g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())
-        o, _ = chunk_gated_delta_rule(
-            q, k, v, _unpack(g, cu_seqlens), _unpack(beta, cu_seqlens), scale=self.head_k_dim**-0.5
-        )
+        if cache is not None:
+            o, state = recurrent_gated_delta_rule(q, k, v, g, beta, scale=self.head_k_dim**-0.5,
+                                                  initial_state=cache["state"])
+        else:
+            o, state = chunk_gated_delta_rule(
+                q, k, v, _unpack(g, cu_seqlens), _unpack(beta, cu_seqlens), scale=self.head_k_dim**-0.5
+            )
         o = _repack(o, cu_seqlens).reshape(B, T, self.num_v_heads, self.head_v_dim)
         o = self.o_norm(o)
         if self.use_gate:
             gate = self.g_proj(x).reshape(B, T, self.num_v_heads, self.head_v_dim)
             o = o.float() * F.silu(gate.float())
-        return self.o_proj(o.reshape(B, T, -1).to(x.dtype))
+        return self.o_proj(o.reshape(B, T, -1).to(x.dtype)), {"conv": list(conv_states), "state": state}
 
 
 class Attention(nn.Module):
@@ -160,19 +187,25 @@ class Attention(nn.Module):
         x1, x2 = x[..., :half].float(), x[..., half:].float()
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
 
-    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
+                cache: dict | None = None) -> tuple[torch.Tensor, dict]:
+        """Whole sequences, or, with `cache`, a continuation attending to the cached keys and values (positions
+        continue from there). Returns the output and the cache after these tokens."""
         B, T, _ = x.shape
         q = self.q_proj(x).reshape(B, T, self.num_heads, self.head_dim)
         k = self.k_proj(x).reshape(B, T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(B, T, self.num_kv_heads, self.head_dim)
-        positions = _positions(B, T, cu_seqlens, x.device)
+        offset = cache["k"].shape[1] if cache is not None else 0
+        positions = _positions(B, T, cu_seqlens, x.device) + offset
         q, k = self._rotary(q, positions), self._rotary(k, positions)
+        if cache is not None:
+            k, v = torch.cat([cache["k"], k], dim=1), torch.cat([cache["v"], v], dim=1)
         window = (-1, -1) if self.window is None else (self.window - 1, 0)
         if cu_seqlens is None:
             o = flash_attn_func(q, k, v, causal=True, window_size=window)
         else:
             o = flash_attn_varlen_func(q[0], k[0], v[0], cu_seqlens, cu_seqlens, causal=True, window_size=window)[None]
-        return self.o_proj(o.reshape(B, T, -1))
+        return self.o_proj(o.reshape(B, T, -1)), {"k": k, "v": v}
 
 
 class Block(nn.Module):
@@ -183,9 +216,11 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(spec.hidden_size, spec.norm_eps)
         self.mlp = GatedMLP(spec.hidden_size, spec.intermediate_size)
 
-    def forward(self, h: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
-        h = h + self.attn(self.attn_norm(h), cu_seqlens)
-        return h + self.mlp(self.mlp_norm(h))
+    def forward(self, h: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
+                cache: dict | None = None) -> tuple[torch.Tensor, dict]:
+        out, cache = self.attn(self.attn_norm(h), cu_seqlens, cache)
+        h = h + out
+        return h + self.mlp(self.mlp_norm(h)), cache
 
 
 class Backbone(nn.Module):
@@ -195,11 +230,14 @@ class Backbone(nn.Module):
         self.layers = nn.ModuleList(Block(spec, t) for t in spec.layer_types())
         self.norm = RMSNorm(spec.hidden_size, spec.norm_eps)
 
-    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor | None = None,
+                cache: list[dict] | None = None) -> tuple[torch.Tensor, list[dict]]:
         h = self.embeddings(input_ids)
-        for layer in self.layers:
-            h = layer(h, cu_seqlens)
-        return self.norm(h)
+        caches = []
+        for i, layer in enumerate(self.layers):
+            h, layer_cache = layer(h, cu_seqlens, cache[i] if cache is not None else None)
+            caches.append(layer_cache)
+        return self.norm(h), caches
 
 
 class HybridForCausalLM(nn.Module):
@@ -216,12 +254,17 @@ class HybridForCausalLM(nn.Module):
         input_ids: torch.Tensor,
         labels: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
+        cache: list[dict] | None = None,
+        use_cache: bool = False,
         **_: object,
     ) -> LMOutput:
-        logits = self.lm_head(self.model(input_ids, cu_seqlens))
+        """Logits (and the loss with `labels`). With `use_cache`, also the per-layer cache after these tokens; pass it
+        back as `cache` with the next tokens to continue the sequences without recomputing them."""
+        hidden, caches = self.model(input_ids, cu_seqlens, cache)
+        logits = self.lm_head(hidden)
         loss = None
         if labels is not None:
             # the model shifts: position t predicts labels[t + 1]; -100 is ignored
             shifted = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
             loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shifted.reshape(-1), ignore_index=-100)
-        return LMOutput(loss=loss, logits=logits)
+        return LMOutput(loss=loss, logits=logits, cache=caches if use_cache or cache is not None else None)

@@ -1,0 +1,239 @@
+"""Downstream evaluation of a trained model: ARC and HellaSwag scored by the log-likelihood of the answer tokens only
+(`acc` by the sum, `acc_norm` by the sum over the answer's length in characters, as common evaluation harnesses report
+them), LAMBADA (last-word accuracy and perplexity), and perplexity on any data source the data layer reads.
+
+Task data come from the Hugging Face hub when it is reachable, else from `--data`: a local file or folder in the
+task's usual layout (JSON, JSONL or parquet records as the hub serves them).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hybrid_ray import runs, storage
+from hybrid_ray.data.hub import hub_available
+from hybrid_ray.errors import DataError, SpecError, first_line, suggest
+
+# task -> (hub dataset, config, split)
+HUB = {
+    "arc_easy": ("allenai/ai2_arc", "ARC-Easy", "test"),
+    "arc_challenge": ("allenai/ai2_arc", "ARC-Challenge", "test"),
+    "hellaswag": ("Rowan/hellaswag", None, "validation"),
+    "lambada": ("EleutherAI/lambada_openai", "default", "test"),
+}
+TASKS = (*HUB, "perplexity")
+EVAL_DIR = "eval"
+MAX_CONTEXT = 2048  # tokens kept of a long context (from its end)
+BATCH = 16
+
+
+@dataclass
+class Example:
+    context: str
+    continuations: list[str]
+    gold: int
+
+
+def _records(path: Path) -> Iterator[dict[str, Any]]:
+    files = sorted(p for p in path.rglob("*") if p.suffix in (".json", ".jsonl", ".parquet")) if path.is_dir() else [path]
+    if not files:
+        raise DataError(f"{path} holds no .json, .jsonl or .parquet task file")
+    for file in files:
+        if file.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                yield from pq.read_table(file).to_pylist()
+            except Exception as e:
+                raise DataError(f"cannot read {file}: {first_line(e)}") from e
+            continue
+        text = file.read_text(errors="replace")
+        try:
+            data = json.loads(text)
+            rows = data if isinstance(data, list) else data.get("data", data.get("rows", [data]))
+        except json.JSONDecodeError:
+            try:
+                rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+            except json.JSONDecodeError as e:
+                raise DataError(f"{file}:{e.lineno}: not JSON or JSONL ({e.msg})") from e
+        for row in rows:
+            yield row.get("row", row) if isinstance(row, dict) else row
+
+
+def _hub_records(task: str) -> Iterator[dict[str, Any]]:
+    name, config, split = HUB[task]
+    if not hub_available():
+        raise DataError(f"the Hugging Face hub is unreachable: give the {task} data with --data FILE_OR_FOLDER "
+                        f"(records as {name} serves them)")
+    import datasets
+
+    try:
+        yield from datasets.load_dataset(name, config, split=split)
+    except Exception as e:
+        raise DataError(f"cannot load {name}: {first_line(e)}") from e
+
+
+def _hellaswag_text(text: str) -> str:
+    text = text.strip().replace(" [title]", ". ")
+    return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
+
+
+def parse(task: str, record: Any, where: str) -> Example:
+    """One task record in its usual layout; DataError naming the record when it does not fit."""
+    try:
+        if task.startswith("arc"):
+            labels = list(record["choices"]["label"])
+            return Example(f"Question: {record['question']}\nAnswer:",
+                           [f" {t}" for t in record["choices"]["text"]], labels.index(record["answerKey"]))
+        if task == "hellaswag":
+            ctx = record.get("ctx") or f"{record['ctx_a']} {record['ctx_b'].capitalize()}"
+            return Example(_hellaswag_text(f"{record['activity_label']}: {ctx}"),
+                           [f" {_hellaswag_text(e)}" for e in record["endings"]], int(record["label"]))
+        context, _, word = record["text"].strip().rpartition(" ")
+        if not context:
+            raise ValueError("a single word")
+        return Example(context, [f" {word}"], 0)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise DataError(f"{where}: not a valid {task} record ({type(e).__name__}: {first_line(e)})") from e
+
+
+def load_examples(task: str, data: str | None = None, limit: int | None = None) -> list[Example]:
+    if task not in HUB:
+        raise SpecError(f"unknown task {task!r}{suggest(task, TASKS)}; choose one of {', '.join(TASKS)}")
+    if limit is not None and limit < 1:
+        raise SpecError(f"--limit must be >= 1, got {limit}")
+    if data is not None and not Path(data).expanduser().exists():
+        raise DataError(f"task data not found: {data}")
+    source = _records(Path(data).expanduser()) if data else _hub_records(task)
+    examples = []
+    for i, record in enumerate(source):
+        if limit is not None and i >= limit:
+            break
+        examples.append(parse(task, record, f"{data or HUB[task][0]} record {i}"))
+    if not examples:
+        raise DataError(f"no {task} records in {data or HUB[task][0]}")
+    return examples
+
+
+@torch.no_grad()
+def loglikelihoods(model: torch.nn.Module, tokenizer: Any, device: torch.device,
+                   pairs: list[tuple[str, str]]) -> list[tuple[float, bool, int]]:
+    """For each (context, continuation): the summed log-probability of the continuation's tokens given the context,
+    whether greedy decoding would produce exactly them, and how many there are. Rows are right-padded into batches:
+    a causal model's earlier positions never see the padding."""
+    from hybrid_ray.generate import forward
+
+    encoded = []
+    for context, continuation in pairs:
+        ctx, cont = tokenizer.encode(context).tolist(), tokenizer.encode(continuation).tolist()
+        if not cont:
+            raise DataError(f"an answer tokenizes to nothing: {continuation!r}")
+        ctx = (ctx or [tokenizer.eos_id])[-MAX_CONTEXT:]
+        encoded.append((ctx, cont))
+    out = []
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for start in range(0, len(encoded), BATCH):
+        chunk = encoded[start:start + BATCH]
+        width = max(len(c) + len(a) - 1 for c, a in chunk)
+        ids = torch.full((len(chunk), width), tokenizer.eos_id, dtype=torch.long)
+        for row, (ctx, cont) in enumerate(chunk):
+            seq = (ctx + cont)[:-1]
+            ids[row, :len(seq)] = torch.tensor(seq)
+        with autocast:
+            logits, _ = forward(model, ids.to(device), None)
+        logprobs = logits.float().log_softmax(-1)
+        for row, (ctx, cont) in enumerate(chunk):
+            positions = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(cont), device=device)
+            target = torch.tensor(cont, device=device)
+            scores = logprobs[row, positions]
+            out.append((scores.gather(-1, target[:, None]).sum().item(), bool((scores.argmax(-1) == target).all()),
+                        len(cont)))
+    return out
+
+
+def stderr(values: list[float]) -> float:
+    """Standard error of a mean: sample standard deviation over sqrt(n) (for 0/1 values, sqrt(p(1-p)/(n-1)))."""
+    n = len(values)
+    if n < 2:
+        return float("nan")
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
+def score(task: str, examples: list[Example], results: list[tuple[float, bool, int]]) -> dict[str, Any]:
+    """acc / acc_norm with standard errors for multiple choice; accuracy and perplexity for LAMBADA."""
+    if task == "lambada":
+        acc = [float(greedy) for _, greedy, _ in results]
+        return {"acc": sum(acc) / len(acc), "acc_stderr": stderr(acc),
+                "perplexity": math.exp(-sum(ll for ll, _, _ in results) / len(results))}
+    acc, acc_norm, it = [], [], iter(results)
+    for ex in examples:
+        lls = [next(it)[0] for _ in ex.continuations]
+        normed = [ll / len(c) for ll, c in zip(lls, ex.continuations)]
+        acc.append(float(max(range(len(lls)), key=lls.__getitem__) == ex.gold))
+        acc_norm.append(float(max(range(len(normed)), key=normed.__getitem__) == ex.gold))
+    return {"acc": sum(acc) / len(acc), "acc_stderr": stderr(acc),
+            "acc_norm": sum(acc_norm) / len(acc_norm), "acc_norm_stderr": stderr(acc_norm)}
+
+
+def perplexity(model: torch.nn.Module, folder: str, device: torch.device, data: str, seq_len: int) -> dict[str, Any]:
+    """Token-level loss and perplexity over the validation split of a data source, tokenized with the model's own
+    tokenizer (the same blocks any model with this tokenizer is scored on)."""
+    from hybrid_ray import data as data_lib
+    from hybrid_ray.spec import DataSpec
+    from hybrid_ray.train.evaluate import evaluate
+
+    dataset = data_lib.prepare(DataSpec(source=data, tokenizer=folder, seq_len=seq_len))
+    batches = dataset.val_batches(seq_len=seq_len, micro_batch=8, rank=0, world_size=1)
+    metrics = evaluate(model, batches, device, "auto", dataset.task)
+    return {"loss": metrics["val_loss"], "perplexity": metrics["val_perplexity"], "accuracy": metrics["val_accuracy"],
+            "tokens": metrics["val_tokens"], "data": data}
+
+
+def evaluate_task(path: str, task: str, *, data: str | None = None, limit: int | None = None, backend: str = "auto",
+                  seq_len: int | None = None) -> dict[str, Any]:
+    """Score the model of a run (or model folder) on a task; the result also goes into the run's eval/<task>.json and
+    its results.json under "evals"."""
+    from hybrid_ray.generate import load_for_inference, model_dir
+
+    if task not in TASKS:
+        raise SpecError(f"unknown task {task!r}{suggest(task, TASKS)}; choose one of {', '.join(TASKS)}")
+    folder = model_dir(path)
+    run = runs.read_results(path) if folder != path else None
+    if task == "perplexity":
+        if data is None:
+            raise SpecError("--task perplexity needs --data (any data source: a file, folder, glob, stdlib, hf:...)")
+        model, _, device = load_for_inference(path, backend)
+        seq_len = seq_len or ((run or {}).get("spec", {}).get("data", {}).get("seq_len")) or 1024
+        result = {"task": task, **perplexity(model, folder, device, data, seq_len)}
+    else:
+        examples = load_examples(task, data, limit)
+        model, tokenizer, device = load_for_inference(path, backend)
+        pairs = [(ex.context, c) for ex in examples for c in ex.continuations]
+        result = {"task": task, "examples": len(examples), **score(task, examples, loglikelihoods(model, tokenizer, device, pairs))}
+    if run is not None:
+        storage.write_bytes(storage.join(path, EVAL_DIR, f"{task}.json"), runs.dumps(result).encode())
+        runs.write_results(path, {**run, "evals": {**run.get("evals", {}), task: result}})
+    return result
+
+
+def evaluate_on_cluster(paths: list[str], task: str, *, address: str | None = None, data: str | None = None,
+                        limit: int | None = None, seq_len: int | None = None) -> list[dict[str, Any]]:
+    """evaluate_task for each path as Ray tasks, on GPU workers when the cluster has GPUs (the paths must be on storage
+    the workers reach). A sweep evaluates its finished arms this way."""
+    import ray
+
+    from hybrid_ray import cluster
+
+    cluster.connect(address)
+    gpus = 1 if cluster.resources().get("GPU", 0) >= 1 else 0
+    remote = ray.remote(num_gpus=gpus, num_cpus=1)(evaluate_task)
+    return ray.get([remote.remote(p, task, data=data, limit=limit, seq_len=seq_len) for p in paths])

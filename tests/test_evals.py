@@ -1,0 +1,126 @@
+"""Downstream evaluation on tiny task files: answer-only log-likelihoods, acc vs acc_norm, standard errors, perplexity,
+results in the run folder, and one-line errors."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from hybrid_ray import evals
+from hybrid_ray.cli import main
+from hybrid_ray.data.tokenizer import ByteTokenizer
+from hybrid_ray.evals import Example, loglikelihoods, score, stderr
+from hybrid_ray.model import build_model, save_model
+from hybrid_ray.spec import ModelSpec
+
+CPU = torch.device("cpu")
+
+
+class Unigram(torch.nn.Module):
+    """A model whose next-token distribution is fixed: log-probabilities are easy to compute by hand."""
+
+    hybrid_backend = "torch"
+
+    def __init__(self, probs):
+        super().__init__()
+        self.logits = torch.tensor(probs).log()
+
+    def forward(self, input_ids, cache=None, use_cache=False, **_):
+        from hybrid_ray.model.torch_ref import LMOutput
+
+        return LMOutput(None, self.logits.expand(*input_ids.shape, -1).clone(), None)
+
+
+def test_scores_use_the_answer_tokens_only_and_match_a_hand_computation():
+    probs = [0.0] * 257
+    probs[ord("a")], probs[ord("b")], probs[ord(" ")], probs[256] = 0.5, 0.2, 0.2, 0.1
+    model = Unigram(probs)
+    got = loglikelihoods(model, ByteTokenizer(), CPU, [("zzz", " a"), ("q", " bb"), ("long context", "a")])
+    assert got[0][0] == pytest.approx(math.log(0.2) + math.log(0.5)) and got[0][2] == 2
+    assert got[1][0] == pytest.approx(math.log(0.2) + 2 * math.log(0.2))  # the context's own tokens do not count
+    assert got[2][1] is True and got[1][1] is False  # greedy picks "a" everywhere
+
+
+def test_acc_norm_differs_from_acc_when_answer_lengths_differ():
+    # one example, gold = the long answer: its sum is lower (more tokens), its per-character average higher
+    ex = Example("ctx", [" x", " yyyyyyyy"], gold=1)
+    lls = [(-2.0, False, 2), (-8.0, False, 9)]
+    s = score("arc_easy", [ex], lls)
+    assert s["acc"] == 0.0 and s["acc_norm"] == 1.0
+
+
+def test_standard_error_is_the_sample_standard_deviation_over_root_n():
+    values = [1.0, 0.0, 1.0, 1.0]
+    p = 0.75
+    assert stderr(values) == pytest.approx(math.sqrt(p * (1 - p) / 3))
+    assert stderr(values) == pytest.approx(math.sqrt(sum((v - p) ** 2 for v in values) / 3) / 2)
+
+
+@pytest.fixture()
+def run_dir(tmp_path):
+    spec = ModelSpec(hidden_size=64, num_layers=2, num_heads=2, head_dim=32, attn_layers=[1], attn_num_heads=4,
+                     vocab_size=320)
+    run = tmp_path / "run"
+    save_model(build_model(spec, "torch"), spec, run / "model")
+    ByteTokenizer().save(run / "model")
+    (run / "results.json").write_text(json.dumps({"name": "run", "status": "finished", "spec": {"data": {"seq_len": 32}}}))
+    return run
+
+
+def arc_file(path, n=6):
+    rows = [{"id": str(i), "question": f"What is {i} plus one?",
+             "choices": {"text": [f"{i + 1}", f"{i + 2}", "many"], "label": ["A", "B", "C"]}, "answerKey": "A"}
+            for i in range(n)]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def test_arc_from_a_local_file_lands_in_the_run(run_dir, tmp_path, capsys):
+    data = arc_file(tmp_path / "arc.jsonl")
+    assert main(["eval", str(run_dir), "--task", "arc_easy", "--data", str(data), "--limit", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("arc_easy: acc ") and "acc_norm" in out and "(5 examples)" in out
+    saved = json.loads((run_dir / "eval" / "arc_easy.json").read_text())
+    assert saved["examples"] == 5 and 0 <= saved["acc"] <= 1
+    assert json.loads((run_dir / "results.json").read_text())["evals"]["arc_easy"] == saved
+
+
+def test_hellaswag_lambada_and_perplexity_layouts(run_dir, tmp_path):
+    hs = tmp_path / "hs.json"
+    hs.write_text(json.dumps([{"activity_label": "Cooking", "ctx_a": "She cuts", "ctx_b": "the onion [title] slowly",
+                               "endings": ["and cries.", "and sings.", "and flies.", "and sleeps."], "label": "0"}] * 3))
+    assert evals.evaluate_task(str(run_dir), "hellaswag", data=str(hs))["examples"] == 3
+    lambada = tmp_path / "lambada.jsonl"
+    lambada.write_text("\n".join(json.dumps({"text": f"the cat sat on the mat number {i}"}) for i in range(4)))
+    result = evals.evaluate_task(str(run_dir), "lambada", data=str(lambada))
+    assert result["examples"] == 4 and result["perplexity"] > 1
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(60):
+        (corpus / f"{i}.txt").write_text(f"document {i} " + "text " * 40)
+    ppl = evals.evaluate_task(str(run_dir), "perplexity", data=str(corpus))
+    assert ppl["tokens"] > 0 and ppl["perplexity"] == pytest.approx(math.exp(ppl["loss"]))
+
+
+@pytest.mark.parametrize("args, fragment, code", [
+    (["--task", "arc_eazy"], "unknown task 'arc_eazy' (did you mean 'arc_easy'?)", 2),
+    (["--task", "arc_easy", "--data", "/nonexistent.jsonl"], "task data not found: /nonexistent.jsonl", 1),
+    (["--task", "arc_easy", "--limit", "0"], "--limit must be >= 1", 2),
+    (["--task", "perplexity"], "--task perplexity needs --data", 2),
+])
+def test_bad_input_is_one_line(run_dir, capsys, args, fragment, code):
+    assert main(["eval", str(run_dir), *args]) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
+
+
+def test_malformed_task_files_name_the_record(run_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "q", "choices": {"text": ["a"]}, "answerKey": "A"}) + "\n")
+    assert main(["eval", str(run_dir), "--task", "arc_easy", "--data", str(bad)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "record 0: not a valid arc_easy record" in err[0]
+    (tmp_path / "broken.jsonl").write_text("{not json\n")
+    assert main(["eval", str(run_dir), "--task", "arc_easy", "--data", str(tmp_path / "broken.jsonl")]) == 1
+    assert "not JSON or JSONL" in capsys.readouterr().err

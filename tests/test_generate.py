@@ -1,0 +1,109 @@
+"""Generation with the model's cache: the same tokens as recomputing every prefix, EOS, several prompts, bad values."""
+
+import pytest
+import torch
+
+from hybrid_ray.cli import main
+from hybrid_ray.data.tokenizer import ByteTokenizer
+from hybrid_ray.generate import SamplingOptions, decode, generate, next_tokens
+from hybrid_ray.model import build_model, save_model
+from hybrid_ray.spec import ModelSpec
+
+CPU = torch.device("cpu")
+SHAPES = {  # a window shorter than what is generated, GQA and more value heads than key heads
+    "deltanet": [],
+    "hybrid": [1],
+    "transformer": [0, 1],
+}
+
+
+def model(attn, seed=0):
+    spec = ModelSpec(hidden_size=64, num_layers=2, num_heads=2, num_v_heads=4, head_dim=32, attn_layers=attn,
+                     attn_num_heads=4, attn_num_kv_heads=2, attn_window=16, vocab_size=320)
+    return build_model(spec, "torch", seed=seed).eval(), spec
+
+
+@pytest.mark.parametrize("kind", sorted(SHAPES))
+def test_greedy_decoding_with_the_cache_equals_recomputing(kind):
+    m, _ = model(SHAPES[kind])
+    prompts = [[5, 6, 7, 8, 9], [10, 11, 12, 13, 14]]
+    greedy = dict(max_new_tokens=40, temperature=0)
+    cached = decode(m, prompts, SamplingOptions(**greedy), None, CPU)
+    recomputed = decode(m, prompts, SamplingOptions(**greedy, use_cache=False), None, CPU)
+    assert cached == recomputed and all(len(t) == 40 for t in cached)
+    alone = [decode(m, [p], SamplingOptions(**greedy), None, CPU)[0] for p in prompts]
+    assert alone == cached  # two prompts at once equal each alone
+    uneven = decode(m, [prompts[0], prompts[1][:3]], SamplingOptions(**greedy), None, CPU)
+    assert uneven[0] == cached[0] and uneven[1] == decode(m, [prompts[1][:3]], SamplingOptions(**greedy), None, CPU)[0]
+
+
+def test_decoding_stops_at_eos_per_sequence():
+    m, _ = model([1])
+    free = decode(m, [[5, 6, 7]], SamplingOptions(max_new_tokens=30, temperature=0), None, CPU)[0]
+    eos = free[7]
+    stopped = decode(m, [[5, 6, 7]], SamplingOptions(max_new_tokens=30, temperature=0), eos, CPU)[0]
+    assert stopped == free[: free.index(eos) + 1] and stopped[-1] == eos
+
+
+def test_sampling_follows_the_seed_top_k_and_top_p():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 8.0]]).repeat(200, 1)
+    g = torch.Generator().manual_seed(0)
+    assert set(next_tokens(logits, SamplingOptions(top_k=2, temperature=1.0), g).flatten().tolist()) <= {2, 3}
+    assert set(next_tokens(logits, SamplingOptions(top_p=0.5, top_k=0), g).flatten().tolist()) == {3}
+    a = next_tokens(logits, SamplingOptions(temperature=5.0, top_k=0), torch.Generator().manual_seed(1))
+    b = next_tokens(logits, SamplingOptions(temperature=5.0, top_k=0), torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and len(set(a.flatten().tolist())) > 1
+
+
+def test_the_command_streams_and_reports_speed(tmp_path, capsys):
+    m, spec = model([1])
+    save_model(m, spec, tmp_path / "m")
+    ByteTokenizer().save(tmp_path / "m")
+    assert main(["generate", str(tmp_path / "m"), "--prompt", "def f(", "--max-new-tokens", "12", "--temperature", "0"]) == 0
+    out, err = capsys.readouterr()
+    expected = generate(str(tmp_path / "m"), ["def f("], SamplingOptions(max_new_tokens=12, temperature=0))
+    assert out == "def f(" + expected.completions[0] + "\n"
+    assert "tokens in" in err and "tokens/s" in err
+    (tmp_path / "prompts.txt").write_text("one\ntwo\n")
+    assert main(["generate", str(tmp_path / "m"), "--prompts", str(tmp_path / "prompts.txt"), "--prompt", "zero",
+                 "--max-new-tokens", "5", "--temperature", "0"]) == 0
+    blocks = capsys.readouterr().out.split("\n---\n")
+    assert len(blocks) == 4 and [b[:4] for b in blocks[:3]] == ["zero", "one" + blocks[1][3], "two" + blocks[2][3]]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--max-new-tokens", "-1"], "--max-new-tokens must be >= 1"),
+    (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+    (["--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--top-k", "-3"], "--top-k must be >= 0"),
+])
+def test_bad_values_are_one_line(tmp_path, capsys, args, fragment):
+    m, spec = model([1])
+    save_model(m, spec, tmp_path)
+    ByteTokenizer().save(tmp_path)
+    assert main(["generate", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0]
+
+
+def test_missing_folders_and_diverged_models_are_refused_in_one_line(tmp_path, capsys):
+    assert main(["generate", str(tmp_path / "nothing")]) == 1
+    assert "no model found" in capsys.readouterr().err
+    m, spec = model([1])
+    with torch.no_grad():
+        m.lm_head.weight[0, 0] = float("nan")
+    save_model(m, spec, tmp_path / "nan")
+    ByteTokenizer().save(tmp_path / "nan")
+    assert main(["generate", str(tmp_path / "nan")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite weights (lm_head.weight" in err[0] and "diverged" in err[0]
+
+
+def test_fla_decodes_with_its_own_cache_like_the_twin(fla_interpreted):
+    """FLA's model (its fused-recurrent kernels interpreted on the CPU) decodes greedily with its cache."""
+    spec = ModelSpec(hidden_size=64, num_layers=2, num_heads=2, head_dim=32, attn_layers=[1], attn_num_heads=4,
+                     vocab_size=100)
+    fla = build_model(spec, "fla", fuse_cross_entropy=False).eval()
+    twin = build_model(spec, "torch").eval()
+    greedy = SamplingOptions(max_new_tokens=6, temperature=0)
+    assert decode(fla, [[3, 4, 5, 6]], greedy, None, CPU) == decode(twin, [[3, 4, 5, 6]], greedy, None, CPU)
