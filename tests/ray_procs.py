@@ -97,7 +97,7 @@ def start_head(home: str | Path, *, num_cpus: int = 2, token: bool = True, extra
     node.env = user_env(home, RAY_TRAIN_ENABLE_STATE_TRACKING="1", **(extra_env or {}))
     cmd = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={node.port}", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={node.dashboard_port}", f"--num-cpus={num_cpus}", f"--temp-dir={node.temp_dir}",
-           f"--ray-client-server-port={free_port()}", "--disable-usage-stats"]
+           f"--ray-client-server-port={free_port()}", *_agent_ports(), "--disable-usage-stats"]
     _start(cmd, node)
     _wait_for_dashboard(node)
     return node
@@ -108,9 +108,16 @@ def start_worker_node(head: RayNode, home: str | Path, *, num_cpus: int, extra_e
     node = RayNode(temp_dir=short_tmpdir("hr-node-"), home=str(home))
     node.env = user_env(home, RAY_AUTH_MODE="token", **(extra_env or {}))  # a joining node must send the token
     cmd = [RAY, "start", f"--address={head.address}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
-           f"--temp-dir={node.temp_dir}", "--disable-usage-stats"]
+           f"--temp-dir={node.temp_dir}", *_agent_ports(), "--disable-usage-stats"]
     _start(cmd, node)
     return node
+
+
+def _agent_ports() -> list[str]:
+    # the dashboard agent's HTTP port is fixed (52365) by default: a second Ray on the machine (the test session's
+    # own, or the user's) would leave this node without a job agent
+    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
 
 
 def _start(cmd: list[str], node: RayNode) -> None:
