@@ -260,6 +260,21 @@ def test_input_is_checked_before_any_cluster_is_contacted(tmp_path, capsys):
     assert "--backend fla needs a CUDA GPU" in capsys.readouterr().err
 
 
+def test_an_h100_size_variant_on_cpu_is_estimated_before_it_starts(ray_session, tmp_path, capsys, recwarn):
+    from hybrid_ray.train.launch import cpu_estimate
+
+    rc = main(["train", "--variant", "h100_transformer", "--max-documents", "50", "--cpus-per-worker", "64",
+               "--storage-path", str(tmp_path)])  # stops at the resource check, after the estimate
+    err = capsys.readouterr().err
+    assert rc != 0 and "asked for 1 worker(s) x 64 CPU" in err
+    warning = next(str(w.message) for w in recwarn if "trains on CPU workers" in str(w.message))
+    assert warning.startswith("h100_transformer has 85M parameters") and "GiB per worker" in warning
+    spec = variant_spec("h100_transformer").with_overrides({"model.vocab_size": 320})
+    gib, seconds = cpu_estimate(spec)
+    small = cpu_estimate(spec.with_overrides({"train.batch_size": 8}))
+    assert gib > 10 and seconds > 1 and small[0] < gib and small[1] < seconds
+
+
 def test_uri_storage_writes_and_resumes_through_pyarrow(ray_session, tmp_path):
     """Any pyarrow filesystem URI works as storage (file:// here; s3:// and gs:// take the same code path)."""
     spec = small_spec(f"file://{tmp_path}", "uri", **{"train.steps": 4, "scale.num_workers": 1,

@@ -20,7 +20,7 @@ from typing import Any
 from hybrid_ray import cluster, runs, storage
 from hybrid_ray import data as data_lib
 from hybrid_ray.errors import CheckpointError, HybridRayError, SpecError, first_line
-from hybrid_ray.model import count_params
+from hybrid_ray.model import count_params, flops_per_token
 from hybrid_ray.model.build import check_backend
 from hybrid_ray.report import plot_runs, summarize
 from hybrid_ray.spec import RunSpec
@@ -106,11 +106,54 @@ def check_locally(spec: RunSpec, *, address: str | None, extend_steps: int, unti
         check_backend(spec.scale.backend)
     dataset = data_lib.prepare(spec.data, progress=progress, origin=data_origin)
     spec = resolve_vocab(spec, dataset)
+    if not (address or cluster.address_from_env()) and not spec.scale.gpus_per_worker and not _local_gpus():
+        warn_cpu_size(spec)
     total = spec.train.steps + extend_steps
     epochs = dataset.epochs_for(total, seq_len=spec.data.seq_len, global_batch=spec.train.batch_size)
     if epochs > 1:
         warnings.warn(f"{total} steps will read the training data {epochs:.1f} times")
     return spec, dataset
+
+
+CPU_SIZE_WARNING = 20e6  # parameters above which a CPU run gets a memory and time estimate first
+
+
+def cpu_estimate(spec: RunSpec) -> tuple[float, float]:
+    """(GiB per worker, seconds per step) of training `spec` on CPU workers, by a rough rule: 16 bytes a parameter
+    (fp32 weights, gradients, two AdamW moments), activations of ~40 fp32 numbers per token, layer and width, the
+    logits twice; time from the model's FLOPs at the speed this machine does a float32 matrix product on one core."""
+    import torch
+
+    tokens = spec.micro_batch_size * spec.data.seq_len
+    params = count_params(spec.model)["total"]
+    memory = 16 * params + 4 * tokens * (40 * spec.model.num_layers * spec.model.hidden_size + 2 * spec.model.vocab_size)
+    a = torch.randn(512, 512)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    for _ in range(8):
+        a @ a
+    rate = 8 * 2 * 512**3 / (time.perf_counter() - start)
+    torch.set_num_threads(threads)
+    cores = max(1.0, spec.scale.cpus_per_worker)
+    work = flops_per_token(spec.model, spec.data.seq_len) * spec.train.batch_size * spec.data.seq_len
+    return memory / 2**30, work / (rate * cores * spec.scale.num_workers)
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def warn_cpu_size(spec: RunSpec) -> None:
+    """Before a large model trains on CPUs (an H100-size variant on a laptop, say): what it will take."""
+    params = count_params(spec.model)["total"]
+    if params > CPU_SIZE_WARNING:
+        gib, step_s = cpu_estimate(spec)
+        warnings.warn(f"{spec.name} has {params / 1e6:.0f}M parameters and trains on CPU workers: about {gib:.0f} GiB "
+                      f"per worker and {step_s:.0f} s a step ({step_s * spec.train.steps / 3600:.1f} h for "
+                      f"{spec.train.steps} steps) by a rough estimate; --preset tiny is CPU-sized")
 
 
 def share_data(spec: RunSpec, dataset: Any) -> str | None:
@@ -175,6 +218,8 @@ def train(
 
     where = cluster.connect(address, verbose=verbose)
     scaling, use_gpu = _scaling(spec)
+    if not use_gpu and (address or cluster.address_from_env()):
+        warn_cpu_size(spec)  # a local run was warned before Ray started
     if data_origin is None:
         data_origin = share_data(spec, dataset)
     if progress:
