@@ -302,11 +302,15 @@ def jobs_list(address: str | None, as_json: bool) -> None:
 @jobs_group.command("status")
 @JOB_ADDRESS
 @click.argument("job_id")
-def jobs_status(address: str | None, job_id: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Everything the job server knows of it, metadata included.")
+def jobs_status(address: str | None, job_id: str, as_json: bool) -> None:
     """A job's status and message."""
     from hybrid_ray import jobs
 
     info = jobs.status(job_id, address)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
     click.echo(f"{job_id}: {info['status']} ({info['url']})" + (f": {info['message']}" if info["message"] else ""))
 
 

@@ -181,3 +181,20 @@ def test_data_prepare_bad_input_is_one_line(capsys, args, fragment):
     rc, _, err = run(capsys, "data", "prepare", *args)
     err = "\n".join(line for line in err.splitlines() if not line.startswith("tokenizing"))  # progress bar
     assert_one_line_error(rc, err, 1, fragment)
+
+
+def test_help_gives_every_default_that_matters(capsys):
+    rc, out, _ = run(capsys, "train", "--help")
+    assert rc == 0 and "~/hybrid-ray-runs" in out and "[default: 1]" in out and "FSDP2" in out
+    rc, out, _ = run(capsys, "--help")
+    assert "HYBRID_RAY_CACHE" in out and "~/.cache/hybrid-ray" in out
+    for command in ("sweep", "submit", "eval", "generate", "compare"):
+        rc, out, _ = run(capsys, command, "--help")
+        assert rc == 0 and "Usage: hybrid-ray " + command in out
+
+
+def test_data_inspect_describes_and_samples(capsys, tmp_path):
+    (tmp_path / "docs.jsonl").write_text("\n".join(json.dumps({"text": f"document number {i} " * 5}) for i in range(400)))
+    rc, out, _ = run(capsys, "data", "inspect", "--data", str(tmp_path / "docs.jsonl"), "--samples", "2", "--chars", "40")
+    assert rc == 0 and "validation document 1" in out and "validation document 2" in out and "document number" in out
+    assert "train:" in out and "val:" in out

@@ -66,7 +66,9 @@ def test_submit_with_a_local_fla_clone_reports_it_and_leaks_no_token(ray_head, t
     token = (Path(ray_head.home) / ".ray" / "auth_token").read_text().strip()
     written = [p for p in runs.rglob("*") if p.is_file()]
     assert written and not [p for p in written if token.encode() in p.read_bytes()]
-    info = hybrid_ray("jobs", "status", job_id, "--address", ray_head.dashboard, env=ray_head.env)
+    info = hybrid_ray("jobs", "status", job_id, "--address", ray_head.dashboard, "--json", env=ray_head.env)
+    metadata = json.loads(info.stdout)["metadata"]
+    assert json.loads(metadata["fla_clone"])["commit"] == commit_of(clone)  # the clone is in the job's metadata
     assert token not in out + logs.stdout + listed.stdout + info.stdout + info.stderr
 
 

@@ -126,6 +126,8 @@ def test_extend_continues_without_an_lr_jump(ray_session, tmp_path):
     spec = small_spec(tmp_path, "extend", **{"train.steps": 20, "optim.warmup_steps": 5})
     done = train(spec, progress=False)
     floor = spec.optim.lr * spec.optim.min_lr_ratio
+    with pytest.warns(UserWarning, match="--until-step 25 is past the run's last step \\(20\\)"):
+        train(spec, until_step=25, progress=False)
     extended = train(spec, extend_steps=10, progress=False)
     assert extended.results["step"] == extended.results["total_steps"] == 30
     lrs = {r["step"]: r["lr"] for r in extended.results["history"] if "lr" in r}
