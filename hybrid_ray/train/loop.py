@@ -223,10 +223,19 @@ def train_loop_per_worker(config: dict) -> None:
     if rank == 0 and launch.echo and state.step:
         _say(f"resumed at step {state.step}/{state.total_steps}")
 
+    compiling = unwrap(model).hybrid_backend == "fla" and state.step < stop_at
+    if rank == 0 and compiling:  # a sweep's trials print this one line too: minutes of silence look like a hang
+        _say(f"{'' if launch.echo else f'[{spec.name}] '}compiling and tuning FLA's kernels (minutes on a node that has "
+             "not run this shape yet; cached afterwards)")
     while state.step < stop_at:
         step_start = time.perf_counter()
         lr = schedule.lr_at(state.step)
         loss, grad_norm = train_step(model, optimizer, loader.next_step(), lr, spec, device)
+        if compiling:
+            compiling = False
+            if rank == 0:
+                _say(f"{'' if launch.echo else f'[{spec.name}] '}first step done after "
+                     f"{time.perf_counter() - step_start:.0f} s")
         state.step += 1
         divergence.track(state.step, loss, grad_norm)
         state.tokens_seen += tokens_per_step
