@@ -30,10 +30,10 @@ def losses(results):
 
 @pytest.mark.slow
 def test_an_asha_ratio_sweep_stops_weak_arms_and_writes_everything(ray_session, tmp_path):
-    outcome = sweep(base(tmp_path, "asha"), SweepOptions(grid=["attention_ratio=0,0.5,1"], seeds=2, reduction_factor=2),
-                    progress=False)
+    outcome = sweep(base(tmp_path, "asha", **{"model.num_layers": 4, "model.attn_layers": [3]}),
+                    SweepOptions(grid=["attention_ratio=0,0.25,0.5,1"], reduction_factor=2), progress=False)
     rows = outcome.rows
-    assert len(rows) == 6 and {r["arm"] for r in rows} == {"attn0", "attn50", "attn100"}
+    assert len(rows) == 4 and {r["arm"] for r in rows} == {"attn0", "attn25", "attn50", "attn100"}
     stopped = [r for r in rows if r["status"] == "stopped early"]
     assert stopped and any(r["status"] == "finished" for r in rows)
     for row in rows:  # every trial ended with its own run folder, results and checkpoints
@@ -43,9 +43,6 @@ def test_an_asha_ratio_sweep_stops_weak_arms_and_writes_everything(ray_session, 
         assert list((tmp_path / "asha" / "trials" / row["name"]).glob("checkpoint_0*"))
     for row in stopped:
         assert row["stopped_at_step"] < 30 and row["step"] == row["stopped_at_step"]
-    first_losses = {r["name"]: losses(json.loads((tmp_path / "asha" / "trials" / r["name"] / "results.json").read_text()))[0]
-                    for r in rows}
-    assert first_losses["attn50-s0"] != first_losses["attn50-s1"]  # two seeds, two initialisations
     saved = json.loads((tmp_path / "asha" / "sweep.json").read_text())["trials"]
     assert [(r["name"], r["best"]) for r in saved] == [(r["name"], r["best"]) for r in rows]
     ranked = [line.split()[1] for line in outcome.table.splitlines()[1:]]
@@ -93,7 +90,7 @@ def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_pat
     head = start_head(tmp_path / "home", num_cpus=2)
     try:
         args = [HYBRID_RAY, "sweep", "--grid", "lr=2e-3,1e-3", "--scheduler", "fifo", "--max-concurrent", "1",
-                "--steps", "60", "--eval-every", "20", "--checkpoint-every", "10", "--max-documents", "400",
+                "--steps", "40", "--eval-every", "20", "--checkpoint-every", "10", "--max-documents", "400",
                 "--eval-tokens", "4096", "--storage-path", str(tmp_path), "--name", "killed", "--address", head.address]
         trials = tmp_path / "killed" / "trials"
         proc = subprocess.Popen(args, env=head.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -113,7 +110,7 @@ def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_pat
         assert finished.read_bytes() == before  # not rerun
         resumed = json.loads((trials / "lr0.001-s0" / "results.json").read_text())
         assert resumed["status"] == "finished" and resumed["resumed_at"] and resumed["resumed_at"][0] >= 10
-        assert [r["step"] for r in resumed["history"] if "loss" in r] == list(range(10, 61, 10))  # no gap, no repeat
+        assert [r["step"] for r in resumed["history"] if "loss" in r] == list(range(10, 41, 10))  # no gap, no repeat
     finally:
         head.stop()
 
