@@ -199,10 +199,9 @@ def sweep(
     verbose: bool = False,
 ) -> SweepOutcome:
     """Run (or resume) the sweep `base.name`: every arm of the grid times every seed, under `base.storage_path`."""
-    arms_unchecked = _arms(base, options)  # grid errors before anything else
+    expand(base, parse_grid(options.grid))  # grid errors before anything else
     base, dataset = check_locally(base, address=address, extend_steps=0, until_step=None, progress=progress)
-    arms = _arms(base, options)  # again, now that the vocabulary is resolved (--match-params counts embeddings)
-    assert [a.id for a in arms] == [a.id for a in arms_unchecked]
+    arms = _arms(base, options)  # now that the vocabulary is resolved: --match-params counts the embeddings
     for arm in arms:
         if arm.spec.data != base.data:
             check_locally(arm.spec, address=address, extend_steps=0, until_step=None, progress=progress)

@@ -31,9 +31,12 @@ def losses(results):
 @pytest.mark.slow
 def test_an_asha_ratio_sweep_stops_weak_arms_and_writes_everything(ray_session, tmp_path):
     outcome = sweep(base(tmp_path, "asha", **{"model.num_layers": 4, "model.attn_layers": [3]}),
-                    SweepOptions(grid=["attention_ratio=0,0.25,0.5,1"], reduction_factor=2), progress=False)
+                    SweepOptions(grid=["attention_ratio=0,0.25,0.5,1"], reduction_factor=2, match_params=True),
+                    progress=False)
     rows = outcome.rows
     assert len(rows) == 4 and {r["arm"] for r in rows} == {"attn0", "attn25", "attn50", "attn100"}
+    reference = next(r["params"] for r in rows if r["arm"] == "attn0")
+    assert all(abs(r["params"] / reference - 1) <= 0.02 for r in rows)  # --match-params, through the whole sweep
     stopped = [r for r in rows if r["status"] == "stopped early"]
     assert stopped and any(r["status"] == "finished" for r in rows)
     for row in rows:  # every trial ended with its own run folder, results and checkpoints
@@ -50,7 +53,7 @@ def test_an_asha_ratio_sweep_stops_weak_arms_and_writes_everything(ray_session, 
     complete = [a for a in report.arm_summary(rows) if a["complete"]]
     assert complete and ranked[0] == min(complete, key=lambda a: a["best_val_loss"])["arm"]
     assert (tmp_path / "asha" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
-    deadline = time.time() + 30  # a stopped trial's CPUs come back (ASHA's stop goes through the dashboard)
+    deadline = time.time() + 120  # a stopped trial's CPUs come back (ASHA's stop goes through the dashboard)
     while ray_session.available_resources().get("CPU", 0) < 2:
         assert time.time() < deadline, ray_session.available_resources()
         time.sleep(1)
