@@ -21,6 +21,7 @@ import torch
 from hybrid_ray import runs, storage
 from hybrid_ray.data.hub import hub_available
 from hybrid_ray.errors import DataError, SpecError, first_line, suggest
+from hybrid_ray.train.parallelize import autocast
 
 # task -> (hub dataset, config, split)
 HUB = {
@@ -139,7 +140,6 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, device: torch.device,
         ctx = (ctx or [tokenizer.eos_id])[-MAX_CONTEXT:]
         encoded.append((ctx, cont))
     out = []
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     for start in range(0, len(encoded), BATCH):
         chunk = encoded[start:start + BATCH]
         width = max(len(c) + len(a) - 1 for c, a in chunk)
@@ -147,7 +147,7 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, device: torch.device,
         for row, (ctx, cont) in enumerate(chunk):
             seq = (ctx + cont)[:-1]
             ids[row, :len(seq)] = torch.tensor(seq)
-        with autocast:
+        with autocast(device, "auto"):
             logits, _ = forward(model, ids.to(device), None)
         logprobs = logits.float().log_softmax(-1)
         for row, (ctx, cont) in enumerate(chunk):

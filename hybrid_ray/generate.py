@@ -17,6 +17,7 @@ from hybrid_ray import storage
 from hybrid_ray.data import load_tokenizer
 from hybrid_ray.errors import CheckpointError, SpecError
 from hybrid_ray.model import load_model
+from hybrid_ray.train.parallelize import autocast
 
 
 @dataclass(kw_only=True)
@@ -111,13 +112,12 @@ def decode(model: torch.nn.Module, prompt_ids: list[list[int]], options: Samplin
     groups: dict[int, list[int]] = {}
     for i, ids in enumerate(prompt_ids):
         groups.setdefault(len(ids), []).append(i)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     for members in groups.values():
         ids = torch.tensor([prompt_ids[i] for i in members], dtype=torch.long, device=device)
         done = torch.zeros(len(members), dtype=torch.bool, device=device)
         cache, step_input = None, ids
         for _ in range(options.max_new_tokens):
-            with autocast:
+            with autocast(device, "auto"):
                 logits, cache = forward(model, step_input, cache if options.use_cache else None)
             token = next_tokens(logits[:, -1], options, generator)
             for row, i in enumerate(members):

@@ -19,7 +19,7 @@ import yaml
 from hybrid_ray import storage
 from hybrid_ray.errors import HybridRayError, SpecError, suggest
 from hybrid_ray.spec import RunSpec
-from hybrid_ray.train.checkpoint import latest, list_checkpoints, step_of
+from hybrid_ray.train.checkpoint import latest, list_checkpoints, newest_step, step_of
 
 SPEC_FILE = "spec.yaml"
 RESULTS_FILE = "results.json"
@@ -113,10 +113,9 @@ def run_info(run_dir: str, name: str) -> RunInfo:
         return RunInfo(name, results.get("spec", {}).get("variant"), results.get("status", "?"), results.get("step"),
                        results.get("total_steps"), best, run_dir)
     spec = yaml.safe_load(storage.read_bytes(storage.join(run_dir, SPEC_FILE)))
-    steps = [step_of(n) for n in list_checkpoints(run_dir)]
-    status = "running or interrupted" if steps else "not started"
-    return RunInfo(name, spec.get("variant"), status, max(steps) if steps else None,
-                   spec.get("train", {}).get("steps"), None, run_dir)
+    step = newest_step(run_dir)
+    status = "not started" if step is None else "running or interrupted"
+    return RunInfo(name, spec.get("variant"), status, step, spec.get("train", {}).get("steps"), None, run_dir)
 
 
 def list_runs(storage_path: str) -> list[RunInfo]:

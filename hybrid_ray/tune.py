@@ -92,6 +92,12 @@ def trial_name(arm_id: str, seed: int) -> str:
     return f"{arm_id}-s{seed}"
 
 
+def trial_spec(arm_spec: RunSpec, arm_id: str, seed: int, trials_root: str) -> RunSpec:
+    """The run a trial trains: its arm's spec, named <arm>-s<seed> under the sweep's trials folder, seed + k."""
+    return arm_spec.with_overrides({"name": trial_name(arm_id, seed), "storage_path": trials_root,
+                                    "train.seed": arm_spec.train.seed + seed})
+
+
 def _arms(base: RunSpec, options: SweepOptions) -> list[Arm]:
     arms = expand(base, parse_grid(options.grid))
     return match_params(arms, options.reference_arm) if options.match_params else arms
@@ -139,9 +145,7 @@ def _trial(config: dict[str, Any], specs: dict[str, dict], trials_root: str, ker
 
     from hybrid_ray.train import train
 
-    base = RunSpec.from_dict(specs[config["arm"]])
-    spec = base.with_overrides({"name": trial_name(config["arm"], config["seed"]), "storage_path": trials_root,
-                                "train.seed": base.train.seed + config["seed"]})
+    spec = trial_spec(RunSpec.from_dict(specs[config["arm"]]), config["arm"], config["seed"], trials_root)
     done = runs.read_results(storage.join(trials_root, spec.name)) or {}
     if done.get("status") == "finished" and done.get("total_steps") == spec.train.steps:
         # finished before the sweep was interrupted (and Tune's own record of it was lost): report, do not retrain
@@ -288,11 +292,9 @@ def collect(arms: list[Arm], seeds: int, sweep_dir: str, dataset: Any) -> list[d
             name = trial_name(arm.id, seed)
             run_dir = storage.join(sweep_dir, "trials", name)
             results = runs.read_results(run_dir)
-            has_checkpoint = bool(ckpt_lib.list_checkpoints(run_dir))
-            if (results is None or results.get("step", 0) < _newest_step(run_dir)) and has_checkpoint:
-                spec = RunSpec.from_dict(json.loads(json.dumps(arm.spec.to_dict())))
-                spec = spec.with_overrides({"name": name, "storage_path": storage.join(sweep_dir, "trials"),
-                                            "train.seed": spec.train.seed + seed})
+            newest = ckpt_lib.newest_step(run_dir)
+            if newest is not None and (results is None or results.get("step", 0) < newest):
+                spec = trial_spec(arm.spec, arm.id, seed, storage.join(sweep_dir, "trials"))
                 results = finalize(spec, run_dir, dataset, 0.0).results
             rows.append(report.trial_row(arm.id, arm.settings, seed, name, run_dir, results, numeric_value(arm)))
     return rows
@@ -311,11 +313,6 @@ def evaluate_finished(rows: list[dict[str, Any]], options: SweepOptions, address
         for row, result in zip(finished, results):
             row.setdefault("evals", {})[task] = result
     return rows
-
-
-def _newest_step(run_dir: str) -> int:
-    steps = [ckpt_lib.step_of(n) for n in ckpt_lib.list_checkpoints(run_dir)]
-    return max(steps) if steps else 0
 
 
 def write_outputs(sweep_dir: str, rows: list[dict[str, Any]], title: str) -> SweepOutcome:

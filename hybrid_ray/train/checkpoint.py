@@ -106,6 +106,12 @@ def list_checkpoints(run_dir: str) -> list[str]:
     return sorted((n for n in storage.list_dirs(run_dir) if _NAME.match(n)), key=_order)
 
 
+def newest_step(run_dir: str) -> int | None:
+    """The step of a run's newest checkpoint folder, good or not (None when it has none)."""
+    names = list_checkpoints(run_dir)
+    return step_of(names[-1]) if names else None
+
+
 def newest_good(run_dir: str) -> tuple[str | None, list[CheckpointError]]:
     """The newest checkpoint of a run that verifies (None when there is none), and why each newer one was skipped."""
     skipped = []

@@ -102,11 +102,12 @@ def check_locally(spec: RunSpec, *, address: str | None, extend_steps: int, unti
     root = storage.normalize(spec.storage_path)
     spec = dataclasses.replace(spec, storage_path=root)
     storage.check_writable(root)
-    if not (address or cluster.address_from_env()):
+    local = not (address or cluster.address_from_env())  # this machine is the cluster: its hardware can be checked
+    if local:
         check_backend(spec.scale.backend)
     dataset = data_lib.prepare(spec.data, progress=progress, origin=data_origin)
     spec = resolve_vocab(spec, dataset)
-    if not (address or cluster.address_from_env()) and not spec.scale.gpus_per_worker and not _local_gpus():
+    if local and not spec.scale.gpus_per_worker and not _local_gpus():
         warn_cpu_size(spec)
     total = spec.train.steps + extend_steps
     epochs = dataset.epochs_for(total, seq_len=spec.data.seq_len, global_batch=spec.train.batch_size)

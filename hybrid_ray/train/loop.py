@@ -224,9 +224,10 @@ def train_loop_per_worker(config: dict) -> None:
         _say(f"resumed at step {state.step}/{state.total_steps}")
 
     compiling = unwrap(model).hybrid_backend == "fla" and state.step < stop_at
-    if rank == 0 and compiling:  # a sweep's trials print this one line too: minutes of silence look like a hang
-        _say(f"{'' if launch.echo else f'[{spec.name}] '}compiling and tuning FLA's kernels (minutes on a node that has "
-             "not run this shape yet; cached afterwards)")
+    tag = "" if launch.echo else f"[{spec.name}] "  # a sweep's trials say this much too: minutes of silence look like a hang
+    if rank == 0 and compiling:
+        _say(f"{tag}compiling and tuning FLA's kernels (minutes on a node that has not run this shape yet; cached "
+             "afterwards)")
     while state.step < stop_at:
         step_start = time.perf_counter()
         lr = schedule.lr_at(state.step)
@@ -234,8 +235,7 @@ def train_loop_per_worker(config: dict) -> None:
         if compiling:
             compiling = False
             if rank == 0:
-                _say(f"{'' if launch.echo else f'[{spec.name}] '}first step done after "
-                     f"{time.perf_counter() - step_start:.0f} s")
+                _say(f"{tag}first step done after {time.perf_counter() - step_start:.0f} s")
         state.step += 1
         divergence.track(state.step, loss, grad_norm)
         state.tokens_seen += tokens_per_step
