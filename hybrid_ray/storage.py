@@ -98,6 +98,16 @@ def file_sizes(path: str) -> dict[str, int]:
     return {i.base_name: i.size for i in infos if i.type == pafs.FileType.File}
 
 
+def tree_sizes(path: str) -> dict[str, int]:
+    """Sizes of every file under folder `path`, by path relative to it with '/' ({} when it does not exist)."""
+    fs, target = _fs(path)
+    if fs.get_file_info(target).type != pafs.FileType.Directory:
+        return {}
+    infos = fs.get_file_info(pafs.FileSelector(target, recursive=True))
+    base = target.rstrip("/") + "/"
+    return {i.path[len(base):]: i.size for i in infos if i.type == pafs.FileType.File}
+
+
 def list_files(path: str) -> list[str]:
     """Names of the files directly in folder `path`, sorted ([] when it does not exist)."""
     return sorted(file_sizes(path))

@@ -44,9 +44,9 @@ _SPLIT_SALT = b"hybrid-ray/split/v1"  # changing it reshuffles which documents a
 _ENCODE_BATCH = 512
 
 
-def cache_root(spec: DataSpec) -> Path:
-    """spec.cache_dir, else $HYBRID_RAY_CACHE, else ~/.cache/hybrid-ray."""
-    root = spec.cache_dir or os.environ.get("HYBRID_RAY_CACHE") or "~/.cache/hybrid-ray"
+def cache_root(spec: DataSpec | None = None) -> Path:
+    """spec.cache_dir, else $HYBRID_RAY_CACHE, else ~/.cache/hybrid-ray (the node's cache: shards, kernels)."""
+    root = (spec.cache_dir if spec else None) or os.environ.get("HYBRID_RAY_CACHE") or "~/.cache/hybrid-ray"
     return Path(root).expanduser()
 
 
