@@ -16,12 +16,17 @@ from typing import Any
 
 import torch
 
+from hybrid_ray import kernels
 from hybrid_ray.data.loader import Batch
 from hybrid_ray.model import count_params, flops_per_token, peak_flops
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train.loop import setup_model, train_step
 from hybrid_ray.train.optim import build_optimizer
+from hybrid_ray.train.parallelize import single_process_group  # noqa: F401 (the benchmarks' import)
 from hybrid_ray.variants import REFERENCE_VOCAB, variant_spec
+
+if torch.cuda.is_available():  # every benchmark reads and fills the node's kernel cache (`hybrid-ray warmup` fills it)
+    print(kernels.activate().line(), flush=True)
 
 # tokens/s on one H100 at the H100 base size, batch 48 x 1024: the single-GPU scripts hybrid-ray replaces, and the
 # first measurements of DESIGN.md's table (bf16 autocast, fused AdamW, no compile, FLA 0.6 + triton 3.7.1)
@@ -36,17 +41,6 @@ def bench_spec(variant: str, **overrides: Any) -> RunSpec:
     """A variant at the H100 base size on FLA's kernels, with the original experiments' vocabulary."""
     return variant_spec(variant).with_overrides({"scale.backend": "fla", "model.vocab_size": REFERENCE_VOCAB,
                                                  **overrides})
-
-
-def single_process_group(device: torch.device) -> None:
-    """A process group of one, as a Ray Train worker has: FSDP2 (the GPU default) needs one."""
-    import torch.distributed as dist
-
-    torch.cuda.set_device(device)  # initialises CUDA: the memory-stat calls do not, and fail before it
-    if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29511")
-        dist.init_process_group("nccl", rank=0, world_size=1, device_id=device)
 
 
 def machine() -> dict[str, Any]:

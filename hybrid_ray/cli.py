@@ -398,6 +398,77 @@ def variants(preset: str | None, as_json: bool) -> None:
 
 
 @cli.command()
+@SPEC_OPTIONS
+@TRAIN_OPTIONS
+def warmup(**options: Any) -> None:
+    """Compile and tune every FLA kernel a run needs (train step, evaluation, decoding) on this node's GPUs, into
+    the node's kernel cache; with --storage-path, also publish them there for a cluster's other nodes.
+
+    Takes the flags `train` takes (the shapes come from them: give the same ones)."""
+    from hybrid_ray.warmup import warmup as warm
+
+    warm(build_spec(**options), storage_path=options["storage_path"], say=click.echo)
+
+
+@cli.group("kernels")
+def kernels_group() -> None:
+    """This node's cache of compiled FLA/Triton kernels ($HYBRID_RAY_CACHE/kernels, one folder per software stack).
+
+    Every GPU command reads and fills it; `export`/`import` carry it in a container image or a job's runtime_env.
+    """
+
+
+@kernels_group.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def kernels_list(as_json: bool) -> None:
+    """Every stack's cache on this node: entries, size, newest entry (* marks this node's stack)."""
+    from hybrid_ray import kernels
+
+    rows = kernels.list_caches()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    here = kernels.stack_key(kernels.probe())
+    if not rows:
+        click.echo(f"no kernels cached in {kernels.root()}")
+    for r in rows:
+        click.echo(f"{'*' if r['key'] == here else ' '} {r['key']:<60} {r['entries']:>6} entries "
+                   f"{r['bytes'] / 2**20:8.1f} MiB  newest {r['newest'] or '-'}")
+
+
+@kernels_group.command("export")
+@click.argument("file", type=click.Path(dir_okay=False))
+def kernels_export(file: str) -> None:
+    """Write this stack's cache to FILE (.tar.xz, with a manifest naming the stack)."""
+    from hybrid_ray import kernels
+
+    manifest = kernels.export(file)
+    click.echo(f"exported {manifest['entries']} entries for {manifest['key']} to {file}")
+
+
+@kernels_group.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--key", help="The stack of a plain Triton cache tarball (no manifest). [default: this node's]")
+@click.option("--force", is_flag=True, help="Install another stack's archive (under its own key) anyway.")
+def kernels_import(file: str, key: str | None, force: bool) -> None:
+    """Add FILE's entries (an export, or a tarball of a Triton cache folder) to this node's cache."""
+    from hybrid_ray import kernels
+
+    key, added = kernels.import_(file, key=key, force=force)
+    click.echo(f"imported {added} new entries for {key} into {kernels.root() / key}")
+
+
+@kernels_group.command("clear")
+@click.option("--all", "all_stacks", is_flag=True, help="Every stack's cache, not only this node's stack.")
+def kernels_clear(all_stacks: bool) -> None:
+    """Remove this stack's cached kernels (the next GPU command compiles them again)."""
+    from hybrid_ray import kernels
+
+    removed = kernels.clear(all_stacks)
+    click.echo(f"removed {', '.join(removed)}" if removed else "nothing cached to remove")
+
+
+@cli.command()
 @click.option("--require-gpu", is_flag=True, help="Also fail when there is no GPU at all.")
 @click.option("--fla", "fla_clone", type=click.Path(), help="Check this FLA clone against the pure-PyTorch twin "
               "(forward and gradients on a GPU; the forward under Triton's interpreter on a CPU).")

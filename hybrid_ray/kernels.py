@@ -3,8 +3,8 @@
     status = kernels.activate()   # in every process, before the first Triton compile
     print(status.line())
 
-`$HYBRID_RAY_CACHE/kernels/<stack key>/` holds Triton's cache entries (a folder per compiled kernel or autotuning
-result). The key names Triton, FLA (with a clone's commit), torch, CUDA and the GPU architecture, so another stack
+`$HYBRID_RAY_CACHE/kernels/<stack key>/` (or `$HYBRID_RAY_KERNEL_CACHE/<stack key>/`) holds Triton's cache entries
+(a folder per compiled kernel or autotuning result). The key names Triton, FLA (with a clone's commit), torch, CUDA and the GPU architecture, so another stack
 never reads a stale entry. Triton writes its entries itself, each file atomically; what this module copies in
 (import, pull) is written under a temporary name and renamed into place, under a lock per key. Across a cluster,
 entries travel through `<storage>/.kernels/<key>/`: `publish` copies what storage lacks, `pull` what this node lacks;
@@ -68,8 +68,8 @@ def stack_key(stack: dict[str, str]) -> str:
 
 
 def root() -> Path:
-    """Every stack's kernel cache on this node."""
-    return cache_root() / "kernels"
+    """Every stack's kernel cache on this node: $HYBRID_RAY_KERNEL_CACHE, else the node cache's kernels/."""
+    return Path(os.environ.get("HYBRID_RAY_KERNEL_CACHE") or cache_root() / "kernels").expanduser()
 
 
 @dataclass

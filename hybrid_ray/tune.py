@@ -248,9 +248,9 @@ def sweep(
 
 
 def kernel_cache_for(sweep_dir: str) -> str | None:
-    """One Triton cache (compiled kernels and autotuning results) for every trial: under the sweep folder when it is
-    local (so every node sharing that folder shares it), else the nodes' own default cache."""
-    return None if storage.is_uri(sweep_dir) else storage.join(sweep_dir, "kernel-cache")
+    """Where the trials share compiled kernels between nodes: the storage path holding the sweep (its `.kernels/`).
+    Each node's Triton reads its own copy, in the node's kernel cache (hybrid_ray/kernels.py)."""
+    return sweep_dir.rstrip("/").rsplit("/", 1)[0]
 
 
 def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep_dir: str, concurrent: int, resumed: bool,

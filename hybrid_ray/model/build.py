@@ -80,6 +80,10 @@ def build_model(
     if spec.vocab_size is None:
         raise SpecError("model.vocab_size is unresolved: it follows the tokenizer, so prepare the data first")
     backend = resolve_backend(backend, device)
+    if backend == "fla":  # every FLA model (training, generate, eval, verify) compiles into the node's kernel cache
+        from hybrid_ray import kernels
+
+        kernels.activate()
     model = build_fla_model(spec, **fla_options) if backend == "fla" else HybridForCausalLM(spec)
     if seed is not None:
         init_weights(model, spec, seed)

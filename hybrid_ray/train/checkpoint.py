@@ -53,6 +53,7 @@ class TrainerState:
     total_steps: int = 0
     tokens_seen: int = 0
     train_seconds: float = 0.0
+    compile_seconds: float = 0.0  # the first step of every launch (compiling and tuning kernels), apart from training
     schedule: dict = field(default_factory=dict)
     loader: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)

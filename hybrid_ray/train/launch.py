@@ -203,7 +203,8 @@ def train(
     """Train (or resume, or extend) the run `spec.name` under `spec.storage_path` on a Ray cluster.
 
     `progress` prints what the run does, here and on its workers; `verbose` also lets Ray's own log lines through;
-    `kernel_cache` is the Triton cache folder the workers use (a sweep shares one among its trials); `data_origin`
+    `kernel_cache` is the storage path whose `.kernels/` folder shares compiled kernels between the nodes of a cluster
+    (default: the run's; a sweep passes its own storage path, so its trials share theirs); `data_origin`
     is a dataset already published to shared storage (a sweep publishes once for all its trials).
     """
     started = time.time()
@@ -223,6 +224,7 @@ def train(
         warn_cpu_size(spec)  # a local run was warned before Ray started
     if data_origin is None:
         data_origin = share_data(spec, dataset)
+    kernel_store = (kernel_cache or spec.storage_path) if cluster.node_count() >= 2 else None
     if progress:
         print(f"training {spec.name} on {where}: {spec.scale.num_workers} worker(s), "
               f"{'GPU' if use_gpu else 'CPU'}, {count_params(spec.model)['total'] / 1e6:.1f}M parameters", flush=True)
@@ -239,7 +241,7 @@ def train(
         tensorboard_dir=None if storage.is_uri(run_dir) else storage.join(run_dir, "tensorboard"),
         resume_from=resume_from,
         known_checkpoints=known,
-        kernel_cache=kernel_cache,
+        kernel_store=kernel_store,
         echo=progress,
         data_origin=data_origin,
     )
@@ -322,7 +324,8 @@ def finalize(spec: RunSpec, run_dir: str, dataset: Any, wall_s: float) -> TrainO
             "attention_ratio": spec.model.attention_ratio,
             **summarize(state.history),
             "tokens_seen": state.tokens_seen,
-            "train_seconds": state.train_seconds,
+            "train_seconds": state.train_seconds,  # training steps only: the first step of a launch is in compile_seconds
+            "compile_seconds": state.compile_seconds,
             "wall_seconds": previous.get("wall_seconds", 0.0) + wall_s,
             "launches": previous.get("launches", 0) + 1,
             "resumed_at": state.resumed_at,

@@ -9,7 +9,6 @@ TensorBoard logs, every rank writes its RNG state.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,9 +18,11 @@ import torch
 import torch.nn as nn
 
 from hybrid_ray import data as data_lib
-from hybrid_ray import storage
+from hybrid_ray import kernels, storage
 from hybrid_ray.env import runtime_versions
+from hybrid_ray.errors import first_line
 from hybrid_ray.model import build_model, flops_per_token, unwrap
+from hybrid_ray.model.build import resolve_backend
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train import checkpoint as ckpt_lib
 from hybrid_ray.train.checkpoint import TrainerState
@@ -45,19 +46,18 @@ class LaunchOptions:
     tensorboard_dir: str | None = None
     resume_from: str | None = None  # the newest good checkpoint the driver found (None: start from scratch)
     known_checkpoints: list[str] = field(default_factory=list)  # checkpoint folders that existed at launch
-    kernel_cache: str | None = None  # Triton's cache folder (compiled kernels and autotuning), shared by a sweep
+    kernel_store: str | None = None  # storage whose .kernels/ shares compiled kernels between nodes (None: one node)
     echo: bool = True  # rank 0 prints progress lines (a sweep's trials do not: the sweep prints its own events)
     data_origin: str | None = None  # the prepared dataset in shared storage, for nodes that do not have it yet
 
 
-def use_kernel_cache(folder: str | None) -> None:
-    """Keep Triton's autotuning results on disk beside its compiled kernels, in `folder` when given, so a second
-    process (a restarted worker, the next trial of a sweep) skips the minutes FLA's kernels take to tune. Must run
-    before the first kernel is compiled."""
-    os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-        os.environ["TRITON_CACHE_DIR"] = folder
+def _publish_kernels(store: str | None, tag: str) -> None:
+    """Rank 0 shares what its node compiled with the other nodes; a failure to do so does not stop the run."""
+    if store:
+        try:
+            kernels.publish(store)
+        except Exception as e:
+            _say(f"{tag}warning: could not publish compiled kernels to {store}: {first_line(e)}")
 
 
 def _say(line: str) -> None:
@@ -182,11 +182,13 @@ def train_loop_per_worker(config: dict) -> None:
 
     spec = RunSpec.from_dict(config["spec"])
     launch = LaunchOptions(**config.get("launch", {}))
-    use_kernel_cache(launch.kernel_cache)
     quiet_report_logs()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
+    fla = resolve_backend(spec.scale.backend, device) == "fla"
+    # before anything compiles: this node's kernel cache, with what other nodes published that this one lacks
+    kernel_cache = kernels.activate(launch.kernel_store) if fla else None
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(spec.scale.cpus_per_worker)))
     torch.manual_seed(spec.train.seed + rank)
@@ -220,22 +222,27 @@ def train_loop_per_worker(config: dict) -> None:
     divergence = _Divergence(device)
     window_loss = torch.zeros((), device=device)
     window_steps = 0
+    launch_compile = state.compile_seconds
     if rank == 0 and launch.echo and state.step:
         _say(f"resumed at step {state.step}/{state.total_steps}")
 
-    compiling = unwrap(model).hybrid_backend == "fla" and state.step < stop_at
+    first_step = state.step < stop_at  # a launch's first step compiles (and tunes) kernels: not training time
     tag = "" if launch.echo else f"[{spec.name}] "  # a sweep's trials say this much too: minutes of silence look like a hang
-    if rank == 0 and compiling:
-        _say(f"{tag}compiling and tuning FLA's kernels (minutes on a node that has not run this shape yet; cached "
-             "afterwards)")
+    if rank == 0 and first_step and kernel_cache is not None:
+        _say(f"{tag}{kernel_cache.line()}")
     while state.step < stop_at:
         step_start = time.perf_counter()
         lr = schedule.lr_at(state.step)
         loss, grad_norm = train_step(model, optimizer, loader.next_step(), lr, spec, device)
-        if compiling:
-            compiling = False
-            if rank == 0:
-                _say(f"{tag}first step done after {time.perf_counter() - step_start:.0f} s")
+        if first_step:
+            first_step = False
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            state.compile_seconds += time.perf_counter() - step_start
+            step_start = time.perf_counter()  # the rest of this iteration counts as training
+            if rank == 0 and fla:
+                _say(f"{tag}first step done after {state.compile_seconds - launch_compile:.0f} s")
+                _publish_kernels(launch.kernel_store, tag)
         state.step += 1
         divergence.track(state.step, loss, grad_norm)
         state.tokens_seen += tokens_per_step
@@ -287,3 +294,5 @@ def train_loop_per_worker(config: dict) -> None:
             _report(state, record, spec, model, optimizer, schedule, loader, rank, world, launch, checkpoint_due)
             meter.reset()
     board.close()
+    if rank == 0 and fla:
+        _publish_kernels(launch.kernel_store, tag)  # with the evaluation's kernels

@@ -94,3 +94,13 @@ def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
     if in_process_group():
         dist.all_reduce(values)
     return values
+
+
+def single_process_group(device: torch.device) -> None:
+    """A process group of one, as a lone Ray Train worker has (FSDP2, the GPU default, needs one); no port needed."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # initialises CUDA: the memory-stat calls do not, and fail before it
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
+                                device_id=device if device.type == "cuda" else None)
