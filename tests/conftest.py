@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # token shards of this test session only (Ray workers inherit the variable); removed when the session ends
+USER_CACHE = os.environ.get("HYBRID_RAY_CACHE")
 CACHE = tempfile.mkdtemp(prefix="hybrid-ray-test-cache-")
 os.environ["HYBRID_RAY_CACHE"] = CACHE
 # Ray turns token authentication on for local clusters and writes ~/.ray/auth_token when it finds no token: give it
@@ -25,6 +26,15 @@ HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     # must happen before triton is imported: FLA's kernels then run in Triton's interpreter on the CPU
     os.environ["TRITON_INTERPRET"] = "1"
+else:
+    # the GPU tests compile into (and start warm from) the node's kernel cache, not the session's temporary one
+    from hybrid_ray import kernels  # noqa: E402
+
+    if "HYBRID_RAY_KERNEL_CACHE" not in os.environ:
+        os.environ["HYBRID_RAY_CACHE"] = USER_CACHE or ""
+        os.environ["HYBRID_RAY_KERNEL_CACHE"] = str(kernels.root())
+        os.environ["HYBRID_RAY_CACHE"] = CACHE
+    print(kernels.activate().line())
 
 
 def pytest_collection_modifyitems(config, items):

@@ -67,6 +67,10 @@ def test_default_run_learns_and_writes_everything(default_run):
     assert results["params"]["total"] == count_params(spec)["total"]
     assert results["layer_types"] == ["gdn"] * 5 + ["attn"]  # the 17% hybrid: one attention layer in six
     assert results["tokens_seen"] == 200 * 8 * 128 and results["wall_seconds"] > 0
+    # the launch's first step (compiling kernels on a GPU) is kept apart: train_seconds and time_s count training only
+    assert 0 < results["compile_seconds"] and 0 < results["train_seconds"]
+    assert results["compile_seconds"] + results["train_seconds"] < results["wall_seconds"]
+    assert max(r["time_s"] for r in results["history"]) <= results["train_seconds"]
     assert results["versions"]["backend"] == "torch" and "fla" in results["versions"]
     assert results["spec"]["scale"]["strategy"] == "auto" and results["versions"]["strategy"] == "ddp"  # CPU workers
     for name in ("results.json", "curves.png", "spec.yaml", "model/config.json", "model/model.safetensors"):
