@@ -173,3 +173,20 @@ def test_warmup_without_a_gpu_is_one_error_line(capsys, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     rc, _, err = run(capsys, "warmup", "--variant", "h100_hybrid_sparse")
     assert_one_line_error(rc, err, 1, "warmup needs a CUDA GPU")
+
+
+def test_bench_warm_reads_warmups_phase_lines_and_splits_the_export(tmp_path):
+    from benchmarks.bench_warm import parse_args, split_file, warmup_phases
+    from hybrid_ray.warmup import Phase
+
+    output = "\n".join(["kernels: none cached ...",
+                        Phase("NVIDIA H200 (sm90)", "train step", 212.34, 311).line(),
+                        Phase("NVIDIA H200 (sm90)", "decoding", 9.0, 12).line()])
+    assert warmup_phases(output) == {"train step": {"seconds": 212.3, "new_entries": 311},
+                                     "decoding": {"seconds": 9.0, "new_entries": 12}}
+    archive = tmp_path / "kernels.tar.xz"
+    archive.write_bytes(bytes(range(256)) * 10)
+    assert split_file(archive, size=1000) == ["kernels.tar.xz.000", "kernels.tar.xz.001", "kernels.tar.xz.002"]
+    assert b"".join((tmp_path / f"kernels.tar.xz.00{i}").read_bytes() for i in range(3)) == bytes(range(256)) * 10
+    args = parse_args(["--out-dir", str(tmp_path)])
+    assert args.arms == ["h100_deltanet", "h100_hybrid_sparse", "h100_transformer"] and args.batch_size is None
