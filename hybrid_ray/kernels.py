@@ -116,14 +116,15 @@ def status(stack: dict[str, str] | None = None) -> CacheStatus:
 def activate(storage_path: str | None = None) -> CacheStatus:
     """Point Triton (and FLA's autotuner) at this node's cache for this stack, after copying in what the cluster's
     storage has and this node lacks (when `storage_path` is given). Call before the first Triton compile."""
-    stack = probe()
-    folder = root() / stack_key(stack)
-    folder.mkdir(parents=True, exist_ok=True)
-    os.environ["TRITON_CACHE_DIR"] = str(folder)
+    st = status()
+    st.folder.mkdir(parents=True, exist_ok=True)
+    os.environ["TRITON_CACHE_DIR"] = str(st.folder)
     os.environ["TRITON_CACHE_AUTOTUNING"] = "1"  # keep autotuning results beside the kernels: the slow part
     os.environ.setdefault("FLA_CACHE_RESULTS", "1")  # FLA's autotuners ask Triton to cache (its default; read at import)
-    pulled = pull(storage_path, stack) if storage_path else 0
-    return CacheStatus(stack_key(stack), folder, count_entries(folder), stack, pulled)
+    if storage_path:
+        st.pulled = pull(storage_path, st.stack)
+        st.entries = count_entries(st.folder)
+    return st
 
 
 def _relocate(data: bytes, entry: Path) -> bytes:
@@ -221,7 +222,8 @@ def import_(file: str | Path, *, key: str | None = None, force: bool = False) ->
     with tempfile.TemporaryDirectory(prefix=".import-", dir=root()) as tmp:
         try:  # unpacked whole first: members of a compressed archive read out of order decompress it again and again
             with tarfile.open(file, "r:*") as tar:
-                tar.extractall(tmp, members=[m for m in tar.getmembers() if m.isfile()], filter="data")
+                safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12
+                tar.extractall(tmp, members=[m for m in tar.getmembers() if m.isfile()], **safe)
         except (tarfile.TarError, OSError, EOFError) as e:
             raise KernelCacheError(f"cannot read kernel archive {file}: {first_line(e)}") from e
         manifest = json.loads(Path(tmp, MANIFEST).read_text()) if Path(tmp, MANIFEST).is_file() else {}
