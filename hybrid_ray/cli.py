@@ -150,7 +150,8 @@ CLUSTER_OPTIONS = _options(
 def cli() -> None:
     """Train and compare hybrid Gated DeltaNet / attention language models on Ray.
 
-    Token shards are cached in $HYBRID_RAY_CACHE (default ~/.cache/hybrid-ray); runs live under --storage-path.
+    Token shards and compiled GPU kernels (`hybrid-ray kernels`) are cached in $HYBRID_RAY_CACHE (default
+    ~/.cache/hybrid-ray); runs live under --storage-path.
     """
 
 
