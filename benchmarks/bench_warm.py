@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -48,11 +49,13 @@ def command(name: str, args: list[str], out_dir: Path, env: dict[str, str], firs
     log = out_dir / f"{name}.log"
     start = time.perf_counter()
     first = None
+    # stderr apart when stdout is watched for the first token (a warning there is no token)
+    err = (out_dir / f"{name}.stderr.log").open("wb") if first_output_after is not None else subprocess.STDOUT
     with log.open("wb") as f:
         f.write(f"$ hybrid-ray {' '.join(args)}\n".encode())
         f.flush()
-        proc = subprocess.Popen([sys.executable, "-m", "hybrid_ray", *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen([sys.executable, "-m", "hybrid_ray", *args], stdout=subprocess.PIPE, stderr=err,
+                                env=env)
         seen = 0
         while chunk := proc.stdout.read1(4096):
             seen += len(chunk)
@@ -60,6 +63,8 @@ def command(name: str, args: list[str], out_dir: Path, env: dict[str, str], firs
                 first = time.perf_counter() - start
             f.write(chunk)
         rc = proc.wait()
+    if err is not subprocess.STDOUT:
+        err.close()
     seconds = time.perf_counter() - start
     print(f"{name}: exit {rc} after {seconds:.0f} s (log: {log})", flush=True)
     return {"rc": rc, "seconds": round(seconds, 1), "first_output_s": first and round(first, 1),
@@ -100,11 +105,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     out_dir = Path(args.out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bench-warm-"))
+    # runs (4 GB checkpoints at this size) and the fresh cache in memory when it has room: writing them is not the point
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and shutil.disk_usage("/dev/shm").free > 30 * 2**30 else None
+    work = Path(tempfile.mkdtemp(prefix="bench-warm-", dir=shm))
     os.environ.update(HYBRID_RAY_CACHE=str(work / "cache"), PYTHONUNBUFFERED="1")  # this process and its commands
     os.environ.pop("HYBRID_RAY_KERNEL_CACHE", None)
     env = dict(os.environ)
-    batch = ["--batch-size", str(args.batch_size), "--micro-batch-size", str(args.batch_size)] if args.batch_size else []
+    size = str(args.batch_size)
+    batch = ["--batch-size", size, "--micro-batch-size", size] if args.batch_size else []
     storage = str(work / "runs")
     results: dict[str, Any] = {"cache": env["HYBRID_RAY_CACHE"], "steps": args.steps, "batch_size": args.batch_size,
                                "commands": {}}
@@ -128,6 +136,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results_file = Path(storage, name, "results.json")
         run = json.loads(results_file.read_text()) if results_file.exists() else {}
         runs[arm] = Path(storage, name)
+        if arm != WARMUP_ARM:  # only the hybrid's run is used again (generate, eval)
+            shutil.rmtree(runs[arm], ignore_errors=True)
         record(f"train/{arm}", {
             "rc": done["rc"], "seconds": done["seconds"], "warm_first_step_s": run.get("compile_seconds"),
             "train_seconds": run.get("train_seconds"), "cold_first_step_s": cold if arm == WARMUP_ARM else None,
@@ -148,6 +158,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         done = command("export", ["kernels", "export", str(out_dir / "kernels.tar.xz")], out_dir, env)
         pieces = split_file(out_dir / "kernels.tar.xz") if done["rc"] == 0 else []
         record("export", {"rc": done["rc"], "seconds": round(time.perf_counter() - start, 1), "pieces": pieces})
+    shutil.rmtree(work, ignore_errors=True)
     return results
 
 

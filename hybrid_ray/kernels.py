@@ -4,11 +4,11 @@
     print(status.line())
 
 `$HYBRID_RAY_CACHE/kernels/<stack key>/` (or `$HYBRID_RAY_KERNEL_CACHE/<stack key>/`) holds Triton's cache entries
-(a folder per compiled kernel or autotuning result). The key names Triton, FLA (with a clone's commit), torch, CUDA and the GPU architecture, so another stack
-never reads a stale entry. Triton writes its entries itself, each file atomically; what this module copies in
-(import, pull) is written under a temporary name and renamed into place, under a lock per key. Across a cluster,
-entries travel through `<storage>/.kernels/<key>/`: `publish` copies what storage lacks, `pull` what this node lacks;
-Triton only ever reads the node-local copy (shared file systems race).
+(a folder per compiled kernel or autotuning result). The key names Triton, FLA (with a clone's commit), torch, CUDA
+and the GPU architecture, so another stack never reads a stale entry. Triton writes its entries itself, each file
+atomically; what this module copies in (import, pull) is written under a temporary name and renamed into place, under
+a lock per key. Across a cluster, entries travel through `<storage>/.kernels/<key>/`: `publish` copies what storage
+lacks, `pull` what this node lacks; Triton only ever reads the node-local copy (shared file systems race).
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def activate(storage_path: str | None = None) -> CacheStatus:
     st.folder.mkdir(parents=True, exist_ok=True)
     os.environ["TRITON_CACHE_DIR"] = str(st.folder)
     os.environ["TRITON_CACHE_AUTOTUNING"] = "1"  # keep autotuning results beside the kernels: the slow part
-    os.environ.setdefault("FLA_CACHE_RESULTS", "1")  # FLA's autotuners ask Triton to cache (its default; read at import)
+    os.environ.setdefault("FLA_CACHE_RESULTS", "1")  # FLA autotuners ask Triton to cache (its default; read at import)
     if storage_path:
         st.pulled = pull(storage_path, st.stack)
         st.entries = count_entries(st.folder)
@@ -203,7 +203,7 @@ def export(file: str | Path, stack: dict[str, str] | None = None) -> dict[str, A
     file = Path(file)
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(f".{file.name}.tmp-{os.getpid()}")
-    with tarfile.open(tmp, "w:xz") as tar:
+    with tarfile.open(tmp, "w:xz", preset=1) as tar:  # ~10x faster than xz's default, nearly as small on kernels
         data = json.dumps(manifest, indent=1).encode()
         info = tarfile.TarInfo(MANIFEST)
         info.size = len(data)

@@ -324,7 +324,7 @@ def finalize(spec: RunSpec, run_dir: str, dataset: Any, wall_s: float) -> TrainO
             "attention_ratio": spec.model.attention_ratio,
             **summarize(state.history),
             "tokens_seen": state.tokens_seen,
-            "train_seconds": state.train_seconds,  # training steps only: the first step of a launch is in compile_seconds
+            "train_seconds": state.train_seconds,  # training only: each launch's first step is compile_seconds
             "compile_seconds": state.compile_seconds,
             "wall_seconds": previous.get("wall_seconds", 0.0) + wall_s,
             "launches": previous.get("launches", 0) + 1,
