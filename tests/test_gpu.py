@@ -8,21 +8,22 @@ import torch
 
 from hybrid_ray.model.parity import compare_backends
 from hybrid_ray.spec import ModelSpec
-from hybrid_ray.variants import REFERENCE_VOCAB, variant_spec
+from hybrid_ray.variants import variant_spec
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda", 0)
 
-HYBRID = ModelSpec(  # both layer types, GQA attention, value heads > key heads, a window shorter than the sequence
-    hidden_size=256, num_layers=2, num_heads=2, num_v_heads=4, head_dim=64, expand_v=1.0, attn_layers=[1],
-    attn_num_heads=4, attn_num_kv_heads=2, attn_window=512, vocab_size=1024,
+# One fp32 shape for the parity check (each distinct shape compiles and tunes its own kernels: minutes on a fresh
+# node): the H100 base's head dim (256), both layer types, value heads > key heads, GQA attention and a window shorter
+# than the sequence.
+HYBRID = ModelSpec(
+    hidden_size=768, num_layers=2, num_heads=6, num_v_heads=12, head_dim=256, expand_v=1.0, attn_layers=[1],
+    attn_num_heads=12, attn_num_kv_heads=4, attn_window=512, vocab_size=1024,
 )
 
 
-@pytest.mark.parametrize("spec", [HYBRID, variant_spec("h100_hybrid_sparse").model.with_vocab(REFERENCE_VOCAB)],
-                         ids=["small-gqa-window", "h100-hybrid-sparse"])
-def test_fla_matches_the_twin_forward_and_backward(spec):
-    report = compare_backends(spec, CUDA, batch=2, seq=1024)
+def test_fla_matches_the_twin_forward_and_backward():
+    report = compare_backends(HYBRID, CUDA, batch=2, seq=1024)
     assert not report.failures, report.to_dict()
     assert report.loss_fla == pytest.approx(report.loss_twin, rel=1e-3)
 
