@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, help="Global (= micro) batch of every command. [default: the arms']")
     parser.add_argument("--max-new-tokens", type=int, default=50)
     parser.add_argument("--no-export", action="store_true", help="Leave the cache out of --out-dir.")
+    parser.add_argument("--cache", help="Start from (and keep) this HYBRID_RAY_CACHE folder, which must hold no kernel "
+                        "cache yet, so later commands on this node start warm. [default: a fresh temporary one]")
     return parser.parse_args(argv)
 
 
@@ -108,7 +110,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # runs (4 GB checkpoints at this size) and the fresh cache in memory when it has room: writing them is not the point
     shm = "/dev/shm" if os.path.isdir("/dev/shm") and shutil.disk_usage("/dev/shm").free > 30 * 2**30 else None
     work = Path(tempfile.mkdtemp(prefix="bench-warm-", dir=shm))
-    os.environ.update(HYBRID_RAY_CACHE=str(work / "cache"), PYTHONUNBUFFERED="1")  # this process and its commands
+    cache = Path(args.cache).resolve() if args.cache else work / "cache"
+    if (cache / "kernels").exists() and any((cache / "kernels").iterdir()):
+        sys.exit(f"error: {cache} already holds a kernel cache: a cold start needs an empty one")
+    os.environ.update(HYBRID_RAY_CACHE=str(cache), PYTHONUNBUFFERED="1")  # this process and its commands
     os.environ.pop("HYBRID_RAY_KERNEL_CACHE", None)
     env = dict(os.environ)
     size = str(args.batch_size)
