@@ -276,7 +276,9 @@ def submit(address: str | None, fla_clone: str | None, no_check: bool, no_wait: 
         click.echo(f"FLA clone not checked ({'--dry-run' if dry_run else '--no-check'})")
     outcome = jobs.submit(job, address=address, wait=not no_wait, dry_run=dry_run, echo=click.echo)
     if outcome.status is not None:
-        ran = f"; it ran {outcome.python}" if outcome.python else ""
+        ran = ("" if not outcome.python or outcome.status == "SUCCEEDED" else
+               "; there is no `python` on the head's PATH" if outcome.python == "none" else
+               f"; it ran {outcome.python}, the first `python` on the head's PATH")
         click.echo(f"job {outcome.job_id}: {outcome.status} ({jobs.job_url(outcome.dashboard, outcome.job_id)}){ran}")
         return 0 if outcome.status == "SUCCEEDED" else 1
     return 0

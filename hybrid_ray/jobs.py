@@ -125,7 +125,7 @@ class Submitted:
     plan: JobPlan
     status: str | None = None  # the final status when waited for
     metadata: dict[str, str] = field(default_factory=dict)
-    python: str | None = None  # the interpreter a failed job ran, from its last log line
+    python: str | None = None  # the `python` a failed job ran ("none": there was none), from its log
 
     @property
     def upload(self) -> Upload:
@@ -200,7 +200,7 @@ def _strings(value: Any, key: str) -> list[str]:
 
 # Printed by the job's shell when its command fails: which `python` the head's PATH gave it (a head started from a
 # virtualenv that is not on its PATH runs the system Python, which lacks the project's packages).
-PYTHON_MARK = "hybrid-ray job: ran with python ="
+PYTHON_MARK = "hybrid-ray job: the first python on the head's PATH was"
 
 
 def entrypoint(args: list[str]) -> str:
@@ -208,8 +208,8 @@ def entrypoint(args: list[str]) -> str:
     job's `python` is the first on the head's PATH; when the command fails, the job's log says which one it was."""
     if not args or args[0] not in ("train", "sweep", "verify", "eval", "generate"):
         raise SpecError("submit what? give a job file (jobs/NAME.yaml) or a command after --: train ... | sweep ...")
-    return (f"python -m hybrid_ray {shlex.join(args)} || {{ s=$?; echo \"{PYTHON_MARK} "
-            f"$(command -v python || echo none) ($(python -V 2>&1)), the first on the head's PATH\" >&2; exit $s; }}")
+    tell = f'echo "{PYTHON_MARK} $(command -v python || echo none)" >&2'
+    return f"python -m hybrid_ray {shlex.join(args)} || {{ s=$?; {tell}; exit $s; }}"
 
 
 def dashboard_address(address: str | None) -> str:
