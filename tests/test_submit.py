@@ -109,3 +109,30 @@ def test_dry_run_with_a_clone_shows_its_commit_and_counts_its_files(tmp_path, ca
     assert main(["submit", "--dry-run", "--fla", str(clone), "--working-dir", str(tmp_path / "project"), "--",
                  "train"]) == 0
     assert f"@ {commit_of(clone)[:12]} (dirty)" in capsys.readouterr().out
+
+
+def test_job_calls_wait_for_the_job_agent_then_give_up_in_one_line(monkeypatch):
+    from hybrid_ray import jobs
+    from hybrid_ray.errors import ClusterError
+
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    calls, said = [], []
+
+    def submit_job():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("Request failed with status code 500: No available agent to submit job, please try "
+                               "again later..")
+        return "raysubmit_1"
+
+    assert jobs._with_agent(submit_job, "http://head:8265", said.append) == "raysubmit_1"
+    assert len(calls) == 3 and len(said) == 1 and said[0].startswith("waiting for the job agent of http://head:8265")
+    def fails(message):
+        def call():
+            raise RuntimeError(message)
+        return call
+
+    with pytest.raises(ClusterError, match="still has no job agent after 0 s: see dashboard_agent.log"):
+        jobs._with_agent(fails("No available agent to submit job"), "http://head:8265", said.append, timeout=0)
+    with pytest.raises(RuntimeError, match="401"):  # any other failure is not waited on
+        jobs._with_agent(fails("401 Unauthorized"), "http://head:8265", said.append)
