@@ -4,9 +4,9 @@ stop. Every interaction with Ray's Jobs API is here.
 What is uploaded is measured before anything is sent (`plan`): the project folder and local py_modules as Ray would
 zip them (their .gitignore and .rayignore, plus EXCLUDES: checkpoints, caches, virtualenvs, git, and secret files,
 plus --exclude and the job file's excludes), refused over the job server's limit with the largest entries named; the
-runtime_env sent is built from that same plan, so what --dry-run lists is what is uploaded. A local FLA clone travels as `py_modules` (its `fla` folder), so every worker
-imports that copy ahead of any installed FLA; its path, commit and local edits go into the job's metadata and, through
-HYBRID_RAY_FLA_CLONE, into each run's results.json.
+runtime_env sent is built from that same plan, so what --dry-run lists is what is uploaded. A local FLA clone travels
+as `py_modules` (its `fla` folder), so every worker imports that copy ahead of any installed FLA; its path, commit and
+local edits go into the job's metadata and, through HYBRID_RAY_FLA_CLONE, into each run's results.json.
 """
 
 from __future__ import annotations
