@@ -187,7 +187,10 @@ def verify_clone(path: str | Path, timeout: float = 900) -> dict[str, Any]:
     if not lines:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise EnvironmentProblem(f"the FLA in {path} does not run: {last}")
-    return json.loads(lines[-1])
+    report = json.loads(lines[-1])
+    if "device" in report:
+        report["checked"] = checked(report)
+    return report
 
 
 def parity_json() -> str:
