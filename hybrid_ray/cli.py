@@ -274,7 +274,7 @@ def submit(address: str | None, fla_clone: str | None, no_check: bool, no_wait: 
         click.echo(f"FLA clone {clone_verdict(report)}")
     elif fla_clone:
         click.echo(f"FLA clone not checked ({'--dry-run' if dry_run else '--no-check'})")
-    outcome = jobs.submit(job, address=address, wait=not no_wait, dry_run=dry_run, echo=click.echo)
+    outcome = jobs.submit(job, address=address, wait=not no_wait, dry_run=dry_run, echo=click.echo, verbose=verbose)
     if outcome.status is not None:
         ran = ("" if not outcome.python or outcome.status == "SUCCEEDED" else
                "; there is no `python` on the head's PATH" if outcome.python == "none" else

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -267,8 +268,9 @@ def _with_agent(call: Callable[[], Any], url: str, echo: Any, timeout: float = A
 
 
 def submit(job: JobPlan, *, address: str | None = None, wait: bool = True, dry_run: bool = False,
-           echo: Any = print) -> Submitted:
-    """Submit the planned job (`plan`) as a Ray job: uploads exactly what `job` measured."""
+           echo: Any = print, verbose: bool = False) -> Submitted:
+    """Submit the planned job (`plan`) as a Ray job: uploads exactly what `job` measured. While it waits it streams
+    the job's log, Ray's own INFO lines only when `verbose`."""
     echo(f"upload: {job.summary()}")
     for upload in job.uploads:
         check_upload(upload)
@@ -291,7 +293,7 @@ def submit(job: JobPlan, *, address: str | None = None, wait: bool = True, dry_r
     echo(f"submitted {job_id}: {job_url(dashboard, job_id)}")
     submitted = Submitted(job_id, dashboard, job, metadata=metadata)
     if wait:
-        submitted.status = follow(client, job_id, echo)
+        submitted.status = follow(client, job_id, echo, ray_info=verbose)
         if submitted.status == "FAILED":
             submitted.python = job_python(client, job_id)
     return submitted
@@ -307,12 +309,19 @@ def job_python(client: Any, job_id: str) -> str | None:
     return lines[-1][len(PYTHON_MARK):].strip() if lines else None
 
 
-def follow(client: Any, job_id: str, echo: Any = print) -> str:
-    """Stream a job's logs until it ends; returns its final status."""
+# Ray's own INFO lines in a job's log ("2026-01-02 03:04:05,678\tINFO job_manager.py:581 -- Runtime env is setting up.")
+RAY_INFO = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+INFO \S+\.py:\d+ -- ")
+
+
+def follow(client: Any, job_id: str, echo: Any = print, *, ray_info: bool = True) -> str:
+    """Stream a job's logs until it ends (without Ray's own INFO lines unless `ray_info`); returns its final status."""
 
     async def tail() -> None:
         async for chunk in client.tail_job_logs(job_id):
-            echo(chunk.rstrip("\n"))
+            lines = chunk.rstrip("\n").split("\n")
+            kept = [line for line in lines if ray_info or not RAY_INFO.match(line)]
+            if kept:
+                echo("\n".join(kept))
 
     try:
         asyncio.run(tail())

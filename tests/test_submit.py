@@ -19,7 +19,7 @@ from hybrid_ray.cli import main
 from test_jobs import commit_of, make_clone
 
 ROOT = Path(__file__).resolve().parent.parent
-RAY_LINES = ("packaging.py", "dashboard_sdk.py", "sdk.py:", "working_dir.py", "Ignoring upload")
+RAY_LINES = ("packaging.py", "dashboard_sdk.py", "sdk.py:", "working_dir.py", "Ignoring upload", "job_manager.py")
 LISTER = ("import json, os; print('WORKING_DIR', json.dumps(sorted(os.path.relpath(os.path.join(d, f)) "
           "for d, _, fs in os.walk('.') for f in fs)), os.environ.get('HR_PROBE'))")
 
