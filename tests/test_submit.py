@@ -16,7 +16,7 @@ import yaml
 from ray_procs import hybrid_ray
 
 from hybrid_ray.cli import main
-from test_jobs import commit_of, make_clone
+from test_jobs import commit_of
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY_LINES = ("packaging.py", "dashboard_sdk.py", "sdk.py:", "working_dir.py", "Ignoring upload", "job_manager.py")
@@ -94,7 +94,13 @@ def test_a_wrong_forwarded_command_fails_before_anything_is_sent(capsys):
 
 
 def test_dry_run_with_a_clone_shows_its_commit_and_counts_its_files(tmp_path, capsys):
-    clone = make_clone(tmp_path / "clone")
+    clone = tmp_path / "clone"  # shaped like an FLA git clone (the dry run imports nothing from it)
+    for name in ("fla/__init__.py", "fla/ops/gated_delta_rule/chunk.py", "README.md"):
+        (clone / name).parent.mkdir(parents=True, exist_ok=True)
+        (clone / name).write_text(f"# {name}\n" * 50)
+    git = ["git", "-C", str(clone), "-c", "user.name=t", "-c", "user.email=t@t"]
+    for step in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "clone"]):
+        subprocess.run([*git, *step], check=True)
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "train.py").write_text("x" * 1000)
     assert main(["submit", "--dry-run", "--fla", str(clone), "--working-dir", str(tmp_path / "project"), "--",
