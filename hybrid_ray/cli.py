@@ -247,42 +247,70 @@ JOB_ADDRESS = click.option("--address", help="The cluster's dashboard, e.g. http
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @JOB_ADDRESS
 @click.option("--fla", "fla_clone", type=click.Path(), help="A local FLA clone every worker imports instead of the "
-              "installed FLA (shipped as py_modules); checked against the twin on this CPU first.")
-@click.option("--no-check", is_flag=True, help="Skip the CPU check of --fla's clone.")
+              "installed FLA (shipped as py_modules); checked against the twin here first (on a CPU: only the forward "
+              "through the fused-recurrent kernels).")
+@click.option("--no-check", is_flag=True, help="Skip the check of --fla's clone.")
 @click.option("--no-wait", is_flag=True, help="Return once the job is submitted instead of streaming its logs.")
 @click.option("--dry-run", is_flag=True, help="List what would be uploaded and exit.")
-@click.option("--working-dir", default=".", show_default=True, help="The project folder to upload.")
+@click.option("--working-dir", help="The project folder to upload. [default: the job file's working_dir, else .]")
 @click.option("--exclude", "excludes", multiple=True, help="More upload exclusions (gitignore syntax).")
+@click.option("--verbose", is_flag=True, help="Show Ray's own log lines and warnings.")
 @click.argument("what", nargs=-1, type=click.UNPROCESSED, required=True)
 def submit(address: str | None, fla_clone: str | None, no_check: bool, no_wait: bool, dry_run: bool,
-           working_dir: str, excludes: tuple[str, ...], what: tuple[str, ...]) -> int:
+           working_dir: str | None, excludes: tuple[str, ...], verbose: bool, what: tuple[str, ...]) -> int:
     """Run `hybrid-ray train|sweep ...` (after --) or a job file (jobs/NAME.yaml) as a Ray job on a cluster."""
     from hybrid_ray import jobs
 
-    args, extra = list(what), list(excludes)
-    if len(args) == 1 and args[0].endswith((".yaml", ".yml", ".json")):
-        job = jobspec.load(args[0])
-        extra += job.runtime_env.get("excludes", [])
-        args = [job.command, "--config", args[0]]
+    _quiet_jobs(verbose)
+    job = jobs.plan(list(what), fla=fla_clone, working_dir=working_dir, excludes=list(excludes))
+    _parse_forwarded(job.args)
     if fla_clone and not no_check and not dry_run:
-        from hybrid_ray.env import verify_clone
+        from hybrid_ray.env import clone_verdict, verify_clone
 
-        click.echo(f"checking the FLA clone {fla_clone} against the pure-PyTorch twin (CPU)...")
+        click.echo(f"checking the FLA clone {fla_clone} against the pure-PyTorch twin on this machine...")
         report = verify_clone(fla_clone)
         if not report["passed"]:
             raise HybridRayError(f"the FLA in {fla_clone} does not match the twin: {report['failures'][0]} "
                                  "(nothing was submitted; --no-check skips this)")
-    outcome = jobs.submit(args, address=address, fla=fla_clone, working_dir=working_dir, excludes=extra,
-                          wait=not no_wait, dry_run=dry_run, echo=click.echo)
+        click.echo(f"FLA clone {clone_verdict(report)}")
+    elif fla_clone:
+        click.echo(f"FLA clone not checked ({'--dry-run' if dry_run else '--no-check'})")
+    outcome = jobs.submit(job, address=address, wait=not no_wait, dry_run=dry_run, echo=click.echo, verbose=verbose)
     if outcome.status is not None:
-        click.echo(f"job {outcome.job_id}: {outcome.status} ({jobs.job_url(outcome.dashboard, outcome.job_id)})")
+        ran = ("" if not outcome.python or outcome.status == "SUCCEEDED" else
+               "; there is no `python` on the head's PATH" if outcome.python == "none" else
+               f"; it ran {outcome.python}, the first `python` on the head's PATH")
+        click.echo(f"job {outcome.job_id}: {outcome.status} ({jobs.job_url(outcome.dashboard, outcome.job_id)}){ran}")
         return 0 if outcome.status == "SUCCEEDED" else 1
     return 0
+
+
+def _quiet_jobs(verbose: bool) -> None:
+    """_quiet for the job commands: Ray's job SDK pins its loggers at INFO when imported, so import it first."""
+    if not verbose:
+        import ray.job_submission  # noqa: F401
+
+        for name in [n for n in logging.root.manager.loggerDict if n.startswith("ray.")]:
+            logging.getLogger(name).setLevel(logging.ERROR)
+    _quiet(verbose)
+
+
+def _parse_forwarded(args: list[str]) -> None:
+    """Parse the command a job will run with its real click command (without running it): a wrong option fails here,
+    before anything is uploaded."""
+    command = cli.commands[args[0]]
+    try:
+        command.make_context(f"hybrid-ray {args[0]}", list(args[1:]))
+    except click.exceptions.Exit:
+        pass
+    except click.ClickException as e:
+        raise SpecError(f"hybrid-ray {args[0]}: {e.format_message()} (nothing was submitted)") from e
 
 
 @cli.group("jobs")
 def jobs_group() -> None:
     """List, inspect, follow and stop Ray jobs (each line gives the job's dashboard URL)."""
+    _quiet_jobs(False)
 
 
 @jobs_group.command("list")

@@ -187,7 +187,10 @@ def verify_clone(path: str | Path, timeout: float = 900) -> dict[str, Any]:
     if not lines:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise EnvironmentProblem(f"the FLA in {path} does not run: {last}")
-    return json.loads(lines[-1])
+    report = json.loads(lines[-1])
+    if "device" in report:
+        report["checked"] = checked(report)
+    return report
 
 
 def parity_json() -> str:
@@ -215,5 +218,19 @@ def format_clone_report(report: dict[str, Any]) -> str:
             worst = ", ".join(f"{n} {e:.2e}" for n, e in report["worst_grads"])
             lines.append(f"gradients     relative error max {report['grad_rel_err_max']:.2e}, median "
                          f"{report['grad_rel_err_median']:.2e} (worst: {worst})")
-    lines.append("parity        " + ("PASS" if report["passed"] else "FAIL: " + "; ".join(report["failures"])))
+    lines.append("parity        " + ("PASS" if report["passed"] else "FAIL: " + "; ".join(report["failures"]))
+                 + (f" ({checked(report)})" if "device" in report else ""))
     return "\n".join(lines)
+
+
+def checked(report: dict[str, Any]) -> str:
+    """What a clone check covered: on a CPU only the forward through FLA's fused-recurrent (inference) kernels."""
+    if report.get("device") == "cuda":
+        return "forward and gradients, chunk (training) kernels"
+    return "forward, fused-recurrent kernels only: the chunk/training kernels need a GPU"
+
+
+def clone_verdict(report: dict[str, Any]) -> str:
+    """One line for `submit --fla`: that the clone matched the twin, and on what (never more than was checked)."""
+    where = "this GPU" if report.get("device") == "cuda" else "this CPU"
+    return f"matches the twin on {where} ({checked(report)}; nothing more was checked)"

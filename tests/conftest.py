@@ -91,3 +91,4 @@ def ray_head(tmp_path_factory):
     yield node
     node.stop()
     assert not node.processes(), "a Ray process of the test's head outlived it"
+    assert not os.path.exists(node.temp_dir), "the test's head left its temp folder"

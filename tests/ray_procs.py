@@ -4,6 +4,7 @@ and HOME, stopped by pid; and the `hybrid-ray` command run as a user would run i
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,6 +51,7 @@ class RayNode:
     port: int | None = None  # GCS port (head only)
     dashboard_port: int | None = None
     env: dict[str, str] = field(default_factory=dict)
+    _seen: dict[int, psutil.Process] = field(default_factory=dict, repr=False)
 
     @property
     def address(self) -> str:
@@ -60,30 +62,57 @@ class RayNode:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def processes(self) -> list[psutil.Process]:
-        """Every live process whose command line names this node's temp folder (gcs, raylet, dashboard, workers)."""
-        found = []
+        """Every live process of this node: those whose command line names its temp folder (gcs, raylet, dashboard),
+        their descendants (agents and workers, whose titles Ray rewrites; job drivers), and any seen before that
+        still run (orphans of a process that already ended)."""
+        found = {p.pid: p for p in self._known() if _alive(p)}
         for proc in psutil.process_iter(["cmdline"]):
             try:
                 if proc.pid != os.getpid() and any(self.temp_dir in part for part in proc.info["cmdline"] or []):
-                    found.append(proc)
+                    found[proc.pid] = proc
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-        return found
+        for proc in list(found.values()):
+            try:
+                found.update({child.pid: child for child in proc.children(recursive=True)})
+            except psutil.NoSuchProcess:
+                continue
+        self._seen.update(found)
+        return list(found.values())
+
+    def _known(self) -> list[psutil.Process]:
+        return list(self._seen.values())
 
     def stop(self) -> None:
-        procs = self.processes()
-        for proc in procs:
-            try:
-                proc.send_signal(signal.SIGTERM)
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=5)
+        """End every process of the node (frozen first, so that none starts another meanwhile), then remove its temp
+        folder."""
+        procs: dict[int, psutil.Process] = {}
+        while new := [p for p in self.processes() if p.pid not in procs]:
+            for proc in new:
+                _signal(proc, signal.SIGSTOP)
+                procs[proc.pid] = proc
+        for proc in procs.values():
+            _signal(proc, signal.SIGTERM)
+            _signal(proc, signal.SIGCONT)
+        _, alive = psutil.wait_procs(list(procs.values()), timeout=5)
         for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
+            _signal(proc, signal.SIGKILL)
         psutil.wait_procs(alive, timeout=10)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _signal(proc: psutil.Process, sig: int) -> None:
+    try:
+        proc.send_signal(sig)  # psutil checks the pid still names the same process
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        pass
 
 
 def start_head(home: str | Path, *, num_cpus: int = 2, token: bool = True, extra_env: dict | None = None) -> RayNode:
