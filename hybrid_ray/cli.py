@@ -452,6 +452,8 @@ def generate(path: str, prompts: tuple[str, ...], prompts_file: str | None, back
             texts += [line for line in Path(prompts_file).read_text().splitlines() if line.strip()]
         except OSError as e:
             raise SpecError(f"cannot read --prompts file {prompts_file}: {e.strerror or e}") from e
+        except UnicodeDecodeError as e:
+            raise SpecError(f"--prompts file {prompts_file} is not UTF-8 text: {e.reason} at byte {e.start}") from e
     texts = texts or [""]
     sampling = SamplingOptions(use_cache=not no_cache, **options)
     stream = len(texts) == 1

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from hybrid_ray import storage
-from hybrid_ray.errors import HybridRayError, SpecError, suggest
+from hybrid_ray.errors import HybridRayError, SpecError, first_line, suggest
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train.checkpoint import latest, list_checkpoints, newest_step, step_of
 
@@ -51,9 +51,24 @@ def read_results(run_dir: str) -> dict[str, Any] | None:
     if not storage.exists(path):
         return None
     try:
-        return json.loads(storage.read_bytes(path))
+        results = json.loads(storage.read_bytes(path))
     except ValueError as e:
         raise HybridRayError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(results, dict):
+        raise HybridRayError(f"{path} is damaged: a JSON object is needed, got {type(results).__name__}")
+    return results
+
+
+def read_spec(run_dir: str) -> dict[str, Any]:
+    """A run's spec.yaml as a mapping; a damaged file is one HybridRayError naming it."""
+    path = storage.join(run_dir, SPEC_FILE)
+    try:
+        spec = yaml.safe_load(storage.read_bytes(path))
+    except yaml.YAMLError as e:
+        raise HybridRayError(f"{path} is damaged: {first_line(e)}") from e
+    if not isinstance(spec, dict):
+        raise HybridRayError(f"{path} is damaged: a mapping is needed, got {type(spec).__name__}")
+    return spec
 
 
 def write_results(run_dir: str, results: dict[str, Any]) -> None:
@@ -87,7 +102,7 @@ def claim(run_dir: str, spec: RunSpec) -> bool:
     spec_path = storage.join(run_dir, SPEC_FILE)
     has_checkpoints = bool(list_checkpoints(run_dir))
     if storage.exists(spec_path) and has_checkpoints:
-        check_same_run(yaml.safe_load(storage.read_bytes(spec_path)), spec)
+        check_same_run(read_spec(run_dir), spec)
     else:
         storage.write_bytes(spec_path, spec.to_yaml().encode())
     return has_checkpoints
@@ -112,7 +127,7 @@ def run_info(run_dir: str, name: str) -> RunInfo:
         best = (results.get("best") or {}).get("val_loss")
         return RunInfo(name, results.get("spec", {}).get("variant"), results.get("status", "?"), results.get("step"),
                        results.get("total_steps"), best, run_dir)
-    spec = yaml.safe_load(storage.read_bytes(storage.join(run_dir, SPEC_FILE)))
+    spec = read_spec(run_dir)
     step = newest_step(run_dir)
     status = "not started" if step is None else "running or interrupted"
     return RunInfo(name, spec.get("variant"), status, step, spec.get("train", {}).get("steps"), None, run_dir)

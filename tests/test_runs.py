@@ -56,3 +56,20 @@ def test_results_are_strict_json(tmp_path):
     text = (tmp_path / "results.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"final": {"val_loss": None}, "history": [{"loss": None}]}
+
+
+@pytest.mark.parametrize("content", [b"", b"- just\n- a list\n", bytes(range(128, 256))])
+def test_a_damaged_spec_or_results_file_is_one_line(tmp_path, capsys, content):
+    run_dir = tmp_path / "broken"
+    run_dir.mkdir()
+    (run_dir / "spec.yaml").write_bytes(content)
+    assert main(["runs", "list", "--storage-path", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "spec.yaml is damaged" in err[0], err
+    (run_dir / "spec.yaml").write_text("name: broken\n")
+    (run_dir / "results.json").write_bytes(content or b"[]")
+    for args in (["runs", "list", "--storage-path", str(tmp_path)], ["compare", str(run_dir), "--out", str(tmp_path / "c")]):
+        assert main(args) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and "results.json" in err[0], err
+    assert not (tmp_path / "c").exists()
