@@ -46,17 +46,20 @@ def dumps(value: Any) -> str:
     return json.dumps(finite(value), indent=2, default=str, allow_nan=False)
 
 
-def read_results(run_dir: str) -> dict[str, Any] | None:
-    path = storage.join(run_dir, RESULTS_FILE)
-    if not storage.exists(path):
-        return None
+def read_json(path: str) -> dict[str, Any]:
+    """A JSON object file hybrid-ray wrote (results.json, sweep.json, ...); a damaged one is one HybridRayError."""
     try:
-        results = json.loads(storage.read_bytes(path))
+        value = json.loads(storage.read_bytes(path))
     except ValueError as e:
         raise HybridRayError(f"{path} is not valid JSON: {e}") from e
-    if not isinstance(results, dict):
-        raise HybridRayError(f"{path} is damaged: a JSON object is needed, got {type(results).__name__}")
-    return results
+    if not isinstance(value, dict):
+        raise HybridRayError(f"{path} is damaged: a JSON object is needed, got {type(value).__name__}")
+    return value
+
+
+def read_results(run_dir: str) -> dict[str, Any] | None:
+    path = storage.join(run_dir, RESULTS_FILE)
+    return read_json(path) if storage.exists(path) else None
 
 
 def read_spec(run_dir: str) -> dict[str, Any]:

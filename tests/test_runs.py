@@ -72,4 +72,9 @@ def test_a_damaged_spec_or_results_file_is_one_line(tmp_path, capsys, content):
         assert main(args) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and "results.json" in err[0], err
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "sweep.json").write_bytes(content or b"[]")
+    assert main(["compare", str(tmp_path / "sweep"), "--out", str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "sweep.json" in err[0], err
     assert not (tmp_path / "c").exists()
