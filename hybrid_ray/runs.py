@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,6 +142,14 @@ def list_runs(storage_path: str) -> list[RunInfo]:
     root = storage.normalize(storage_path)
     return [run_info(storage.join(root, name), name) for name in storage.list_dirs(root)
             if storage.exists(storage.join(root, name, SPEC_FILE))]
+
+
+def rm_command(storage_path: str, name: str) -> str:
+    """The `hybrid-ray runs rm` command that removes exactly this run (its --storage-path unless the default)."""
+    command = f"hybrid-ray runs rm {shlex.quote(name)}"
+    if storage.normalize(storage_path) != storage.normalize(RunSpec.storage_path):
+        command += f" --storage-path {shlex.quote(storage_path)}"
+    return command
 
 
 def remove_run(storage_path: str, name: str) -> str:

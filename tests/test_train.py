@@ -243,7 +243,7 @@ def test_bad_training_input_is_one_line(ray_session, default_run, tmp_path, caps
         weights.write_bytes(weights.read_bytes()[:-100] + b"\x00" * 100)
     results_before = (copy / default_run.name / "results.json").read_bytes()
     line = run("--num-workers", "2", "--storage-path", str(copy), "--extend-steps", "10")
-    assert "every checkpoint of run" in line and "is damaged" in line and "runs rm" in line
+    assert "every checkpoint of run" in line and "is damaged" in line and f"runs rm {default_run.name} --storage-path {copy}`" in line
     assert (copy / default_run.name / "results.json").read_bytes() == results_before
     assert Path(copy / default_run.name / "checkpoint_00000150" / "model.safetensors").exists()
 

@@ -165,14 +165,14 @@ def share_data(spec: RunSpec, dataset: Any) -> str | None:
     return data_lib.publish(dataset.path, storage.join(spec.storage_path, ".data"))
 
 
-def _known_checkpoints(run_dir: str, name: str) -> tuple[str | None, list[str]]:
+def _known_checkpoints(spec: RunSpec, run_dir: str) -> tuple[str | None, list[str]]:
     """(the newest good checkpoint, every checkpoint folder name) at launch. A run whose checkpoints are all damaged
     is refused rather than silently started over."""
     known = ckpt_lib.list_checkpoints(run_dir)
     newest, skipped = ckpt_lib.newest_good(run_dir)
     if known and newest is None:
-        raise CheckpointError(f"every checkpoint of run {name} is damaged (newest: {skipped[0]}); remove the run "
-                              f"with `hybrid-ray runs rm {name}` to start it over")
+        raise CheckpointError(f"every checkpoint of run {spec.name} is damaged (newest: {skipped[0]}); remove the run "
+                              f"with `{runs.rm_command(spec.storage_path, spec.name)}` to start it over")
     for error in skipped:
         warnings.warn(f"{error}; skipping it for an older checkpoint")
     return newest, known
@@ -211,7 +211,7 @@ def train(
                                   progress=progress, data_origin=data_origin)
     run_dir = storage.join(spec.storage_path, spec.name)
     runs.claim(run_dir, spec)
-    resume_from, known = _known_checkpoints(run_dir, spec.name)
+    resume_from, known = _known_checkpoints(spec, run_dir)
     if until_step is not None:
         last = (ckpt_lib.read_state(resume_from).total_steps if resume_from else spec.train.steps) + extend_steps
         if until_step > last:
