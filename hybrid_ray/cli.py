@@ -176,6 +176,9 @@ def train(address: str | None, verbose: bool, extend_steps: int, until_step: int
     line = f"{r['status']} at step {r['step']}/{r['total_steps']}"
     if "final" in r:
         line += f": val_loss {r['final']['val_loss']:.4f} (best {r['best']['val_loss']:.4f} at step {r['best']['step']})"
+    if outcome.already_done:
+        line = f"{spec.name} already {line}; nothing trained" + (
+            " (--extend-steps N trains it longer)" if r["status"] == "finished" else " (it is past --until-step)")
     click.echo(line)
     click.echo(f"results: {outcome.run_dir}")
 

@@ -4,6 +4,7 @@ A run lives in `<storage_path>/<name>/`:
     spec.yaml            what the run is (relaunching the same name must not change it once a checkpoint exists)
     checkpoint_*/        see train/checkpoint.py
     results.json         spec, parameters, metric history, best/final validation, tokens, time, versions
+    launches.json        how many launches trained (interrupted ones too; results.json's `launches` copies it)
     curves.png, tensorboard/, model/ (a Hugging Face-style folder), diverged.json (when the loss stopped being finite)
 """
 
@@ -24,6 +25,7 @@ from hybrid_ray.train.checkpoint import latest, list_checkpoints, newest_step, s
 
 SPEC_FILE = "spec.yaml"
 RESULTS_FILE = "results.json"
+LAUNCHES_FILE = "launches.json"
 CURVES_FILE = "curves.png"
 MODEL_DIR = "model"
 # Settings that may change between launches of one run (hardware, cadence); everything else defines the run.
@@ -77,6 +79,22 @@ def read_spec(run_dir: str) -> dict[str, Any]:
 
 def write_results(run_dir: str, results: dict[str, Any]) -> None:
     storage.write_bytes(storage.join(run_dir, RESULTS_FILE), dumps(results).encode())
+
+
+def launch_count(run_dir: str) -> int:
+    """Launches of a run that trained (see count_launch); runs from before launches.json carry it in results.json."""
+    path = storage.join(run_dir, LAUNCHES_FILE)
+    if storage.exists(path):
+        return int(read_json(path).get("launches", 0))
+    return int((read_results(run_dir) or {}).get("launches", 0))
+
+
+def count_launch(run_dir: str) -> int:
+    """Record one more launch that trained. Kept beside results.json because an interrupted launch writes no results
+    but still counts."""
+    count = launch_count(run_dir) + 1
+    storage.write_bytes(storage.join(run_dir, LAUNCHES_FILE), dumps({"launches": count}).encode())
+    return count
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
