@@ -2,13 +2,14 @@
 cluster/local-head.sh starts it): no variable set but HOME, a clean console, one-line errors, Ctrl-C, `ray job submit`."""
 
 import json
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from ray_procs import HYBRID_RAY, RAY, hybrid_ray, one_error_line, user_env
+from ray_procs import HYBRID_RAY, RAY, hybrid_ray, one_error_line, short_tmpdir, start_head, user_env
 
 pytestmark = pytest.mark.slow
 SMALL = ["--steps", "4", "--log-every", "2", "--eval-every", "4", "--max-documents", "100"]
@@ -28,6 +29,25 @@ def test_train_connects_with_the_token_file_alone_and_keeps_the_console_clean(ra
     assert "step 4/4 | loss" in out and "finished at step 4/4" in out
     assert not [noise for noise in RAY_NOISE if noise in out], out
     assert json.loads((tmp_path / "addr" / "results.json").read_text())["status"] == "finished"
+
+
+def test_train_without_an_address_starts_its_own_ray_beside_a_running_head(tmp_path):
+    """A head started as cluster/local-head.sh does, in Ray's default temp folder (whose ray_current_cluster names it,
+    where a plain ray.init() would join it): `hybrid-ray train` without --address starts a new local Ray, says so,
+    and finishes."""
+    system_tmp = short_tmpdir()  # this machine's temp folder for the test's user: Ray's default is <it>/ray
+    head = start_head(tmp_path / "home", temp_dir=f"{system_tmp}/ray", extra_env={"TMPDIR": system_tmp})
+    try:
+        assert Path(system_tmp, "ray", "ray_current_cluster").exists()
+        result = hybrid_ray("train", *SMALL, "--storage-path", str(tmp_path / "runs"), "--name", "own", env=head.env)
+        out = result.stdout + result.stderr
+        assert result.returncode == 0, out[-3000:]
+        assert "on a new local Ray instance" in out and head.dashboard not in out, out[-3000:]
+        assert "finished at step 4/4" in out
+    finally:
+        head.stop()
+        shutil.rmtree(system_tmp, ignore_errors=True)
+    assert not head.processes()
 
 
 def test_ray_address_from_the_environment_works_the_same(ray_head, tmp_path):
