@@ -278,10 +278,9 @@ def _already_done(spec: RunSpec, run_dir: str, dataset: Any, step: int) -> Train
 
 
 def _trained(run_dir: str, start: int) -> bool:
-    """Whether this launch, which started at step `start`, trained: its newest good checkpoint is past that step,
-    or it stopped at a diverging step."""
-    newest, _ = ckpt_lib.newest_good(run_dir)
-    step = ckpt_lib.step_of(newest.rstrip("/").rsplit("/", 1)[-1]) if newest else None
+    """Whether this launch, which started at step `start`, trained: it wrote a checkpoint past that step, or it stopped
+    at a diverging step."""
+    step = ckpt_lib.newest_step(run_dir)
     return (step is not None and step > start) or storage.exists(storage.join(run_dir, DIVERGED_FILE))
 
 
