@@ -257,7 +257,7 @@ def train(
     except Exception as e:
         raise _failure(e, run_dir) from e
     finally:
-        if _trained(run_dir, reached.step if reached else 0):
+        if _trained(run_dir, reached.step if reached else 0, known):
             runs.count_launch(run_dir)
     outcome = finalize(spec, run_dir, dataset, time.time() - started)
     if outcome.results["status"] == "diverged":
@@ -277,11 +277,11 @@ def _already_done(spec: RunSpec, run_dir: str, dataset: Any, step: int) -> Train
     return TrainOutcome(run_dir, results, already_done=True)
 
 
-def _trained(run_dir: str, start: int) -> bool:
-    """Whether this launch, which started at step `start`, trained: it wrote a checkpoint past that step, or it stopped
-    at a diverging step."""
-    step = ckpt_lib.newest_step(run_dir)
-    return (step is not None and step > start) or storage.exists(storage.join(run_dir, DIVERGED_FILE))
+def _trained(run_dir: str, start: int, known: list[str]) -> bool:
+    """Whether this launch, which started at step `start` with the checkpoint folders `known`, trained: it wrote a
+    checkpoint past that step (a new folder: a broken one of the same step stays), or it stopped at a diverging step."""
+    new = set(ckpt_lib.list_checkpoints(run_dir)) - set(known)
+    return any(ckpt_lib.step_of(name) > start for name in new) or storage.exists(storage.join(run_dir, DIVERGED_FILE))
 
 
 def _fit(spec: RunSpec, launch: LaunchOptions, scaling: Any, use_gpu: bool, callbacks: list | None) -> None:
