@@ -177,6 +177,9 @@ def train(address: str | None, verbose: bool, extend_steps: int, until_step: int
     line = f"{r['status']} at step {r['step']}/{r['total_steps']}"
     if "final" in r:
         line += f": val_loss {r['final']['val_loss']:.4f} (best {r['best']['val_loss']:.4f} at step {r['best']['step']})"
+    if outcome.already_done:
+        line = f"{spec.name} already {line}; nothing trained" + (
+            " (--extend-steps N trains it longer)" if r["status"] == "finished" else " (it is past --until-step)")
     click.echo(line)
     click.echo(f"results: {outcome.run_dir}")
 
@@ -552,6 +555,8 @@ def generate(path: str, prompts: tuple[str, ...], prompts_file: str | None, back
             texts += [line for line in Path(prompts_file).read_text().splitlines() if line.strip()]
         except OSError as e:
             raise SpecError(f"cannot read --prompts file {prompts_file}: {e.strerror or e}") from e
+        except UnicodeDecodeError as e:
+            raise SpecError(f"--prompts file {prompts_file} is not UTF-8 text: {e.reason} at byte {e.start}") from e
     texts = texts or [""]
     sampling = SamplingOptions(use_cache=not no_cache, **options)
     stream = len(texts) == 1

@@ -9,6 +9,7 @@ import socket
 import sys
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,22 +20,50 @@ from hybrid_ray.errors import ClusterError, first_line
 os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
 
 _session: dict[str, str | None] = {}
+# The GCS address of the local Ray this process tree started itself (start_local): $RAY_ADDRESS then names it for
+# Ray's own subprocesses, but it is not a cluster the user chose.
+OWN_CLUSTER = "HYBRID_RAY_OWN_CLUSTER"
+GCS_PORT = "RAY_GCS_SERVER_PORT"  # read by Ray 2.60's head node when it starts its GCS (ray/_private/node.py)
 
 
 def address_from_env() -> str | None:
-    return os.environ.get("RAY_ADDRESS") or None
+    """The cluster the user chose through $RAY_ADDRESS (not the local one hybrid-ray pinned it to)."""
+    address = os.environ.get("RAY_ADDRESS") or None
+    return None if address and address == os.environ.get(OWN_CLUSTER) else address
 
 
-def reachable(address: str, timeout: float = 5.0) -> None:
-    """Fail fast on host:port addresses that nothing listens on (ray.init would retry for a minute)."""
-    target = address if "://" in address else f"tcp://{address}"
-    parsed = urlparse(target)
-    if not parsed.hostname or not parsed.port:
-        return
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_local(*, num_cpus: int | None = None, dashboard: bool = True, **init_kwargs: Any) -> Any:
+    """Start a NEW local Ray (never join another one of this machine, such as a `ray start` head or another sweep)
+    and pin every process of it to it: its GCS port is chosen first and exported as $RAY_ADDRESS before its raylet
+    starts, so that Ray's own processes that find "the" cluster by auto-discovery (Ray Train's placement-group
+    cleaner, the state API in workers) reach this one. Returns Ray's context."""
+    import ray
+
+    port = _free_port()
+    gcs = f"127.0.0.1:{port}"
+    previous = os.environ.get("RAY_ADDRESS")
+    api = os.environ.pop("RAY_API_SERVER_ADDRESS", None)  # would override $RAY_ADDRESS in Ray's own processes
+    os.environ.update({"RAY_ADDRESS": gcs, OWN_CLUSTER: gcs, GCS_PORT: str(port)})
     try:
-        socket.create_connection((parsed.hostname, parsed.port), timeout=timeout).close()
-    except OSError as e:
-        raise ClusterError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from e
+        return ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                        **init_kwargs)
+    except BaseException:
+        os.environ.pop(OWN_CLUSTER, None)
+        if previous is None:
+            os.environ.pop("RAY_ADDRESS", None)
+        else:
+            os.environ["RAY_ADDRESS"] = previous
+        raise
+    finally:
+        os.environ.pop(GCS_PORT, None)  # only for this start
+        if api is not None:
+            os.environ["RAY_API_SERVER_ADDRESS"] = api
 
 
 def connect(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = True,
@@ -70,13 +99,13 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
         return f"Ray cluster at {address}"
     ray_compat.enable_token_auth()  # what Ray does for a new local cluster anyway, without its warning
     try:
-        context = ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
+        context = start_local(num_cpus=num_cpus, dashboard=dashboard, **kwargs)
     except Exception as e:
         raise ClusterError(f"cannot start a local Ray instance: {first_line(e)}") from e
     _session["dashboard"] = context.dashboard_url
     if not verbose:
         ray_compat.show_only_training_output()
-    return "a local Ray instance (stops when this command ends)"
+    return "a new local Ray instance (stops when this command ends; --address joins a running cluster)"
 
 
 @contextlib.contextmanager

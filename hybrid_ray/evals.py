@@ -206,6 +206,8 @@ def evaluate_task(path: str, task: str, *, data: str | None = None, limit: int |
 
     if task not in TASKS:
         raise SpecError(f"unknown task {task!r}{suggest(task, TASKS)}; choose one of {', '.join(TASKS)}")
+    if limit is not None and limit < 1:
+        raise SpecError(f"--limit must be >= 1, got {limit}")
     folder = model_dir(path)
     run = runs.read_results(path) if folder != path else None
     if task == "perplexity":

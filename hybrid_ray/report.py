@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -243,7 +242,7 @@ def comparison_rows(paths: list[str]) -> list[dict[str, Any]]:
         path = storage.normalize(path)
         sweep = storage.join(path, "sweep.json")
         if storage.exists(sweep):
-            rows += json.loads(storage.read_bytes(sweep))["trials"]
+            rows += runs.read_json(sweep).get("trials") or []
             continue
         results = runs.read_results(path)
         if results is not None:

@@ -4,6 +4,7 @@ A run lives in `<storage_path>/<name>/`:
     spec.yaml            what the run is (relaunching the same name must not change it once a checkpoint exists)
     checkpoint_*/        see train/checkpoint.py
     results.json         spec, parameters, metric history, best/final validation, tokens, time, versions
+    launches.json        how many launches trained (interrupted ones too; results.json's `launches` copies it)
     curves.png, tensorboard/, model/ (a Hugging Face-style folder), diverged.json (when the loss stopped being finite)
 """
 
@@ -11,18 +12,20 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from hybrid_ray import storage
-from hybrid_ray.errors import HybridRayError, SpecError, suggest
+from hybrid_ray.errors import HybridRayError, SpecError, first_line, suggest
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train.checkpoint import latest, list_checkpoints, newest_step, step_of
 
 SPEC_FILE = "spec.yaml"
 RESULTS_FILE = "results.json"
+LAUNCHES_FILE = "launches.json"
 CURVES_FILE = "curves.png"
 MODEL_DIR = "model"
 # Settings that may change between launches of one run (hardware, cadence); everything else defines the run.
@@ -46,18 +49,52 @@ def dumps(value: Any) -> str:
     return json.dumps(finite(value), indent=2, default=str, allow_nan=False)
 
 
-def read_results(run_dir: str) -> dict[str, Any] | None:
-    path = storage.join(run_dir, RESULTS_FILE)
-    if not storage.exists(path):
-        return None
+def read_json(path: str) -> dict[str, Any]:
+    """A JSON object file hybrid-ray wrote (results.json, sweep.json, ...); a damaged one is one HybridRayError."""
     try:
-        return json.loads(storage.read_bytes(path))
+        value = json.loads(storage.read_bytes(path))
     except ValueError as e:
         raise HybridRayError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise HybridRayError(f"{path} is damaged: a JSON object is needed, got {type(value).__name__}")
+    return value
+
+
+def read_results(run_dir: str) -> dict[str, Any] | None:
+    path = storage.join(run_dir, RESULTS_FILE)
+    return read_json(path) if storage.exists(path) else None
+
+
+def read_spec(run_dir: str) -> dict[str, Any]:
+    """A run's spec.yaml as a mapping; a damaged file is one HybridRayError naming it."""
+    path = storage.join(run_dir, SPEC_FILE)
+    try:
+        spec = yaml.safe_load(storage.read_bytes(path))
+    except yaml.YAMLError as e:
+        raise HybridRayError(f"{path} is damaged: {first_line(e)}") from e
+    if not isinstance(spec, dict):
+        raise HybridRayError(f"{path} is damaged: a mapping is needed, got {type(spec).__name__}")
+    return spec
 
 
 def write_results(run_dir: str, results: dict[str, Any]) -> None:
     storage.write_bytes(storage.join(run_dir, RESULTS_FILE), dumps(results).encode())
+
+
+def launch_count(run_dir: str) -> int:
+    """Launches of a run that trained (see count_launch); runs from before launches.json carry it in results.json."""
+    path = storage.join(run_dir, LAUNCHES_FILE)
+    if storage.exists(path):
+        return int(read_json(path).get("launches", 0))
+    return int((read_results(run_dir) or {}).get("launches", 0))
+
+
+def count_launch(run_dir: str) -> int:
+    """Record one more launch that trained. Kept beside results.json because an interrupted launch writes no results
+    but still counts."""
+    count = launch_count(run_dir) + 1
+    storage.write_bytes(storage.join(run_dir, LAUNCHES_FILE), dumps({"launches": count}).encode())
+    return count
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -87,7 +124,7 @@ def claim(run_dir: str, spec: RunSpec) -> bool:
     spec_path = storage.join(run_dir, SPEC_FILE)
     has_checkpoints = bool(list_checkpoints(run_dir))
     if storage.exists(spec_path) and has_checkpoints:
-        check_same_run(yaml.safe_load(storage.read_bytes(spec_path)), spec)
+        check_same_run(read_spec(run_dir), spec)
     else:
         storage.write_bytes(spec_path, spec.to_yaml().encode())
     return has_checkpoints
@@ -112,7 +149,7 @@ def run_info(run_dir: str, name: str) -> RunInfo:
         best = (results.get("best") or {}).get("val_loss")
         return RunInfo(name, results.get("spec", {}).get("variant"), results.get("status", "?"), results.get("step"),
                        results.get("total_steps"), best, run_dir)
-    spec = yaml.safe_load(storage.read_bytes(storage.join(run_dir, SPEC_FILE)))
+    spec = read_spec(run_dir)
     step = newest_step(run_dir)
     status = "not started" if step is None else "running or interrupted"
     return RunInfo(name, spec.get("variant"), status, step, spec.get("train", {}).get("steps"), None, run_dir)
@@ -123,6 +160,14 @@ def list_runs(storage_path: str) -> list[RunInfo]:
     root = storage.normalize(storage_path)
     return [run_info(storage.join(root, name), name) for name in storage.list_dirs(root)
             if storage.exists(storage.join(root, name, SPEC_FILE))]
+
+
+def rm_command(storage_path: str, name: str) -> str:
+    """The `hybrid-ray runs rm` command that removes exactly this run (its --storage-path unless the default)."""
+    command = f"hybrid-ray runs rm {shlex.quote(name)}"
+    if storage.normalize(storage_path) != storage.normalize(RunSpec.storage_path):
+        command += f" --storage-path {shlex.quote(storage_path)}"
+    return command
 
 
 def remove_run(storage_path: str, name: str) -> str:

@@ -361,6 +361,8 @@ def read_yaml(path: str | Path) -> Any:
         text = p.read_text()
     except OSError as e:
         raise SpecError(f"cannot read spec file {p}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise SpecError(f"spec file {p} is not a text (UTF-8) YAML/JSON file: {first_line(e)}") from e
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:

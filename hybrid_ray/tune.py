@@ -115,7 +115,7 @@ def _claim(sweep_dir: str, record: dict[str, Any]) -> bool:
     if not storage.exists(path):
         storage.write_bytes(path, runs.dumps(record).encode())
         return False
-    previous = json.loads(storage.read_bytes(path))
+    previous = runs.read_json(path)
     if previous != json.loads(runs.dumps(record)):
         changed = sorted(set(previous["arms"]) ^ set(record["arms"])) or sorted(
             k for k in previous["options"] if previous["options"][k] != record["options"].get(k))

@@ -70,11 +70,11 @@ def ray_session():
     import ray
     from ray_procs import free_port, short_tmpdir
 
-    from hybrid_ray import ray_compat
+    from hybrid_ray import cluster, ray_compat
 
     temp = short_tmpdir()
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port(),
-             logging_level="WARNING", _temp_dir=temp)
+    # as `hybrid-ray` starts its local Ray: a new one (never another Ray of this machine), every process pinned to it
+    cluster.start_local(num_cpus=2, dashboard=True, dashboard_port=free_port(), logging_level="WARNING", _temp_dir=temp)
     ray_compat.show_only_training_output()  # what `hybrid-ray` shows on its console
     yield ray
     ray.shutdown()

@@ -21,7 +21,7 @@ RAY = str(BIN / "ray")
 HYBRID_RAY = str(BIN / "hybrid-ray")
 # what a test harness sets that a user would not: a subprocess "as a user would" runs without these
 TEST_ONLY_VARS = ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "TRITON_INTERPRET",
-                  "PYTEST_CURRENT_TEST")
+                  "PYTEST_CURRENT_TEST", "HYBRID_RAY_OWN_CLUSTER")
 
 
 def free_port() -> int:
@@ -115,14 +115,17 @@ def _signal(proc: psutil.Process, sig: int) -> None:
         pass
 
 
-def start_head(home: str | Path, *, num_cpus: int = 2, token: bool = True, extra_env: dict | None = None) -> RayNode:
+def start_head(home: str | Path, *, num_cpus: int = 2, token: bool = True, extra_env: dict | None = None,
+               temp_dir: str | None = None) -> RayNode:
     """`ray start --head` on 127.0.0.1 with the dashboard, as cluster/local-head.sh does, for a user whose home is
-    `home`. With `token`, the user has a token file first, so the head uses token authentication."""
+    `home`. With `token`, the user has a token file first, so the head uses token authentication. `temp_dir`: Ray's
+    temp folder (it writes ray_current_cluster there) [default: a new one of its own]."""
     home = Path(home)
     if token:
         (home / ".ray").mkdir(parents=True, exist_ok=True)
         (home / ".ray" / "auth_token").write_text(os.urandom(16).hex())
-    node = RayNode(temp_dir=short_tmpdir("hr-head-"), home=str(home), port=free_port(), dashboard_port=free_port())
+    node = RayNode(temp_dir=temp_dir or short_tmpdir("hr-head-"), home=str(home), port=free_port(),
+                   dashboard_port=free_port())
     node.env = user_env(home, RAY_TRAIN_ENABLE_STATE_TRACKING="1", **(extra_env or {}))
     cmd = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={node.port}", "--dashboard-host=127.0.0.1",
            f"--dashboard-port={node.dashboard_port}", f"--num-cpus={num_cpus}", f"--temp-dir={node.temp_dir}",

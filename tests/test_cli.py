@@ -198,3 +198,14 @@ def test_data_inspect_describes_and_samples(capsys, tmp_path):
     rc, out, _ = run(capsys, "data", "inspect", "--data", str(tmp_path / "docs.jsonl"), "--samples", "2", "--chars", "40")
     assert rc == 0 and "validation document 1" in out and "validation document 2" in out and "document number" in out
     assert "train:" in out and "val:" in out
+
+
+@pytest.mark.parametrize("name", ["binary.yaml", "binary.json"])
+def test_a_binary_config_file_is_one_line(capsys, tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(bytes(range(128, 256)) * 3)
+    for command in (["train", "--dry-run"], ["data", "prepare"]):
+        rc, _, err = run(capsys, *command, "--config", str(path))
+        assert_one_line_error(rc, err, 2, "is not a text (UTF-8) YAML/JSON file")
+    rc, _, err = run(capsys, "submit", "--dry-run", str(path))
+    assert_one_line_error(rc, err, 2, "is not a text (UTF-8) YAML/JSON file")

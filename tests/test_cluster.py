@@ -2,13 +2,14 @@
 cluster/local-head.sh starts it): no variable set but HOME, a clean console, one-line errors, Ctrl-C, `ray job submit`."""
 
 import json
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from ray_procs import HYBRID_RAY, RAY, hybrid_ray, one_error_line, user_env
+from ray_procs import HYBRID_RAY, RAY, hybrid_ray, one_error_line, short_tmpdir, start_head, user_env
 
 pytestmark = pytest.mark.slow
 SMALL = ["--steps", "4", "--log-every", "2", "--eval-every", "4", "--max-documents", "100"]
@@ -28,6 +29,39 @@ def test_train_connects_with_the_token_file_alone_and_keeps_the_console_clean(ra
     assert "step 4/4 | loss" in out and "finished at step 4/4" in out
     assert not [noise for noise in RAY_NOISE if noise in out], out
     assert json.loads((tmp_path / "addr" / "results.json").read_text())["status"] == "finished"
+
+
+@pytest.fixture(scope="module")
+def default_head(tmp_path_factory):
+    """A head started as cluster/local-head.sh does, in Ray's default temp folder (<the system temp folder>/ray), whose
+    ray_current_cluster names it: where a plain ray.init() (or Ray's own auto-discovery) finds it."""
+    system_tmp = short_tmpdir()  # this machine's temp folder for the test's user ($TMPDIR)
+    head = start_head(tmp_path_factory.mktemp("home"), temp_dir=f"{system_tmp}/ray", extra_env={"TMPDIR": system_tmp})
+    assert Path(system_tmp, "ray", "ray_current_cluster").exists()
+    yield head
+    head.stop()
+    shutil.rmtree(system_tmp, ignore_errors=True)
+    assert not head.processes()
+
+
+def test_train_without_an_address_starts_its_own_ray_beside_a_running_head(default_head, tmp_path):
+    result = hybrid_ray("train", *SMALL, "--storage-path", str(tmp_path), "--name", "own", env=default_head.env)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "on a new local Ray instance" in out and default_head.dashboard not in out, out[-3000:]
+    assert "finished at step 4/4" in out
+
+
+def test_an_asha_sweep_beside_a_running_head_frees_the_trials_it_stops(default_head, tmp_path):
+    """One trial at a time: the trial after one that ASHA stops waits for the stopped one's placement group, which
+    Ray Train's cleaner frees only when it reaches this sweep's own Ray."""
+    result = hybrid_ray("sweep", "--grid", "lr=3e-3,1e-6,1e-7", "--reduction-factor", "2", "--max-concurrent", "1",
+                        "--steps", "8", "--eval-every", "4", "--checkpoint-every", "4", "--log-every", "4",
+                        "--max-documents", "100", "--eval-tokens", "2048", "--storage-path", str(tmp_path),
+                        env=default_head.env, timeout=400)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "on a new local Ray instance" in out and "by ASHA" in out, out[-3000:]
 
 
 def test_ray_address_from_the_environment_works_the_same(ray_head, tmp_path):

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from hybrid_ray.data import describe, prepare, shards
+from hybrid_ray.data import Dataset, describe, prepare, shards
 from hybrid_ray.data.shards import cache_key
 from hybrid_ray.data.tokenizer import ByteTokenizer
 from hybrid_ray.errors import DataError
@@ -245,3 +245,10 @@ def test_a_folder_typed_two_ways_is_one_cache(tmp_path, monkeypatch):
     a = prepare(DataSpec(source="corpus/", cache_dir=str(tmp_path / "cache")))
     b = prepare(DataSpec(source=str(tmp_path / "corpus"), cache_dir=str(tmp_path / "cache")))
     assert a.path == b.path and cache_dirs(tmp_path / "cache") == [a.path.name]
+
+
+@pytest.mark.parametrize("content", [b"", b"[1]", bytes(range(128, 256))])
+def test_a_damaged_manifest_is_a_data_error(tmp_path, content):
+    (tmp_path / "manifest.json").write_bytes(content)
+    with pytest.raises(DataError, match="is not a prepared dataset"):
+        Dataset.open(tmp_path)

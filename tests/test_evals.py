@@ -124,3 +124,35 @@ def test_malformed_task_files_name_the_record(run_dir, tmp_path, capsys):
     (tmp_path / "broken.jsonl").write_text("{not json\n")
     assert main(["eval", str(run_dir), "--task", "arc_easy", "--data", str(tmp_path / "broken.jsonl")]) == 1
     assert "not JSON or JSONL" in capsys.readouterr().err
+
+
+def corpus(tmp_path):
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"{i}.txt").write_text(f"document {i} " + "text " * 20)
+    return folder
+
+
+def test_limit_below_one_is_refused_before_anything_is_written(run_dir, tmp_path, capsys):
+    before = (run_dir / "results.json").read_bytes()
+    assert main(["eval", str(run_dir), "--task", "perplexity", "--data", str(corpus(tmp_path)), "--limit", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0] == "error: --limit must be >= 1, got 0", err
+    assert (run_dir / "results.json").read_bytes() == before and not (run_dir / "eval").exists()
+
+
+def test_eval_prints_no_transformers_warning(run_dir, tmp_path, capsys):
+    import logging
+
+    # transformers' own handler keeps the stderr of its import time, out of capsys's reach: listen on its logger
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logging.getLogger("transformers").addHandler(handler)
+    try:
+        assert main(["eval", str(run_dir), "--task", "perplexity", "--data", str(corpus(tmp_path))]) == 0
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    assert capsys.readouterr().out.startswith("perplexity ")
+    assert not [r.getMessage() for r in records if "You are using a model of type" in r.getMessage()]

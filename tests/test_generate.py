@@ -107,3 +107,25 @@ def test_fla_decodes_with_its_own_cache_like_the_twin(fla_interpreted):
     twin = build_model(spec, "torch").eval()
     greedy = SamplingOptions(max_new_tokens=6, temperature=0)
     assert decode(fla, [[3, 4, 5, 6]], greedy, None, CPU) == decode(twin, [[3, 4, 5, 6]], greedy, None, CPU)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_the_fla_backend_without_a_gpu_is_one_line(tmp_path, capsys):
+    m, spec = model([1])
+    save_model(m, spec, tmp_path)
+    ByteTokenizer().save(tmp_path)
+    assert main(["generate", str(tmp_path), "--backend", "fla"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--backend fla needs a CUDA GPU" in err[0] and "--backend torch" in err[0], err
+
+
+@pytest.mark.parametrize("file", ["config.json", "hybrid_ray_tokenizer.json"])
+@pytest.mark.parametrize("content", [b"", b"[1, 2]", b'{"vocab', bytes(range(128, 256))])
+def test_a_damaged_model_folder_is_one_line(tmp_path, capsys, file, content):
+    m, spec = model([1])
+    save_model(m, spec, tmp_path)
+    ByteTokenizer().save(tmp_path)
+    (tmp_path / file).write_bytes(content)
+    assert main(["generate", str(tmp_path), "--max-new-tokens", "2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and file in err[0], err

@@ -56,3 +56,50 @@ def test_results_are_strict_json(tmp_path):
     text = (tmp_path / "results.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"final": {"val_loss": None}, "history": [{"loss": None}]}
+
+
+@pytest.mark.parametrize("content", [b"", b"- just\n- a list\n", bytes(range(128, 256))])
+def test_a_damaged_spec_or_results_file_is_one_line(tmp_path, capsys, content):
+    run_dir = tmp_path / "broken"
+    run_dir.mkdir()
+    (run_dir / "spec.yaml").write_bytes(content)
+    assert main(["runs", "list", "--storage-path", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "spec.yaml is damaged" in err[0], err
+    (run_dir / "spec.yaml").write_text("name: broken\n")
+    (run_dir / "results.json").write_bytes(content or b"[]")
+    for args in (["runs", "list", "--storage-path", str(tmp_path)], ["compare", str(run_dir), "--out", str(tmp_path / "c")]):
+        assert main(args) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and "results.json" in err[0], err
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "sweep.json").write_bytes(content or b"[]")
+    assert main(["compare", str(tmp_path / "sweep"), "--out", str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "sweep.json" in err[0], err
+    assert not (tmp_path / "c").exists()
+
+
+def test_the_damaged_run_hint_removes_that_run_and_no_other(tmp_path, monkeypatch, capsys):
+    """Two runs named longjob, one under the default storage path: the hint for the damaged one names its path."""
+    import shlex
+
+    from hybrid_ray.cli import build_spec
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    default, other = tmp_path / "home" / "hybrid-ray-runs", tmp_path / "other"
+    for root in (default, other):
+        runs.claim(str(root / "longjob"), build_spec(None, None, None, name="longjob", storage_path=str(root),
+                                                             vocab_size="320"))  # what the byte tokenizer resolves
+        write(root / "longjob" / "checkpoint_00000010")
+    weights = other / "longjob" / "checkpoint_00000010" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    assert main(["train", "--name", "longjob", "--storage-path", str(other)]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]  # after the progress
+    assert len(err) == 1 and "every checkpoint of run longjob is damaged" in err[0], err
+    hint = err[0].split("`")[1]
+    assert hint == f"hybrid-ray runs rm longjob --storage-path {other}"
+    assert main([*shlex.split(hint)[1:], "--yes"]) == 0
+    assert not (other / "longjob").exists() and (default / "longjob" / "checkpoint_00000010").exists()
+    assert runs.rm_command(str(default), "longjob") == runs.rm_command("~/hybrid-ray-runs/", "longjob") == \
+        "hybrid-ray runs rm longjob"

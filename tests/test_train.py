@@ -81,6 +81,15 @@ def test_default_run_learns_and_writes_everything(default_run):
         "checkpoint_00000100", "checkpoint_00000150", "checkpoint_00000200"]  # --keep 3
 
 
+def test_relaunching_a_finished_run_trains_and_writes_nothing(default_run, capsys):
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in default_run.rglob("*") if p.is_file()}
+    assert main(["train", "--num-workers", "2", "--storage-path", str(default_run.parent)]) == 0
+    out = capsys.readouterr().out
+    assert f"{default_run.name} already finished at step 200/200" in out and "--extend-steps" in out, out
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in default_run.rglob("*") if p.is_file()} == files
+    assert json.loads((default_run / "results.json").read_text())["launches"] == 1
+
+
 def test_trained_model_generates_and_loads_in_fla(default_run, capsys, fla_interpreted):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -97,8 +106,9 @@ def test_resume_is_exact(ray_session, tmp_path):
     straight = train(small_spec(tmp_path, "straight", **{"train.steps": 20}), progress=False)
     first = train(small_spec(tmp_path, "resumed", **{"train.steps": 20}), until_step=10, progress=False)
     assert first.results["status"] == "stopped" and first.results["step"] == 10
+    (tmp_path / "resumed" / "results.json").unlink()  # what a launch interrupted after its checkpoint leaves
     second = train(small_spec(tmp_path, "resumed", **{"train.steps": 20}), progress=False)
-    assert second.results["status"] == "finished" and second.results["launches"] == 2
+    assert second.results["status"] == "finished" and second.results["launches"] == 2  # the interrupted one counts
     assert losses(second.results) == losses(straight.results)
     assert [s for s, _ in losses(straight.results)] == list(range(1, 21))
     evals = [(r["step"], r["val_loss"]) for r in straight.results["history"] if "val_loss" in r]
@@ -247,7 +257,7 @@ def test_bad_training_input_is_one_line(ray_session, default_run, tmp_path, caps
         weights.write_bytes(weights.read_bytes()[:-100] + b"\x00" * 100)
     results_before = (copy / default_run.name / "results.json").read_bytes()
     line = run("--num-workers", "2", "--storage-path", str(copy), "--extend-steps", "10")
-    assert "every checkpoint of run" in line and "is damaged" in line and "runs rm" in line
+    assert "every checkpoint of run" in line and "is damaged" in line and f"runs rm {default_run.name} --storage-path {copy}`" in line
     assert (copy / default_run.name / "results.json").read_bytes() == results_before
     assert Path(copy / default_run.name / "checkpoint_00000150" / "model.safetensors").exists()
 

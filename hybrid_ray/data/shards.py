@@ -122,9 +122,11 @@ def _build_once(final: Path, build: Any) -> Path:
 
 def read_manifest(path: Path) -> dict[str, Any]:
     try:
-        manifest = json.loads((path / "manifest.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        manifest = json.loads((path / "manifest.json").read_bytes())
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8 at all
         raise DataError(f"{path} is not a prepared dataset (no readable manifest.json)") from e
+    if not isinstance(manifest, dict):
+        raise DataError(f"{path} is not a prepared dataset (its manifest.json is not a JSON object)")
     if manifest.get("format") != FORMAT_VERSION:
         raise DataError(f"{path} has shard format {manifest.get('format')}, this version reads {FORMAT_VERSION}")
     return manifest

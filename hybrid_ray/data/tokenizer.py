@@ -6,6 +6,7 @@ All three share one small interface (`Tokenizer`); `save(dir)` + `load_tokenizer
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -140,9 +141,12 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
     """Read back what `Tokenizer.save(directory)` wrote."""
     d = Path(directory)
     if (d / OWN_FILE).exists():
-        meta = json.loads((d / OWN_FILE).read_text())
-        if meta.get("type") == "ids":
-            return IdTokenizer(meta["vocab_size"], meta["eos_id"], meta.get("name", "ids"))
+        try:
+            meta = json.loads((d / OWN_FILE).read_bytes())
+            if meta.get("type") == "ids":
+                return IdTokenizer(meta["vocab_size"], meta["eos_id"], meta.get("name", "ids"))
+        except (OSError, ValueError, AttributeError, KeyError, TypeError) as e:
+            raise DataError(f"the tokenizer file {d / OWN_FILE} is damaged: {first_line(e)}") from e
         return ByteTokenizer()
     if not d.is_dir():
         raise DataError(f"no tokenizer saved in {d}")
@@ -164,11 +168,17 @@ def _load_hf(name: str) -> HFTokenizer:
     local = Path(name).expanduser().exists()
     offline = not local and not hub_available()
     hint = "use --tokenizer byte or a local tokenizer folder"
+    # a model folder's config.json is FLA's gated_deltanet config, which transformers warns it does not know
+    config_log = logging.getLogger("transformers.configuration_utils")
+    level = config_log.level
+    config_log.setLevel(logging.ERROR)
     try:
         tok = AutoTokenizer.from_pretrained(os.path.expanduser(name) if local else name, local_files_only=offline)
     except Exception as e:  # transformers raises OSError, ValueError, EnvironmentError... depending on what is missing
         where = "the Hugging Face hub is unreachable and it is not cached" if offline else first_line(e)
         raise DataError(f"could not load tokenizer {name!r}: {where}; {hint}") from e
+    finally:
+        config_log.setLevel(level)
     return HFTokenizer(name, tok)
 
 

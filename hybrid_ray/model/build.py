@@ -31,13 +31,22 @@ def resolve_backend(backend: str, device: torch.device | str | None = None) -> s
     return "fla" if on_cuda and fla_available() else "torch"
 
 
+FLA_NEEDS_GPU = ("--backend fla needs a CUDA GPU (FLA's Triton kernels do not run on CPUs); "
+                 "use --backend torch (or auto) here")
+
+
+def check_device(backend: str, device: torch.device | str) -> None:
+    """Refuse FLA's kernels on a non-CUDA device in one line (Triton would end in a 100-line driver traceback)."""
+    if resolve_backend(backend, device) == "fla" and torch.device(device).type != "cuda":
+        raise SpecError(FLA_NEEDS_GPU)
+
+
 def check_backend(backend: str) -> None:
     """Fail on the driver, before any cluster starts, when this machine cannot run `backend` for a local run."""
     if backend != "fla":
         return
     if not torch.cuda.is_available():
-        raise SpecError("--backend fla needs a CUDA GPU (FLA's Triton kernels do not run on CPUs); "
-                        "use --backend auto or torch here")
+        raise SpecError(FLA_NEEDS_GPU)
     if not fla_available():
         raise EnvironmentProblem("--backend fla needs flash-linear-attention and triton installed")
 
@@ -126,11 +135,21 @@ def save_model(
 def read_model_spec(folder: str | Path) -> ModelSpec:
     path = Path(folder) / "config.json"
     try:
-        return spec_from_fla_config(json.loads(path.read_text()))
+        config = json.loads(path.read_bytes())
     except FileNotFoundError as e:
         raise CheckpointError(f"no model in {folder}: config.json is missing") from e
-    except (json.JSONDecodeError, TypeError) as e:
-        raise CheckpointError(f"{path} is not a valid model config: {e}") from e
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from e
+    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for a binary file
+        raise CheckpointError(f"{path} is not a valid model config: {first_line(e)}") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is not a valid model config: a JSON object is needed, got {type(config).__name__}")
+    try:
+        return spec_from_fla_config(config)
+    except (TypeError, ValueError, AttributeError) as e:
+        if isinstance(e, SpecError):
+            raise
+        raise CheckpointError(f"{path} is not a valid model config: {first_line(e)}") from e
 
 
 def load_state(folder: str | Path) -> dict[str, torch.Tensor]:
@@ -150,6 +169,8 @@ def load_model(
     folder: str | Path, backend: str = "auto", *, device: torch.device | str | None = None, **fla_options: Any
 ) -> tuple[nn.Module, ModelSpec]:
     """Load a saved model folder onto either backend (strict: every key and shape must match)."""
+    if device is not None:
+        check_device(backend, device)
     spec = read_model_spec(folder)
     state = load_state(folder)
     model = build_model(spec, backend, seed=None, **fla_options)

@@ -46,6 +46,7 @@ class Interrupted(HybridRayError):
 class TrainOutcome:
     run_dir: str
     results: dict[str, Any]
+    already_done: bool = False  # the relaunch had nothing to train (and wrote nothing)
 
     @property
     def finished(self) -> bool:
@@ -165,14 +166,14 @@ def share_data(spec: RunSpec, dataset: Any) -> str | None:
     return data_lib.publish(dataset.path, storage.join(spec.storage_path, ".data"))
 
 
-def _known_checkpoints(run_dir: str, name: str) -> tuple[str | None, list[str]]:
+def _known_checkpoints(spec: RunSpec, run_dir: str) -> tuple[str | None, list[str]]:
     """(the newest good checkpoint, every checkpoint folder name) at launch. A run whose checkpoints are all damaged
     is refused rather than silently started over."""
     known = ckpt_lib.list_checkpoints(run_dir)
     newest, skipped = ckpt_lib.newest_good(run_dir)
     if known and newest is None:
-        raise CheckpointError(f"every checkpoint of run {name} is damaged (newest: {skipped[0]}); remove the run "
-                              f"with `hybrid-ray runs rm {name}` to start it over")
+        raise CheckpointError(f"every checkpoint of run {spec.name} is damaged (newest: {skipped[0]}); remove the run "
+                              f"with `{runs.rm_command(spec.storage_path, spec.name)}` to start it over")
     for error in skipped:
         warnings.warn(f"{error}; skipping it for an older checkpoint")
     return newest, known
@@ -212,11 +213,14 @@ def train(
                                   progress=progress, data_origin=data_origin)
     run_dir = storage.join(spec.storage_path, spec.name)
     runs.claim(run_dir, spec)
-    resume_from, known = _known_checkpoints(run_dir, spec.name)
+    resume_from, known = _known_checkpoints(spec, run_dir)
+    reached = ckpt_lib.read_state(resume_from) if resume_from else None
     if until_step is not None:
-        last = (ckpt_lib.read_state(resume_from).total_steps if resume_from else spec.train.steps) + extend_steps
+        last = (reached.total_steps if reached else spec.train.steps) + extend_steps
         if until_step > last:
             warnings.warn(f"--until-step {until_step} is past the run's last step ({last}): the run trains to {last}")
+    if reached and not extend_steps and reached.step >= min(until_step or reached.total_steps, reached.total_steps):
+        return _already_done(spec, run_dir, dataset, reached.step)
 
     where = cluster.connect(address, verbose=verbose)
     scaling, use_gpu = _scaling(spec)
@@ -254,6 +258,9 @@ def train(
         raise Interrupted(f"interrupted at step {step} (the newest checkpoint); relaunch the same command to resume") from None
     except Exception as e:
         raise _failure(e, run_dir) from e
+    finally:
+        if _trained(run_dir, reached.step if reached else 0, known):
+            runs.count_launch(run_dir)
     outcome = finalize(spec, run_dir, dataset, time.time() - started)
     if outcome.results["status"] == "diverged":
         d = outcome.results["diverged"]
@@ -261,6 +268,22 @@ def train(
         raise DivergedError(f"the loss stopped being finite at step {d['step']} (lr {d['lr']:.3g}); training stopped "
                             f"there and {kept}; lower --lr or lengthen the warmup")
     return outcome
+
+
+def _already_done(spec: RunSpec, run_dir: str, dataset: Any, step: int) -> TrainOutcome:
+    """A relaunch with nothing to train counts no launch and rewrites nothing; it only writes the results a launch
+    that ended between its last checkpoint and results.json left unwritten."""
+    results = runs.read_results(run_dir)
+    if results is None or results.get("step") != step:
+        return dataclasses.replace(finalize(spec, run_dir, dataset, 0.0), already_done=True)
+    return TrainOutcome(run_dir, results, already_done=True)
+
+
+def _trained(run_dir: str, start: int, known: list[str]) -> bool:
+    """Whether this launch, which started at step `start` with the checkpoint folders `known`, trained: it wrote a
+    checkpoint past that step (a new folder: a broken one of the same step stays), or it stopped at a diverging step."""
+    new = set(ckpt_lib.list_checkpoints(run_dir)) - set(known)
+    return any(ckpt_lib.step_of(name) > start for name in new) or storage.exists(storage.join(run_dir, DIVERGED_FILE))
 
 
 def _fit(spec: RunSpec, launch: LaunchOptions, scaling: Any, use_gpu: bool, callbacks: list | None) -> None:
@@ -327,7 +350,7 @@ def finalize(spec: RunSpec, run_dir: str, dataset: Any, wall_s: float) -> TrainO
             "train_seconds": state.train_seconds,  # training only: each launch's first step is compile_seconds
             "compile_seconds": state.compile_seconds,
             "wall_seconds": previous.get("wall_seconds", 0.0) + wall_s,
-            "launches": previous.get("launches", 0) + 1,
+            "launches": runs.launch_count(run_dir),
             "resumed_at": state.resumed_at,
             "versions": state.env,
             "data": {k: dataset.manifest.get(k) for k in ("source", "tokenizer", "vocab_size", "splits") if k in dataset.manifest},
