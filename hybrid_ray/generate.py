@@ -28,6 +28,7 @@ class SamplingOptions:
     top_p: float = 1.0  # nucleus sampling; 1: no limit
     seed: int = 0
     use_cache: bool = True  # False recomputes the whole prefix for every token (slow; for comparisons)
+    use_graph: bool = True  # on a GPU, replay the decode step as a captured CUDA graph
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -101,12 +102,80 @@ def next_tokens(logits: torch.Tensor, options: SamplingOptions, generator: torch
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)
 
 
-@torch.no_grad()
+@dataclass
+class Decoded:
+    tokens: list[list[int]]  # the new tokens of each prompt (up to and including EOS)
+    setup_s: float  # state allocation and graph capture
+    first_token_s: float  # prefill and the first token, after the setup
+    seconds: float  # everything
+
+
 def decode(model: torch.nn.Module, prompt_ids: list[list[int]], options: SamplingOptions, eos_id: int | None,
-           device: torch.device, on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
-    """The new tokens of each prompt. Prompts of equal length decode together as one batch (a recurrent state cannot
-    skip padding, so different lengths are not padded together); `on_token(prompt index, token)` sees every token
-    as it comes."""
+           device: torch.device, on_token: Callable[[int, int], None] | None = None, **kwargs: Any) -> list[list[int]]:
+    """The new tokens of each prompt; `on_token(prompt index, token)` sees every token as it comes."""
+    return decode_timed(model, prompt_ids, options, eos_id, device, on_token, **kwargs).tokens
+
+
+@torch.no_grad()
+def decode_timed(model: torch.nn.Module, prompt_ids: list[list[int]], options: SamplingOptions, eos_id: int | None,
+                 device: torch.device, on_token: Callable[[int, int], None] | None = None, *,
+                 precision: str = "auto", check_every: int = 16) -> Decoded:
+    """Decode all prompts as one batch with the static-state engine (`hybrid_ray.model.decode`), or recompute every
+    prefix without a cache. Without `on_token` the tokens stay on the device: EOS is checked every `check_every`
+    tokens and what follows it trimmed at the end."""
+    if not options.use_cache:
+        return decode_reference(model, prompt_ids, options, eos_id, device, on_token)
+    from hybrid_ray.model.decode import Decoder
+
+    start = time.perf_counter()
+    n, batch = options.max_new_tokens, len(prompt_ids)
+    decoder = Decoder(model, batch, max(map(len, prompt_ids)) + n, device, precision)
+    if device.type == "cuda" and options.use_graph:
+        decoder.capture()
+    setup = time.perf_counter()
+    generator = torch.Generator(device=device).manual_seed(options.seed)
+    tokens = torch.empty(batch, n, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    finished = [False] * batch  # on the host, when streaming
+    token = next_tokens(decoder.prefill(prompt_ids), options, generator)[:, 0]
+    first = None
+    steps = n
+    for t in range(n):
+        if t:
+            token = next_tokens(decoder.step(token), options, generator)[:, 0]
+        tokens[:, t] = token
+        if on_token is not None:
+            for i, value in enumerate(token.tolist()):
+                if not finished[i]:
+                    on_token(i, value)
+                    finished[i] = value == eos_id
+        if first is None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            first = time.perf_counter()
+        if eos_id is not None:
+            done |= token == eos_id
+            if (all(finished) if on_token is not None else (t + 1) % check_every == 0 and bool(done.all())):
+                steps = t + 1
+                break
+    out = []
+    for row in tokens[:, :steps].tolist():
+        out.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    end = time.perf_counter()
+    return Decoded(out, setup - start, first - setup, end - start)
+
+
+@torch.no_grad()
+def decode_reference(model: torch.nn.Module, prompt_ids: list[list[int]], options: SamplingOptions,
+                     eos_id: int | None, device: torch.device,
+                     on_token: Callable[[int, int], None] | None = None) -> Decoded:
+    """Token by token through the model's own forward: with its own cache (the plain cached step the engine must
+    match), or recomputing the whole prefix for every token (`use_cache=False`). Prompts of equal length decode
+    together."""
+    start = time.perf_counter()
+    first = None
     generator = torch.Generator(device=device).manual_seed(options.seed)
     out: list[list[int]] = [[] for _ in prompt_ids]
     groups: dict[int, list[int]] = {}
@@ -125,13 +194,14 @@ def decode(model: torch.nn.Module, prompt_ids: list[list[int]], options: Samplin
                     out[i].append(int(token[row]))
                     if on_token is not None:
                         on_token(i, int(token[row]))
+            first = first or time.perf_counter()
             if eos_id is not None:
                 done |= token[:, 0] == eos_id
             if bool(done.all()):
                 break
             ids = torch.cat([ids, token], dim=1)
             step_input = token if options.use_cache else ids
-    return out
+    return Decoded(out, 0.0, (first or time.perf_counter()) - start, time.perf_counter() - start)
 
 
 def generate(path: str, prompts: list[str], options: SamplingOptions, *, backend: str = "auto",
