@@ -132,7 +132,7 @@ def decode_timed(model: torch.nn.Module, prompt_ids: list[list[int]], options: S
     prefix without a cache. Without `on_token` the tokens stay on the device: EOS is checked every `check_every`
     tokens and what follows it trimmed at the end."""
     if not options.use_cache:
-        return decode_reference(model, prompt_ids, options, eos_id, device, on_token)
+        return decode_reference(model, prompt_ids, options, eos_id, device, on_token, precision=precision)
     from hybrid_ray.model.decode import Decoder
 
     start = time.perf_counter()
@@ -179,7 +179,7 @@ def decode_timed(model: torch.nn.Module, prompt_ids: list[list[int]], options: S
 @torch.no_grad()
 def decode_reference(model: torch.nn.Module, prompt_ids: list[list[int]], options: SamplingOptions,
                      eos_id: int | None, device: torch.device,
-                     on_token: Callable[[int, int], None] | None = None) -> Decoded:
+                     on_token: Callable[[int, int], None] | None = None, *, precision: str = "auto") -> Decoded:
     """Token by token through the model's own forward: with its own cache (the plain cached step the engine must
     match), or recomputing the whole prefix for every token (`use_cache=False`). Prompts of equal length decode
     together."""
@@ -195,7 +195,7 @@ def decode_reference(model: torch.nn.Module, prompt_ids: list[list[int]], option
         done = torch.zeros(len(members), dtype=torch.bool, device=device)
         cache, step_input = None, ids
         for _ in range(options.max_new_tokens):
-            with autocast(device, "auto"):
+            with autocast(device, precision):
                 logits, cache = forward(model, step_input, cache if options.use_cache else None)
             token = next_tokens(logits[:, -1], options, generator)
             for row, i in enumerate(members):
