@@ -502,7 +502,8 @@ def eval_command(path: str, task: str, data: str | None, limit: int | None, seq_
             line += f", acc_norm {result['acc_norm']:.4f} ± {result['acc_norm_stderr']:.4f}"
         if "perplexity" in result:
             line += f", perplexity {result['perplexity']:.2f}"
-        click.echo(f"{line} ({result['examples']} examples)")
+        click.echo(f"{line} ({result['examples']} examples) in {result['seconds']:.2f} s, "
+                   f"{result['examples_per_s']:.1f} examples/s")
 
 
 @cli.group()
