@@ -175,7 +175,7 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, device: torch.device,
             mask[row, :len(cont)] = True
         positions, targets, mask = positions.to(device), targets.to(device), mask.to(device)
         with autocast(device, "auto"):
-            logits, _ = forward(model, ids.to(device), None)
+            logits, _ = forward(model, ids.to(device), None, use_cache=False)
         picked = logits[torch.arange(len(chunk), device=device)[:, None], positions].float()  # [rows, answer, V]
         logprobs = picked.log_softmax(-1)
         scores = logprobs.gather(-1, targets[..., None])[..., 0].masked_fill(~mask, 0.0).sum(-1)

@@ -84,12 +84,13 @@ def load_for_inference(path: str, backend: str = "auto") -> tuple[torch.nn.Modul
     return model.eval(), tokenizer, device
 
 
-def forward(model: torch.nn.Module, ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
-    """Logits of `ids` continuing the sequences in `cache` (None: from the start), and the cache after them."""
+def forward(model: torch.nn.Module, ids: torch.Tensor, cache: Any, use_cache: bool = True) -> tuple[torch.Tensor, Any]:
+    """Logits of `ids` continuing the sequences in `cache` (None: from the start), and the cache after them (None
+    without `use_cache`: scoring needs no state)."""
     if getattr(model, "hybrid_backend", "torch") == "fla":
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+        out = model(input_ids=ids, past_key_values=cache, use_cache=use_cache)
         return out.logits, out.past_key_values
-    out = model(input_ids=ids, cache=cache, use_cache=True)
+    out = model(input_ids=ids, cache=cache, use_cache=use_cache)
     return out.logits, out.cache
 
 

@@ -110,7 +110,7 @@ class Decoder:
                          "v": torch.zeros(shape, dtype=dt, device=device)}
             else:
                 kind = "gdn"
-                projections = ["q_proj", "k_proj", "v_proj"] + (["g_proj"] if spec.use_gate else []) + ["a_proj", "b_proj"]
+                projections = ["q_proj", "k_proj", "v_proj", *(["g_proj"] if spec.use_gate else []), "a_proj", "b_proj"]
                 conv = torch.cat([sd[a + f"{n}_conv1d.weight"][:, 0] for n in "qkv"])  # [C, K]
                 weights |= {"in": cat(*(a + n + ".weight" for n in projections)),
                             "conv": conv.t().contiguous().to(device=device, dtype=dt),  # [K, C]
@@ -227,7 +227,7 @@ class Decoder:
             torch.set_num_threads(before)
 
     def step(self, token: torch.Tensor) -> torch.Tensor:
-        """Logits [B, V] after feeding `token` [B] (a view of a static buffer: copy it to keep it past the next step)."""
+        """Logits [B, V] after feeding `token` [B] (a static buffer: copy it to keep it past the next step)."""
         self.token.copy_(token)
         if self.graph is not None:
             self.graph.replay()
