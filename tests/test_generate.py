@@ -166,3 +166,24 @@ def test_fla_decodes_with_its_own_cache_like_the_twin(fla_interpreted):
     engine = decode(fla, [[3, 4, 5, 6]], greedy, None, CPU)  # the engine's step on FLA's weights
     assert engine == decode(twin, [[3, 4, 5, 6]], greedy, None, CPU)
     assert engine == decode_reference(fla, [[3, 4, 5, 6]], greedy, None, CPU).tokens  # FLA's own cache
+
+
+def test_the_decoding_benchmark_runs_on_a_cpu_and_writes_its_json(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from benchmarks import bench_generate
+
+    monkeypatch.setattr(sys, "argv", [
+        "bench_generate.py", "--out-dir", str(tmp_path), "--device", "cpu", "--preset", "tiny",
+        "--variants", "h100_hybrid_sparse", "--batches", "1", "2", "--prompt-len", "16", "--decode-tokens", "8",
+        "--no-cache-tokens", "4", "--eval-questions", "6"])
+    bench_generate.main()
+    report = json.loads((tmp_path / "generate-cpu-tiny.json").read_text())
+    assert "gpus" in report["machine"] and [(r["variant"], r["batch"]) for r in report["results"]] == [
+        ("h100_hybrid_sparse", 1), ("h100_hybrid_sparse", 2)]
+    for r in report["results"]:
+        assert r["prefill_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0 and r["first_token_s"] > 0
+        assert r["tokens"] == 8 * r["batch"]
+    assert report["results"][0]["cached_speedup_vs_no_cache"] > 0
+    assert report["eval"]["h100_hybrid_sparse"]["questions"] == 6
