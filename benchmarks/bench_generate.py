@@ -3,6 +3,7 @@ tokens/s at batch 1 and 32 with and without the captured step and the cache, and
 
     python benchmarks/bench_generate.py --out-dir benchmarks/results/generate            # one GPU, H100 base size
     python benchmarks/bench_generate.py --out-dir /tmp/gen --device cpu --preset tiny    # a CPU check
+    ... --compile   # also the torch.compile'd step (a compile per variant and batch size: minutes more)
 
 Random weights (speed does not depend on them), greedy decoding without EOS, so every run decodes exactly
 --decode-tokens tokens after a --prompt-len-token prompt. Every measurement follows one untimed pass of the same work.
@@ -29,6 +30,7 @@ import torch
 from benchmarks.common import write_json
 from hybrid_ray import evals
 from hybrid_ray.data.tokenizer import ByteTokenizer
+from hybrid_ray.errors import first_line
 from hybrid_ray.generate import SamplingOptions, decode_reference, decode_timed, forward
 from hybrid_ray.model import build_model, count_params, save_model
 from hybrid_ray.train.parallelize import autocast
@@ -122,13 +124,21 @@ def bench_variant(variant: str, args: argparse.Namespace, device: torch.device, 
             plain = timed_decode(model, prompts, args.no_graph_tokens, device, use_graph=False)
             entry["no_graph"] = plain
             entry["graph_speedup"] = graph["decode_tokens_per_s"] / plain["decode_tokens_per_s"]
+        if args.compile:
+            print(f"{variant} batch {batch}: decoding with the compiled step", flush=True)
+            try:
+                entry["compiled"] = timed_decode(model, prompts, args.decode_tokens, device, compile=True)
+            except Exception as e:  # a compile failure is a result here, not the end of the benchmark
+                entry["compiled"] = {"error": first_line(e)}
         if batch == 1:
             print(f"{variant}: recomputing without the cache", flush=True)
             recompute = timed_decode(model, prompts, args.no_cache_tokens, device, use_cache=False)
             estimate = no_cache_estimate(model, args.prompt_len, args.decode_tokens, args.vocab, device)
-            cached_s = args.decode_tokens / graph["decode_tokens_per_s"] + graph["first_token_s"]
             entry["no_cache"] = {**recompute, **estimate, "measured_tokens": args.no_cache_tokens}
-            entry["cached_speedup_vs_no_cache"] = estimate["no_cache_estimated_s"] / cached_s
+            for key, timing in (("cached", graph), ("compiled", entry.get("compiled", {}))):
+                if "decode_tokens_per_s" in timing:  # decoding the same tokens with the cache, prefill included
+                    cached_s = args.decode_tokens / timing["decode_tokens_per_s"] + timing["first_token_s"]
+                    entry[f"{key}_speedup_vs_no_cache"] = estimate["no_cache_estimated_s"] / cached_s
         print(json.dumps(entry), flush=True)
         entries.append(entry)
     evaluation = None
@@ -153,7 +163,12 @@ def main() -> None:
     parser.add_argument("--no-graph-tokens", type=int, default=200)
     parser.add_argument("--no-cache-tokens", type=int, default=50)
     parser.add_argument("--eval-questions", type=int, default=2376)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the torch.compile'd step (adds a compile per variant and batch size)")
     args = parser.parse_args()
+    if args.compile:  # one compiled step per decoder: let every variant and batch size keep its own
+        config = torch._dynamo.config
+        setattr(config, "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit", 64)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA GPU here: use --device cpu --preset tiny")

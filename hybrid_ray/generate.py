@@ -30,6 +30,7 @@ class SamplingOptions:
     seed: int = 0
     use_cache: bool = True  # False recomputes the whole prefix for every token (slow; for comparisons)
     use_graph: bool = True  # on a GPU, replay the decode step as a captured CUDA graph
+    compile: bool = False  # torch.compile the decode step first (fewer, fused kernels; costs a compile per run)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -138,7 +139,7 @@ def decode_timed(model: torch.nn.Module, prompt_ids: list[list[int]], options: S
 
     start = time.perf_counter()
     n, batch = options.max_new_tokens, len(prompt_ids)
-    decoder = Decoder(model, batch, max(map(len, prompt_ids)) + n, device, precision)
+    decoder = Decoder(model, batch, max(map(len, prompt_ids)) + n, device, precision, compile=options.compile)
     if device.type == "cuda" and options.use_graph:
         decoder.capture()
     setup = time.perf_counter()

@@ -64,7 +64,7 @@ class Decoder:
     """Batched decoding state for `batch` rows of up to `max_len` tokens each, and the step that advances it."""
 
     def __init__(self, model: torch.nn.Module, batch: int, max_len: int, device: torch.device,
-                 precision: str = "auto") -> None:
+                 precision: str = "auto", compile: bool = False) -> None:
         self.model, self.spec, self.device = model, model_spec(model), device
         self.batch, self.max_len = batch, max_len
         self.dtype = torch.bfloat16 if uses_bf16(device, precision) else torch.float32
@@ -122,6 +122,15 @@ class Decoder:
                                           device=device)}
             self.layers.append(_Layer(kind, weights, state))
         self.graph: torch.cuda.CUDAGraph | None = None
+        # torch.compile fuses the step's small ops (3.4x on the tiny model on a CPU, after a ~30 s compile); one graph,
+        # no breaks (fullgraph), and a CUDA graph can still capture the compiled step
+        self._run = self._step
+        if compile:
+            self._run = torch.compile(self._step, fullgraph=True, dynamic=False)
+            # compile now (setup time, not first-token time), under the thread count the steps will run with
+            with torch.no_grad(), self.threads():
+                self._run()
+            self.reset()
 
     # ---- the step -------------------------------------------------------------------------------------------------
 
@@ -198,12 +207,12 @@ class Decoder:
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
-            for _ in range(2):  # warm up outside the graph (allocations, kernel choice)
-                self._step()
+            for _ in range(2):  # warm up outside the graph (allocations, kernel choice, compilation)
+                self._run()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self._step()
+            self._run()
         self.reset()
 
     def reset(self) -> None:
@@ -232,7 +241,7 @@ class Decoder:
         if self.graph is not None:
             self.graph.replay()
         else:
-            self._step()
+            self._run()
         return self.logits
 
     # ---- prefill --------------------------------------------------------------------------------------------------
