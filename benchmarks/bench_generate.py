@@ -117,10 +117,15 @@ def bench_variant(variant: str, args: argparse.Namespace, device: torch.device, 
         prompts = [torch.randint(0, args.vocab, (args.prompt_len,), generator=gen).tolist() for _ in range(batch - 1)]
         prompts = [prompt, *prompts]
         print(f"{variant} batch {batch}: decoding {args.decode_tokens} tokens", flush=True)
-        graph = timed_decode(model, prompts, args.decode_tokens, device)
         entry: dict[str, Any] = {"variant": variant, "batch": batch, "prompt_tokens": args.prompt_len,
-                                 "decode_tokens": args.decode_tokens, **graph, "captured_step": device.type == "cuda"}
-        if device.type == "cuda":
+                                 "decode_tokens": args.decode_tokens, "captured_step": device.type == "cuda"}
+        try:
+            graph = timed_decode(model, prompts, args.decode_tokens, device)
+        except Exception as e:  # keep measuring (op by op) and say why the captured step failed
+            entry |= {"captured_step": False, "captured_step_error": first_line(e)}
+            graph = timed_decode(model, prompts, args.decode_tokens, device, use_graph=False)
+        entry |= graph
+        if entry["captured_step"]:
             plain = timed_decode(model, prompts, args.no_graph_tokens, device, use_graph=False)
             entry["no_graph"] = plain
             entry["graph_speedup"] = graph["decode_tokens_per_s"] / plain["decode_tokens_per_s"]
