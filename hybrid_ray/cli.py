@@ -541,8 +541,13 @@ def verify(require_gpu: bool, fla_clone: str | None, as_json: bool, parity_json:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--backend", type=click.Choice(["auto", "fla", "torch"]), default="auto", show_default=True)
 @click.option("--no-cache", is_flag=True, help="Recompute the whole prefix for every token (for comparisons).")
+@click.option("--no-graph", is_flag=True, help="GPU: run the decode step op by op, not as a captured CUDA graph.")
+@click.option("--compile", "compile_step", is_flag=True,
+              help="torch.compile the decode step (faster per token; the compile takes tens of seconds).")
+@click.option("--batch", type=int, default=1, show_default=True,
+              help="Decode each prompt N times in one batch (batched throughput); prints the first copy's text.")
 def generate(path: str, prompts: tuple[str, ...], prompts_file: str | None, backend: str, no_cache: bool,
-             **options: Any) -> None:
+             no_graph: bool, compile_step: bool, batch: int, **options: Any) -> None:
     """Continue prompts with the model of a run folder (or a model folder), streaming a single prompt's tokens."""
     from pathlib import Path
 
@@ -558,19 +563,22 @@ def generate(path: str, prompts: tuple[str, ...], prompts_file: str | None, back
         except UnicodeDecodeError as e:
             raise SpecError(f"--prompts file {prompts_file} is not UTF-8 text: {e.reason} at byte {e.start}") from e
     texts = texts or [""]
-    sampling = SamplingOptions(use_cache=not no_cache, **options)
-    stream = len(texts) == 1
+    sampling = SamplingOptions(use_cache=not no_cache, use_graph=not no_graph, compile=compile_step, **options)
+    stream = len(texts) == 1 and batch == 1
     if stream:
         click.echo(texts[0], nl=False)
-    result = generate_text(path, texts, sampling, backend=backend,
+    result = generate_text(path, texts, sampling, backend=backend, batch=batch,
                            on_text=(lambda _, text: click.echo(text, nl=False)) if stream else None)
     if stream:
         click.echo()
     else:
-        for prompt, completion in zip(result.prompts, result.completions):
+        for prompt, completion in list(zip(result.prompts, result.completions))[::batch]:
             click.echo(f"{prompt}{completion}\n---")
+    mode = ", no cache" if no_cache else ", no graph" if no_graph else ""
     click.echo(f"{sum(result.new_tokens)} tokens in {result.seconds:.2f} s ({result.tokens_per_s:.1f} tokens/s"
-               f"{', no cache' if no_cache else ''})", err=True)
+               f"{mode}{f', batch {len(result.prompts)}' if len(result.prompts) > 1 else ''}); "
+               f"first token after {result.first_token_s:.3f} s, then {result.decode_tokens_per_s:.1f} tokens/s",
+               err=True)
 
 
 @cli.command("eval")
@@ -601,7 +609,8 @@ def eval_command(path: str, task: str, data: str | None, limit: int | None, seq_
             line += f", acc_norm {result['acc_norm']:.4f} ± {result['acc_norm_stderr']:.4f}"
         if "perplexity" in result:
             line += f", perplexity {result['perplexity']:.2f}"
-        click.echo(f"{line} ({result['examples']} examples)")
+        click.echo(f"{line} ({result['examples']} examples) in {result['seconds']:.2f} s, "
+                   f"{result['examples_per_s']:.1f} examples/s")
 
 
 @cli.group()

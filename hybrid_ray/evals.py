@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,9 @@ HUB = {
 TASKS = (*HUB, "perplexity")
 EVAL_DIR = "eval"
 MAX_CONTEXT = 2048  # tokens kept of a long context (from its end)
-BATCH = 16
+BATCH = 16  # rows per scoring batch on a CPU
+BATCH_TOKENS_CPU = 4096  # padded tokens per scoring batch
+BATCH_ROWS_GPU, BATCH_TOKENS_GPU = 256, 32768
 
 
 @dataclass
@@ -124,12 +127,25 @@ def load_examples(task: str, data: str | None = None, limit: int | None = None) 
     return examples
 
 
+def batch_rows(widths: list[int], max_tokens: int, max_rows: int) -> list[list[int]]:
+    """Row indices in batches, longest first (little padding), each within `max_tokens` padded tokens and `max_rows`
+    rows (a row longer than `max_tokens` goes alone)."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(widths)), key=lambda i: -widths[i]):
+        if batches and len(batches[-1]) < max_rows and (len(batches[-1]) + 1) * widths[batches[-1][0]] <= max_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 @torch.no_grad()
-def loglikelihoods(model: torch.nn.Module, tokenizer: Any, device: torch.device,
-                   pairs: list[tuple[str, str]]) -> list[tuple[float, bool, int]]:
+def loglikelihoods(model: torch.nn.Module, tokenizer: Any, device: torch.device, pairs: list[tuple[str, str]], *,
+                   max_tokens: int | None = None, max_rows: int | None = None) -> list[tuple[float, bool, int]]:
     """For each (context, continuation): the summed log-probability of the continuation's tokens given the context,
-    whether greedy decoding would produce exactly them, and how many there are. Rows are right-padded into batches:
-    a causal model's earlier positions never see the padding."""
+    whether greedy decoding would produce exactly them, and how many there are. Rows of similar length are
+    right-padded into batches (a causal model's earlier positions never see the padding); only the answer positions'
+    logits are normalised, and each batch's scores come back to the host at once."""
     from hybrid_ray.generate import forward
 
     encoded = []
@@ -139,23 +155,33 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, device: torch.device,
             raise DataError(f"an answer tokenizes to nothing: {continuation!r}")
         ctx = (ctx or [tokenizer.eos_id])[-MAX_CONTEXT:]
         encoded.append((ctx, cont))
-    out = []
-    for start in range(0, len(encoded), BATCH):
-        chunk = encoded[start:start + BATCH]
+    gpu = device.type == "cuda"
+    max_tokens = max_tokens or (BATCH_TOKENS_GPU if gpu else BATCH_TOKENS_CPU)
+    max_rows = max_rows or (BATCH_ROWS_GPU if gpu else BATCH)
+    out: list[tuple[float, bool, int]] = [(0.0, False, 0)] * len(encoded)
+    for members in batch_rows([len(c) + len(a) - 1 for c, a in encoded], max_tokens, max_rows):
+        chunk = [encoded[i] for i in members]
         width = max(len(c) + len(a) - 1 for c, a in chunk)
+        answer = max(len(a) for _, a in chunk)
         ids = torch.full((len(chunk), width), tokenizer.eos_id, dtype=torch.long)
+        positions = torch.zeros(len(chunk), answer, dtype=torch.long)  # where each answer token is predicted
+        targets = torch.zeros(len(chunk), answer, dtype=torch.long)
+        mask = torch.zeros(len(chunk), answer, dtype=torch.bool)
         for row, (ctx, cont) in enumerate(chunk):
             seq = (ctx + cont)[:-1]
             ids[row, :len(seq)] = torch.tensor(seq)
+            positions[row, :len(cont)] = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(cont))
+            targets[row, :len(cont)] = torch.tensor(cont)
+            mask[row, :len(cont)] = True
+        positions, targets, mask = positions.to(device), targets.to(device), mask.to(device)
         with autocast(device, "auto"):
-            logits, _ = forward(model, ids.to(device), None)
-        logprobs = logits.float().log_softmax(-1)
-        for row, (ctx, cont) in enumerate(chunk):
-            positions = torch.arange(len(ctx) - 1, len(ctx) - 1 + len(cont), device=device)
-            target = torch.tensor(cont, device=device)
-            scores = logprobs[row, positions]
-            out.append((scores.gather(-1, target[:, None]).sum().item(), bool((scores.argmax(-1) == target).all()),
-                        len(cont)))
+            logits, _ = forward(model, ids.to(device), None, use_cache=False)
+        picked = logits[torch.arange(len(chunk), device=device)[:, None], positions].float()  # [rows, answer, V]
+        logprobs = picked.log_softmax(-1)
+        scores = logprobs.gather(-1, targets[..., None])[..., 0].masked_fill(~mask, 0.0).sum(-1)
+        greedy = ((logprobs.argmax(-1) == targets) | ~mask).all(-1)
+        for i, value, hit in zip(members, scores.tolist(), greedy.tolist()):
+            out[i] = (value, hit, len(encoded[i][1]))
     return out
 
 
@@ -220,7 +246,11 @@ def evaluate_task(path: str, task: str, *, data: str | None = None, limit: int |
         examples = load_examples(task, data, limit)
         model, tokenizer, device = load_for_inference(path, backend)
         pairs = [(ex.context, c) for ex in examples for c in ex.continuations]
-        result = {"task": task, "examples": len(examples), **score(task, examples, loglikelihoods(model, tokenizer, device, pairs))}
+        start = time.perf_counter()
+        scored = score(task, examples, loglikelihoods(model, tokenizer, device, pairs))
+        seconds = time.perf_counter() - start
+        result = {"task": task, "examples": len(examples), **scored, "seconds": round(seconds, 3),
+                  "examples_per_s": round(len(examples) / max(seconds, 1e-9), 2)}
     if run is not None:
         storage.write_bytes(storage.join(path, EVAL_DIR, f"{task}.json"), runs.dumps(result).encode())
         runs.write_results(path, {**run, "evals": {**run.get("evals", {}), task: result}})

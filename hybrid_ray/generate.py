@@ -1,6 +1,7 @@
-"""Text generation from a trained run or a saved model folder: incremental decoding with the model's cache on either
-backend (Gated DeltaNet layers carry their recurrent and short-convolution state, attention layers their keys and
-values), greedy or sampled (temperature, top-k, top-p), several prompts at once, stopping at EOS."""
+"""Text generation from a trained run or a saved model folder: batched decoding on either backend with the engine of
+`hybrid_ray.model.decode` (preallocated recurrent state and key/value ring buffers, a one-token step replayed as a CUDA
+graph on GPUs), greedy or sampled (temperature, top-k, top-p), prompts of any lengths in one batch, stopping at EOS,
+streaming text incrementally."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ class SamplingOptions:
     top_p: float = 1.0  # nucleus sampling; 1: no limit
     seed: int = 0
     use_cache: bool = True  # False recomputes the whole prefix for every token (slow; for comparisons)
+    use_graph: bool = True  # on a GPU, replay the decode step as a captured CUDA graph
+    compile: bool = False  # torch.compile the decode step first (fewer, fused kernels; costs a compile per run)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -47,10 +50,17 @@ class Generation:
     new_tokens: list[int]  # generated tokens per prompt (up to and including EOS)
     seconds: float
     token_ids: list[list[int]] = field(default_factory=list)
+    first_token_s: float = 0.0  # from the start (state, graph capture, prefill) to the first token of every prompt
+    decode_s: float = 0.0  # the rest
 
     @property
     def tokens_per_s(self) -> float:
         return sum(self.new_tokens) / max(self.seconds, 1e-9)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Tokens after the first ones, per second of decoding."""
+        return (sum(self.new_tokens) - len(self.new_tokens)) / max(self.decode_s, 1e-9)
 
 
 def model_dir(path: str) -> str:
@@ -75,12 +85,13 @@ def load_for_inference(path: str, backend: str = "auto") -> tuple[torch.nn.Modul
     return model.eval(), tokenizer, device
 
 
-def forward(model: torch.nn.Module, ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
-    """Logits of `ids` continuing the sequences in `cache` (None: from the start), and the cache after them."""
+def forward(model: torch.nn.Module, ids: torch.Tensor, cache: Any, use_cache: bool = True) -> tuple[torch.Tensor, Any]:
+    """Logits of `ids` continuing the sequences in `cache` (None: from the start), and the cache after them (None
+    without `use_cache`: scoring needs no state)."""
     if getattr(model, "hybrid_backend", "torch") == "fla":
-        out = model(input_ids=ids, past_key_values=cache, use_cache=True)
+        out = model(input_ids=ids, past_key_values=cache, use_cache=use_cache)
         return out.logits, out.past_key_values
-    out = model(input_ids=ids, cache=cache, use_cache=True)
+    out = model(input_ids=ids, cache=cache, use_cache=use_cache)
     return out.logits, out.cache
 
 
@@ -101,12 +112,81 @@ def next_tokens(logits: torch.Tensor, options: SamplingOptions, generator: torch
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)
 
 
-@torch.no_grad()
+@dataclass
+class Decoded:
+    tokens: list[list[int]]  # the new tokens of each prompt (up to and including EOS)
+    setup_s: float  # state allocation and graph capture
+    first_token_s: float  # prefill and the first token, after the setup
+    seconds: float  # everything
+
+
 def decode(model: torch.nn.Module, prompt_ids: list[list[int]], options: SamplingOptions, eos_id: int | None,
-           device: torch.device, on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
-    """The new tokens of each prompt. Prompts of equal length decode together as one batch (a recurrent state cannot
-    skip padding, so different lengths are not padded together); `on_token(prompt index, token)` sees every token
-    as it comes."""
+           device: torch.device, on_token: Callable[[int, int], None] | None = None, **kwargs: Any) -> list[list[int]]:
+    """The new tokens of each prompt; `on_token(prompt index, token)` sees every token as it comes."""
+    return decode_timed(model, prompt_ids, options, eos_id, device, on_token, **kwargs).tokens
+
+
+@torch.no_grad()
+def decode_timed(model: torch.nn.Module, prompt_ids: list[list[int]], options: SamplingOptions, eos_id: int | None,
+                 device: torch.device, on_token: Callable[[int, int], None] | None = None, *,
+                 precision: str = "auto", check_every: int = 16) -> Decoded:
+    """Decode all prompts as one batch with the static-state engine (`hybrid_ray.model.decode`), or recompute every
+    prefix without a cache. Without `on_token` the tokens stay on the device: EOS is checked every `check_every`
+    tokens and what follows it trimmed at the end."""
+    if not options.use_cache:
+        return decode_reference(model, prompt_ids, options, eos_id, device, on_token, precision=precision)
+    from hybrid_ray.model.decode import Decoder
+
+    start = time.perf_counter()
+    n, batch = options.max_new_tokens, len(prompt_ids)
+    decoder = Decoder(model, batch, max(map(len, prompt_ids)) + n, device, precision, compile=options.compile)
+    if device.type == "cuda" and options.use_graph:
+        decoder.capture()
+    setup = time.perf_counter()
+    generator = torch.Generator(device=device).manual_seed(options.seed)
+    tokens = torch.empty(batch, n, dtype=torch.long, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    finished = [False] * batch  # on the host, when streaming
+    token = next_tokens(decoder.prefill(prompt_ids), options, generator)[:, 0]
+    first = None
+    steps = n
+    with decoder.threads():
+        for t in range(n):
+            if t:
+                token = next_tokens(decoder.step(token), options, generator)[:, 0]
+            tokens[:, t] = token
+            if on_token is not None:
+                for i, value in enumerate(token.tolist()):
+                    if not finished[i]:
+                        on_token(i, value)
+                        finished[i] = value == eos_id
+            if first is None:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                first = time.perf_counter()
+            if eos_id is not None:
+                done |= token == eos_id
+                if (all(finished) if on_token is not None else (t + 1) % check_every == 0 and bool(done.all())):
+                    steps = t + 1
+                    break
+    out = []
+    for row in tokens[:, :steps].tolist():
+        out.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    end = time.perf_counter()
+    return Decoded(out, setup - start, first - setup, end - start)
+
+
+@torch.no_grad()
+def decode_reference(model: torch.nn.Module, prompt_ids: list[list[int]], options: SamplingOptions,
+                     eos_id: int | None, device: torch.device,
+                     on_token: Callable[[int, int], None] | None = None, *, precision: str = "auto") -> Decoded:
+    """Token by token through the model's own forward: with its own cache (the plain cached step the engine must
+    match), or recomputing the whole prefix for every token (`use_cache=False`). Prompts of equal length decode
+    together."""
+    start = time.perf_counter()
+    first = None
     generator = torch.Generator(device=device).manual_seed(options.seed)
     out: list[list[int]] = [[] for _ in prompt_ids]
     groups: dict[int, list[int]] = {}
@@ -117,7 +197,7 @@ def decode(model: torch.nn.Module, prompt_ids: list[list[int]], options: Samplin
         done = torch.zeros(len(members), dtype=torch.bool, device=device)
         cache, step_input = None, ids
         for _ in range(options.max_new_tokens):
-            with autocast(device, "auto"):
+            with autocast(device, precision):
                 logits, cache = forward(model, step_input, cache if options.use_cache else None)
             token = next_tokens(logits[:, -1], options, generator)
             for row, i in enumerate(members):
@@ -125,34 +205,62 @@ def decode(model: torch.nn.Module, prompt_ids: list[list[int]], options: Samplin
                     out[i].append(int(token[row]))
                     if on_token is not None:
                         on_token(i, int(token[row]))
+            first = first or time.perf_counter()
             if eos_id is not None:
                 done |= token[:, 0] == eos_id
             if bool(done.all()):
                 break
             ids = torch.cat([ids, token], dim=1)
             step_input = token if options.use_cache else ids
-    return out
+    return Decoded(out, 0.0, (first or time.perf_counter()) - start, time.perf_counter() - start)
+
+
+class TextStream:
+    """Incremental detokenisation of one sequence: each push decodes only a short window of recent tokens (those since
+    the last emitted text, after a few already emitted ones for context), holding back an incomplete UTF-8 character."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer, self.tokens, self.text = tokenizer, [], ""
+        self.prefix = self.read = 0  # tokens[prefix:read] were emitted and give the window its context
+
+    def push(self, token: int) -> str:
+        """The new text after `token` ('' while a character is incomplete)."""
+        self.tokens.append(token)
+        before = self.tokenizer.decode(self.tokens[self.prefix:self.read])
+        after = self.tokenizer.decode(self.tokens[self.prefix:])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(self.tokens)
+        self.text += after[len(before):]
+        return after[len(before):]
+
+    def finish(self, final: str) -> str:
+        """What is left of `final` (the whole decoded text) after what was already streamed."""
+        return final[len(self.text):] if final.startswith(self.text) else ""
 
 
 def generate(path: str, prompts: list[str], options: SamplingOptions, *, backend: str = "auto",
-             on_text: Callable[[int, str], None] | None = None) -> Generation:
-    """Continue each prompt with the model in `path`; `on_text(prompt index, new text)` streams the decoded text."""
+             on_text: Callable[[int, str], None] | None = None, batch: int = 1) -> Generation:
+    """Continue each prompt with the model in `path` (each `batch` times, all in one batch, to measure batched
+    throughput); `on_text(prompt index, new text)` streams the decoded text."""
+    if batch < 1:
+        raise SpecError(f"--batch must be >= 1, got {batch}")
     model, tokenizer, device = load_for_inference(path, backend)
+    prompts = [p for p in prompts for _ in range(batch)]
     prompt_ids = [tokenizer.encode(p).tolist() or [tokenizer.eos_id] for p in prompts]
-    streamed = [""] * len(prompts)
-    so_far: list[list[int]] = [[] for _ in prompts]
+    streams = [TextStream(tokenizer) for _ in prompts]
 
     def on_token(i: int, token: int) -> None:
-        if on_text is None or token == tokenizer.eos_id:
-            return
-        so_far[i].append(token)
-        text = tokenizer.decode(so_far[i])
-        if not text.endswith("\ufffd"):  # hold back a character whose bytes have not all arrived
-            on_text(i, text[len(streamed[i]):])
-            streamed[i] = text
+        if token != tokenizer.eos_id and (text := streams[i].push(token)):
+            on_text(i, text)
 
-    start = time.perf_counter()
-    new = decode(model, prompt_ids, options, tokenizer.eos_id, device, on_token)
-    seconds = time.perf_counter() - start
+    result = decode_timed(model, prompt_ids, options, tokenizer.eos_id, device, on_token if on_text else None)
+    new = result.tokens
     completions = [tokenizer.decode([t for t in ids if t != tokenizer.eos_id]) for ids in new]
-    return Generation(prompts, completions, [len(ids) for ids in new], seconds, new)
+    if on_text is not None:
+        for i, (stream, text) in enumerate(zip(streams, completions)):
+            if rest := stream.finish(text):
+                on_text(i, rest)
+    return Generation(prompts, completions, [len(ids) for ids in new], result.seconds, new,
+                      first_token_s=result.setup_s + result.first_token_s,
+                      decode_s=result.seconds - result.setup_s - result.first_token_s)

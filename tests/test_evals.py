@@ -42,6 +42,27 @@ def test_scores_use_the_answer_tokens_only_and_match_a_hand_computation():
     assert got[2][1] is True and got[1][1] is False  # greedy picks "a" everywhere
 
 
+def test_batched_scores_equal_scoring_each_pair_alone(run_dir):
+    """Rows sorted by length and right-padded together score as each (context, answer) alone, however batched."""
+    from hybrid_ray.generate import load_for_inference
+
+    model, tok, device = load_for_inference(str(run_dir))
+    pairs = [(f"Question {i}: what is {'x' * i}?\nAnswer:", f" {'ab' * (i % 4 + 1)}") for i in range(9)]
+    pairs.append(("", " z"))
+    alone = []
+    with torch.no_grad():
+        for context, answer in pairs:
+            ctx, cont = (tok.encode(context).tolist() or [tok.eos_id]), tok.encode(answer).tolist()
+            logprobs = model(torch.tensor([ctx + cont[:-1]])).logits[0, len(ctx) - 1:].log_softmax(-1)
+            alone.append((logprobs.gather(-1, torch.tensor(cont)[:, None]).sum().item(),
+                          logprobs.argmax(-1).tolist() == cont, len(cont)))
+    for batching in ({}, {"max_rows": 1}, {"max_tokens": 64, "max_rows": 3}):
+        got = loglikelihoods(model, tok, device, pairs, **batching)
+        assert [(g, n) for _, g, n in got] == [(g, n) for _, g, n in alone]
+        assert [s for s, _, _ in got] == pytest.approx([s for s, _, _ in alone], rel=1e-5, abs=1e-5)
+    assert evals.batch_rows([3, 9, 5, 9], max_tokens=20, max_rows=8) == [[1, 3], [2, 0]]
+
+
 def test_acc_norm_differs_from_acc_when_answer_lengths_differ():
     # one example, gold = the long answer: its sum is lower (more tokens), its per-character average higher
     ex = Example("ctx", [" x", " yyyyyyyy"], gold=1)
@@ -80,7 +101,7 @@ def test_arc_from_a_local_file_lands_in_the_run(run_dir, tmp_path, capsys):
     data = arc_file(tmp_path / "arc.jsonl")
     assert main(["eval", str(run_dir), "--task", "arc_easy", "--data", str(data), "--limit", "5"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("arc_easy: acc ") and "acc_norm" in out and "(5 examples)" in out
+    assert out.startswith("arc_easy: acc ") and "acc_norm" in out and "(5 examples)" in out and "examples/s" in out
     saved = json.loads((run_dir / "eval" / "arc_easy.json").read_text())
     assert saved["examples"] == 5 and 0 <= saved["acc"] <= 1
     assert json.loads((run_dir / "results.json").read_text())["evals"]["arc_easy"] == saved

@@ -5,7 +5,7 @@ import torch
 
 from hybrid_ray.cli import main
 from hybrid_ray.data.tokenizer import ByteTokenizer
-from hybrid_ray.generate import SamplingOptions, decode, generate, next_tokens
+from hybrid_ray.generate import SamplingOptions, TextStream, decode, decode_reference, generate, next_tokens
 from hybrid_ray.model import build_model, save_model
 from hybrid_ray.spec import ModelSpec
 
@@ -31,10 +31,60 @@ def test_greedy_decoding_with_the_cache_equals_recomputing(kind):
     cached = decode(m, prompts, SamplingOptions(**greedy), None, CPU)
     recomputed = decode(m, prompts, SamplingOptions(**greedy, use_cache=False), None, CPU)
     assert cached == recomputed and all(len(t) == 40 for t in cached)
+    # the engine's step equals the model's own cached forward
+    assert cached == decode_reference(m, prompts, SamplingOptions(**greedy), None, CPU).tokens
     alone = [decode(m, [p], SamplingOptions(**greedy), None, CPU)[0] for p in prompts]
     assert alone == cached  # two prompts at once equal each alone
     uneven = decode(m, [prompts[0], prompts[1][:3]], SamplingOptions(**greedy), None, CPU)
     assert uneven[0] == cached[0] and uneven[1] == decode(m, [prompts[1][:3]], SamplingOptions(**greedy), None, CPU)[0]
+
+
+@pytest.mark.parametrize("kind", sorted(SHAPES))
+def test_prompts_of_different_lengths_in_one_batch_equal_each_alone(kind):
+    """Rows at different positions share one batch: lengths 1, 4 and 23 (past the 16-token window), one row ending
+    early at EOS, the tokens after it trimmed."""
+    m, _ = model(SHAPES[kind], seed=1)
+    prompts = [[7], [1, 2, 3, 4], list(range(30, 53))]
+    greedy = SamplingOptions(max_new_tokens=24, temperature=0)
+    alone = [decode(m, [p], greedy, None, CPU)[0] for p in prompts]
+    assert decode(m, prompts, greedy, None, CPU) == alone
+    eos = alone[1][5]
+    ended = [t[: t.index(eos) + 1] if eos in t else t for t in alone]
+    assert decode(m, prompts, greedy, eos, CPU) == ended
+    assert decode(m, prompts, greedy, eos, CPU, check_every=1) == ended
+    assert decode_reference(m, prompts, greedy, eos, CPU).tokens == ended
+
+
+def test_sampling_with_the_engine_follows_the_seed():
+    m, _ = model([1])
+    hot = SamplingOptions(max_new_tokens=20, temperature=1.0, seed=3)
+    a, b = decode(m, [[1, 2], [3]], hot, None, CPU), decode(m, [[1, 2], [3]], hot, None, CPU)
+    assert a == b and a != decode(m, [[1, 2], [3]], SamplingOptions(max_new_tokens=20, temperature=1.0, seed=4), None, CPU)
+
+
+def test_text_streams_incrementally_and_adds_up_to_the_final_text():
+    tok = ByteTokenizer()
+    text = "plain, héllo wörld ✓ — 日本"
+    stream = TextStream(tok)
+    pieces = [stream.push(t) for t in tok.encode(text).tolist()]
+    assert "".join(pieces) == text and "\ufffd" not in "".join(pieces)
+    assert pieces[-1] == "本" and pieces[-2] == "" and pieces[-3] == ""  # a 3-byte character comes out whole
+    cut = TextStream(tok)  # a character cut short at the end comes out at finish()
+    streamed = "".join(cut.push(t) for t in [104, 0xC3]) + cut.finish(tok.decode([104, 0xC3]))
+    assert streamed == tok.decode([104, 0xC3])
+
+
+def test_streamed_text_equals_the_final_text(tmp_path):
+    m, spec = model([1], seed=2)
+    save_model(m, spec, tmp_path / "m")
+    ByteTokenizer().save(tmp_path / "m")
+    pieces: list[str] = []
+    result = generate(str(tmp_path / "m"), ["é"], SamplingOptions(max_new_tokens=60, temperature=1.0),
+                      on_text=lambda _, text: pieces.append(text))
+    assert "".join(pieces) == result.completions[0] and len(pieces) > 10
+    batched = generate(str(tmp_path / "m"), ["ab", "c"], SamplingOptions(max_new_tokens=8, temperature=0), batch=3)
+    assert len(batched.completions) == 6 and batched.completions[0] == batched.completions[2]
+    assert batched.first_token_s > 0 and batched.decode_tokens_per_s > 0
 
 
 def test_decoding_stops_at_eos_per_sequence():
@@ -63,7 +113,14 @@ def test_the_command_streams_and_reports_speed(tmp_path, capsys):
     out, err = capsys.readouterr()
     expected = generate(str(tmp_path / "m"), ["def f("], SamplingOptions(max_new_tokens=12, temperature=0))
     assert out == "def f(" + expected.completions[0] + "\n"
-    assert "tokens in" in err and "tokens/s" in err
+    assert "tokens in" in err and "tokens/s" in err and "first token after" in err
+    assert main(["generate", str(tmp_path / "m"), "--prompt", "def f(", "--max-new-tokens", "12", "--temperature", "0",
+                 "--batch", "4", "--no-graph"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "def f(" + expected.completions[0] + "\n---\n" and "batch 4" in err
+    assert main(["generate", str(tmp_path / "m"), "--prompt", "def f(", "--max-new-tokens", "12", "--temperature", "0",
+                 "--no-cache"]) == 0
+    assert capsys.readouterr().out == "def f(" + expected.completions[0] + "\n"
     (tmp_path / "prompts.txt").write_text("one\ntwo\n")
     assert main(["generate", str(tmp_path / "m"), "--prompts", str(tmp_path / "prompts.txt"), "--prompt", "zero",
                  "--max-new-tokens", "5", "--temperature", "0"]) == 0
@@ -106,7 +163,9 @@ def test_fla_decodes_with_its_own_cache_like_the_twin(fla_interpreted):
     fla = build_model(spec, "fla", fuse_cross_entropy=False).eval()
     twin = build_model(spec, "torch").eval()
     greedy = SamplingOptions(max_new_tokens=6, temperature=0)
-    assert decode(fla, [[3, 4, 5, 6]], greedy, None, CPU) == decode(twin, [[3, 4, 5, 6]], greedy, None, CPU)
+    engine = decode(fla, [[3, 4, 5, 6]], greedy, None, CPU)  # the engine's step on FLA's weights
+    assert engine == decode(twin, [[3, 4, 5, 6]], greedy, None, CPU)
+    assert engine == decode_reference(fla, [[3, 4, 5, 6]], greedy, None, CPU).tokens  # FLA's own cache
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
@@ -129,3 +188,24 @@ def test_a_damaged_model_folder_is_one_line(tmp_path, capsys, file, content):
     assert main(["generate", str(tmp_path), "--max-new-tokens", "2"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and file in err[0], err
+
+
+def test_the_decoding_benchmark_runs_on_a_cpu_and_writes_its_json(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from benchmarks import bench_generate
+
+    monkeypatch.setattr(sys, "argv", [
+        "bench_generate.py", "--out-dir", str(tmp_path), "--device", "cpu", "--preset", "tiny",
+        "--variants", "h100_hybrid_sparse", "--batches", "1", "2", "--prompt-len", "16", "--decode-tokens", "8",
+        "--no-cache-tokens", "4", "--eval-questions", "6"])
+    bench_generate.main()
+    report = json.loads((tmp_path / "generate-cpu-tiny.json").read_text())
+    assert "gpus" in report["machine"] and [(r["variant"], r["batch"]) for r in report["results"]] == [
+        ("h100_hybrid_sparse", 1), ("h100_hybrid_sparse", 2)]
+    for r in report["results"]:
+        assert r["prefill_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0 and r["first_token_s"] > 0
+        assert r["tokens"] == 8 * r["batch"]
+    assert report["results"][0]["cached_speedup_vs_no_cache"] > 0
+    assert report["eval"]["h100_hybrid_sparse"]["questions"] == 6
