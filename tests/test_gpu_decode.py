@@ -1,20 +1,21 @@
 """On a CUDA GPU: the decoding engine on FLA's model, its step captured as a CUDA graph, against FLA's own cached
 forward and against recomputing with FLA's kernels. Skipped on CPU-only machines."""
 
+import dataclasses
+
 import pytest
 import torch
+from test_gpu import HYBRID as PARITY_SPEC
 
 from hybrid_ray.generate import SamplingOptions, decode, decode_reference
 from hybrid_ray.model import build_model
-from hybrid_ray.spec import ModelSpec
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda", 0)
 
-# the small shape of test_gpu.py (its kernels are compiled once for both files): both layer types, GQA, value heads
-# > key heads, and here a window shorter than what is decoded
-SPEC = ModelSpec(hidden_size=256, num_layers=2, num_heads=2, num_v_heads=4, head_dim=64, expand_v=1.0, attn_layers=[1],
-                 attn_num_heads=4, attn_num_kv_heads=2, attn_window=32, vocab_size=1024)
+# the fp32 parity shape of test_gpu.py (its kernels are compiled once for both files): both layer types, GQA, value
+# heads > key heads, and here a window shorter than what is decoded
+SPEC = dataclasses.replace(PARITY_SPEC, attn_window=32)
 
 
 def test_captured_decoding_on_fla_equals_its_cache_and_recomputing():
