@@ -36,9 +36,11 @@ def error_line(error: BaseException | None) -> str | None:
     the traceback Ray recorded (`Type: message`)."""
     if error is None:
         return None
+    from ray.exceptions import RayTaskError  # its message starts with Ray's traceback header, its cause is ours
+
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, HybridRayError):
+        if isinstance(seen, HybridRayError) and not isinstance(seen, RayTaskError):
             return first_line(seen)
         seen = getattr(seen, "cause", None) or seen.__cause__
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
