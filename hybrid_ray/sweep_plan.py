@@ -17,6 +17,11 @@ from hybrid_ray.spec import RunSpec
 # The Tune trial itself only waits on its TorchTrainer, but it holds this much CPU for as long as it runs; its
 # workers hold their own CPUs and GPUs in a placement group of their own (DESIGN.md, "More Ray facts").
 TRIAL_CPU = 0.01
+# Host memory of one running trial, which Ray does not reserve but the machine must hold: the Tune trial, its Train
+# controller and placement-group cleaner (~600 MB each run), and per worker a torch process plus, on CPU workers,
+# 16 bytes a parameter (weights, gradients, AdamW's moments).
+TRIAL_MEMORY = 1.2e9
+WORKER_MEMORY = 1.0e9
 
 # Bytes of one checkpoint beyond 12 per parameter (fp32 weights + AdamW's two fp32 moments): per-tensor pickle
 # records of optimizer.pt, RNG states (~16 KB a rank), manifests and config. Measured 50-83 KB on tiny models
@@ -35,13 +40,18 @@ class DiskError(HybridRayError):
 
 
 def trial_footprint(spec: RunSpec, gpus_per_trial: float) -> dict[str, float]:
-    """Everything one trial holds while it runs: its own CPU share plus its Train workers' CPUs and GPUs."""
-    return {"CPU": TRIAL_CPU + spec.scale.num_workers * spec.scale.cpus_per_worker, "GPU": gpus_per_trial}
+    """Everything one trial holds while it runs: its own CPU share plus its Train workers' CPUs and GPUs, and the
+    host memory all of that takes."""
+    workers = spec.scale.num_workers
+    per_worker = WORKER_MEMORY + (0 if gpus_per_trial else 16 * count_params(spec.model)["total"])
+    return {"CPU": TRIAL_CPU + workers * spec.scale.cpus_per_worker, "GPU": gpus_per_trial,
+            "memory": TRIAL_MEMORY + workers * per_worker}
 
 
 def trials_that_fit(footprint: dict[str, float], have: dict[str, float]) -> int:
     """How many trials of this footprint the cluster holds at once (0: not even one)."""
-    counts = [math.floor(have.get(k, 0.0) / need + 1e-6) for k, need in footprint.items() if need > 0]
+    counts = [math.floor(have.get(k, 0.0) / need + 1e-6) for k, need in footprint.items()
+              if need > 0 and (k != "memory" or k in have)]
     return min(counts) if counts else 1
 
 
@@ -51,11 +61,12 @@ def concurrency(spec: RunSpec, gpus_per_trial: float, have: dict[str, float], as
     footprint = trial_footprint(spec, gpus_per_trial)
     fit = trials_that_fit(footprint, have)
     if fit < 1:
-        holds = " + ".join(f"{v:g} {k}" for k, v in footprint.items() if v > 0)
+        holds = " + ".join(f"{v:g} {k}" for k, v in footprint.items() if v > 0 and k != "memory")
         raise ClusterError(f"one trial holds {holds} ({spec.scale.num_workers} worker(s) x "
                            f"{spec.scale.cpus_per_worker:g} CPU + {TRIAL_CPU:g} CPU for the trial itself) but the "
                            f"cluster has {have.get('CPU', 0.0):g} CPU(s) and {have.get('GPU', 0.0):g} GPU(s); "
-                           "lower --cpus-per-worker or --num-workers")
+                           f"and {have.get('memory', 0.0) / 1e9:.1f} GB of memory for Ray; lower "
+                           "--cpus-per-worker or --num-workers")
     return asked or fit
 
 

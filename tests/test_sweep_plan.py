@@ -25,7 +25,11 @@ TINY = variant_spec("h100_hybrid_sparse", "tiny").with_overrides(
 def test_concurrency_counts_the_trial_itself_and_its_workers():
     one_cpu = TINY.with_overrides({"scale.cpus_per_worker": 1})
     # the README's CPU sweep on a 2-core machine: two trials of 1 CPU + 0.01 do not fit, one does
-    assert sweep_plan.trial_footprint(one_cpu, 0.0) == {"CPU": 1.01, "GPU": 0.0}
+    footprint = sweep_plan.trial_footprint(one_cpu, 0.0)
+    assert footprint["CPU"] == 1.01 and footprint["GPU"] == 0.0
+    assert footprint["memory"] == 2.2e9 + 16 * count_params(one_cpu.model)["total"]
+    # many cores, little memory: each run's workers and placement-group cleaner must fit the memory too
+    assert sweep_plan.concurrency(one_cpu, 0.0, {"CPU": 64.0, "memory": 3 * footprint["memory"]}, None) == 3
     assert sweep_plan.concurrency(one_cpu, 0.0, {"CPU": 2.0}, None) == 1
     assert sweep_plan.concurrency(one_cpu, 0.0, {"CPU": 4.0}, None) == 3
     assert sweep_plan.concurrency(one_cpu, 0.0, {"CPU": 2.0}, 2) == 2  # --max-concurrent is the user's call
@@ -83,9 +87,11 @@ def test_a_sweep_that_would_fill_the_disk_is_refused_before_anything_starts(ray_
     rc = main(["sweep", "--grid", "lr=1e-3,2e-3", "--steps", "20", "--max-documents", "100", "--keep", "2",
                "--checkpoint-every", "10", "--storage-path", str(tmp_path), "--name", "full"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and err[0].startswith("error: the sweep needs about "), err
-    assert "but only 10.0 MB is free" in err[0] and "2 trial(s) x (2 checkpoint(s) of" in err[0]
-    assert not (tmp_path / "full").exists()
+    errors = [line for line in err if line.startswith("error:")]  # the rest: the data's tokenizing progress
+    assert rc == 2 and len(errors) == 1 and err[-1].startswith("error: the sweep needs about "), err
+    assert "but only 10.0 MB is free" in err[-1] and "2 trial(s) x (2 checkpoint(s) of" in err[-1]
+    assert "--keep 1" in err[-1]
+    assert not list((tmp_path / "full").iterdir())  # nothing started: no grid, no trial
 
 
 def test_an_ended_trial_keeps_the_newest_weights_and_drops_optimizer_state(tmp_path):
