@@ -291,6 +291,7 @@ class _Signals:
         if self.main:
             self.term = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
         self.output = os.environ.get("RAY_AIR_NEW_OUTPUT")
+        self.level = logging.getLogger("ray.tune").level
         if not self.verbose:
             os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter is silent at verbose=0; the new one is not
             logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
@@ -303,6 +304,7 @@ class _Signals:
             os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
         else:
             os.environ["RAY_AIR_NEW_OUTPUT"] = self.output
+        logging.getLogger("ray.tune").setLevel(self.level)
 
 
 def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep_dir: str, concurrent: int, resumed: bool,
