@@ -193,7 +193,8 @@ def train(address: str | None, verbose: bool, extend_steps: int, until_step: int
               help="asha stops weak arms on validation loss at each evaluation; fifo runs the full grid. [default: asha]")
 @click.option("--grace-period", type=int, help="Evaluations before ASHA may stop a trial. [default: 1]")
 @click.option("--reduction-factor", type=int, help="ASHA keeps 1 in this many at each rung. [default: 3]")
-@click.option("--max-concurrent", type=int, help="Trials at a time. [default: the cluster's GPUs (or CPUs) // a trial's]")
+@click.option("--max-concurrent", type=int, help="Trials at a time. [default: as many as fit: a trial's workers' "
+                                                  "CPUs and GPUs plus 0.01 CPU for the trial itself]")
 @click.option("--gpus-per-trial", type=float, help="GPUs of one trial (0.25 packs four small trials on a GPU). "
                                                   "[default: 1 per worker when the cluster has GPUs]")
 @click.option("--match-params", is_flag=True, default=None,
