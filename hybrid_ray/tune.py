@@ -322,7 +322,10 @@ def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep_dir: str, 
     max_evals = max(math.ceil(a.spec.train.steps / a.spec.train.eval_every) for a in arms)
     scheduler = FIFOScheduler() if options.scheduler == "fifo" else ASHAScheduler(
         time_attr="evaluations", metric="val_loss", mode="min", max_t=max_evals,
-        grace_period=min(options.grace_period, max_evals), reduction_factor=options.reduction_factor)
+        grace_period=min(options.grace_period, max_evals), reduction_factor=options.reduction_factor,
+        # a trial at its last evaluation ends by itself (results, model/, its placement group freed by Ray Train);
+        # stopping it there would kill it before it writes them, and free its resources only through the dashboard
+        stop_last_trials=False)
     steps = {arm.id: arm.spec.train.steps for arm in arms}
     callbacks = [Console(len(arms) * options.seeds, steps, options.scheduler)] if progress else []
     run_config = tune.RunConfig(name=base.name, storage_path=base.storage_path, callbacks=callbacks, verbose=0)
