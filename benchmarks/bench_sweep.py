@@ -4,8 +4,8 @@
     python benchmarks/bench_sweep.py --out-dir /tmp/bench-sweep --cpu --ratios 0,1 --steps 20   # a quick CPU check
 
 The size (GPU): the 17% hybrid's `small` preset at 12 layers (so every named share exists; width 128, 4 heads,
-~9M parameters, the byte tokenizer on the built-in stdlib corpus: nothing to download), 16 x 256 tokens a step,
-300 steps, an evaluation every 50 (six ASHA
+~9M parameters, the byte tokenizer on 400 documents of the built-in stdlib corpus (4.9M tokens: nothing to download,
+no epoch repeated)), 16 x 256 tokens a step, 240 steps, an evaluation every 40 (six ASHA
 time units: rungs at 1 and 3 evaluations with the default reduction factor 3). Four trials share one GPU
 (`--gpus-per-trial 0.25`); a step takes tens of milliseconds. FLA compiles and tunes its kernels on first use (minutes,
 DESIGN.md), which would dominate and blur the comparison: a one-trial warm-up sweep (the 17% hybrid, both layer kinds,
@@ -31,9 +31,9 @@ from hybrid_ray import report
 from hybrid_ray.tune import SweepOptions, kernel_cache_for, sweep
 from hybrid_ray.variants import variant_spec
 
-GPU_SIZE = {"model.num_layers": 12, "model.attn_layers": [5, 11],
-            "data.seq_len": 256, "train.batch_size": 16, "train.steps": 300, "train.eval_every": 50,
-            "train.checkpoint_every": 100, "train.log_every": 25, "train.eval_tokens": 65_536, "train.keep": 1,
+GPU_SIZE = {"model.num_layers": 12, "model.attn_layers": [5, 11], "data.max_documents": 400,
+            "data.seq_len": 256, "train.batch_size": 16, "train.steps": 240, "train.eval_every": 40,
+            "train.checkpoint_every": 120, "train.log_every": 20, "train.eval_tokens": 32_768, "train.keep": 1,
             "scale.backend": "fla"}
 CPU_SIZE = {"model.num_layers": 12, "model.attn_layers": [5, 11], "data.max_documents": 400, "train.steps": 60,
             "train.eval_every": 20, "train.checkpoint_every": 20, "train.eval_tokens": 8192, "train.keep": 1,
@@ -89,10 +89,11 @@ def main() -> None:
     parser.add_argument("--gpus-per-trial", type=float, default=0.25)
     parser.add_argument("--cpu", action="store_true", help="the tiny size on CPU workers (a quick check)")
     parser.add_argument("--ratios", help="a shorter grid, e.g. 0,0.17,1 [default: the 13 named layouts]")
-    parser.add_argument("--steps", type=int, help="steps a trial [default: 300 on GPU, 60 on CPU]")
+    parser.add_argument("--steps", type=int, help="steps a trial [default: 240 on GPU, 60 on CPU]")
     args = parser.parse_args()
     out = Path(args.out_dir).resolve()
-    results: dict[str, Any] = {"size": "cpu tiny" if args.cpu else GPU_SIZE, "gpus_per_trial": args.gpus_per_trial}
+    results: dict[str, Any] = {"size": "cpu tiny" if args.cpu else GPU_SIZE,
+                               "gpus_per_trial": 0.0 if args.cpu else args.gpus_per_trial}
     warm_cache = None
     if not args.cpu:
         results["warmup_s"], warm_cache = warm_up(args, out / "sweeps")
