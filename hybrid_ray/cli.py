@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shlex
 import sys
 import warnings
 from typing import Any
@@ -13,7 +14,7 @@ import click
 
 from hybrid_ray import jobspec
 from hybrid_ray.errors import HybridRayError, SpecError
-from hybrid_ray.spec import RunSpec
+from hybrid_ray.spec import RunSpec, TrainSpec
 from hybrid_ray.variants import DEFAULT_PRESET, DEFAULT_VARIANT, PRESETS, ratio_spec, variant_spec
 
 DEFAULT_STORAGE = RunSpec.storage_path
@@ -133,7 +134,7 @@ TRAIN_OPTIONS = _options(
                  help="Validation tokens per evaluation, spread over the split; the last one scores the full split."),
     click.option("--log-every", type=int, help="[default: 10]"),
     click.option("--checkpoint-every", type=int, help="[default: the preset's]"),
-    click.option("--keep", type=int, help="Checkpoints to keep. [default: 3]"),
+    click.option("--keep", type=int, help="Checkpoints to keep. [default: 3; a sweep's trials: 1]"),
     click.option("--seed", type=int, help="[default: 0]"),
     click.option("--name", help="Run name; relaunching a name resumes it. [default: VARIANT-PRESET]"),
     click.option("--storage-path", help=f"Local folder or pyarrow URI (s3://...). [default: {DEFAULT_STORAGE}]"),
@@ -196,7 +197,8 @@ def train(address: str | None, verbose: bool, extend_steps: int, until_step: int
               help="asha stops weak arms on validation loss at each evaluation; fifo runs the full grid. [default: asha]")
 @click.option("--grace-period", type=int, help="Evaluations before ASHA may stop a trial. [default: 1]")
 @click.option("--reduction-factor", type=int, help="ASHA keeps 1 in this many at each rung. [default: 3]")
-@click.option("--max-concurrent", type=int, help="Trials at a time. [default: the cluster's GPUs (or CPUs) // a trial's]")
+@click.option("--max-concurrent", type=int, help="Trials at a time. [default: as many as fit: a trial's workers' "
+                                                  "CPUs and GPUs plus 0.01 CPU for the trial itself]")
 @click.option("--gpus-per-trial", type=float, help="GPUs of one trial (0.25 packs four small trials on a GPU). "
                                                   "[default: 1 per worker when the cluster has GPUs]")
 @click.option("--match-params", is_flag=True, default=None,
@@ -205,6 +207,9 @@ def train(address: str | None, verbose: bool, extend_steps: int, until_step: int
 @click.option("--eval-task", "eval_tasks", multiple=True,
               help="Score every finished trial on this task too (arc_easy, arc_challenge, hellaswag, lambada).")
 @click.option("--eval-data", help="The --eval-task's data when the Hugging Face hub is out of reach.")
+@click.option("--keep-checkpoints", is_flag=True, default=None,
+              help="Ended trials keep all their checkpoints with optimizer state (resumable, --extend-steps). "
+                   "[default: model/ and the newest checkpoint's weights only]")
 def sweep(address: str | None, verbose: bool, grid: tuple[str, ...], **options: Any) -> None:
     """Sweep a grid of arms with Ray Tune (ASHA by default); --name names the sweep, relaunching it resumes it.
 
@@ -214,7 +219,7 @@ def sweep(address: str | None, verbose: bool, grid: tuple[str, ...], **options: 
     from hybrid_ray.tune import sweep_options
 
     names = ("seeds", "scheduler", "grace_period", "reduction_factor", "max_concurrent", "gpus_per_trial",
-             "match_params", "reference_arm", "eval_tasks", "eval_data")
+             "match_params", "reference_arm", "eval_tasks", "eval_data", "keep_checkpoints")
     flags = {k: options.pop(k) for k in names}
     flags["eval_tasks"] = list(flags["eval_tasks"]) or None
     job = jobspec.load(options["config"]).sweep if options.get("config") else {}
@@ -223,8 +228,10 @@ def sweep(address: str | None, verbose: bool, grid: tuple[str, ...], **options: 
     spec = build_spec(**options)
     if options.get("name") is None and not options.get("config"):
         spec = spec.with_overrides({"name": f"sweep-{spec.name}"})
+    if options.get("keep") is None and spec.train.keep == TrainSpec().keep:
+        spec = spec.with_overrides({"train.keep": 1})  # a sweep's trials keep their newest checkpoint only
     _quiet(verbose)
-    outcome = run_sweep(spec, chosen, address=address, verbose=verbose)
+    outcome = run_sweep(spec, chosen, address=address, verbose=verbose, relaunch=shlex.join(["hybrid-ray", *_ARGV]))
     click.echo(outcome.table)
     click.echo(f"results: {outcome.sweep_dir}" + (f" (figure: {outcome.figure})" if outcome.figure else ""))
 
@@ -670,9 +677,13 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
+_ARGV: list[str] = []  # this invocation's arguments, for the relaunch command an interrupted sweep prints
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and a non-zero exit code, never a traceback."""
     warnings.formatwarning = _format_warning
+    _ARGV[:] = sys.argv[1:] if argv is None else argv
     try:
         rv = cli.main(args=argv, prog_name="hybrid-ray", standalone_mode=False)
     except click.ClickException as e:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 
 def report_logger() -> logging.Logger:
@@ -77,3 +78,17 @@ def package_files(root: Path, excludes: list[str]) -> list[Path]:
     _dir_travel(root, [_get_excludes(root, excludes)], lambda p: found.append(p) if p.is_file() else None,
                 include_gitignore=True, logger=logging.getLogger("hybrid_ray.upload"))
     return found
+
+
+def tune_trials(grid: Any) -> list[Any]:
+    """The Trial objects behind a Tune ResultGrid (their `status`, `config`, `last_result`): the public Result has no
+    status, and a sweep must tell a trial ASHA stopped from one an interruption cut short."""
+    return list(grid._experiment_analysis.trials)
+
+
+def trial_error(trial: Any) -> BaseException | None:
+    """A failed Tune trial's exception (the original one when Tune could pickle it, else its recorded traceback)."""
+    try:
+        return trial.get_pickled_error() or trial.get_error()
+    except Exception:  # noqa: BLE001 (an unreadable error file: the status still says the trial failed)
+        return None

@@ -79,8 +79,6 @@ def trial_row(arm: str, settings: dict[str, Any], seed: int, name: str, run_dir:
         return {**row, "status": "no results"}
     step, total = results.get("step", 0), results.get("total_steps", 0)
     status = results.get("status", "?")
-    if status == "stopped" and step < total:
-        status = "stopped early"
     best, final = results.get("best") or {}, results.get("final") or {}
     return {
         **row,
@@ -96,6 +94,7 @@ def trial_row(arm: str, settings: dict[str, Any], seed: int, name: str, run_dir:
         "tokens_seen": results.get("tokens_seen"),
         "wall_seconds": results.get("wall_seconds"),
         "train_seconds": results.get("train_seconds"),
+        "compile_seconds": results.get("compile_seconds", 0.0),
         "tokens_per_s": results.get("mean_tokens_per_s"),
         "spec": results.get("spec"),
         "evals": results.get("evals", {}),
@@ -110,8 +109,9 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def arm_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows grouped by arm: mean and standard deviation over seeds of the best validation loss (and accuracy),
-    ranked with arms that ran to the end first (an arm stopped early saw fewer tokens: not comparable)."""
+    """Rows grouped by arm: mean and standard deviation over seeds of the best validation loss (and accuracy; no
+    deviation from one seed), seeds finished of seeds run, ranked with arms that ran to the end first (an arm stopped
+    early saw fewer tokens: not comparable)."""
     arms: dict[str, list[dict]] = {}
     for row in rows:
         arms.setdefault(row["arm"], []).append(row)
@@ -128,6 +128,8 @@ def arm_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             scores[task] = _mean_std(values)
         out.append({
             "arm": arm, "value": members[0]["value"], "seeds": len(members), "complete": complete,
+            "finished_seeds": sum(m["status"] == "finished" for m in members), "scored_seeds": len(losses),
+            "reasons": sorted({f"{m['status']} {m['reason']}" for m in members if m.get("reason")}),
             "statuses": sorted({m["status"] for m in members}), "best_val_loss": loss, "best_val_loss_std": loss_std,
             "best_val_accuracy": acc, "best_val_accuracy_std": acc_std, "params": members[0].get("params"),
             "tokens_seen": max((m.get("tokens_seen") or 0) for m in members),
@@ -145,16 +147,27 @@ def ranked_table(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'rank':>4}  {'arm':<28}{'best val loss':>19}{'val acc':>9}{'params':>10}{'tokens':>10}{'seeds':>6}"
              + "".join(f"{task:>16}" for task in tasks) + "  note"]
     for i, arm in enumerate(summary, 1):
-        loss = f"{arm['best_val_loss']:.4f} ± {arm['best_val_loss_std']:.4f}" if math.isfinite(arm["best_val_loss"]) else "-"
+        loss = "-" if not math.isfinite(arm["best_val_loss"]) else f"{arm['best_val_loss']:.4f}" + (
+            f" ± {arm['best_val_loss_std']:.4f}" if arm["scored_seeds"] > 1 else "")
         acc = f"{arm['best_val_accuracy']:.3f}" if math.isfinite(arm["best_val_accuracy"]) else "-"
         params = f"{arm['params'] / 1e6:.2f}M" if arm["params"] else "-"
+        seeds = f"{arm['finished_seeds']}/{arm['seeds']}"
         tokens = f"{arm['tokens_seen'] / 1e6:.2f}M" if arm["tokens_seen"] else "-"
-        note = "" if arm["complete"] else (f"stopped early (ASHA) at step {arm['stopped_at_step']}"
-                                           if arm["stopped_at_step"] else ", ".join(arm["statuses"]))
+        note = "" if arm["complete"] else "; ".join(arm["reasons"]) or ", ".join(arm["statuses"])
         scores = "".join(f"{arm['evals'][t][0]:>9.3f} ± {arm['evals'][t][1]:.3f}" if t in arm["evals"] else f"{'-':>16}"
                          for t in tasks)
-        lines.append(f"{i:>4}  {arm['arm']:<28}{loss:>19}{acc:>9}{params:>10}{tokens:>10}{arm['seeds']:>6}{scores}  {note}")
+        lines.append(f"{i:>4}  {arm['arm']:<28}{loss:>19}{acc:>9}{params:>10}{tokens:>10}{seeds:>6}{scores}  {note}")
     return "\n".join(lines)
+
+
+def value_positions(summary: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, int] | None]:
+    """Where each arm sits on the swept-value axis: its value when every arm has one (arms without results keep
+    theirs), else its rank in the arms' order with those ticks (a categorical axis)."""
+    if all(a["value"] is not None for a in summary):
+        return {a["arm"]: a["value"] for a in summary}, None
+    order = sorted(summary, key=lambda a: (a["value"] is None, a["value"] or 0, a["arm"]))
+    ticks = {a["arm"]: i for i, a in enumerate(order)}
+    return {arm: float(i) for arm, i in ticks.items()}, ticks
 
 
 def plot_sweep(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
@@ -178,8 +191,7 @@ def plot_sweep(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
             curves.plot(steps, values, color=color, alpha=0.8, label=arm["arm"] if i == 0 else None)
             if len(times) == len(values) and all(t is not None for t in times):
                 by_time.plot(times, values, color=color, alpha=0.8)
-    numeric = [a for a in summary if a["value"] is not None and math.isfinite(a["best_val_loss"])]
-    positions = {a["arm"]: (a["value"] if a["value"] is not None else order[a["arm"]]) for a in summary}
+    positions, ticks = value_positions(summary)
     for arm in summary:
         if not math.isfinite(arm["best_val_loss"]):
             continue
@@ -187,8 +199,8 @@ def plot_sweep(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
                           capsize=3, color=colors(order[arm["arm"]] / max(len(order) - 1, 1)),
                           mfc="white" if not arm["complete"] else None)
     swept = next(iter(rows[0]["settings"]), "arm") if rows else "arm"
-    if len(numeric) < len(summary):  # a categorical axis: label the arms
-        by_value.set_xticks(list(order.values()), list(order), rotation=60, fontsize=7)
+    if ticks:  # a categorical axis: label the arms
+        by_value.set_xticks(list(ticks.values()), list(ticks), rotation=60, fontsize=7)
     elif swept == "lr":
         by_value.set_xscale("log")
     curves.set(title="validation loss", xlabel="step", ylabel="val loss")
@@ -232,6 +244,14 @@ def _run_row(run_dir: str, results: dict[str, Any]) -> dict[str, Any]:
                      results.get("attention_ratio"))
 
 
+def _sweep_rows(path: str) -> list[dict[str, Any]]:
+    """A sweep folder's trials from its sweep.json ([] when `path` is not a sweep folder)."""
+    from hybrid_ray import runs, storage
+
+    sweep = storage.join(path, "sweep.json")
+    return runs.read_json(sweep).get("trials") or [] if storage.exists(sweep) else []
+
+
 def comparison_rows(paths: list[str]) -> list[dict[str, Any]]:
     """Rows from run folders (results.json), sweep folders (sweep.json) and folders of runs, in the order given."""
     from hybrid_ray import runs, storage
@@ -240,18 +260,21 @@ def comparison_rows(paths: list[str]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for path in paths:
         path = storage.normalize(path)
-        sweep = storage.join(path, "sweep.json")
-        if storage.exists(sweep):
-            rows += runs.read_json(sweep).get("trials") or []
+        if sweep_rows := _sweep_rows(path):
+            rows += sweep_rows
             continue
         results = runs.read_results(path)
         if results is not None:
             rows.append(_run_row(path, results))
             continue
         inner = [storage.join(path, d) for d in storage.list_dirs(path)]
-        found = [(d, runs.read_results(d)) for d in inner]
-        found = [(d, r) for d, r in found if r is not None]
+        found = []
+        for folder in inner:  # a folder of runs and sweeps (the default storage path holds both)
+            if sweep_rows := _sweep_rows(folder):
+                found += sweep_rows
+            elif (results := runs.read_results(folder)) is not None:
+                found.append(_run_row(folder, results))
         if not found:
             raise HybridRayError(f"{path} holds no results.json or sweep.json (not a finished run, sweep or folder of runs)")
-        rows += [_run_row(d, r) for d, r in found]
+        rows += found
     return rows

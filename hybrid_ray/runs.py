@@ -155,11 +155,22 @@ def run_info(run_dir: str, name: str) -> RunInfo:
     return RunInfo(name, spec.get("variant"), status, step, spec.get("train", {}).get("steps"), None, run_dir)
 
 
+SWEEP_TRIALS = "trials"  # a sweep folder holds its trials' run folders here (hybrid_ray/tune.py)
+
+
 def list_runs(storage_path: str) -> list[RunInfo]:
-    """Every run under a storage path (folders holding a spec.yaml), by name."""
+    """Every run under a storage path (folders holding a spec.yaml), by name; a sweep's trials are listed as
+    `<sweep>/<trial>`."""
     root = storage.normalize(storage_path)
-    return [run_info(storage.join(root, name), name) for name in storage.list_dirs(root)
-            if storage.exists(storage.join(root, name, SPEC_FILE))]
+    found = []
+    for name in storage.list_dirs(root):
+        if storage.exists(storage.join(root, name, SPEC_FILE)):
+            found.append(run_info(storage.join(root, name), name))
+            continue
+        trials = storage.join(root, name, SWEEP_TRIALS)
+        found += [run_info(storage.join(trials, t), f"{name}/{t}") for t in storage.list_dirs(trials)
+                  if storage.exists(storage.join(trials, t, SPEC_FILE))]
+    return found
 
 
 def rm_command(storage_path: str, name: str) -> str:
@@ -173,10 +184,10 @@ def rm_command(storage_path: str, name: str) -> str:
 def remove_run(storage_path: str, name: str) -> str:
     """Delete a run's folder (checkpoints, results, model); returns its path."""
     root = storage.normalize(storage_path)
-    runs = [r.name for r in list_runs(root)]
+    runs = {r.name: r.path for r in list_runs(root)}
     if name not in runs:
         raise HybridRayError(f"no run {name!r} under {root}{suggest(name, runs)}")
-    path = storage.join(root, name)
+    path = runs[name]
     storage.remove_dir(path)
     return path
 

@@ -12,20 +12,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
+import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from ray.tune import Callback
 
-from hybrid_ray import cluster, report, runs, storage
-from hybrid_ray.errors import HybridRayError, SpecError, suggest
+from hybrid_ray import cluster, ray_compat, report, runs, storage, sweep_plan
+from hybrid_ray import sweep_status as status_lib
+from hybrid_ray.errors import SpecError, suggest
 from hybrid_ray.grid import Arm, expand, match_params, numeric_value, parse_grid
 from hybrid_ray.model import count_params
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train import checkpoint as ckpt_lib
-from hybrid_ray.train.launch import check_locally, finalize, share_data
+from hybrid_ray.train.launch import Interrupted, check_locally, finalize, share_data
 
 SWEEP_FILE = "sweep.json"
 GRID_FILE = "grid.json"
@@ -42,12 +47,13 @@ class SweepOptions:
     scheduler: str = "asha"
     grace_period: int = 1  # evaluations before ASHA may stop a trial
     reduction_factor: int = 3
-    max_concurrent: int | None = None  # None: the cluster's GPUs (or CPUs) // what one trial takes
+    max_concurrent: int | None = None  # None: as many trials as the cluster holds (sweep_plan.concurrency)
     gpus_per_trial: float | None = None  # None: 1 per worker when the cluster has GPUs, else 0
     match_params: bool = False
     reference_arm: str | None = None  # --match-params REF; None: the arm without attention
     eval_tasks: list[str] = field(default_factory=list)  # downstream tasks scored on every finished trial
     eval_data: str | None = None  # their data when the hub is out of reach (one task)
+    keep_checkpoints: bool = False  # ended trials keep every checkpoint with its optimizer state
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -105,7 +111,8 @@ def _arms(base: RunSpec, options: SweepOptions) -> list[Arm]:
 
 def _grid_record(base: RunSpec, options: SweepOptions, arms: list[Arm]) -> dict[str, Any]:
     """What defines a sweep: relaunching its name with anything else is refused."""
-    return {"options": {k: v for k, v in dataclasses.asdict(options).items() if k != "max_concurrent"},
+    how = ("max_concurrent", "keep_checkpoints")  # how to run it, not what it is
+    return {"options": {k: v for k, v in dataclasses.asdict(options).items() if k not in how},
             "arms": {a.id: a.spec.to_dict() for a in arms}}
 
 
@@ -125,8 +132,8 @@ def _claim(sweep_dir: str, record: dict[str, Any]) -> bool:
     return True
 
 
-def _trial_resources(spec: RunSpec, options: SweepOptions, cluster_gpus: float) -> tuple[RunSpec, float, float]:
-    """The arm's scale settings for the cluster: (spec, GPUs per trial, CPUs per trial)."""
+def _trial_resources(spec: RunSpec, options: SweepOptions, cluster_gpus: float) -> tuple[RunSpec, float]:
+    """The arm's scale settings for the cluster: (spec, GPUs per trial)."""
     workers = spec.scale.num_workers
     gpus = options.gpus_per_trial
     if gpus is None:
@@ -134,11 +141,11 @@ def _trial_resources(spec: RunSpec, options: SweepOptions, cluster_gpus: float) 
     if gpus > cluster_gpus:
         raise SpecError(f"--gpus-per-trial {gpus:g} is more than the cluster's {cluster_gpus:g} GPU(s)")
     spec = spec.with_overrides({"scale.gpus_per_worker": gpus / workers})
-    return spec, gpus, workers * spec.scale.cpus_per_worker
+    return spec, gpus
 
 
 def _trial(config: dict[str, Any], specs: dict[str, dict], trials_root: str, kernel_cache: str | None,
-           data_origin: str | None) -> None:
+           data_origin: str | None, keep_checkpoints: bool = False) -> None:
     """A Tune trial: one train() run of an arm and seed, reporting to Tune through Ray Train's callback."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -152,17 +159,25 @@ def _trial(config: dict[str, Any], specs: dict[str, dict], trials_root: str, ker
         evaluations = sum("val_loss" in r for r in done.get("history", []))
         tune.report({**(done.get("final") or {}), "step": done["step"], "evaluations": evaluations, "evaluated": False})
         return
-    train(spec, callbacks=[TuneReportCallback()], progress=False, kernel_cache=kernel_cache, data_origin=data_origin)
+    outcome = train(spec, callbacks=[TuneReportCallback()], progress=False, kernel_cache=kernel_cache,
+                    data_origin=data_origin)
+    if outcome.finished:
+        status_lib.settle(outcome.run_dir, keep_checkpoints)  # free its disk now, not at the sweep's end
 
 
 class Console(Callback):
-    """A Tune callback that prints one line per trial event, with the current ranking by best validation loss."""
+    """A Tune callback that prints one line per trial event, with the current ranking by best validation loss.
 
-    def __init__(self, total: int, trials_root: str) -> None:
-        self.total, self.trials_root = total, trials_root
+    Tune pickles it with the experiment and restores it on a relaunch: `setup` restarts its clock for each launch."""
+
+    def __init__(self, total: int, steps: dict[str, int], scheduler: str) -> None:
+        self.total, self.steps, self.scheduler = total, steps, scheduler
         self.best: dict[str, float] = {}
         self.started_trials = 0
         self.started = time.time()
+
+    def setup(self, **info):
+        self.started, self.started_trials = time.time(), 0
 
     def _line(self, text: str) -> None:
         ranking = ", ".join(f"{name} {loss:.3f}" for name, loss in sorted(self.best.items(), key=lambda kv: kv[1])[:3])
@@ -174,7 +189,7 @@ class Console(Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.started_trials += 1
-        self._line(f"started   {self._name(trial)} ({self.started_trials}/{self.total})")
+        self._line(f"started   {self._name(trial)} ({self.started_trials} this launch, {self.total} in the sweep)")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("evaluated"):
@@ -183,15 +198,14 @@ class Console(Callback):
             self._line(f"evaluated {self._name(trial)} step {result.get('step')}: val_loss {result['val_loss']:.4f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        # a trial that ran to its end wrote results.json; one that ASHA stopped was killed before it could
-        results = runs.read_results(storage.join(self.trials_root, self._name(trial))) or {}
-        if results.get("status") == "finished":
+        step = (trial.last_result or {}).get("step", 0)
+        if step >= self.steps[trial.config["arm"]] or self.scheduler != "asha":
             self._line(f"finished  {self._name(trial)}")
         else:
-            self._line(f"stopped   {self._name(trial)} by ASHA after step {(trial.last_result or {}).get('step', 0)}")
+            self._line(f"stopped   {self._name(trial)} by ASHA after step {step}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(f"failed    {self._name(trial)}")
+        self._line(f"failed    {self._name(trial)}: {status_lib.error_line(ray_compat.trial_error(trial))}")
 
 
 def sweep(
@@ -201,8 +215,12 @@ def sweep(
     address: str | None = None,
     progress: bool = True,
     verbose: bool = False,
+    relaunch: str | None = None,
 ) -> SweepOutcome:
-    """Run (or resume) the sweep `base.name`: every arm of the grid times every seed, under `base.storage_path`."""
+    """Run (or resume) the sweep `base.name`: every arm of the grid times every seed, under `base.storage_path`.
+
+    Ctrl-C or SIGTERM stops it resumably: the table so far is written and Interrupted (exit code 130) says how to
+    relaunch (`relaunch`, the command line, when given)."""
     expand(base, parse_grid(options.grid))  # grid errors before anything else
     base, dataset = check_locally(base, address=address, extend_steps=0, until_step=None, progress=progress)
     arms = _arms(base, options)  # now that the vocabulary is resolved: --match-params counts the embeddings
@@ -214,14 +232,12 @@ def sweep(
 
     where = cluster.connect(address, verbose=verbose)
     have = cluster.resources()
-    cluster_gpus = have.get("GPU", 0.0)
-    sized = [_trial_resources(arm.spec, options, cluster_gpus) for arm in arms]
-    arms = [dataclasses.replace(arm, spec=s) for arm, (s, _, _) in zip(arms, sized)]
-    gpus_per_trial, cpus_per_trial = sized[0][1], sized[0][2]
-    cluster.check_resources(arms[0].spec.scale.num_workers, arms[0].spec.scale.cpus_per_worker,
-                            arms[0].spec.scale.gpus_per_worker)
-    concurrent = options.max_concurrent or max(1, int(cluster_gpus // gpus_per_trial) if gpus_per_trial
-                                               else int(have.get("CPU", 1) // cpus_per_trial))
+    sized = [_trial_resources(arm.spec, options, have.get("GPU", 0.0)) for arm in arms]
+    arms = [dataclasses.replace(arm, spec=s) for arm, (s, _) in zip(arms, sized)]
+    scale = arms[0].spec.scale
+    cluster.check_resources(scale.num_workers, scale.cpus_per_worker, scale.gpus_per_worker)
+    concurrent = sweep_plan.concurrency(arms[0].spec, sized[0][1], have, options.max_concurrent)
+    disk = sweep_plan.check_disk([a.spec for a in arms], options.seeds, concurrent, sweep_dir)
     resumed = _claim(sweep_dir, _grid_record(base, options, arms))
     trials = len(arms) * options.seeds
     if progress:
@@ -230,21 +246,31 @@ def sweep(
         print(f"{'resuming' if resumed else 'sweeping'} {base.name} on {where}: {len(arms)} arm(s) x {options.seeds} "
               f"seed(s) = {trials} trial(s), {concurrent} at a time, {options.scheduler.upper()}, {sizes} parameters",
               flush=True)
-        print(f"  sweep folder: {sweep_dir}", flush=True)
+        print(f"  sweep folder: {sweep_dir} (disk: up to {sweep_plan.gb(disk.need)})", flush=True)
+        if not storage.is_uri(sweep_dir):
+            print(f"  watch: tensorboard --logdir {storage.join(sweep_dir, 'trials')}", flush=True)
         if dashboard := cluster.dashboard_url():
             print(f"  Ray dashboard: {dashboard}", flush=True)
 
     started = time.time()
-    try:
-        _fit(base, options, arms, sweep_dir, concurrent, resumed, progress, share_data(base, dataset))
-    except KeyboardInterrupt:
-        raise HybridRayError(f"interrupted; relaunch the same command to resume the sweep in {sweep_dir}") from None
-    rows = collect(arms, options.seeds, sweep_dir, dataset)
-    if options.eval_tasks:
+    outcomes, interrupted = _fit(base, options, arms, sweep_dir, concurrent, resumed, progress, verbose,
+                                 share_data(base, dataset))
+    rows = collect(arms, options.seeds, sweep_dir, dataset, outcomes=outcomes, scheduler=options.scheduler,
+                   keep_checkpoints=options.keep_checkpoints)
+    if options.eval_tasks and not interrupted:
         rows = evaluate_finished(rows, options, address, progress)
+    outcome = write_outputs(sweep_dir, rows, title=base.name)
+    counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items())
+    if interrupted or not all(r["status"] in status_lib.ENDED for r in rows):
+        if progress:
+            print(outcome.table, flush=True)
+        how = f": {relaunch}" if relaunch else " (the same sweep name and storage path)"
+        raise Interrupted(f"sweep {base.name} interrupted after {time.time() - started:.0f}s ({summary}); "
+                          f"relaunch the same command to resume it{how}")
     if progress:
-        print(f"sweep finished in {time.time() - started:.0f}s", flush=True)
-    return write_outputs(sweep_dir, rows, title=base.name)
+        print(f"sweep finished in {time.time() - started:.0f}s: {summary}", flush=True)
+    return outcome
 
 
 def kernel_cache_for(sweep_dir: str) -> str | None:
@@ -253,39 +279,87 @@ def kernel_cache_for(sweep_dir: str) -> str | None:
     return sweep_dir.rstrip("/").rsplit("/", 1)[0]
 
 
+class _Signals:
+    """While a sweep runs: SIGTERM stops it like Ctrl-C (Tune's SIGINT handler ends the run and saves its state);
+    unless verbose, Tune's own banner, hints and log lines stay off the console."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+
+    def __enter__(self) -> _Signals:
+        self.main = threading.current_thread() is threading.main_thread()
+        if self.main:
+            self.term = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+        self.output = os.environ.get("RAY_AIR_NEW_OUTPUT")
+        self.level = logging.getLogger("ray.tune").level
+        if not self.verbose:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter is silent at verbose=0; the new one is not
+            logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.main:
+            signal.signal(signal.SIGTERM, self.term)
+        if self.output is None:
+            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
+        else:
+            os.environ["RAY_AIR_NEW_OUTPUT"] = self.output
+        logging.getLogger("ray.tune").setLevel(self.level)
+
+
 def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep_dir: str, concurrent: int, resumed: bool,
-         progress: bool, data_origin: str | None) -> None:
+         progress: bool, verbose: bool, data_origin: str | None) -> tuple[dict[str, status_lib.TuneOutcome], bool]:
+    """Run the Tuner; returns Tune's outcome of every trial it knows, by trial name, and whether it was interrupted."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     specs = {arm.id: arm.spec.to_dict() for arm in arms}
     trials_root = storage.join(sweep_dir, "trials")
     trainable = tune.with_parameters(_trial, specs=specs, trials_root=trials_root, kernel_cache=kernel_cache_for(sweep_dir),
-                                     data_origin=data_origin)
+                                     data_origin=data_origin, keep_checkpoints=options.keep_checkpoints)
     # the trial itself only waits on its TorchTrainer, whose workers hold the CPUs and GPUs
-    trainable = tune.with_resources(trainable, {"CPU": 0.01})
+    trainable = tune.with_resources(trainable, {"CPU": sweep_plan.TRIAL_CPU})
     max_evals = max(math.ceil(a.spec.train.steps / a.spec.train.eval_every) for a in arms)
     scheduler = FIFOScheduler() if options.scheduler == "fifo" else ASHAScheduler(
         time_attr="evaluations", metric="val_loss", mode="min", max_t=max_evals,
-        grace_period=min(options.grace_period, max_evals), reduction_factor=options.reduction_factor)
-    callbacks = [Console(len(arms) * options.seeds, trials_root)] if progress else []
+        grace_period=min(options.grace_period, max_evals), reduction_factor=options.reduction_factor,
+        # a trial at its last evaluation ends by itself (results, model/, its placement group freed by Ray Train);
+        # stopping it there would kill it before it writes them, and free its resources only through the dashboard
+        stop_last_trials=False)
+    steps = {arm.id: arm.spec.train.steps for arm in arms}
+    callbacks = [Console(len(arms) * options.seeds, steps, options.scheduler)] if progress else []
     run_config = tune.RunConfig(name=base.name, storage_path=base.storage_path, callbacks=callbacks, verbose=0)
     path = storage.join(base.storage_path, base.name)
-    if resumed and tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"arm": tune.grid_search([a.id for a in arms]), "seed": tune.grid_search(list(range(options.seeds)))},
-            tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=concurrent),
-            run_config=run_config,
-        )
-    tuner.fit()
+    with _Signals(verbose):
+        try:
+            if resumed and tune.Tuner.can_restore(path):
+                tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+            else:
+                tuner = tune.Tuner(
+                    trainable,
+                    param_space={"arm": tune.grid_search([a.id for a in arms]),
+                                 "seed": tune.grid_search(list(range(options.seeds)))},
+                    tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=concurrent),
+                    run_config=run_config,
+                )
+            grid = tuner.fit()
+        except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's handler was in place
+            return {}, True
+    outcomes = {}
+    for trial in ray_compat.tune_trials(grid):
+        outcomes[trial_name(trial.config["arm"], trial.config["seed"])] = status_lib.TuneOutcome(
+            state=trial.status, error=status_lib.error_line(ray_compat.trial_error(trial)) if trial.status == "ERROR"
+            else None, seconds=(trial.last_result or {}).get("time_total_s"))
+    interrupted = any(o.state not in ("TERMINATED", "ERROR") for o in outcomes.values())
+    return outcomes, interrupted
 
 
-def collect(arms: list[Arm], seeds: int, sweep_dir: str, dataset: Any) -> list[dict[str, Any]]:
-    """One row per trial from its run folder; a trial that ASHA stopped gets its results.json written now, from its
-    newest checkpoint, so it keeps its results like any other run."""
+def collect(arms: list[Arm], seeds: int, sweep_dir: str, dataset: Any, *,
+            outcomes: dict[str, status_lib.TuneOutcome] | None = None, scheduler: str = "asha",
+            keep_checkpoints: bool = False) -> list[dict[str, Any]]:
+    """One row per trial from its run folder, with its status; a trial that ASHA stopped (or the sweep interrupted)
+    gets its results.json written now, from its newest checkpoint, so it keeps its results like any other run."""
+    outcomes = outcomes or {}
     rows = []
     for arm in arms:
         for seed in range(seeds):
@@ -293,10 +367,16 @@ def collect(arms: list[Arm], seeds: int, sweep_dir: str, dataset: Any) -> list[d
             run_dir = storage.join(sweep_dir, "trials", name)
             results = runs.read_results(run_dir)
             newest = ckpt_lib.newest_step(run_dir)
+            outcome = outcomes.get(name)
             if newest is not None and (results is None or results.get("step", 0) < newest):
                 spec = trial_spec(arm.spec, arm.id, seed, storage.join(sweep_dir, "trials"))
-                results = finalize(spec, run_dir, dataset, 0.0).results
-            rows.append(report.trial_row(arm.id, arm.settings, seed, name, run_dir, results, numeric_value(arm)))
+                wall = outcome.seconds if outcome is not None and outcome.seconds else 0.0
+                results = finalize(spec, run_dir, dataset, wall).results
+            status, reason = status_lib.trial_status(results, newest, outcome, scheduler)
+            if status in (status_lib.FINISHED, status_lib.STOPPED):
+                status_lib.settle(run_dir, keep_checkpoints)
+            row = report.trial_row(arm.id, arm.settings, seed, name, run_dir, results, numeric_value(arm))
+            rows.append({**row, "status": status, "reason": reason})
     return rows
 
 

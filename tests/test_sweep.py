@@ -1,6 +1,7 @@
 """Sweeps on Ray Tune with ASHA through a real local Ray (with its dashboard), tiny models on CPU workers."""
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -37,7 +38,7 @@ def test_an_asha_ratio_sweep_stops_weak_arms_and_writes_everything(ray_session, 
     assert len(rows) == 4 and {r["arm"] for r in rows} == {"attn0", "attn25", "attn50", "attn100"}
     reference = next(r["params"] for r in rows if r["arm"] == "attn0")
     assert all(abs(r["params"] / reference - 1) <= 0.02 for r in rows)  # --match-params, through the whole sweep
-    stopped = [r for r in rows if r["status"] == "stopped early"]
+    stopped = [r for r in rows if r["status"] == "stopped by ASHA"]
     assert stopped and any(r["status"] == "finished" for r in rows)
     for row in rows:  # every trial ended with its own run folder, results and checkpoints
         results = json.loads((tmp_path / "asha" / "trials" / row["name"] / "results.json").read_text())
@@ -46,6 +47,8 @@ def test_an_asha_ratio_sweep_stops_weak_arms_and_writes_everything(ray_session, 
         assert list((tmp_path / "asha" / "trials" / row["name"]).glob("checkpoint_0*"))
     for row in stopped:
         assert row["stopped_at_step"] < 30 and row["step"] == row["stopped_at_step"]
+        assert row["reason"] == f"at step {row['step']}"
+    assert all(r["wall_seconds"] > 0 and r["compile_seconds"] >= 0 for r in rows)  # real, also for stopped trials
     saved = json.loads((tmp_path / "asha" / "sweep.json").read_text())["trials"]
     assert [(r["name"], r["best"]) for r in saved] == [(r["name"], r["best"]) for r in rows]
     ranked = [line.split()[1] for line in outcome.table.splitlines()[1:]]
@@ -57,6 +60,11 @@ def test_an_asha_ratio_sweep_stops_weak_arms_and_writes_everything(ray_session, 
     while ray_session.available_resources().get("CPU", 0) < 2:
         assert time.time() < deadline, ray_session.available_resources()
         time.sleep(1)
+    # at the default concurrency (one trial at a time on 2 CPUs) every trial ran, so each stopped trial's placement
+    # group was released for the next; none is left holding resources
+    from ray.util import placement_group_table
+
+    assert not [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
 
 
 @pytest.mark.slow
@@ -92,7 +100,7 @@ def test_seeds_differ_and_the_same_seed_repeats_exactly(ray_session, tmp_path, c
 def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path):
     head = start_head(tmp_path / "home", num_cpus=2)
     try:
-        args = [HYBRID_RAY, "sweep", "--grid", "lr=2e-3,1e-3", "--scheduler", "fifo", "--max-concurrent", "1",
+        args = [HYBRID_RAY, "sweep", "--grid", "lr=2e-3,1e-3", "--scheduler", "fifo",
                 "--steps", "40", "--eval-every", "20", "--checkpoint-every", "10", "--max-documents", "400",
                 "--eval-tokens", "4096", "--storage-path", str(tmp_path), "--name", "killed", "--address", head.address]
         trials = tmp_path / "killed" / "trials"
@@ -114,6 +122,75 @@ def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_pat
         resumed = json.loads((trials / "lr0.001-s0" / "results.json").read_text())
         assert resumed["status"] == "finished" and resumed["resumed_at"] and resumed["resumed_at"][0] >= 10
         assert [r["step"] for r in resumed["history"] if "loss" in r] == list(range(10, 41, 10))  # no gap, no repeat
+    finally:
+        head.stop()
+
+
+@pytest.mark.slow
+def test_ctrl_c_interrupts_a_sweep_a_relaunch_resumes_it_and_a_full_disk_fails_one_trial(tmp_path):
+    """Through the CLI at its defaults (concurrency, --keep), on a 2-CPU head: Ctrl-C says interrupted, prints the
+    relaunch command and exits 130; the relaunch resumes; a trial whose checkpoint hits ENOSPC fails alone."""
+    from pathlib import Path
+
+    plan = tmp_path / "enospc"
+    head = start_head(tmp_path / "home", num_cpus=2, extra_env={
+        "PYTHONPATH": f"{Path(__file__).parent / 'faults'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+        "HYBRID_RAY_TEST_ENOSPC": str(plan)})
+    try:
+        args = [HYBRID_RAY, "sweep", "--grid", "lr=2e-3,1e-3,5e-4", "--scheduler", "fifo", "--steps", "40",
+                "--eval-every", "20", "--checkpoint-every", "10", "--max-documents", "400", "--eval-tokens", "4096",
+                "--storage-path", str(tmp_path), "--name", "ctrlc", "--address", head.address]
+        trials = tmp_path / "ctrlc" / "trials"
+        started = time.time()
+        proc = subprocess.Popen(args, env=head.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 400
+        while not list(trials.glob("lr0.001-s0/checkpoint_0*/manifest_rank0.json")):  # the second trial is under way
+            assert time.time() < deadline and proc.poll() is None, proc.communicate()[0][-3000:]
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=180)
+        first_launch = time.time() - started
+        assert proc.returncode == 130, (out + err)[-3000:]
+        assert "sweeping ctrlc" in out and "1 at a time" in out  # the default concurrency on 2 CPUs
+        assert f"watch: tensorboard --logdir {trials}" in out  # the sweep's own TensorBoard logs
+        for banner in ("Configuration for experiment", "View detailed results here", "driver_artifacts"):
+            assert banner not in out + err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("error: sweep ctrlc interrupted after ") and "relaunch the same command" in last
+        assert " ".join(args[1:4]) in last  # the command to relaunch
+        assert "sweep finished" not in out
+        saved = {r["name"]: r for r in json.loads((tmp_path / "ctrlc" / "sweep.json").read_text())["trials"]}
+        assert {n: r["status"] for n, r in saved.items()} == {
+            "lr0.002-s0": "finished", "lr0.001-s0": "interrupted", "lr0.0005-s0": "not started"}
+        assert saved["lr0.002-s0"]["wall_seconds"] > 0
+        assert "1/1" in next(line for line in out.splitlines() if " lr0.002 " in line)
+        finished = trials / "lr0.002-s0"
+        # an ended trial keeps model/ and its newest checkpoint's weights (--keep defaults to 1 in a sweep)
+        assert [p.name for p in finished.glob("checkpoint_0*")] == ["checkpoint_00000040"]
+        assert not (finished / "checkpoint_00000040" / "optimizer.pt").exists() and (finished / "model").is_dir()
+        before = (finished / "results.json").read_bytes()
+
+        plan.write_text("lr0.0005-s0 20")  # the disk fills when the third trial writes its step-20 checkpoint
+        again = subprocess.run(args, env=head.env, capture_output=True, text=True, timeout=600)
+        assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+        assert "resuming ctrlc" in again.stdout and "sweep finished in " in again.stdout
+        clock = int(again.stdout.split("] started", 1)[0].rsplit("[", 1)[1].strip().rstrip("s"))
+        assert clock < min(30, first_launch)  # the console's clock counts from this launch
+        assert (finished / "results.json").read_bytes() == before  # not rerun
+        resumed = json.loads((trials / "lr0.001-s0" / "results.json").read_text())
+        assert resumed["status"] == "finished" and resumed["resumed_at"] and resumed["resumed_at"][0] >= 10
+        rows = {r["name"]: r for r in json.loads((tmp_path / "ctrlc" / "sweep.json").read_text())["trials"]}
+        assert [rows[n]["status"] for n in ("lr0.002-s0", "lr0.001-s0", "lr0.0005-s0")] == [
+            "finished", "finished", "failed"]
+        assert "No space left on device" in rows["lr0.0005-s0"]["reason"]
+        assert "\n" not in rows["lr0.0005-s0"]["reason"]
+        line = next(line for line in again.stdout.splitlines() if " lr0.0005 " in line)
+        assert "0/1" in line and "failed" in line and "No space left on device" in line
+        kept = trials / "lr0.0005-s0" / "checkpoint_00000010"  # what it wrote before the disk filled is kept
+        assert (kept / "optimizer.pt").exists()
+        from hybrid_ray.train import checkpoint as ckpt
+
+        assert ckpt.latest(str(trials / "lr0.0005-s0")) == str(kept)
     finally:
         head.stop()
 

@@ -213,6 +213,23 @@ def write(model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainerStat
     return folder
 
 
+def drop_optimizer(folder: str) -> None:
+    """Make a checkpoint weights-only (a finished sweep trial's): delete its optimizer state and take it out of rank
+    0's manifest, which then says `weights_only`, so the folder still verifies (and `generate`/`eval` still load it)
+    but a resume from it is refused by name."""
+    manifest_path = storage.join(folder, "manifest_rank0.json")
+    manifest = json.loads(storage.read_bytes(manifest_path))
+    _manifest_files(manifest).pop(OPTIMIZER_FILE, None)
+    manifest["weights_only"] = True
+    storage.write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
+    storage.delete_file(storage.join(folder, OPTIMIZER_FILE))
+
+
+def weights_only(folder: str) -> bool:
+    manifest = json.loads(storage.read_bytes(storage.join(folder, "manifest_rank0.json")))
+    return bool(manifest.get("weights_only"))
+
+
 # --- reading -----------------------------------------------------------------------------------------------------
 
 def _manifest_files(manifest: dict) -> dict[str, dict]:
@@ -275,6 +292,9 @@ def load(folder: str | Path, rank: int) -> Restored:
     """Verify a local checkpoint folder, then read rank 0's states and this rank's RNG (None when absent)."""
     folder = Path(folder)
     verify(str(folder))
+    if weights_only(str(folder)):
+        raise CheckpointError(f"checkpoint {folder} holds weights only (a finished sweep trial drops its optimizer "
+                              "state unless the sweep ran with --keep-checkpoints): it cannot be resumed")
     try:
         state = read_state(folder)
         model_state = load_state(folder)

@@ -1,0 +1,80 @@
+"""What each sweep trial ended as, honestly, and what an ended trial keeps on disk.
+
+A trial is finished (it ran all its steps), stopped by ASHA (only under ASHA, never one that ran all its steps),
+failed (with the first line of its error), interrupted (the sweep was stopped while it ran: relaunching resumes it)
+or not started.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hybrid_ray import storage
+from hybrid_ray.errors import HybridRayError, first_line
+from hybrid_ray.train import checkpoint as ckpt_lib
+
+FINISHED = "finished"
+STOPPED = "stopped by ASHA"
+FAILED = "failed"
+INTERRUPTED = "interrupted"
+NOT_STARTED = "not started"
+ENDED = (FINISHED, STOPPED, FAILED)
+
+
+@dataclass
+class TuneOutcome:
+    """What Tune knows of one trial once fit() returns."""
+
+    state: str  # Tune's trial status: TERMINATED, ERROR, RUNNING, PENDING, PAUSED
+    error: str | None = None  # the first line of its error
+    seconds: float | None = None  # Tune's time_total_s: wall seconds the trial ran
+
+
+def error_line(error: BaseException | None) -> str | None:
+    """The user-facing line of a trial's error: the hybrid-ray error inside Ray's wrappers, else the last line of
+    the traceback Ray recorded (`Type: message`)."""
+    if error is None:
+        return None
+    from ray.exceptions import RayTaskError  # its message starts with Ray's traceback header, its cause is ours
+
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, HybridRayError) and not isinstance(seen, RayTaskError):
+            return first_line(seen)
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def trial_status(results: dict[str, Any] | None, newest_step: int | None, outcome: TuneOutcome | None,
+                 scheduler: str) -> tuple[str, str | None]:
+    """(status, reason) of one trial from its results.json, its newest checkpoint and Tune's record of it."""
+    step = max((results or {}).get("step", 0), newest_step or 0)
+    total = (results or {}).get("total_steps")
+    if results is not None and total and results.get("step", 0) >= total and results.get("status") == FINISHED:
+        return FINISHED, None
+    if outcome is not None and outcome.state == "ERROR":
+        return FAILED, outcome.error
+    if outcome is not None and outcome.state == "TERMINATED" and scheduler == "asha":
+        return STOPPED, f"at step {step}"
+    if newest_step is None and results is None:
+        return NOT_STARTED, None
+    return INTERRUPTED, f"at step {step}; relaunch to resume"
+
+
+def settle(run_dir: str, keep_checkpoints: bool) -> None:
+    """What an ended trial keeps: model/ and its newest checkpoint's weights, without optimizer state or older
+    checkpoints, unless `keep_checkpoints`."""
+    if keep_checkpoints:
+        return
+    names = ckpt_lib.list_checkpoints(run_dir)
+    newest = ckpt_lib.latest(run_dir)
+    if newest is None:
+        return
+    for name in names:
+        path = storage.join(run_dir, name)
+        if path != newest:
+            storage.remove_dir(path)
+    if not ckpt_lib.weights_only(newest):
+        ckpt_lib.drop_optimizer(newest)
