@@ -32,6 +32,18 @@ def address_from_env() -> str | None:
     return None if address and address == os.environ.get(OWN_CLUSTER) else address
 
 
+def reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on host:port addresses that nothing listens on (ray.init would retry for a minute)."""
+    target = address if "://" in address else f"tcp://{address}"
+    parsed = urlparse(target)
+    if not parsed.hostname or not parsed.port:
+        return
+    try:
+        socket.create_connection((parsed.hostname, parsed.port), timeout=timeout).close()
+    except OSError as e:
+        raise ClusterError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from e
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
