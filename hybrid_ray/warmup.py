@@ -23,6 +23,9 @@ from hybrid_ray.spec import RunSpec
 
 DECODE_PROMPTS = (8, 100)  # prompt lengths: a short prefill runs FLA's recurrent kernels, a longer one its chunked ones
 DECODE_TOKENS = 4
+# `eval` scores padded batches of many lengths on FLA's own forward: up to 64 tokens it runs FLA's fused-recurrent
+# kernels, longer its chunked ones, and Triton specializes on lengths divisible by 16 or not
+SCORING_LENGTHS = (40, 48, 100, 336)
 
 
 @dataclass
@@ -58,14 +61,14 @@ def _batch(spec: RunSpec, device: torch.device) -> Any:
 
 
 def warm_device(spec: RunSpec, device: torch.device, say: Callable[[str], None] = print) -> list[Phase]:
-    """Run the spec's train step, evaluation forward and decoding once on `device` (FLA backend), each timed, with
-    the cache entries it added."""
+    """Run the spec's train step, evaluation forward, decoding and downstream scoring once on `device` (FLA backend),
+    each timed, with the cache entries it added."""
     from hybrid_ray.generate import SamplingOptions, decode
     from hybrid_ray.model import build_model
     from hybrid_ray.train.evaluate import evaluate
     from hybrid_ray.train.loop import setup_model, train_step
     from hybrid_ray.train.optim import build_optimizer
-    from hybrid_ray.train.parallelize import single_process_group
+    from hybrid_ray.train.parallelize import autocast, single_process_group
 
     spec = spec.with_overrides({"scale.backend": "fla"})
     single_process_group(device)
@@ -93,6 +96,15 @@ def warm_device(spec: RunSpec, device: torch.device, say: Callable[[str], None] 
     prompts = [[i % spec.model.vocab_size for i in range(n)] for n in DECODE_PROMPTS]
     options = SamplingOptions(max_new_tokens=DECODE_TOKENS, temperature=0)
     timed("decoding", lambda: decode(inference, prompts, options, None, device))
+
+    @torch.no_grad()
+    def score() -> None:
+        for n in SCORING_LENGTHS:
+            ids = torch.randint(0, spec.model.vocab_size, (2, n), device=device)
+            with autocast(device, spec.train.precision):
+                inference(input_ids=ids, use_cache=False)
+
+    timed("scoring", score)
     return phases
 
 
