@@ -188,9 +188,10 @@ def plot_sweep(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
         for i, member in enumerate(members):
             steps, values = series(member.get("history", []), "val_loss")
             times = [r.get("time_s") for r in member.get("history", []) if "val_loss" in r and r.get("val_loss") is not None]
-            curves.plot(steps, values, color=color, alpha=0.8, label=arm["arm"] if i == 0 else None)
+            marker = "." if len(steps) < 30 else None  # a trial ASHA stopped at its first evaluation is one point
+            curves.plot(steps, values, color=color, alpha=0.8, marker=marker, label=arm["arm"] if i == 0 else None)
             if len(times) == len(values) and all(t is not None for t in times):
-                by_time.plot(times, values, color=color, alpha=0.8)
+                by_time.plot(times, values, color=color, alpha=0.8, marker=marker)
     positions, ticks = value_positions(summary)
     for arm in summary:
         if not math.isfinite(arm["best_val_loss"]):
