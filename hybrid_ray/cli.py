@@ -584,8 +584,8 @@ def generate(path: str, prompts: tuple[str, ...], prompts_file: str | None, back
     mode = ", no cache" if no_cache else ", no graph" if no_graph else ""
     click.echo(f"{sum(result.new_tokens)} tokens in {result.seconds:.2f} s ({result.tokens_per_s:.1f} tokens/s"
                f"{mode}{f', batch {len(result.prompts)}' if len(result.prompts) > 1 else ''}); "
-               f"first token after {result.first_token_s:.3f} s, then {result.decode_tokens_per_s:.1f} tokens/s",
-               err=True)
+               f"first token after {result.first_token_s:.3f} s, then {result.decode_tokens_per_s:.1f} tokens/s; "
+               f"model loaded in {result.load_s:.1f} s", err=True)
 
 
 @cli.command("eval")

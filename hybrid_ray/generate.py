@@ -52,6 +52,7 @@ class Generation:
     token_ids: list[list[int]] = field(default_factory=list)
     first_token_s: float = 0.0  # from the start (state, graph capture, prefill) to the first token of every prompt
     decode_s: float = 0.0  # the rest
+    load_s: float = 0.0  # reading the model and tokenizer onto the device, before any of that
 
     @property
     def tokens_per_s(self) -> float:
@@ -245,7 +246,9 @@ def generate(path: str, prompts: list[str], options: SamplingOptions, *, backend
     throughput); `on_text(prompt index, new text)` streams the decoded text."""
     if batch < 1:
         raise SpecError(f"--batch must be >= 1, got {batch}")
+    started = time.perf_counter()
     model, tokenizer, device = load_for_inference(path, backend)
+    load_s = time.perf_counter() - started
     prompts = [p for p in prompts for _ in range(batch)]
     prompt_ids = [tokenizer.encode(p).tolist() or [tokenizer.eos_id] for p in prompts]
     streams = [TextStream(tokenizer) for _ in prompts]
@@ -263,4 +266,4 @@ def generate(path: str, prompts: list[str], options: SamplingOptions, *, backend
                 on_text(i, rest)
     return Generation(prompts, completions, [len(ids) for ids in new], result.seconds, new,
                       first_token_s=result.setup_s + result.first_token_s,
-                      decode_s=result.seconds - result.setup_s - result.first_token_s)
+                      decode_s=result.seconds - result.setup_s - result.first_token_s, load_s=load_s)
