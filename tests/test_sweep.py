@@ -96,6 +96,14 @@ def test_seeds_differ_and_the_same_seed_repeats_exactly(ray_session, tmp_path, c
     assert capsys.readouterr().out.splitlines()[1].split()[1] == "lr0.002"
 
 
+def wait_for_second_trial(proc: subprocess.Popen, trials) -> None:
+    """Wait (400 s at most) until the sweep's second trial, lr0.001-s0, has written a checkpoint."""
+    deadline = time.time() + 400
+    while not list(trials.glob("lr0.001-s0/checkpoint_0*/manifest_rank0.json")):
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()[0][-3000:]
+        time.sleep(0.5)
+
+
 @pytest.mark.slow
 def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path):
     head = start_head(tmp_path / "home", num_cpus=2)
@@ -105,10 +113,7 @@ def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_pat
                 "--eval-tokens", "4096", "--storage-path", str(tmp_path), "--name", "killed", "--address", head.address]
         trials = tmp_path / "killed" / "trials"
         proc = subprocess.Popen(args, env=head.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.time() + 400
-        while not list(trials.glob("lr0.001-s0/checkpoint_0*/manifest_rank0.json")):  # the second trial is under way
-            assert time.time() < deadline and proc.poll() is None, proc.communicate()[0][-3000:]
-            time.sleep(0.5)
+        wait_for_second_trial(proc, trials)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         finished = trials / "lr0.002-s0" / "results.json"
@@ -143,10 +148,7 @@ def test_ctrl_c_interrupts_a_sweep_a_relaunch_resumes_it_and_a_full_disk_fails_o
         trials = tmp_path / "ctrlc" / "trials"
         started = time.time()
         proc = subprocess.Popen(args, env=head.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 400
-        while not list(trials.glob("lr0.001-s0/checkpoint_0*/manifest_rank0.json")):  # the second trial is under way
-            assert time.time() < deadline and proc.poll() is None, proc.communicate()[0][-3000:]
-            time.sleep(0.5)
+        wait_for_second_trial(proc, trials)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=180)
         first_launch = time.time() - started
