@@ -44,7 +44,8 @@ def reachable(address: str, timeout: float = 5.0) -> None:
         raise ClusterError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from e
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -57,7 +58,7 @@ def start_local(*, num_cpus: int | None = None, dashboard: bool = True, **init_k
     cleaner, the state API in workers) reach this one. Returns Ray's context."""
     import ray
 
-    port = _free_port()
+    port = free_port()
     gcs = f"127.0.0.1:{port}"
     previous = os.environ.get("RAY_ADDRESS")
     api = os.environ.pop("RAY_API_SERVER_ADDRESS", None)  # would override $RAY_ADDRESS in Ray's own processes

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,18 +15,14 @@ from pathlib import Path
 
 import psutil
 
+from hybrid_ray.cluster import free_port  # noqa: F401  (the tests' fixtures import it from here)
+
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 HYBRID_RAY = str(BIN / "hybrid-ray")
 # what a test harness sets that a user would not: a subprocess "as a user would" runs without these
 TEST_ONLY_VARS = ("RAY_AUTH_TOKEN", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "TRITON_INTERPRET",
                   "PYTEST_CURRENT_TEST", "HYBRID_RAY_OWN_CLUSTER")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def short_tmpdir(prefix: str = "hr-") -> str:
