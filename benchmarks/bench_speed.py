@@ -3,7 +3,10 @@
     python benchmarks/bench_speed.py --variants h100_deltanet --settings ddp fsdp fsdp+compile --profile fsdp
 
 Settings combine with '+': `ddp` (autocast over fp32 parameters), `fsdp` (FSDP2 on one GPU: bf16 parameters in
-compute, fp32 master weights), `compile` (torch.compile per block). Each setting runs the same loop as
+compute, fp32 master weights), `compile` (torch.compile per block), `triton` / `cuda` (the short convolution's
+kernels: FLA's Triton, causal-conv1d's CUDA), `flce` (fused linear cross-entropy), `gluonce` (FLA's Gluon
+cross-entropy, FLA_CE_GLUON=1), `hd128` (a different model: 2x the Gated DeltaNet heads at half the head dim, the same
+parameter count). Each setting runs the same loop as
 `hybrid-ray train` (setup_model + train_step, batch 48 x 1024, random tokens) without Ray, and one JSON line per
 result goes to --out-dir/speed.jsonl. --profile writes the top CUDA kernels of two steps there too.
 benchmarks/results/speed/NOTES.md keeps what was tried and what it measured.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -22,12 +26,27 @@ from benchmarks.common import bench_spec, hot_path, single_process_group, step_t
 from hybrid_ray.spec import RunSpec
 
 
+PARTS = {"ddp", "fsdp", "compile", "triton", "cuda", "flce", "gluonce", "hd128"}
+
+
 def spec_for(variant: str, setting: str) -> RunSpec:
     parts = set(setting.split("+"))
-    unknown = parts - {"ddp", "fsdp", "compile"}
+    unknown = parts - PARTS
     if unknown:
         raise SystemExit(f"unknown setting part(s) {sorted(unknown)}")
-    return bench_spec(variant, **{"scale.strategy": "fsdp" if "fsdp" in parts else "ddp", "train.compile": "compile" in parts})
+    overrides = {"scale.strategy": "fsdp" if "fsdp" in parts else "ddp", "train.compile": "compile" in parts,
+                 "train.loss_kernel": "fused-linear" if "flce" in parts else "fused"}
+    for backend in {"triton", "cuda"} & parts:
+        overrides["train.conv_backend"] = backend
+    if "hd128" in parts:
+        base = bench_spec(variant).model
+        overrides.update({"model.num_heads": base.num_heads * 2, "model.head_dim": base.head_dim // 2})
+    return bench_spec(variant, **overrides)
+
+
+def set_env(setting: str) -> None:
+    """Settings that FLA reads from the environment at each call."""
+    os.environ["FLA_CE_GLUON"] = "1" if "gluonce" in setting.split("+") else "0"
 
 
 def profile_step(spec: RunSpec, device: torch.device, path: Path) -> None:
@@ -67,11 +86,13 @@ def main() -> None:
     for setting in args.profile:
         name = setting.replace("+", "-")  # the device tool brings back plain file names only
         path = Path(args.out_dir, f"profile-{args.variants[0]}-{name}.txt")
+        set_env(setting)
         profile_step(spec_for(args.variants[0], setting), device, path)
         emit({"profiled": setting})
     for variant in args.variants:
         for setting in args.settings:
             spec = spec_for(variant, setting)
+            set_env(setting)
             start = time.perf_counter()
             try:
                 r = time_training(spec, device, steps=args.steps)

@@ -121,6 +121,8 @@ def activate(storage_path: str | None = None) -> CacheStatus:
     os.environ["TRITON_CACHE_DIR"] = str(st.folder)
     os.environ["TRITON_CACHE_AUTOTUNING"] = "1"  # keep autotuning results beside the kernels: the slow part
     os.environ.setdefault("FLA_CACHE_RESULTS", "1")  # FLA autotuners ask Triton to cache (its default; read at import)
+    # torch.compile's (--compile) caches beside, in a dot folder that entry counts and exports skip
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(st.folder / ".inductor"))
     if storage_path:
         st.pulled = pull(storage_path, st.stack)
         st.entries = count_entries(st.folder)

@@ -208,6 +208,10 @@ class OptimSpec:
         _check(math.isfinite(self.grad_clip) and self.grad_clip >= 0, "optim.grad_clip must be finite and >= 0 (0 disables clipping)")
 
 
+CONV_BACKENDS = ("auto", "triton", "cuda")
+LOSS_KERNELS = ("fused", "fused-linear")
+
+
 @dataclass(kw_only=True)
 class TrainSpec:
     """The loop: length, batch, evaluation, logging and checkpoint cadence."""
@@ -223,6 +227,8 @@ class TrainSpec:
     seed: int = 0
     compile: bool = False
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp32
+    conv_backend: str = "auto"  # FLA's short convolution: auto (causal-conv1d's CUDA kernels when installed) | triton | cuda
+    loss_kernel: str = "fused"  # FLA's loss: fused (cross-entropy over bf16 logits) | fused-linear (never builds the logits)
 
     def __post_init__(self) -> None:
         _check(self.steps > 0, f"train.steps must be > 0, got {self.steps}")
@@ -233,6 +239,10 @@ class TrainSpec:
         _check(self.checkpoint_every > 0, "train.checkpoint_every must be > 0")
         _check(self.keep >= 1, "train.keep must be >= 1")
         _check(self.precision in ("auto", "bf16", "fp32"), f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
+        _check(self.conv_backend in CONV_BACKENDS,
+               f"train.conv_backend must be one of {', '.join(CONV_BACKENDS)}, got {self.conv_backend!r}")
+        _check(self.loss_kernel in LOSS_KERNELS,
+               f"train.loss_kernel must be one of {', '.join(LOSS_KERNELS)}, got {self.loss_kernel!r}")
 
 
 STRATEGIES = ("auto", "ddp", "fsdp")

@@ -49,7 +49,10 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def parallelize(model: nn.Module, spec: RunSpec, device: torch.device) -> nn.Module:
-    """Optionally compile each block, then wrap for FSDP2 or DDP (a single process stays unwrapped)."""
+    """Pick FLA's kernels, optionally compile each block, then wrap for FSDP2 or DDP (a single process stays unwrapped)."""
+    from hybrid_ray.model.speed import apply_kernel_options
+
+    apply_kernel_options(model, spec.train.conv_backend, spec.train.loss_kernel)
     if spec.train.compile:
         # FLA's chunk kernels are excluded from compilation, so compile per block: the glue around them fuses
         for block in model.model.layers:

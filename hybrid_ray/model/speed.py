@@ -1,0 +1,45 @@
+"""Kernel choices on an FLA model that change speed, not the model: the short convolution's backend and the loss.
+
+Both are set on the built model (FLA reads them at each forward), so a checkpoint never records them and a run can
+switch them on resume. benchmarks/results/speed/NOTES.md has the measurements behind the defaults.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch.nn as nn
+
+
+def causal_conv1d_installed() -> bool:
+    """The causal-conv1d package (CUDA kernels, a source build) is importable."""
+    return importlib.util.find_spec("causal_conv1d") is not None
+
+
+def resolve_conv_backend(choice: str) -> str:
+    """'auto' is causal-conv1d's CUDA kernels when that package is installed, else FLA's Triton kernels."""
+    if choice != "auto":
+        return choice
+    return "cuda" if causal_conv1d_installed() else "triton"
+
+
+def apply_kernel_options(model: nn.Module, conv_backend: str = "auto", loss_kernel: str = "fused") -> dict[str, str]:
+    """Set the convolution backend of every FLA ShortConvolution and the loss kernel; returns what was chosen.
+
+    A no-op (returns {}) on the pure-PyTorch twin, which has neither.
+    """
+    if getattr(model, "hybrid_backend", None) != "fla":
+        return {}
+    backend = resolve_conv_backend(conv_backend)
+    if backend == "cuda" and not causal_conv1d_installed():
+        from hybrid_ray.errors import EnvironmentProblem
+
+        raise EnvironmentProblem("train.conv_backend cuda needs the causal-conv1d package "
+                                 "(pip install causal-conv1d --no-build-isolation, a CUDA build)")
+    for module in model.modules():
+        if type(module).__name__ == "ShortConvolution":
+            module.backend = backend
+    # FLA picks the loss per forward from its config: fused-linear chunks lm_head + cross-entropy (no full logits)
+    model.config.fuse_linear_cross_entropy = loss_kernel == "fused-linear"
+    model.config.fuse_cross_entropy = loss_kernel == "fused"
+    return {"conv_backend": backend, "loss_kernel": loss_kernel}

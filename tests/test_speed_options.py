@@ -1,0 +1,57 @@
+"""FLA kernel choices that change speed, not the model: the short convolution's backend and the loss kernel."""
+
+import pytest
+
+from hybrid_ray.errors import EnvironmentProblem, SpecError
+from hybrid_ray.model import build_model
+from hybrid_ray.model.fla import build_fla_model, fla_available
+from hybrid_ray.model.speed import apply_kernel_options, causal_conv1d_installed, resolve_conv_backend
+from hybrid_ray.spec import ModelSpec, TrainSpec
+
+TINY = ModelSpec(hidden_size=64, num_layers=2, num_heads=2, head_dim=16, attn_layers=[1], attn_num_heads=2,
+                 vocab_size=128)
+
+
+def fla_model():
+    if not fla_available():
+        pytest.skip("FLA is not installed")
+    model = build_fla_model(TINY)
+    model.hybrid_backend = "fla"
+    return model
+
+
+def convs(model):
+    return [m for m in model.modules() if type(m).__name__ == "ShortConvolution"]
+
+
+def test_triton_convolution_and_fused_linear_loss_are_set_on_every_layer():
+    model = fla_model()
+    chosen = apply_kernel_options(model, "triton", "fused-linear")
+    assert chosen == {"conv_backend": "triton", "loss_kernel": "fused-linear"}
+    assert len(convs(model)) == 3  # q, k, v of the one Gated DeltaNet layer
+    assert {m.backend for m in convs(model)} == {"triton"}
+    assert model.config.fuse_linear_cross_entropy and not model.config.fuse_cross_entropy
+    apply_kernel_options(model, "triton", "fused")
+    assert model.config.fuse_cross_entropy and not model.config.fuse_linear_cross_entropy
+
+
+def test_auto_follows_whether_causal_conv1d_is_installed():
+    assert resolve_conv_backend("auto") == ("cuda" if causal_conv1d_installed() else "triton")
+    assert resolve_conv_backend("triton") == "triton"
+
+
+@pytest.mark.skipif(causal_conv1d_installed(), reason="causal-conv1d is installed here")
+def test_cuda_convolution_without_causal_conv1d_is_one_clear_error():
+    with pytest.raises(EnvironmentProblem, match="causal-conv1d"):
+        apply_kernel_options(fla_model(), "cuda")
+
+
+def test_the_pytorch_twin_has_no_kernels_to_choose():
+    assert apply_kernel_options(build_model(TINY, "torch"), "cuda", "fused-linear") == {}
+
+
+def test_unknown_choices_are_spec_errors():
+    with pytest.raises(SpecError, match="train.conv_backend"):
+        TrainSpec(conv_backend="cudnn")
+    with pytest.raises(SpecError, match="train.loss_kernel"):
+        TrainSpec(loss_kernel="chunked")
