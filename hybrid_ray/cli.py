@@ -8,57 +8,17 @@ import logging
 import shlex
 import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from hybrid_ray import jobspec
 from hybrid_ray.errors import HybridRayError, SpecError
-from hybrid_ray.spec import RunSpec, TrainSpec
-from hybrid_ray.variants import DEFAULT_PRESET, DEFAULT_VARIANT, PRESETS, ratio_spec, variant_spec
+from hybrid_ray.spec import FLAGS, Flag, RunSpec, TrainSpec, flag_overrides
+from hybrid_ray.variants import DEFAULT_PRESET, DEFAULT_VARIANT, PRESETS
 
 DEFAULT_STORAGE = RunSpec.storage_path
-
-# CLI flag -> RunSpec dotted key. The CLI never interprets these itself: it only copies them into the spec.
-SPEC_FLAGS: dict[str, str] = {
-    "steps": "train.steps",
-    "lr": "optim.lr",
-    "batch_size": "train.batch_size",
-    "micro_batch_size": "train.micro_batch_size",
-    "seq_len": "data.seq_len",
-    "data": "data.source",
-    "tokenizer": "data.tokenizer",
-    "max_documents": "data.max_documents",
-    "packed": "data.packed",
-    "vocab_size": "model.vocab_size",
-    "num_workers": "scale.num_workers",
-    "gpus_per_worker": "scale.gpus_per_worker",
-    "cpus_per_worker": "scale.cpus_per_worker",
-    "strategy": "scale.strategy",
-    "backend": "scale.backend",
-    "max_failures": "scale.max_failures",
-    "compile": "train.compile",
-    "eval_every": "train.eval_every",
-    "eval_tokens": "train.eval_tokens",
-    "log_every": "train.log_every",
-    "checkpoint_every": "train.checkpoint_every",
-    "keep": "train.keep",
-    "storage_path": "storage_path",
-    "name": "name",
-    "seed": "train.seed",
-}
-
-
-def _vocab(value: str | None) -> int | str | None:
-    """--vocab-size: a number, or 'auto' (follow the tokenizer)."""
-    if value is None:
-        return None
-    if value == "auto":
-        return "auto"
-    try:
-        return int(value)
-    except ValueError as e:
-        raise SpecError(f"--vocab-size must be a number or 'auto', got {value!r}") from e
 
 
 def build_spec(
@@ -68,24 +28,9 @@ def build_spec(
     attention_ratio: float | None = None,
     **flags: Any,
 ) -> RunSpec:
-    """The run spec from --config or --variant/--preset, then the flags on top. No arguments: the tiny hybrid."""
-    if config:
-        if variant or preset:
-            raise SpecError("--config already defines the run: drop --variant/--preset or the config file")
-        spec = jobspec.load(config).spec
-    else:
-        if variant is None and preset is None:
-            preset = DEFAULT_PRESET
-        spec = variant_spec(variant or DEFAULT_VARIANT, preset)
-    if attention_ratio is not None:
-        spec = ratio_spec(attention_ratio, spec)
-    overrides = {SPEC_FLAGS[k]: v for k, v in flags.items() if k in SPEC_FLAGS}
-    vocab = _vocab(overrides.pop("model.vocab_size", None))
-    if vocab == "auto":
-        spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, vocab_size=None))
-    elif vocab is not None:
-        overrides["model.vocab_size"] = vocab
-    return spec.with_overrides(overrides)
+    """The run spec of a command's options: jobspec.build_spec with the spec flags (spec.FLAGS) as overrides."""
+    return jobspec.build_spec(config=config, variant=variant, preset=preset, attention_ratio=attention_ratio,
+                              overrides=flag_overrides(flags))
 
 
 def _options(*options):
@@ -99,6 +44,20 @@ def _options(*options):
     return apply
 
 
+def _flag_option(flag: Flag) -> Callable:
+    """The click option of a spec field (spec.FLAGS): its type follows the field's; no default (the spec has it)."""
+    if flag.type == "bool":
+        return click.option(f"--{flag.option}/--no-{flag.option}", default=None, help=flag.help)
+    types = {"int": int, "float": float, "str": str}
+    kind = click.Choice(flag.choices) if flag.choices else str if flag.parse else types[flag.type]
+    return click.option(f"--{flag.option}", type=kind, help=flag.help)
+
+
+def spec_flags(group: str) -> list[Callable]:
+    """The click options of a group of spec.FLAGS (data or run), in its order."""
+    return [_flag_option(flag) for flag in FLAGS if flag.group == group]
+
+
 SPEC_OPTIONS = _options(
     click.option("--variant", help=f"Named variant (`hybrid-ray variants` lists them). [default: {DEFAULT_VARIANT}]"),
     click.option("--preset", help=f"Model size preset: {', '.join(PRESETS)}. [default: {DEFAULT_PRESET} when neither "
@@ -107,38 +66,10 @@ SPEC_OPTIONS = _options(
                  help="YAML/JSON run spec (a run's results.json or spec.yaml works too: it re-runs that exact spec; "
                       "under the same --name it resumes that run)."),
     click.option("--attention-ratio", type=float, help="Replace the attention layers by this share (0..1)."),
-    click.option("--data", help="stdlib | mqar[?k=v] | file/dir/glob | hf:NAME[:CONFIG][@SPLIT]. [default: stdlib]"),
-    click.option("--tokenizer", help="byte, or a Hugging Face tokenizer name or path. [default: byte]"),
-    click.option("--seq-len", type=int, help="Tokens per sequence. [default: the preset's]"),
-    click.option("--max-documents", type=int, help="Read at most this many documents. [default: all]"),
-    click.option("--packed/--no-packed", default=None, help="Reset state at document boundaries (cu_seqlens)."),
-    click.option("--vocab-size", help="Pin the model's vocabulary, or 'auto' to follow the tokenizer. [default: auto]"),
+    *spec_flags("data"),
 )
 
-TRAIN_OPTIONS = _options(
-    click.option("--steps", type=int, help="Optimizer steps. [default: the preset's]"),
-    click.option("--lr", type=float, help="Peak learning rate. [default: the variant's]"),
-    click.option("--batch-size", type=int, help="Global batch (sequences per optimizer step)."),
-    click.option("--micro-batch-size", type=int, help="Per worker per forward (gradient accumulation)."),
-    click.option("--num-workers", type=int, help="Ray Train workers (data parallel). [default: 1]"),
-    click.option("--gpus-per-worker", type=float, help="[default: 1 when the cluster has the GPUs, else 0]"),
-    click.option("--cpus-per-worker", type=float, help="[default: 1]"),
-    click.option("--strategy", type=click.Choice(["auto", "ddp", "fsdp"]),
-                 help="Data parallelism. [default: auto = FSDP2 with bf16 compute params on GPUs, DDP on CPUs]"),
-    click.option("--backend", type=click.Choice(["auto", "fla", "torch"]),
-                 help="Model backend. [default: auto = FLA's kernels on GPUs, the pure-PyTorch twin on CPUs]"),
-    click.option("--compile/--no-compile", default=None, help="torch.compile each block. [default: off]"),
-    click.option("--max-failures", type=int, help="Worker-group restarts from the last checkpoint. [default: 0]"),
-    click.option("--eval-every", type=int, help="Steps between evaluations. [default: the preset's]"),
-    click.option("--eval-tokens", type=int,
-                 help="Validation tokens per evaluation, spread over the split; the last one scores the full split."),
-    click.option("--log-every", type=int, help="[default: 10]"),
-    click.option("--checkpoint-every", type=int, help="[default: the preset's]"),
-    click.option("--keep", type=int, help="Checkpoints to keep. [default: 3; a sweep's trials: 1]"),
-    click.option("--seed", type=int, help="[default: 0]"),
-    click.option("--name", help="Run name; relaunching a name resumes it. [default: VARIANT-PRESET]"),
-    click.option("--storage-path", help=f"Local folder or pyarrow URI (s3://...). [default: {DEFAULT_STORAGE}]"),
-)
+TRAIN_OPTIONS = _options(*spec_flags("run"))
 
 CLUSTER_OPTIONS = _options(
     click.option("--address", help="Ray cluster address. [default: $RAY_ADDRESS, else a local Ray on 127.0.0.1]"),
@@ -210,21 +141,16 @@ def train(address: str | None, verbose: bool, extend_steps: int, until_step: int
 @click.option("--keep-checkpoints", is_flag=True, default=None,
               help="Ended trials keep all their checkpoints with optimizer state (resumable, --extend-steps). "
                    "[default: model/ and the newest checkpoint's weights only]")
-def sweep(address: str | None, verbose: bool, grid: tuple[str, ...], **options: Any) -> None:
+def sweep(address: str | None, verbose: bool, **options: Any) -> None:
     """Sweep a grid of arms with Ray Tune (ASHA by default); --name names the sweep, relaunching it resumes it.
 
     With --config of a sweep job file (jobs/*.yaml), its grid and settings apply unless flags give others.
     """
+    from hybrid_ray.tune import SweepOptions, sweep_options
     from hybrid_ray.tune import sweep as run_sweep
-    from hybrid_ray.tune import sweep_options
 
-    names = ("seeds", "scheduler", "grace_period", "reduction_factor", "max_concurrent", "gpus_per_trial",
-             "match_params", "reference_arm", "eval_tasks", "eval_data", "keep_checkpoints")
-    flags = {k: options.pop(k) for k in names}
-    flags["eval_tasks"] = list(flags["eval_tasks"]) or None
-    job = jobspec.load(options["config"]).sweep if options.get("config") else {}
-    settings = {**job, **{k: v for k, v in flags.items() if v is not None}, **({"grid": list(grid)} if grid else {})}
-    chosen = sweep_options(settings)
+    flags = {f.name: options.pop(f.name) for f in dataclasses.fields(SweepOptions) if f.name in options}
+    chosen = sweep_options(jobspec.load(options["config"]).sweep if options.get("config") else {}, flags)
     spec = build_spec(**options)
     if options.get("name") is None and not options.get("config"):
         spec = spec.with_overrides({"name": f"sweep-{spec.name}"})

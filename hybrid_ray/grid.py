@@ -16,7 +16,7 @@ from typing import Any
 from hybrid_ray.errors import SpecError, suggest
 from hybrid_ray.model.flops import count_params
 from hybrid_ray.spec import SECTIONS, RunSpec
-from hybrid_ray.variants import VARIANTS, attention_layers, get_variant
+from hybrid_ray.variants import VARIANTS, attention_layers, get_variant, ratio_label, ratio_spec
 
 # The 13-arm ratio ablation: every named variant's layout, from pure DeltaNet to the transformer
 RATIO_ARMS = ["h100_deltanet", "h100_hybrid_8pct", "h100_hybrid_sparse", "h100_hybrid_25pct", "h100_hybrid_late",
@@ -34,7 +34,7 @@ class Axis:
 
     def label(self, value: Any) -> str:
         if self.name == "attention_ratio":
-            return f"attn{round(_ratio(value) * 100)}" + ("late" if value == "h100_hybrid_late" else "")
+            return ratio_label(value)
         if self.name == "lr":
             return f"lr{value:g}"
         if self.name == "variant":
@@ -108,14 +108,11 @@ def parse_grid(texts: list[str]) -> list[Axis]:
 
 
 def _apply(spec: RunSpec, axis: Axis, value: Any) -> RunSpec:
-    layers = spec.model.num_layers
-    if axis.name == "attention_ratio":
-        attn = get_variant(value).layers_for(layers) if isinstance(value, str) else attention_layers(value, layers)
-        return dataclasses.replace(spec, model=dataclasses.replace(spec.model, attn_layers=attn),
-                                   variant=value if isinstance(value, str) else None)
-    if axis.name == "variant":
-        v = get_variant(value)
-        return spec.with_overrides({"model.attn_layers": v.layers_for(layers), "optim.lr": v.lr, "variant": v.name})
+    if axis.name in ("attention_ratio", "variant"):
+        # an arm keeps the sweep's name (its id carries the label), and is a named variant only when the value names one
+        arm = dataclasses.replace(ratio_spec(value, spec), name=spec.name,
+                                  variant=value if isinstance(value, str) else None)
+        return arm.with_overrides({"optim.lr": get_variant(value).lr}) if axis.name == "variant" else arm
     if axis.name == "lr":
         return spec.with_overrides({"optim.lr": value})
     return spec.with_overrides({axis.name: value})

@@ -12,17 +12,20 @@
 
 Ray ignores the `hybrid_ray` key (no runtime_env plugin has that name). A plain run spec (the schema of
 results.json's `spec`) works wherever a job file does.
+
+`build_spec` is the one way a run spec is made from these (the CLI's options, a job file's section).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hybrid_ray.errors import SpecError, suggest
 from hybrid_ray.spec import RunSpec, read_yaml
-from hybrid_ray.variants import DEFAULT_VARIANT, variant_spec
+from hybrid_ray.variants import DEFAULT_PRESET, DEFAULT_VARIANT, ratio_spec, variant_spec
 
 KEY = "hybrid_ray"
 COMMANDS = ("train", "sweep")
@@ -56,11 +59,11 @@ def from_dict(data: dict[str, Any], where: str = "job file") -> JobSpec:
     command = job.get("command", "train")
     if command not in COMMANDS:
         raise SpecError(f"{where}: {KEY}.command must be train or sweep, got {command!r}")
-    spec = variant_spec(job.get("variant") or DEFAULT_VARIANT, job.get("preset"))
     overrides = job.get("overrides") or {}
     if not isinstance(overrides, dict):
         raise SpecError(f"{where}: {KEY}.overrides must be a mapping of dotted spec keys")
-    spec = spec.with_overrides({**overrides, **({"name": job["name"]} if job.get("name") else {})})
+    spec = build_spec(variant=job.get("variant") or DEFAULT_VARIANT, preset=job.get("preset"),
+                      overrides={**overrides, **({"name": job["name"]} if job.get("name") else {})})
     sweep = job.get("sweep") or {}
     if command == "sweep" and not sweep.get("grid"):
         raise SpecError(f"{where}: a sweep job needs {KEY}.sweep.grid")
@@ -75,3 +78,25 @@ def load(path: str | Path) -> JobSpec:
     if isinstance(data, dict) and "spec" in data and "model" not in data:
         data = data["spec"]  # a run's results.json
     return JobSpec("train", RunSpec.from_dict(data))
+
+
+def build_spec(*, config: str | Path | None = None, variant: str | None = None, preset: str | None = None,
+               attention_ratio: float | None = None, overrides: dict[str, Any] | None = None) -> RunSpec:
+    """A run spec: a spec or job file (`config`), else a named variant at a preset's size (neither given: the tiny
+    default hybrid); then `attention_ratio`'s layers (ratio_spec); then dotted-key overrides, where None is not given
+    and `model.vocab_size: auto` unpins the vocabulary (it follows the tokenizer)."""
+    if config:
+        if variant or preset:
+            raise SpecError("--config already defines the run: drop --variant/--preset or the config file")
+        spec = load(config).spec
+    else:
+        if variant is None and preset is None:
+            preset = DEFAULT_PRESET
+        spec = variant_spec(variant or DEFAULT_VARIANT, preset)
+    if attention_ratio is not None:
+        spec = ratio_spec(attention_ratio, spec)
+    overrides = dict(overrides or {})
+    if overrides.get("model.vocab_size") == "auto":
+        del overrides["model.vocab_size"]
+        spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, vocab_size=None))
+    return spec.with_overrides(overrides)

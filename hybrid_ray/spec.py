@@ -11,6 +11,7 @@ import functools
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,6 +247,7 @@ class TrainSpec:
 
 
 STRATEGIES = ("auto", "ddp", "fsdp")
+BACKENDS = ("auto", "fla", "torch")
 
 
 @dataclass(kw_only=True)
@@ -264,7 +266,7 @@ class ScaleSpec:
         _check(self.gpus_per_worker is None or self.gpus_per_worker >= 0, "scale.gpus_per_worker must be >= 0")
         _check(self.cpus_per_worker > 0, "scale.cpus_per_worker must be > 0")
         _check(self.strategy in STRATEGIES, f"scale.strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        _check(self.backend in ("auto", "fla", "torch"), f"scale.backend must be auto, fla or torch, got {self.backend!r}")
+        _check(self.backend in BACKENDS, f"scale.backend must be auto, fla or torch, got {self.backend!r}")
         _check(self.max_failures >= -1, "scale.max_failures must be >= -1 (-1 retries forever)")
 
 
@@ -362,6 +364,90 @@ class RunSpec:
                 raise SpecError(f"unknown spec key {dotted!r}{suggest(leaf, node)}")
             node[leaf] = value
         return RunSpec.from_dict(d)
+
+
+def _vocab_flag(value: str) -> int | str:
+    """--vocab-size: a number, or 'auto' (follow the tokenizer)."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError as e:
+        raise SpecError(f"--vocab-size must be a number or 'auto', got {value!r}") from e
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A spec field's command-line option. Its type is the field's (a bool gets --x/--no-x); it has no default of its
+    own (None: not given, the spec decides), so its help text names the default."""
+
+    key: str  # the dotted spec field it sets
+    help: str
+    name: str | None = None  # the option without its dashes; None: the field's name with - for _
+    group: str = "run"  # data: every command that reads data; run: the commands that train
+    choices: tuple[str, ...] | None = None
+    parse: Callable[[str], Any] | None = None  # a text option, turned into the field's value (errors: SpecError)
+
+    @property
+    def option(self) -> str:
+        return self.name or self.key.rsplit(".", 1)[-1].replace("_", "-")
+
+    @property
+    def dest(self) -> str:
+        """The option's Python name (what click passes the command)."""
+        return self.option.replace("-", "_")
+
+    @property
+    def type(self) -> str:
+        """The field's annotated type without `| None`: int, float, str or bool."""
+        section, _, leaf = self.key.rpartition(".")
+        cls = SECTIONS[section] if section else RunSpec
+        return str(next(f.type for f in dataclasses.fields(cls) if f.name == leaf)).replace(" ", "").removesuffix("|None")
+
+
+# The spec fields a command line can set, in the order `--help` lists them; cli.py makes each a click option.
+FLAGS: tuple[Flag, ...] = (
+    Flag("data.source", "stdlib | mqar[?k=v] | file/dir/glob | hf:NAME[:CONFIG][@SPLIT]. [default: stdlib]",
+         name="data", group="data"),
+    Flag("data.tokenizer", "byte, or a Hugging Face tokenizer name or path. [default: byte]", group="data"),
+    Flag("data.seq_len", "Tokens per sequence. [default: the preset's]", group="data"),
+    Flag("data.max_documents", "Read at most this many documents. [default: all]", group="data"),
+    Flag("data.packed", "Reset state at document boundaries (cu_seqlens).", group="data"),
+    Flag("model.vocab_size", "Pin the model's vocabulary, or 'auto' to follow the tokenizer. [default: auto]",
+         group="data", parse=_vocab_flag),
+    Flag("train.steps", "Optimizer steps. [default: the preset's]"),
+    Flag("optim.lr", "Peak learning rate. [default: the variant's]"),
+    Flag("train.batch_size", "Global batch (sequences per optimizer step)."),
+    Flag("train.micro_batch_size", "Per worker per forward (gradient accumulation)."),
+    Flag("scale.num_workers", "Ray Train workers (data parallel). [default: 1]"),
+    Flag("scale.gpus_per_worker", "[default: 1 when the cluster has the GPUs, else 0]"),
+    Flag("scale.cpus_per_worker", "[default: 1]"),
+    Flag("scale.strategy", "Data parallelism. [default: auto = FSDP2 with bf16 compute params on GPUs, DDP on CPUs]",
+         choices=STRATEGIES),
+    Flag("scale.backend", "Model backend. [default: auto = FLA's kernels on GPUs, the pure-PyTorch twin on CPUs]",
+         choices=BACKENDS),
+    Flag("train.compile", "torch.compile each block. [default: off]"),
+    Flag("scale.max_failures", "Worker-group restarts from the last checkpoint. [default: 0]"),
+    Flag("train.eval_every", "Steps between evaluations. [default: the preset's]"),
+    Flag("train.eval_tokens", "Validation tokens per evaluation, spread over the split; the last one scores the full "
+                              "split."),
+    Flag("train.log_every", "[default: 10]"),
+    Flag("train.checkpoint_every", "[default: the preset's]"),
+    Flag("train.keep", "Checkpoints to keep. [default: 3; a sweep's trials: 1]"),
+    Flag("train.seed", "[default: 0]"),
+    Flag("name", "Run name; relaunching a name resumes it. [default: VARIANT-PRESET]"),
+    Flag("storage_path", f"Local folder or pyarrow URI (s3://...). [default: {RunSpec.storage_path}]"),
+)
+
+
+def flag_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """Dotted-key overrides from option values by their Python names (FLAGS' dest); None means not given."""
+    out = {}
+    for flag in FLAGS:
+        value = values.get(flag.dest)
+        if value is not None:
+            out[flag.key] = flag.parse(value) if flag.parse else value
+    return out
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -76,8 +76,11 @@ class SweepOptions:
             raise SpecError("--eval-data goes with exactly one --eval-task")
 
 
-def sweep_options(settings: dict[str, Any]) -> SweepOptions:
-    """SweepOptions from a job file's `sweep` section merged with flags; unknown keys are one-line errors."""
+def sweep_options(job: dict[str, Any], flags: dict[str, Any] | None = None) -> SweepOptions:
+    """SweepOptions from a job file's `sweep` section with the command line's flags on top (a flag that is None, or a
+    repeatable one given no times, is not given); unknown keys are one-line errors."""
+    given = {k: list(v) if isinstance(v, tuple) else v for k, v in (flags or {}).items() if v is not None and v != ()}
+    settings = {**job, **given}
     known = [f.name for f in dataclasses.fields(SweepOptions)]
     for key in settings:
         if key not in known:

@@ -210,11 +210,25 @@ def variant_spec(variant: str = DEFAULT_VARIANT, preset: str | None = None) -> R
     return RunSpec(name=name, variant=variant, model=model, data=data, optim=optim, train=train)
 
 
-def ratio_spec(ratio: float, base: RunSpec, placement: str = "spread") -> RunSpec:
-    """`base` with its attention layers replaced by those of an attention share (for ratio grids and sweeps)."""
-    layers = attention_layers(ratio, base.model.num_layers, placement)
+def ratio_label(value: float | str) -> str:
+    """`attnNN` for an attention share, or for a named variant's share (`attn33late` for the late layout): the suffix
+    of an --attention-ratio run's name and a ratio sweep's arm id."""
+    if isinstance(value, str):
+        v = get_variant(value)
+        return f"attn{round(v.ratio * 100)}" + ("late" if v.placement == "late" else "")
+    return f"attn{round(value * 100)}"
+
+
+def ratio_spec(ratio: float | str, base: RunSpec, placement: str = "spread") -> RunSpec:
+    """`base` with its attention layers replaced by those of an attention share (or of a named variant's layout) at
+    its depth, named `<base>-attnNN` (ratio_label); for --attention-ratio and ratio sweeps."""
+    n_layers = base.model.num_layers
+    if isinstance(ratio, str):
+        layers = get_variant(ratio).layers_for(n_layers)
+    else:
+        layers = attention_layers(ratio, n_layers, placement)
     return dataclasses.replace(
-        base, model=dataclasses.replace(base.model, attn_layers=layers), name=f"{base.name}-attn{round(ratio * 100)}"
+        base, model=dataclasses.replace(base.model, attn_layers=layers), name=f"{base.name}-{ratio_label(ratio)}"
     )
 
 
