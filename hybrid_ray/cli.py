@@ -201,14 +201,14 @@ def submit(address: str | None, fla_clone: str | None, no_check: bool, no_wait: 
     job = jobs.plan(list(what), fla=fla_clone, working_dir=working_dir, excludes=list(excludes))
     _parse_forwarded(job.args)
     if fla_clone and not no_check and not dry_run:
-        from hybrid_ray.env import clone_verdict, verify_clone
+        from hybrid_ray import fla_clone as clone
 
         click.echo(f"checking the FLA clone {fla_clone} against the pure-PyTorch twin on this machine...")
-        report = verify_clone(fla_clone)
+        report = clone.verify(fla_clone)
         if not report["passed"]:
             raise HybridRayError(f"the FLA in {fla_clone} does not match the twin: {report['failures'][0]} "
                                  "(nothing was submitted; --no-check skips this)")
-        click.echo(f"FLA clone {clone_verdict(report)}")
+        click.echo(f"FLA clone {clone.verdict(report)}")
     elif fla_clone:
         click.echo(f"FLA clone not checked ({'--dry-run' if dry_run else '--no-check'})")
     outcome = jobs.submit(job, address=address, wait=not no_wait, dry_run=dry_run, echo=click.echo, verbose=verbose)
@@ -438,18 +438,16 @@ def kernels_clear(all_stacks: bool) -> None:
 @click.option("--fla", "fla_clone", type=click.Path(), help="Check this FLA clone against the pure-PyTorch twin "
               "(forward and gradients on a GPU; the forward under Triton's interpreter on a CPU).")
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--parity-json", is_flag=True, hidden=True, help="Print the importable FLA's parity report as JSON.")
-def verify(require_gpu: bool, fla_clone: str | None, as_json: bool, parity_json: bool) -> int:
+def verify(require_gpu: bool, fla_clone: str | None, as_json: bool) -> int:
     """Versions (hybrid-ray's commit too), FLA's origin, GPUs, attention kernel; non-zero when GPU training cannot
     work, or when --fla's clone does not match the twin."""
     from hybrid_ray import env
 
-    if parity_json:
-        click.echo(env.parity_json())
-        return 0
     if fla_clone:
-        report = env.verify_clone(fla_clone)
-        click.echo(json.dumps(report, indent=2) if as_json else env.format_clone_report(report))
+        from hybrid_ray import fla_clone as clone
+
+        report = clone.verify(fla_clone)
+        click.echo(json.dumps(report, indent=2) if as_json else clone.format_report(report))
         if not report["passed"]:
             click.echo(f"error: the FLA in {fla_clone} does not match the twin: {report['failures'][0]}", err=True)
             return 1

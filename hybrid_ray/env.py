@@ -1,12 +1,9 @@
-"""`hybrid-ray verify`: what this machine can run, and why not when it cannot."""
+"""`hybrid-ray verify`: what this machine can run, and why not when it cannot (`verify --fla`: see fla_clone)."""
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
 import platform
-import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -14,8 +11,8 @@ from typing import Any
 
 import torch
 
-from hybrid_ray.errors import EnvironmentProblem, first_line
-from hybrid_ray.model.fla import fla_source, git_info
+from hybrid_ray.errors import first_line
+from hybrid_ray.fla_clone import fla_source, git_info
 
 # FLA 0.6 refuses (rightly: wrong gradients) the gated chunk backward on Hopper with Triton in [3.4.0, 3.7.1).
 HOPPER_BAD_TRITON = ((3, 4, 0), (3, 7, 1))
@@ -158,79 +155,3 @@ def format_report(info: dict[str, Any]) -> str:
     ]
     lines += [f"  problem: {p}" for p in info["problems"]]
     return "\n".join(lines)
-
-
-def clone_root(path: str | Path) -> Path:
-    """The folder holding an FLA clone's `fla` package; one-line errors for anything else."""
-    root = Path(path).expanduser().resolve()
-    if not root.is_dir():
-        raise EnvironmentProblem(f"FLA clone {path} does not exist (or is not a folder)")
-    if not (root / "fla" / "__init__.py").is_file():
-        raise EnvironmentProblem(f"{path} is not an FLA clone: it has no fla/ package folder (fla/__init__.py)")
-    return root
-
-
-def verify_clone(path: str | Path, timeout: float = 900) -> dict[str, Any]:
-    """Check an FLA clone against the pure-PyTorch twin in a fresh process that imports the clone's `fla` first (on a
-    GPU: forward and gradients; on a CPU: the forward under Triton's interpreter). Returns the report with 'fla' (where
-    the checked FLA came from) and 'passed'."""
-    root = clone_root(path)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    if not torch.cuda.is_available():
-        env["TRITON_INTERPRET"] = "1"  # before triton is imported: FLA's kernels run interpreted on the CPU
-    try:
-        done = subprocess.run([sys.executable, "-m", "hybrid_ray", "verify", "--parity-json"], env=env,
-                              capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        raise EnvironmentProblem(f"checking {path} took over {timeout:.0f} s") from e
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise EnvironmentProblem(f"the FLA in {path} does not run: {last}")
-    report = json.loads(lines[-1])
-    if "device" in report:
-        report["checked"] = checked(report)
-    return report
-
-
-def parity_json() -> str:
-    """One JSON line: where FLA comes from and how it compares with the twin (what `verify_clone` reads)."""
-    from hybrid_ray.model.parity import check_importable_fla
-
-    try:
-        report = check_importable_fla().to_dict()
-    except Exception as e:  # a broken clone may fail anywhere: report it as a failure, in one line
-        report = {"passed": False, "failures": [f"{type(e).__name__}: {first_line(e)}"]}
-    return json.dumps({**report, "fla": fla_source()})
-
-
-def format_clone_report(report: dict[str, Any]) -> str:
-    fla = report.get("fla", {})
-    where = fla.get("path", "?") + (f" @ {fla['commit'][:12]}{' (dirty)' if fla.get('dirty') else ''}"
-                                    if fla.get("commit") else "")
-    lines = [f"fla           {where}"]
-    if "logits_rel_err" in report:
-        what = ("forward and gradients" if report["device"] == "cuda"
-                else "forward under Triton's interpreter; gradients need a GPU")
-        lines.append(f"device        {report['device']} ({what})")
-        lines.append(f"logits        relative error {report['logits_rel_err']:.2e} (max abs {report['logits_max_abs_diff']:.2e})")
-        if report.get("grad_rel_err_max") is not None:
-            worst = ", ".join(f"{n} {e:.2e}" for n, e in report["worst_grads"])
-            lines.append(f"gradients     relative error max {report['grad_rel_err_max']:.2e}, median "
-                         f"{report['grad_rel_err_median']:.2e} (worst: {worst})")
-    lines.append("parity        " + ("PASS" if report["passed"] else "FAIL: " + "; ".join(report["failures"]))
-                 + (f" ({checked(report)})" if "device" in report else ""))
-    return "\n".join(lines)
-
-
-def checked(report: dict[str, Any]) -> str:
-    """What a clone check covered: on a CPU only the forward through FLA's fused-recurrent (inference) kernels."""
-    if report.get("device") == "cuda":
-        return "forward and gradients, chunk (training) kernels"
-    return "forward, fused-recurrent kernels only: the chunk/training kernels need a GPU"
-
-
-def clone_verdict(report: dict[str, Any]) -> str:
-    """One line for `submit --fla`: that the clone matched the twin, and on what (never more than was checked)."""
-    where = "this GPU" if report.get("device") == "cuda" else "this CPU"
-    return f"matches the twin on {where} ({checked(report)}; nothing more was checked)"

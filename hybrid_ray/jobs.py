@@ -6,7 +6,7 @@ zip them (their .gitignore and .rayignore, plus EXCLUDES: checkpoints, caches, v
 plus --exclude and the job file's excludes), refused over the job server's limit with the largest entries named; the
 runtime_env sent is built from that same plan, so what --dry-run lists is what is uploaded. A local FLA clone travels
 as `py_modules` (its `fla` folder), so every worker imports that copy ahead of any installed FLA; its path, commit and
-local edits go into the job's metadata and, through HYBRID_RAY_FLA_CLONE, into each run's results.json.
+local edits go into the job's metadata and, through the runtime_env `fla_clone` builds, into each run's results.json.
 """
 
 from __future__ import annotations
@@ -22,13 +22,11 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
-from hybrid_ray import cluster, jobspec, ray_compat
+from hybrid_ray import cluster, fla_clone, jobspec, ray_compat
 from hybrid_ray.errors import ClusterError, HybridRayError, SpecError, first_line
-from hybrid_ray.model.fla import git_info
 
 UPLOAD_LIMIT = 100 * 2**20  # the job server refuses larger working_dir uploads
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
-CLONE_ENV = "HYBRID_RAY_FLA_CLONE"  # the clone's path/commit/dirty, for workers (the uploaded copy has no .git)
 # never uploaded: run outputs, caches and environments, and files that hold secrets
 EXCLUDES = [
     ".git", ".venv/", "venv/", "__pycache__/", "*.egg-info/", ".pytest_cache/", "runs/", ".cache/",
@@ -55,31 +53,13 @@ class Upload:
 
 
 @dataclass
-class FlaClone:
-    root: Path  # the folder that holds `fla/`
-    commit: str | None
-    dirty: bool | None
-
-    @property
-    def package(self) -> Path:
-        return self.root / "fla"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.root), "commit": self.commit, "dirty": self.dirty}
-
-    def describe(self) -> str:
-        state = " (dirty)" if self.dirty else " (clean)" if self.dirty is False else ""
-        return f"{self.root} @ {(self.commit or 'no git commit')[:12]}{state}"
-
-
-@dataclass
 class JobPlan:
     """What a job runs and ships, built once: the --dry-run list, the size check and the runtime_env all read it."""
 
     command: str
     project: Upload  # the working_dir
     modules: list[Upload] = field(default_factory=list)  # local py_modules folders (the FLA clone's `fla/` among them)
-    clone: FlaClone | None = None
+    clone: fla_clone.FlaClone | None = None
     env_vars: dict[str, str] = field(default_factory=dict)
     other: dict[str, Any] = field(default_factory=dict)  # a job file's other runtime_env keys (pip, conda, ...), as is
     args: list[str] = field(default_factory=list)  # the hybrid-ray command the job runs: ["train", ...]
@@ -108,12 +88,16 @@ class JobPlan:
     def runtime_env(self) -> dict[str, Any]:
         """The runtime_env Ray uploads from: the same folders and excludes that were measured."""
         env = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1", **self.env_vars}
-        if self.clone is not None:
-            env[CLONE_ENV] = json.dumps(self.clone.to_dict())
+        modules = [*self.other.get("py_modules", [])]
+        for module in self.modules:
+            paths = [str(module.root)]
+            if self.clone is not None and module.root == self.clone.package:  # with what workers need to know it
+                shipped = self.clone.runtime_env(path for path, _ in module.files)
+                env.update(shipped["env_vars"])
+                paths = shipped["py_modules"]
+            modules += [path for path in paths if path not in modules]
         out: dict[str, Any] = {**self.other, "working_dir": str(self.project.root),
                                "excludes": list(self.project.excludes), "env_vars": env}
-        modules = [*self.other.get("py_modules", [])]
-        modules += [str(m.root) for m in self.modules if str(m.root) not in modules]
         if modules:
             out["py_modules"] = modules
         return out
@@ -155,14 +139,6 @@ def check_upload(upload: Upload, limit: int = UPLOAD_LIMIT) -> None:
                     f"largest {largest}; add them to .rayignore (or .gitignore)")
 
 
-def fla_clone(path: str | Path) -> FlaClone:
-    from hybrid_ray.env import clone_root
-
-    root = clone_root(path)
-    git = git_info(root)
-    return FlaClone(root, git.get("commit"), git.get("dirty"))
-
-
 def plan(what: list[str], *, fla: str | None = None, working_dir: str | Path | None = None,
          excludes: list[str] | None = None) -> JobPlan:
     """The job `what` names (a command after --, or a job file) with everything it uploads measured: the working_dir
@@ -186,7 +162,7 @@ def plan(what: list[str], *, fla: str | None = None, working_dir: str | Path | N
     for module in _strings(runtime.pop("py_modules", None) or [], "py_modules"):
         (modules if Path(module).expanduser().is_dir() else remote).append(module)
     uploads = [measure_upload(module, extra) for module in modules]
-    clone = fla_clone(fla) if fla else None
+    clone = fla_clone.find(fla) if fla else None
     if clone is not None:
         uploads.append(measure_upload(clone.package, extra))
     other = {**runtime, **({"py_modules": remote} if remote else {})}

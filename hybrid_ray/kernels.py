@@ -47,7 +47,7 @@ def probe() -> dict[str, str]:
 
     import torch
 
-    from hybrid_ray.model.fla import fla_source
+    from hybrid_ray.fla_clone import fla_source
 
     try:
         triton = version("triton")

@@ -7,11 +7,7 @@ the SDPA / Triton kernels of `hybrid_ray.model.attention` in its place (see DESI
 from __future__ import annotations
 
 import importlib.util
-import json
-import os
-import subprocess
 import warnings
-from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
@@ -57,43 +53,6 @@ def import_fla() -> Any:
 
 def fla_available() -> bool:
     return importlib.util.find_spec("fla") is not None and importlib.util.find_spec("triton") is not None
-
-
-def git_info(folder: Path) -> dict[str, Any]:
-    """Commit and dirty state of the git work tree that holds `folder` ({} when it is not in one)."""
-    try:
-        top = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout.split()
-        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain"], capture_output=True, text=True,
-                               timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return {"repo": top[0], "commit": top[1], "dirty": bool(dirty)}
-
-
-def fla_source() -> dict[str, Any]:
-    """Where FLA is imported from: version, path, and for a git clone its commit and whether it has local edits."""
-    spec = importlib.util.find_spec("fla")
-    if spec is None or not spec.origin:
-        return {"installed": False}
-    package_dir = Path(spec.origin).parent
-    info: dict[str, Any] = {"installed": True, "path": str(package_dir)}
-    try:
-        from importlib.metadata import version
-
-        info["version"] = version("flash-linear-attention")
-    except Exception:
-        info["version"] = None
-    git = git_info(package_dir) if (package_dir.parent / ".git").exists() else {}
-    shipped = os.environ.get("HYBRID_RAY_FLA_CLONE")  # set by `hybrid-ray submit --fla`: the uploaded copy has no .git
-    if git:
-        info.update(kind="git clone", commit=git["commit"], dirty=git["dirty"])
-    elif shipped and "py_modules" in str(package_dir):
-        info.update(kind="submitted clone", clone=json.loads(shipped))
-        info.update(commit=info["clone"].get("commit"), dirty=info["clone"].get("dirty"))
-    else:
-        info["kind"] = "site-packages" if "site-packages" in str(package_dir) else "path"
-    return info
 
 
 def build_fla_model(spec: ModelSpec, **config_overrides: Any) -> nn.Module:

@@ -1,8 +1,9 @@
 """FLA's kernels against the pure-PyTorch twin on the same weights: forward logits and, where it can run, backward.
 
-Used by the GPU tests, `benchmarks/bench_model.py` and `hybrid-ray verify --fla`. On a GPU both directions run in
-fp32 (FLA's Triton dots use TF32, hence the tolerances); on a CPU only FLA's inference path runs, under Triton's
-interpreter (eval mode, no gradients, sequences of at most 64 tokens: FLA's fused-recurrent kernels).
+Used by the GPU tests, `benchmarks/bench_model.py` and `hybrid-ray verify --fla` (`fla_clone.check_importable_fla`).
+On a GPU both directions run in fp32 (FLA's Triton dots use TF32, hence the tolerances); on a CPU only FLA's inference
+path runs, under Triton's interpreter (eval mode, no gradients, sequences of at most 64 tokens: FLA's fused-recurrent
+kernels).
 """
 
 from __future__ import annotations
@@ -158,25 +159,3 @@ def compare_backends(spec: ModelSpec, device: torch.device | str, *, batch: int 
         report.grad_rel_err_median = values[len(values) // 2] if values else 0.0
         report.worst_grads = errors[:3]
     return report
-
-
-# the model `hybrid-ray verify --fla` checks: both layer types, GQA attention, value heads > key heads
-CHECK_SPEC = {
-    "cpu": (ModelSpec(hidden_size=64, num_layers=2, num_heads=2, num_v_heads=4, head_dim=32, attn_layers=[1],
-                      attn_num_heads=4, attn_num_kv_heads=2, vocab_size=128), 1, 48),
-    "cuda": (ModelSpec(hidden_size=256, num_layers=2, num_heads=2, num_v_heads=4, head_dim=64, attn_layers=[1],
-                       attn_num_heads=4, attn_num_kv_heads=2, vocab_size=1024), 2, 512),
-}
-
-
-def check_importable_fla() -> ParityReport:
-    """The FLA this process imports (an installed one, or a clone put first on PYTHONPATH) against the twin: forward
-    and gradients on a GPU, the forward under Triton's interpreter on a CPU (set TRITON_INTERPRET=1 before triton is
-    imported; FLA's training kernels do not run there)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        import triton.runtime.autotuner as autotuner
-
-        autotuner.Autotuner._bench = lambda self, *a, config=None, **k: [0.0, 0.0, 0.0]  # the interpreter cannot time
-    spec, batch, seq = CHECK_SPEC[device]
-    return compare_backends(spec, device, batch=batch, seq=seq)
