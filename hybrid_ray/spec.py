@@ -427,6 +427,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("scale.backend", "Model backend. [default: auto = FLA's kernels on GPUs, the pure-PyTorch twin on CPUs]",
          choices=BACKENDS),
     Flag("train.compile", "torch.compile each block. [default: off]"),
+    Flag("train.conv_backend", "FLA's short convolution. [default: auto = causal-conv1d's CUDA kernels when installed, "
+         "else Triton]", choices=CONV_BACKENDS),
+    Flag("train.loss_kernel", "FLA's loss. [default: fused = cross-entropy over bf16 logits; fused-linear never builds "
+         "the logits: less memory, slower]", choices=LOSS_KERNELS),
     Flag("scale.max_failures", "Worker-group restarts from the last checkpoint. [default: 0]"),
     Flag("train.eval_every", "Steps between evaluations. [default: the preset's]"),
     Flag("train.eval_tokens", "Validation tokens per evaluation, spread over the split; the last one scores the full "

@@ -122,7 +122,8 @@ def test_train_flag_set_is_pinned():
     assert flags == sorted([
         "--variant", "--preset", "--config", "--attention-ratio", "--data", "--tokenizer", "--seq-len",
         "--max-documents", "--packed", "--vocab-size", "--steps", "--lr", "--batch-size", "--micro-batch-size", "--num-workers",
-        "--gpus-per-worker", "--cpus-per-worker", "--strategy", "--backend", "--compile", "--max-failures",
+        "--gpus-per-worker", "--cpus-per-worker", "--strategy", "--backend", "--compile", "--conv-backend", "--loss-kernel",
+        "--max-failures",
         "--eval-every", "--eval-tokens", "--log-every", "--checkpoint-every", "--keep", "--seed", "--name", "--storage-path",
         "--address", "--verbose", "--extend-steps", "--until-step", "--dry-run",
     ])

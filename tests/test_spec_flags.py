@@ -18,7 +18,7 @@ from hybrid_ray.variants import ratio_label, ratio_spec, variant_spec
 START = ["--variant", "--preset", "--config", "--attention-ratio"]
 DATA = ["--data", "--tokenizer", "--seq-len", "--max-documents", "--packed", "--no-packed", "--vocab-size"]
 RUN = ["--steps", "--lr", "--batch-size", "--micro-batch-size", "--num-workers", "--gpus-per-worker", "--cpus-per-worker",
-       "--strategy", "--backend", "--compile", "--no-compile", "--max-failures", "--eval-every", "--eval-tokens",
+       "--strategy", "--backend", "--compile", "--no-compile", "--conv-backend", "--loss-kernel", "--max-failures", "--eval-every", "--eval-tokens",
        "--log-every", "--checkpoint-every", "--keep", "--seed", "--name", "--storage-path"]
 CLUSTER = ["--address", "--verbose"]
 FLAG_SETS = {
@@ -54,7 +54,8 @@ def test_every_spec_flag_sets_its_field(capsys):
         "train.steps": ("7", 7), "optim.lr": ("3e-4", 3e-4), "train.batch_size": ("16", 16),
         "train.micro_batch_size": ("4", 4), "scale.num_workers": ("2", 2), "scale.gpus_per_worker": ("0.5", 0.5),
         "scale.cpus_per_worker": ("2", 2.0), "scale.strategy": ("ddp", "ddp"), "scale.backend": ("torch", "torch"),
-        "train.compile": (None, True), "scale.max_failures": ("1", 1), "train.eval_every": ("3", 3),
+        "train.compile": (None, True), "train.conv_backend": ("triton", "triton"),
+        "train.loss_kernel": ("fused-linear", "fused-linear"), "scale.max_failures": ("1", 1), "train.eval_every": ("3", 3),
         "train.eval_tokens": ("100", 100), "train.log_every": ("2", 2), "train.checkpoint_every": ("4", 4),
         "train.keep": ("2", 2), "train.seed": ("5", 5), "name": ("flagged", "flagged"), "storage_path": ("/tmp/x", "/tmp/x"),
     }
