@@ -121,7 +121,7 @@ def test_train_flag_set_is_pinned():
     flags = sorted(opt for p in cli.commands["train"].params if isinstance(p, click.Option) for opt in p.opts)
     assert flags == sorted([
         "--variant", "--preset", "--config", "--attention-ratio", "--data", "--tokenizer", "--seq-len",
-        "--max-documents", "--packed", "--vocab-size", "--steps", "--lr", "--batch-size", "--micro-batch-size", "--num-workers",
+        "--max-documents", "--packed", "--vocab-size", "--num-heads", "--head-dim", "--steps", "--lr", "--batch-size", "--micro-batch-size", "--num-workers",
         "--gpus-per-worker", "--cpus-per-worker", "--strategy", "--backend", "--compile", "--conv-backend", "--loss-kernel",
         "--max-failures",
         "--eval-every", "--eval-tokens", "--log-every", "--checkpoint-every", "--keep", "--seed", "--name", "--storage-path",

@@ -17,7 +17,7 @@ from hybrid_ray.variants import ratio_label, ratio_spec, variant_spec
 # README). Every command that builds a spec starts from --variant/--preset/--config/--attention-ratio.
 START = ["--variant", "--preset", "--config", "--attention-ratio"]
 DATA = ["--data", "--tokenizer", "--seq-len", "--max-documents", "--packed", "--no-packed", "--vocab-size"]
-RUN = ["--steps", "--lr", "--batch-size", "--micro-batch-size", "--num-workers", "--gpus-per-worker", "--cpus-per-worker",
+RUN = ["--num-heads", "--head-dim", "--steps", "--lr", "--batch-size", "--micro-batch-size", "--num-workers", "--gpus-per-worker", "--cpus-per-worker",
        "--strategy", "--backend", "--compile", "--no-compile", "--conv-backend", "--loss-kernel", "--max-failures", "--eval-every", "--eval-tokens",
        "--log-every", "--checkpoint-every", "--keep", "--seed", "--name", "--storage-path"]
 CLUSTER = ["--address", "--verbose"]
@@ -51,7 +51,7 @@ def test_every_spec_flag_sets_its_field(capsys):
     values = {  # flag value, value in the spec
         "data.source": ("mqar", "mqar"), "data.tokenizer": ("byte", "byte"), "data.seq_len": ("64", 64),
         "data.max_documents": ("5", 5), "data.packed": (None, True), "model.vocab_size": ("512", 512),
-        "train.steps": ("7", 7), "optim.lr": ("3e-4", 3e-4), "train.batch_size": ("16", 16),
+        "model.num_heads": ("3", 3), "model.head_dim": ("16", 16), "train.steps": ("7", 7), "optim.lr": ("3e-4", 3e-4), "train.batch_size": ("16", 16),
         "train.micro_batch_size": ("4", 4), "scale.num_workers": ("2", 2), "scale.gpus_per_worker": ("0.5", 0.5),
         "scale.cpus_per_worker": ("2", 2.0), "scale.strategy": ("ddp", "ddp"), "scale.backend": ("torch", "torch"),
         "train.compile": (None, True), "train.conv_backend": ("triton", "triton"),
