@@ -73,6 +73,7 @@ def collect() -> dict[str, Any]:
         "transformers": _version("transformers"),
         "fla": fla_source(),
         "flash_attn": flash,
+        "causal_conv1d": _version("causal-conv1d"),
         "gpus": gpus,
     }
     if flash:
@@ -111,7 +112,8 @@ def runtime_versions(device: torch.device, backend: str) -> dict[str, Any]:
     """What a training worker ran with, for results.json."""
     out = {
         "python": sys.version.split()[0], "torch": torch.__version__, "triton": _version("triton"),
-        "ray": _version("ray"), "fla": fla_source(), "flash_attn": _flash_attn(), "backend": backend,
+        "ray": _version("ray"), "fla": fla_source(), "flash_attn": _flash_attn(),
+        "causal_conv1d": _version("causal-conv1d"), "backend": backend,
         "hybrid_ray": hybrid_ray_source(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
     }
@@ -149,6 +151,8 @@ def format_report(info: dict[str, Any]) -> str:
         f"transformers  {info['transformers'] or 'not installed'}",
         f"fla           {fla_line}",
         f"flash-attn    {info['flash_attn'] or 'not installed'}",
+        f"causal-conv1d {info['causal_conv1d'] or 'not installed'} (the short convolution: "
+        f"{'its CUDA kernels' if info['causal_conv1d'] else 'FLA Triton kernels'} under --conv-backend auto)",
         f"gpus          {gpus}",
         f"attention     {info['attention_kernel']}",
         training,
