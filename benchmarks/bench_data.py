@@ -24,9 +24,9 @@ from hybrid_ray.data.tokenizer import get_tokenizer  # noqa: E402
 from hybrid_ray.errors import DataError  # noqa: E402
 from hybrid_ray.spec import DataSpec  # noqa: E402
 
-from benchmarks.common import DESIGN_TABLE  # noqa: E402
+from benchmarks.common import H100_TABLE  # noqa: E402
 
-GPU_TOKENS_PER_S = DESIGN_TABLE["h100_hybrid_sparse"][0]  # one H100 on the 17% hybrid at batch 48 x 1024
+GPU_TOKENS_PER_S = H100_TABLE["h100_hybrid_sparse"][0]  # one H100 on the 17% hybrid at batch 48 x 1024
 
 
 def bench_prepare(tokenizer: str, cache: Path, max_documents: int | None) -> dict:

@@ -7,11 +7,12 @@ The size (GPU): the 17% hybrid's `small` preset at 12 layers (so every named sha
 ~9M parameters, the byte tokenizer on 400 documents of the built-in stdlib corpus (4.9M tokens: nothing to download,
 no epoch repeated)), 16 x 256 tokens a step, 240 steps, an evaluation every 40 (six ASHA
 time units: rungs at 1 and 3 evaluations with the default reduction factor 3). Four trials share one GPU
-(`--gpus-per-trial 0.25`); a step takes tens of milliseconds. FLA compiles and tunes its kernels on first use (minutes,
-DESIGN.md), which would dominate and blur the comparison: a one-trial warm-up sweep (the 17% hybrid, both layer kinds,
-one evaluation) compiles them first, both sweeps then read them from the node's kernel cache, and each sweep is
-timed warm (the warm-up's wall time is recorded as `warmup_s`). Warm-up and both sweeps should finish in under ~8
-minutes on one H200. `--cpu` runs the same grid at the tiny size on the torch backend (no warm-up).
+(`--gpus-per-trial 0.25`); a step takes tens of milliseconds. FLA compiles and tunes its kernels on first use
+(minutes: docs/ARCHITECTURE.md, "FLA facts"), which would dominate and blur the comparison: a one-trial warm-up sweep
+(the 17% hybrid, both layer kinds, one evaluation) compiles them first, both sweeps then read them from the node's
+kernel cache, and each sweep is timed warm (the warm-up's wall time is recorded as `warmup_s`). Warm-up and both
+sweeps should finish in under ~8 minutes on one H200. `--cpu` runs the same grid at the tiny size on the torch
+backend (no warm-up).
 
 Writes DIR/bench_sweep.json (after each sweep, so a cut-short run keeps what it measured): machine (gpus, ...), and
 under `asha` and `fifo`: wall_s, winner (the best arm that ran all its steps), first_finished_s (sweep start to the

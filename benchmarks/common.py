@@ -29,9 +29,10 @@ if torch.cuda.is_available():  # every benchmark reads and fills the node's kern
     print(kernels.activate().line(), flush=True)
 
 # tokens/s on one H100 at the H100 base size, batch 48 x 1024: the single-GPU scripts hybrid-ray replaces, and the
-# first measurements of DESIGN.md's table (bf16 autocast, fused AdamW, no compile, FLA 0.6 + triton 3.7.1)
+# first measurements of hybrid-ray (docs/ARCHITECTURE.md, "Measured on one H100": bf16 autocast, fused AdamW, no
+# compile, FLA 0.6 + triton 3.7.1)
 OLD_SCRIPTS = {"h100_deltanet": 102e3, "h100_hybrid_sparse": 118e3, "h100_transformer": 282e3}
-DESIGN_TABLE = {  # tokens/s, peak GiB
+H100_TABLE = {  # tokens/s, peak GiB
     "h100_deltanet": (112e3, 58), "h100_hybrid_sparse": (128e3, 53),
     "h100_hybrid_alternating": (176e3, 42), "h100_transformer": (415e3, 26),
 }

@@ -1,4 +1,5 @@
-"""Every interaction with the Ray cluster itself: connect (or start a local one), authenticate, check resources."""
+"""Every interaction with the Ray cluster itself: connect (or start a local one), authenticate, read its resources
+(sweep_plan.plan sizes a run against them)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from urllib.parse import urlparse
 from hybrid_ray import ray_compat
 from hybrid_ray.errors import ClusterError, first_line
 
-# The dashboard's Train tab needs this before Ray starts (DESIGN.md, "Ray 2.60 facts").
+# The dashboard's Train tab needs this before Ray starts (docs/ARCHITECTURE.md, "Ray facts").
 os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
 
 _session: dict[str, str | None] = {}
@@ -162,18 +163,3 @@ def resources() -> dict[str, float]:
     import ray
 
     return ray.cluster_resources()
-
-
-def check_resources(num_workers: int, cpus_per_worker: float, gpus_per_worker: float) -> None:
-    """Raise ClusterError now, instead of letting Ray wait forever for resources that do not exist."""
-    have = resources()
-    cpus, gpus = have.get("CPU", 0.0), have.get("GPU", 0.0)
-    if gpus_per_worker > 0 and gpus < num_workers * gpus_per_worker:
-        raise ClusterError(
-            f"asked for {num_workers} worker(s) x {gpus_per_worker:g} GPU but the cluster has {gpus:g} GPU(s)"
-            + ("; drop --gpus-per-worker to train on CPUs" if gpus == 0 else "")
-        )
-    if cpus < num_workers * cpus_per_worker:
-        raise ClusterError(
-            f"asked for {num_workers} worker(s) x {cpus_per_worker:g} CPU but the cluster has {cpus:g} CPU(s)"
-        )

@@ -115,9 +115,6 @@ class ModelSpec:
         return dataclasses.replace(self, vocab_size=vocab_size)
 
 
-SOURCE_KINDS = ("stdlib", "mqar", "hf", "files")
-
-
 @dataclass(frozen=True)
 class Source:
     """A data source string, parsed once: which reader it needs and what that reader reads.

@@ -1,5 +1,6 @@
-"""What a sweep needs before anything starts: what one trial holds on the cluster (so how many run at once), and the
-disk its trials' checkpoints and model folders take against the free space of the storage path."""
+"""What a run or a sweep needs before anything starts: its resource plan (the Train workers and what each holds, what
+one run or trial holds on the cluster, so how many run at once, checked against the cluster), and the disk a sweep's
+trials' checkpoints and model folders take against the free space of the storage path."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hybrid_ray import storage
-from hybrid_ray.errors import ClusterError, HybridRayError
+from hybrid_ray.errors import ClusterError, HybridRayError, SpecError
 from hybrid_ray.model import count_params
 from hybrid_ray.spec import RunSpec
 
 # The Tune trial itself only waits on its TorchTrainer, but it holds this much CPU for as long as it runs; its
-# workers hold their own CPUs and GPUs in a placement group of their own (DESIGN.md, "More Ray facts").
+# workers hold their own CPUs and GPUs in a placement group of their own (docs/ARCHITECTURE.md, "Ray facts").
 TRIAL_CPU = 0.01
 # Host memory of one running trial, which Ray does not reserve but the machine must hold: the Tune trial, its Train
 # controller and placement-group cleaner (~600 MB each run), and per worker a torch process plus, on CPU workers,
@@ -37,6 +38,65 @@ class DiskError(HybridRayError):
     """The sweep's checkpoints would not fit the storage path's free space."""
 
     exit_code = 2
+
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    """How one run (or one trial of a sweep) sits on the cluster: its Train workers and what each holds, everything
+    the run holds while it runs, and how many such runs go at once."""
+
+    num_workers: int
+    cpus_per_worker: float
+    gpus_per_worker: float
+    holds: dict[str, float]  # CPU and GPU of the whole run (a trial: with its own share and host memory)
+    concurrent: int = 1  # a sweep's trials at a time; a single run is one
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+    @property
+    def worker_resources(self) -> dict[str, float]:
+        """Ray resources of one Train worker (ScalingConfig's resources_per_worker)."""
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.gpus_per_worker else {})}
+
+    def apply(self, spec: RunSpec) -> RunSpec:
+        """`spec` with the GPUs this plan gives its workers, as its trial will train it."""
+        return spec.with_overrides({"scale.gpus_per_worker": self.gpus_per_worker})
+
+
+def plan(spec: RunSpec, have: dict[str, float], *, trial: bool = False, gpus_per_trial: float | None = None,
+         max_concurrent: int | None = None) -> ResourcePlan:
+    """The one place a run is sized: `spec` on a cluster of `have` (ray.cluster_resources()), as a run of its own or,
+    with `trial`, as one trial of a sweep (--gpus-per-trial, --max-concurrent). Refuses, in one line, what the
+    cluster cannot hold, instead of letting Ray wait forever for resources that do not exist."""
+    workers, cpus = spec.scale.num_workers, spec.scale.cpus_per_worker
+    cluster_gpus = have.get("GPU", 0.0)
+    if trial:
+        gpus_total = gpus_per_trial
+        if gpus_total is None:
+            gpus_total = (spec.scale.gpus_per_worker or 1.0) * workers if cluster_gpus else 0.0
+        if gpus_total > cluster_gpus:
+            raise SpecError(f"--gpus-per-trial {gpus_total:g} is more than the cluster's {cluster_gpus:g} GPU(s)")
+        gpus = gpus_total / workers
+    else:
+        gpus = spec.scale.gpus_per_worker
+        if gpus is None:
+            gpus = 1.0 if cluster_gpus >= workers else 0.0
+        gpus_total = workers * gpus
+    if gpus > 0 and cluster_gpus < workers * gpus:
+        raise ClusterError(f"asked for {workers} worker(s) x {gpus:g} GPU but the cluster has {cluster_gpus:g} GPU(s)"
+                           + ("; drop --gpus-per-worker to train on CPUs" if cluster_gpus == 0 else ""))
+    if have.get("CPU", 0.0) < workers * cpus:
+        raise ClusterError(f"asked for {workers} worker(s) x {cpus:g} CPU but the cluster has "
+                           f"{have.get('CPU', 0.0):g} CPU(s)")
+    if spec.scale.backend == "fla" and not gpus:
+        raise SpecError("--backend fla needs GPU workers (FLA's Triton kernels do not run on CPUs); "
+                        "use --backend torch or --gpus-per-worker 1")
+    if not trial:
+        return ResourcePlan(workers, cpus, gpus, {"CPU": workers * cpus, "GPU": gpus_total})
+    return ResourcePlan(workers, cpus, gpus, trial_footprint(spec, gpus_total),
+                        concurrency(spec, gpus_total, have, max_concurrent))
 
 
 def trial_footprint(spec: RunSpec, gpus_per_trial: float) -> dict[str, float]:

@@ -107,12 +107,17 @@ def trial_spec(arm_spec: RunSpec, arm_id: str, seed: int, trials_root: str) -> R
                                     "train.seed": arm_spec.train.seed + seed})
 
 
-def _arms(base: RunSpec, options: SweepOptions) -> list[Arm]:
-    arms = expand(base, parse_grid(options.grid))
+def _on_resolved_base(arms: list[Arm], base: RunSpec, options: SweepOptions) -> list[Arm]:
+    """Arms expanded before check_locally, given what it resolved for the base: the normalized storage path and,
+    where the arm does not set its own, the tokenizer's vocabulary (so --match-params counts the embeddings)."""
+    arms = [dataclasses.replace(a, spec=dataclasses.replace(
+        a.spec, storage_path=base.storage_path,
+        model=a.spec.model if a.spec.model.vocab_size is not None else a.spec.model.with_vocab(base.model.vocab_size)))
+        for a in arms]
     return match_params(arms, options.reference_arm) if options.match_params else arms
 
 
-def _grid_record(base: RunSpec, options: SweepOptions, arms: list[Arm]) -> dict[str, Any]:
+def _grid_record(options: SweepOptions, arms: list[Arm]) -> dict[str, Any]:
     """What defines a sweep: relaunching its name with anything else is refused."""
     how = ("max_concurrent", "keep_checkpoints")  # how to run it, not what it is
     return {"options": {k: v for k, v in dataclasses.asdict(options).items() if k not in how},
@@ -133,18 +138,6 @@ def _claim(sweep_dir: str, record: dict[str, Any]) -> bool:
                         f"(differs in: {', '.join(map(str, changed[:4])) or 'the arms specs'}); relaunch it unchanged "
                         "to resume it, or pick a new --name")
     return True
-
-
-def _trial_resources(spec: RunSpec, options: SweepOptions, cluster_gpus: float) -> tuple[RunSpec, float]:
-    """The arm's scale settings for the cluster: (spec, GPUs per trial)."""
-    workers = spec.scale.num_workers
-    gpus = options.gpus_per_trial
-    if gpus is None:
-        gpus = (spec.scale.gpus_per_worker or 1.0) * workers if cluster_gpus else 0.0
-    if gpus > cluster_gpus:
-        raise SpecError(f"--gpus-per-trial {gpus:g} is more than the cluster's {cluster_gpus:g} GPU(s)")
-    spec = spec.with_overrides({"scale.gpus_per_worker": gpus / workers})
-    return spec, gpus
 
 
 def _trial(config: dict[str, Any], specs: dict[str, dict], trials_root: str, kernel_cache: str | None,
@@ -224,9 +217,9 @@ def sweep(
 
     Ctrl-C or SIGTERM stops it resumably: the table so far is written and Interrupted (exit code 130) says how to
     relaunch (`relaunch`, the command line, when given)."""
-    expand(base, parse_grid(options.grid))  # grid errors before anything else
+    arms = expand(base, parse_grid(options.grid))  # grid errors before anything else
     base, dataset = check_locally(base, address=address, extend_steps=0, until_step=None, progress=progress)
-    arms = _arms(base, options)  # now that the vocabulary is resolved: --match-params counts the embeddings
+    arms = _on_resolved_base(arms, base, options)
     for arm in arms:
         if arm.spec.data != base.data:
             check_locally(arm.spec, address=address, extend_steps=0, until_step=None, progress=progress)
@@ -235,13 +228,12 @@ def sweep(
 
     where = cluster.connect(address, verbose=verbose)
     have = cluster.resources()
-    sized = [_trial_resources(arm.spec, options, have.get("GPU", 0.0)) for arm in arms]
-    arms = [dataclasses.replace(arm, spec=s) for arm, (s, _) in zip(arms, sized)]
-    scale = arms[0].spec.scale
-    cluster.check_resources(scale.num_workers, scale.cpus_per_worker, scale.gpus_per_worker)
-    concurrent = sweep_plan.concurrency(arms[0].spec, sized[0][1], have, options.max_concurrent)
+    plans = [sweep_plan.plan(arm.spec, have, trial=True, gpus_per_trial=options.gpus_per_trial,
+                             max_concurrent=options.max_concurrent) for arm in arms]
+    arms = [dataclasses.replace(arm, spec=p.apply(arm.spec)) for arm, p in zip(arms, plans)]
+    concurrent = min(p.concurrent for p in plans)  # the largest arm bounds it
     disk = sweep_plan.check_disk([a.spec for a in arms], options.seeds, concurrent, sweep_dir)
-    resumed = _claim(sweep_dir, _grid_record(base, options, arms))
+    resumed = _claim(sweep_dir, _grid_record(options, arms))
     trials = len(arms) * options.seeds
     if progress:
         counts = sorted({count_params(a.spec.model)["total"] for a in arms})
@@ -310,11 +302,55 @@ class _Signals:
         logging.getLogger("ray.tune").setLevel(self.level)
 
 
+# Tune does not retry a failed trial: the trial's train() already restarts its worker group from its newest checkpoint
+# up to scale.max_failures times (Ray Train's own FailureConfig, inside the trial), so a Tune retry would multiply
+# those attempts and rerun what no retry fixes (a diverged loss, a full disk, bad input). One failed trial does not
+# stop the others (fail_fast=False), and relaunching the sweep resumes it from its newest checkpoint (resume_errored).
+TRIAL_FAILURES = {"max_failures": 0, "fail_fast": False}
+
+
+def run_config(base: RunSpec, callbacks: list[Callback]) -> Any:
+    """The Tuner's RunConfig: the sweep's folder, its console, and how it treats a failed trial."""
+    from ray import tune
+
+    return tune.RunConfig(name=base.name, storage_path=base.storage_path, callbacks=callbacks, verbose=0,
+                          failure_config=tune.FailureConfig(**TRIAL_FAILURES))
+
+
+def _scheduler(options: SweepOptions, arms: list[Arm]) -> Any:
+    """ASHA on the evaluation count (or FIFO)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if options.scheduler == "fifo":
+        return FIFOScheduler()
+    max_evals = max(math.ceil(a.spec.train.steps / a.spec.train.eval_every) for a in arms)
+    return ASHAScheduler(
+        time_attr="evaluations", metric="val_loss", mode="min", max_t=max_evals,
+        grace_period=min(options.grace_period, max_evals), reduction_factor=options.reduction_factor,
+        # a trial at its last evaluation ends by itself (results, model/, its placement group freed by Ray Train);
+        # stopping it there would kill it before it writes them, and free its resources only through the dashboard
+        stop_last_trials=False)
+
+
+def _new_tuner(trainable: Any, base: RunSpec, options: SweepOptions, arms: list[Arm], concurrent: int,
+               progress: bool) -> Any:
+    """A new sweep's Tuner: every arm times every seed, `concurrent` at a time."""
+    from ray import tune
+
+    steps = {arm.id: arm.spec.train.steps for arm in arms}
+    callbacks = [Console(len(arms) * options.seeds, steps, options.scheduler)] if progress else []
+    return tune.Tuner(
+        trainable,
+        param_space={"arm": tune.grid_search([a.id for a in arms]), "seed": tune.grid_search(list(range(options.seeds)))},
+        tune_config=tune.TuneConfig(scheduler=_scheduler(options, arms), max_concurrent_trials=concurrent),
+        run_config=run_config(base, callbacks),
+    )
+
+
 def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep_dir: str, concurrent: int, resumed: bool,
          progress: bool, verbose: bool, data_origin: str | None) -> tuple[dict[str, status_lib.TuneOutcome], bool]:
     """Run the Tuner; returns Tune's outcome of every trial it knows, by trial name, and whether it was interrupted."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     specs = {arm.id: arm.spec.to_dict() for arm in arms}
     trials_root = storage.join(sweep_dir, "trials")
@@ -322,29 +358,14 @@ def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep_dir: str, 
                                      data_origin=data_origin, keep_checkpoints=options.keep_checkpoints)
     # the trial itself only waits on its TorchTrainer, whose workers hold the CPUs and GPUs
     trainable = tune.with_resources(trainable, {"CPU": sweep_plan.TRIAL_CPU})
-    max_evals = max(math.ceil(a.spec.train.steps / a.spec.train.eval_every) for a in arms)
-    scheduler = FIFOScheduler() if options.scheduler == "fifo" else ASHAScheduler(
-        time_attr="evaluations", metric="val_loss", mode="min", max_t=max_evals,
-        grace_period=min(options.grace_period, max_evals), reduction_factor=options.reduction_factor,
-        # a trial at its last evaluation ends by itself (results, model/, its placement group freed by Ray Train);
-        # stopping it there would kill it before it writes them, and free its resources only through the dashboard
-        stop_last_trials=False)
-    steps = {arm.id: arm.spec.train.steps for arm in arms}
-    callbacks = [Console(len(arms) * options.seeds, steps, options.scheduler)] if progress else []
-    run_config = tune.RunConfig(name=base.name, storage_path=base.storage_path, callbacks=callbacks, verbose=0)
     path = storage.join(base.storage_path, base.name)
     with _Signals(verbose):
         try:
             if resumed and tune.Tuner.can_restore(path):
+                # Tune kept the first launch's settings (scheduler, concurrency, run config) in the sweep folder
                 tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
             else:
-                tuner = tune.Tuner(
-                    trainable,
-                    param_space={"arm": tune.grid_search([a.id for a in arms]),
-                                 "seed": tune.grid_search(list(range(options.seeds)))},
-                    tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=concurrent),
-                    run_config=run_config,
-                )
+                tuner = _new_tuner(trainable, base, options, arms, concurrent, progress)
             grid = tuner.fit()
         except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's handler was in place
             return {}, True

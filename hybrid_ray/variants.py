@@ -151,7 +151,7 @@ DEFAULT_PRESET = "tiny"
 # unless model.vocab_size pins one; parameter tables and GPU benchmarks quote this one.
 REFERENCE_VOCAB = 49152
 
-# The H100 base configuration every variant starts from (see DESIGN.md, "Variants").
+# The H100 base configuration every variant starts from (docs/ARCHITECTURE.md, "Variants").
 BASE_MODEL = ModelSpec(
     hidden_size=768, num_layers=12, num_heads=12, head_dim=256, expand_v=1.0, attn_num_heads=12, attn_window=2048,
 )

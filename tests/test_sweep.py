@@ -241,3 +241,20 @@ def test_match_params_sizes_every_arm_within_2_percent_of_pure_deltanet():
     assert widths == sorted(widths)  # more attention, wider MLPs
     with pytest.raises(Exception, match="not an arm of this grid"):
         match_params(arms, "attn55")
+
+
+def test_the_grid_expanded_before_the_local_checks_is_the_grid_of_the_resolved_base():
+    """sweep() expands the grid once, before check_locally (grid errors first), then gives the arms what the checks
+    resolved: the same arms, ids and specs (so grid.json, which a relaunch compares) as expanding the resolved base."""
+    import dataclasses
+
+    from hybrid_ray.tune import SweepOptions, _on_resolved_base
+
+    raw = variant_spec("h100_hybrid_sparse", "tiny").with_overrides({"storage_path": "~/sweeps"})
+    resolved = dataclasses.replace(raw, storage_path="/abs/sweeps", model=raw.model.with_vocab(320))
+    for grid, matched in [(["attention_ratio=0,0.5,1"], True), (["lr", "train.batch_size=8,16"], False),
+                          (["model.vocab_size=512,1024"], False), (["variant=h100_deltanet,h100_transformer"], True)]:
+        expected = expand(resolved, parse_grid(grid))
+        expected = match_params(expected) if matched else expected
+        arms = _on_resolved_base(expand(raw, parse_grid(grid)), resolved, SweepOptions(grid=grid, match_params=matched))
+        assert [(a.id, a.spec.to_dict()) for a in arms] == [(a.id, a.spec.to_dict()) for a in expected], grid

@@ -8,7 +8,7 @@ from hybrid_ray.variants import (
     GRID_12, PRESETS, REFERENCE_VOCAB, VARIANTS, attention_layers, spread_layers, variant_spec,
 )
 
-EXPECTED = {  # DESIGN.md, "Variants"
+EXPECTED = {  # docs/ARCHITECTURE.md, "Variants"
     "h100_deltanet": [],
     "h100_transformer": list(range(12)),
     "h100_hybrid_sparse": [5, 11],

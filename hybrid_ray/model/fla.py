@@ -1,7 +1,7 @@
 """FLA's own model (GPU backend): import FLA, give its Attention layer a kernel, build GatedDeltaNetForCausalLM.
 
 flash-attn is optional: FLA's `Attention` refuses to build without it, so when it is missing this module installs
-the SDPA / Triton kernels of `hybrid_ray.model.attention` in its place (see DESIGN.md, "Two backends").
+the SDPA / Triton kernels of `hybrid_ray.model.attention` in its place (docs/ARCHITECTURE.md, "FLA facts").
 """
 
 from __future__ import annotations

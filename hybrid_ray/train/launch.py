@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hybrid_ray import cluster, runs, storage
+from hybrid_ray import cluster, runs, storage, sweep_plan
 from hybrid_ray import data as data_lib
 from hybrid_ray.errors import CheckpointError, HybridRayError, SpecError, first_line
 from hybrid_ray.model import count_params, flops_per_token
@@ -78,19 +78,12 @@ def _root_cause(error: BaseException) -> BaseException:
 
 
 def _scaling(spec: RunSpec) -> tuple[Any, bool]:
+    """Ray Train's ScalingConfig for the run's resource plan, and whether its workers use GPUs."""
     from ray.train import ScalingConfig
 
-    gpus = spec.scale.gpus_per_worker
-    if gpus is None:
-        gpus = 1.0 if cluster.resources().get("GPU", 0) >= spec.scale.num_workers else 0.0
-    cluster.check_resources(spec.scale.num_workers, spec.scale.cpus_per_worker, gpus)
-    if spec.scale.backend == "fla" and not gpus:
-        raise SpecError("--backend fla needs GPU workers (FLA's Triton kernels do not run on CPUs); "
-                        "use --backend torch or --gpus-per-worker 1")
-    resources = {"CPU": spec.scale.cpus_per_worker}
-    if gpus:
-        resources["GPU"] = gpus
-    return ScalingConfig(num_workers=spec.scale.num_workers, use_gpu=gpus > 0, resources_per_worker=resources), gpus > 0
+    plan = sweep_plan.plan(spec, cluster.resources())
+    return ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
+                         resources_per_worker=plan.worker_resources), plan.use_gpu
 
 
 def check_locally(spec: RunSpec, *, address: str | None, extend_steps: int, until_step: int | None,
