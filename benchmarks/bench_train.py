@@ -11,7 +11,6 @@ a process group of one), Ray's overhead against it, and the speed-up over the ol
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 from pathlib import Path
 
