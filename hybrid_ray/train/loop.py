@@ -87,7 +87,7 @@ def train_step(
     return loss_sum, grad_norm
 
 
-class _Divergence:
+class Divergence:
     """The first step whose loss or gradient norm was not finite, tracked on the device (no sync per step) and
     agreed on by every rank when `check` is called, so all ranks stop at the same point."""
 
@@ -229,7 +229,7 @@ def train_loop_per_worker(config: dict) -> None:
     state = checkpointer.restore(launch.resume_from) or TrainerState(total_steps=spec.train.steps)
     stop_at, first_step = _start(state, schedule, spec, launch, model, worker), state.step
     metrics = MetricsLogger(spec, device, worker.rank, worker.world, launch.tensorboard_dir, launch.echo)
-    divergence = _Divergence(device, spec, worker.rank)
+    divergence = Divergence(device, spec, worker.rank)
     while state.step < stop_at:
         started = time.perf_counter()
         lr = schedule.lr_at(state.step)
