@@ -55,7 +55,8 @@ class TrainerState:
     tokens_seen: int = 0
     train_seconds: float = 0.0
     compile_seconds: float = 0.0  # the first step of every launch (compiling and tuning kernels), apart from training
-    schedule: dict = field(default_factory=dict)  # the Checkpointer's components' state_dict()s, by name
+    # the state_dict() of each of the Checkpointer's components (the LR schedule, the loader), under its name
+    schedule: dict = field(default_factory=dict)
     loader: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     last_eval: dict = field(default_factory=dict)
