@@ -33,7 +33,7 @@ from hybrid_ray.data.tokenizer import ByteTokenizer
 from hybrid_ray.errors import first_line
 from hybrid_ray.generate import SamplingOptions, decode_reference, decode_timed, forward
 from hybrid_ray.model import build_model, count_params, save_model
-from hybrid_ray.train.parallelize import autocast
+from hybrid_ray.model.precision import autocast
 from hybrid_ray.variants import variant_spec
 
 VARIANTS = ["h100_hybrid_sparse", "h100_deltanet", "h100_transformer"]

@@ -22,7 +22,7 @@ import torch
 from hybrid_ray import runs, storage
 from hybrid_ray.data.hub import hub_available
 from hybrid_ray.errors import DataError, SpecError, first_line, suggest
-from hybrid_ray.train.parallelize import autocast
+from hybrid_ray.model.precision import autocast
 
 # task -> (hub dataset, config, split)
 HUB = {

@@ -18,7 +18,7 @@ from hybrid_ray import storage
 from hybrid_ray.data import load_tokenizer
 from hybrid_ray.errors import CheckpointError, SpecError
 from hybrid_ray.model import load_model
-from hybrid_ray.train.parallelize import autocast
+from hybrid_ray.model.precision import autocast
 
 
 @dataclass(kw_only=True)

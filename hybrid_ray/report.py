@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 from typing import Any
+
+from hybrid_ray import runs, storage
+from hybrid_ray.errors import HybridRayError
 
 PANELS = [
     ("loss", [("loss", "train"), ("val_loss", "validation")]),
@@ -219,11 +224,6 @@ def plot_sweep(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
 def write_comparison(folder: str, rows: list[dict[str, Any]], title: str, json_name: str, figure_name: str
                      ) -> tuple[str, str | None]:
     """Write the rows (strict JSON) and their figure into `folder` (local or URI); returns (table, figure path)."""
-    import tempfile
-    from pathlib import Path
-
-    from hybrid_ray import runs, storage
-
     storage.write_bytes(storage.join(folder, json_name), runs.dumps({"trials": rows}).encode())
     figure = None
     if any(r.get("history") for r in rows):
@@ -247,17 +247,12 @@ def _run_row(run_dir: str, results: dict[str, Any]) -> dict[str, Any]:
 
 def _sweep_rows(path: str) -> list[dict[str, Any]]:
     """A sweep folder's trials from its sweep.json ([] when `path` is not a sweep folder)."""
-    from hybrid_ray import runs, storage
-
     sweep = storage.join(path, "sweep.json")
     return runs.read_json(sweep).get("trials") or [] if storage.exists(sweep) else []
 
 
 def comparison_rows(paths: list[str]) -> list[dict[str, Any]]:
     """Rows from run folders (results.json), sweep folders (sweep.json) and folders of runs, in the order given."""
-    from hybrid_ray import runs, storage
-    from hybrid_ray.errors import HybridRayError
-
     rows: list[dict[str, Any]] = []
     for path in paths:
         path = storage.normalize(path)

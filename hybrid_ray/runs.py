@@ -2,7 +2,8 @@
 
 A run lives in `<storage_path>/<name>/`:
     spec.yaml            what the run is (relaunching the same name must not change it once a checkpoint exists)
-    checkpoint_*/        see train/checkpoint.py
+    checkpoint_*/        checkpoint_<step>[-N]: their names are part of this layout (below); everything that reads
+                         or writes one is train/checkpoint.py
     results.json         spec, parameters, metric history, best/final validation, tokens, time, versions
     launches.json        how many launches trained (interrupted ones too; results.json's `launches` copies it)
     curves.png, tensorboard/, model/ (a Hugging Face-style folder), diverged.json (when the loss stopped being finite)
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shlex
 from dataclasses import dataclass
 from typing import Any
@@ -21,13 +23,14 @@ import yaml
 from hybrid_ray import storage
 from hybrid_ray.errors import HybridRayError, SpecError, first_line, suggest
 from hybrid_ray.spec import RunSpec
-from hybrid_ray.train.checkpoint import latest, list_checkpoints, newest_step, step_of
 
 SPEC_FILE = "spec.yaml"
 RESULTS_FILE = "results.json"
 LAUNCHES_FILE = "launches.json"
 CURVES_FILE = "curves.png"
 MODEL_DIR = "model"
+CHECKPOINT_PREFIX = "checkpoint_"
+_CHECKPOINT = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)(?:-(\d+))?$")
 # Settings that may change between launches of one run (hardware, cadence); everything else defines the run.
 MUTABLE = {"storage_path", "scale", "train.eval_every", "train.log_every", "train.checkpoint_every", "train.keep",
            "train.micro_batch_size", "train.compile", "train.eval_tokens", "data.cache_dir"}
@@ -95,6 +98,29 @@ def count_launch(run_dir: str) -> int:
     count = launch_count(run_dir) + 1
     storage.write_bytes(storage.join(run_dir, LAUNCHES_FILE), dumps({"launches": count}).encode())
     return count
+
+
+def step_of(name: str) -> int | None:
+    """The step of a checkpoint folder's name (None: not a checkpoint folder)."""
+    match = _CHECKPOINT.match(name)
+    return int(match.group(1)) if match else None
+
+
+def _order(name: str) -> tuple[int, int]:
+    match = _CHECKPOINT.match(name)
+    assert match is not None
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def list_checkpoints(run_dir: str) -> list[str]:
+    """The run's checkpoint folder names, oldest first."""
+    return sorted((n for n in storage.list_dirs(run_dir) if _CHECKPOINT.match(n)), key=_order)
+
+
+def newest_step(run_dir: str) -> int | None:
+    """The step of a run's newest checkpoint folder, good or not (None when it has none)."""
+    names = list_checkpoints(run_dir)
+    return step_of(names[-1]) if names else None
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -190,10 +216,4 @@ def remove_run(storage_path: str, name: str) -> str:
     path = runs[name]
     storage.remove_dir(path)
     return path
-
-
-def resume_point(run_dir: str) -> int | None:
-    """The step a relaunch would continue from (the newest good checkpoint's), or None."""
-    path = latest(run_dir)
-    return step_of(path.rstrip("/").rsplit("/", 1)[-1]) if path else None
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hybrid_ray import storage
 from hybrid_ray.errors import HybridRayError, first_line
 from hybrid_ray.train import checkpoint as ckpt_lib
 
@@ -66,15 +65,5 @@ def trial_status(results: dict[str, Any] | None, newest_step: int | None, outcom
 def settle(run_dir: str, keep_checkpoints: bool) -> None:
     """What an ended trial keeps: model/ and its newest checkpoint's weights, without optimizer state or older
     checkpoints, unless `keep_checkpoints`."""
-    if keep_checkpoints:
-        return
-    names = ckpt_lib.list_checkpoints(run_dir)
-    newest = ckpt_lib.latest(run_dir)
-    if newest is None:
-        return
-    for name in names:
-        path = storage.join(run_dir, name)
-        if path != newest:
-            storage.remove_dir(path)
-    if not ckpt_lib.weights_only(newest):
-        ckpt_lib.drop_optimizer(newest)
+    if not keep_checkpoints:
+        ckpt_lib.prune(run_dir)

@@ -68,7 +68,8 @@ def warm_device(spec: RunSpec, device: torch.device, say: Callable[[str], None] 
     from hybrid_ray.train.evaluate import evaluate
     from hybrid_ray.train.loop import setup_model, train_step
     from hybrid_ray.train.optim import build_optimizer
-    from hybrid_ray.train.parallelize import autocast, single_process_group
+    from hybrid_ray.model.precision import autocast
+    from hybrid_ray.train.parallelize import single_process_group
 
     spec = spec.with_overrides({"scale.backend": "fla"})
     single_process_group(device)

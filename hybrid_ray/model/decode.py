@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from hybrid_ray.spec import ModelSpec
-from hybrid_ray.train.parallelize import autocast, uses_bf16
+from hybrid_ray.model.precision import autocast, uses_bf16
 
 
 def model_spec(model: torch.nn.Module) -> ModelSpec:

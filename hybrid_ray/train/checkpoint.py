@@ -1,4 +1,5 @@
-"""Checkpoints: the trainer state, what each rank writes, how a run resumes, and which checkpoint is the latest good one.
+"""Checkpoints, the only module that reads or writes them: the trainer state, what each rank writes (the worker's
+Checkpointer), how a run resumes, which checkpoint is the latest good one, and what a finished run exports.
 
 Layout of one checkpoint folder (Ray Train merges the ranks' local folders into it):
     config.json, model.safetensors   rank 0: the model, a Hugging Face-style folder that `generate` can load
@@ -20,29 +21,29 @@ import dataclasses
 import json
 import pickle
 import random
-import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from hybrid_ray import storage
+from hybrid_ray import runs, storage
 from hybrid_ray.errors import CheckpointError, first_line
 from hybrid_ray.model import unwrap
-from hybrid_ray.model.build import load_state, save_model
+from hybrid_ray.model.build import WEIGHTS_FILE, load_state, save_model
+from hybrid_ray.runs import list_checkpoints, newest_step, step_of  # noqa: F401 (the names are the run layout's)
 from hybrid_ray.spec import RunSpec
+from hybrid_ray.train.cadence import Every
 from hybrid_ray.train.parallelize import in_process_group
 
 FORMAT = 2
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
-PREFIX = "checkpoint_"
-_NAME = re.compile(rf"^{PREFIX}(\d+)(?:-(\d+))?$")
+MODEL_FILES = ("config.json", WEIGHTS_FILE)  # a Hugging Face-style model folder, which `generate` loads
 
 
 @dataclass
@@ -54,6 +55,7 @@ class TrainerState:
     tokens_seen: int = 0
     train_seconds: float = 0.0
     compile_seconds: float = 0.0  # the first step of every launch (compiling and tuning kernels), apart from training
+    # the state_dict() of each of the Checkpointer's components (the LR schedule, the loader), under its name
     schedule: dict = field(default_factory=dict)
     loader: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
@@ -80,37 +82,15 @@ class Restored:
     rng: dict[str, Any] | None
 
 
-# --- names -------------------------------------------------------------------------------------------------------
+# --- names and the run's checkpoints ------------------------------------------------------------------------------
 
 def folder_name(step: int, taken: set[str] | frozenset[str] = frozenset()) -> str:
     """`checkpoint_<step>`, with a `-N` suffix when a folder of that name exists (a broken checkpoint is never
     overwritten in place: Ray would later delete the shared folder when it evicts the broken entry)."""
-    name, n = f"{PREFIX}{step:08d}", 0
+    name, n = f"{runs.CHECKPOINT_PREFIX}{step:08d}", 0
     while (candidate := name if n == 0 else f"{name}-{n}") in taken:
         n += 1
     return candidate
-
-
-def step_of(name: str) -> int | None:
-    match = _NAME.match(name)
-    return int(match.group(1)) if match else None
-
-
-def _order(name: str) -> tuple[int, int]:
-    match = _NAME.match(name)
-    assert match is not None
-    return int(match.group(1)), int(match.group(2) or 0)
-
-
-def list_checkpoints(run_dir: str) -> list[str]:
-    """The run's checkpoint folder names, oldest first."""
-    return sorted((n for n in storage.list_dirs(run_dir) if _NAME.match(n)), key=_order)
-
-
-def newest_step(run_dir: str) -> int | None:
-    """The step of a run's newest checkpoint folder, good or not (None when it has none)."""
-    names = list_checkpoints(run_dir)
-    return step_of(names[-1]) if names else None
 
 
 def newest_good(run_dir: str) -> tuple[str | None, list[CheckpointError]]:
@@ -133,6 +113,40 @@ def latest(run_dir: str) -> str | None:
     for error in skipped:
         warnings.warn(f"{error}; skipping it for an older checkpoint")
     return path
+
+
+def resume_point(run_dir: str) -> int | None:
+    """The step a relaunch would continue from (the newest good checkpoint's), or None."""
+    path = latest(run_dir)
+    return step_of(path.rstrip("/").rsplit("/", 1)[-1]) if path else None
+
+
+def at_launch(spec: RunSpec, run_dir: str) -> tuple[str | None, list[str]]:
+    """(the newest good checkpoint, every checkpoint folder name) at launch. A run whose checkpoints are all damaged
+    is refused rather than silently started over."""
+    known = list_checkpoints(run_dir)
+    newest, skipped = newest_good(run_dir)
+    if known and newest is None:
+        raise CheckpointError(f"every checkpoint of run {spec.name} is damaged (newest: {skipped[0]}); remove the run "
+                              f"with `{runs.rm_command(spec.storage_path, spec.name)}` to start it over")
+    for error in skipped:
+        warnings.warn(f"{error}; skipping it for an older checkpoint")
+    return newest, known
+
+
+def prune(run_dir: str) -> None:
+    """Keep only the newest good checkpoint of a run, weights only (what an ended sweep trial keeps); nothing when
+    the run has no good checkpoint."""
+    names = list_checkpoints(run_dir)
+    newest = latest(run_dir)
+    if newest is None:
+        return
+    for name in names:
+        path = storage.join(run_dir, name)
+        if path != newest:
+            storage.remove_dir(path)
+    if not weights_only(newest):
+        drop_optimizer(newest)
 
 
 # --- RNG state, as tensors and numbers ---------------------------------------------------------------------------
@@ -195,7 +209,7 @@ def save(folder: str | Path, *, rank: int, world_size: int, state: TrainerState,
             torch.save(optimizer_state, folder / OPTIMIZER_FILE)
             payload = {"format": FORMAT, **state.to_dict(), "spec": spec.to_dict()}
             (folder / STATE_FILE).write_text(json.dumps(payload))
-            files += ["config.json", "model.safetensors", OPTIMIZER_FILE, STATE_FILE]
+            files += [*MODEL_FILES, OPTIMIZER_FILE, STATE_FILE]
         entries = {name: {"bytes": (folder / name).stat().st_size, "crc32": storage.crc32(folder / name)} for name in files}
         manifest = {"files": entries, **({"world_size": world_size} if rank == 0 else {})}
         (folder / f"manifest_rank{rank}.json").write_text(json.dumps(manifest, indent=1))
@@ -319,25 +333,66 @@ def apply(model: nn.Module, optimizer: torch.optim.Optimizer, restored: Restored
         optimizer.load_state_dict(restored.optimizer_state)
 
 
-def restore(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Any, rank: int, *,
-            resume_from: str | None, known: list[str]) -> TrainerState | None:
-    """Continue a run: from the checkpoint Ray hands a restarted worker group when it was written during this launch
-    (a retry after a failure), else from `resume_from`, the newest good checkpoint the driver found (None: start)."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None or Path(checkpoint.path).name in known:
-        # a relaunch: Ray offers the newest checkpoint it registered, which may be a broken one; use the driver's
-        checkpoint = ray.train.Checkpoint(resume_from) if resume_from else None
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as folder:
-        restored = load(folder, rank)
-    apply(model, optimizer, restored)
-    state = restored.state
-    state.resumed_at.append(state.step)
-    loader.load_state_dict(state.loader)
-    state.history = [r for r in state.history if r["step"] <= state.step]
-    if restored.rng is not None:
-        set_rng_state(restored.rng)
+def export_model(checkpoint: str, model_dir: str | Path) -> TrainerState:
+    """Copy a checkpoint's model (local or URI) into the local folder `model_dir`; returns its trainer state."""
+    state = read_state(checkpoint)
+    Path(model_dir).mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        Path(model_dir, name).write_bytes(storage.read_bytes(storage.join(checkpoint, name)))
     return state
+
+
+# --- a worker's checkpoints --------------------------------------------------------------------------------------
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Checkpointer:
+    """A worker's checkpoints: when one is due, writing this rank's part, and restoring a run.
+
+    `components` (the LR schedule, the loader) are saved by their `state_dict()` under their name in TrainerState,
+    and given it back by `load_state_dict()` on restore.
+    """
+
+    def __init__(self, spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 components: dict[str, Stateful], rank: int, world_size: int, known: list[str]):
+        self.every = Every(spec.train.checkpoint_every)
+        self.spec, self.model, self.optimizer, self.components = spec, model, optimizer, components
+        self.rank, self.world_size, self.known = rank, world_size, known
+
+    def should_save(self, step: int, last: bool) -> bool:
+        return self.every.due(step, last)
+
+    def save(self, state: TrainerState) -> tuple[str, str]:
+        """Gather the full states (a collective: every rank calls it) and write this rank's part into a fresh local
+        folder for Ray to upload; returns (that folder, the checkpoint's name in the run folder)."""
+        state = dataclasses.replace(state, **{name: c.state_dict() for name, c in self.components.items()})
+        folder = write(self.model, self.optimizer, state, self.spec, self.rank, self.world_size)
+        return folder, folder_name(state.step, set(self.known))
+
+    def restore(self, resume_from: str | None) -> TrainerState | None:
+        """Continue a run: from the checkpoint Ray hands a restarted worker group when it was written during this
+        launch (a retry after a failure), else from `resume_from`, the newest good checkpoint the driver found
+        (None: start, returning None)."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None or Path(checkpoint.path).name in self.known:
+            # a relaunch: Ray offers the newest checkpoint it registered, which may be a broken one; use the driver's
+            checkpoint = ray.train.Checkpoint(resume_from) if resume_from else None
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as folder:
+            restored = load(folder, self.rank)
+        apply(self.model, self.optimizer, restored)
+        state = restored.state
+        state.resumed_at.append(state.step)
+        for name, component in self.components.items():
+            component.load_state_dict(getattr(state, name))
+        state.history = [r for r in state.history if r["step"] <= state.step]
+        if restored.rng is not None:
+            set_rng_state(restored.rng)
+        return state

@@ -7,12 +7,19 @@ validation split and the same for every world size, so every run of a comparison
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from hybrid_ray.data.loader import IGNORE, Batch
-from hybrid_ray.train.parallelize import autocast, sum_over_ranks
+from hybrid_ray.model.precision import autocast
+from hybrid_ray.spec import RunSpec
+from hybrid_ray.train.cadence import Every
+from hybrid_ray.train.parallelize import sum_over_ranks
+
+if TYPE_CHECKING:
+    from hybrid_ray.train.checkpoint import TrainerState
 
 # fp32 logits of a whole batch can take tens of GiB at a 49k vocabulary: score this many positions at a time
 SPAN = 8192
@@ -59,3 +66,24 @@ def evaluate(model: torch.nn.Module, batches: list[Batch], device: torch.device,
     if task == "mqar":
         out["val_exact_match"] = (totals[3] / totals[4].clamp(min=1)).item()
     return out
+
+
+class Evaluator:
+    """Validation during training: due every `eval_every` steps and at a launch's last step; scores a sample of the
+    validation split (`eval_tokens`, the same blocks every time), or the whole split at the end of the run."""
+
+    def __init__(self, spec: RunSpec, dataset: Any, model: torch.nn.Module, device: torch.device, layout: dict):
+        self.every = Every(spec.train.eval_every)
+        self.dataset, self.model, self.device, self.layout = dataset, model, device, layout
+        self.precision = spec.train.precision
+        self.sample = dataset.val_batches(max_tokens=spec.train.eval_tokens, **layout)
+
+    def should_evaluate(self, step: int, last: bool) -> bool:
+        return self.every.due(step, last)
+
+    def run(self, state: TrainerState, last: bool) -> dict[str, Any]:
+        """Evaluate now (a collective: every rank calls it at the same steps); returns the evaluation's record."""
+        final = last and state.step == state.total_steps  # the end of the run: score the full split
+        batches = self.dataset.val_batches(**self.layout) if final else self.sample
+        return {"step": state.step, **evaluate(self.model, batches, self.device, self.precision, self.dataset.task),
+                "val_split": "full" if final else "sample", "time_s": state.train_seconds}

@@ -19,7 +19,7 @@ from typing import Any
 
 from hybrid_ray import cluster, runs, storage, sweep_plan
 from hybrid_ray import data as data_lib
-from hybrid_ray.errors import CheckpointError, HybridRayError, SpecError, first_line
+from hybrid_ray.errors import HybridRayError, SpecError, first_line
 from hybrid_ray.model import count_params, flops_per_token
 from hybrid_ray.model.build import check_backend
 from hybrid_ray.report import plot_runs, summarize
@@ -159,19 +159,6 @@ def share_data(spec: RunSpec, dataset: Any) -> str | None:
     return data_lib.publish(dataset.path, storage.join(spec.storage_path, ".data"))
 
 
-def _known_checkpoints(spec: RunSpec, run_dir: str) -> tuple[str | None, list[str]]:
-    """(the newest good checkpoint, every checkpoint folder name) at launch. A run whose checkpoints are all damaged
-    is refused rather than silently started over."""
-    known = ckpt_lib.list_checkpoints(run_dir)
-    newest, skipped = ckpt_lib.newest_good(run_dir)
-    if known and newest is None:
-        raise CheckpointError(f"every checkpoint of run {spec.name} is damaged (newest: {skipped[0]}); remove the run "
-                              f"with `{runs.rm_command(spec.storage_path, spec.name)}` to start it over")
-    for error in skipped:
-        warnings.warn(f"{error}; skipping it for an older checkpoint")
-    return newest, known
-
-
 def _failure(error: BaseException, run_dir: str) -> HybridRayError:
     cause = _root_cause(error)
     if isinstance(cause, HybridRayError):
@@ -206,7 +193,7 @@ def train(
                                   progress=progress, data_origin=data_origin)
     run_dir = storage.join(spec.storage_path, spec.name)
     runs.claim(run_dir, spec)
-    resume_from, known = _known_checkpoints(spec, run_dir)
+    resume_from, known = ckpt_lib.at_launch(spec, run_dir)
     reached = ckpt_lib.read_state(resume_from) if resume_from else None
     if until_step is not None:
         last = (reached.total_steps if reached else spec.train.steps) + extend_steps
@@ -245,7 +232,7 @@ def train(
     try:
         _fit(spec, launch, scaling, use_gpu, callbacks)
     except KeyboardInterrupt:
-        step = runs.resume_point(run_dir)
+        step = ckpt_lib.resume_point(run_dir)
         if step is None:
             raise Interrupted("interrupted before the first checkpoint; relaunch the same command to start again") from None
         raise Interrupted(f"interrupted at step {step} (the newest checkpoint); relaunch the same command to resume") from None
@@ -317,15 +304,8 @@ def finalize(spec: RunSpec, run_dir: str, dataset: Any, wall_s: float) -> TrainO
     state = ckpt_lib.TrainerState(total_steps=spec.train.steps)
     with tempfile.TemporaryDirectory(prefix="hybrid-ray-final-") as tmp:
         if checkpoint is not None:
-            local = checkpoint
-            if storage.is_uri(checkpoint):
-                local = str(Path(tmp, "checkpoint"))
-                storage.copy_dir(checkpoint, local)
-            state = ckpt_lib.read_state(local)
             model_dir = Path(tmp, runs.MODEL_DIR)
-            model_dir.mkdir()
-            for name in ("config.json", "model.safetensors"):
-                Path(model_dir, name).write_bytes(Path(local, name).read_bytes())
+            state = ckpt_lib.export_model(checkpoint, model_dir)
             dataset.tokenizer.save(model_dir)
             storage.copy_dir(str(model_dir), storage.join(run_dir, runs.MODEL_DIR))
         status = "finished" if state.step >= state.total_steps else "stopped"

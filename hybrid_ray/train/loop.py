@@ -1,15 +1,15 @@
 """train_loop_per_worker: what every Ray Train worker runs, top to bottom.
 
-The helpers each own one concern (parallelize.py: wrapping and precision; checkpoint.py: save and restore;
-evaluate.py: validation; metrics.py: throughput and the progress line); the loop only sequences them. Every worker
-calls `ray.train.report` at the same steps (it is a barrier); rank 0 writes the model, optimizer, history and
+The components each own one concern and decide their own cadence (metrics.py's MetricsLogger: the loss window,
+throughput and progress lines; evaluate.py's Evaluator: validation; checkpoint.py's Checkpointer: save and restore,
+with the LR schedule's and the loader's state_dict()); the loop only sequences them. Every worker calls
+`ray.train.report` at the same steps (cadence.report_due says why); rank 0 writes the model, optimizer, history and
 TensorBoard logs, every rank writes its RNG state.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,18 +21,17 @@ from hybrid_ray import data as data_lib
 from hybrid_ray import kernels, storage
 from hybrid_ray.env import runtime_versions
 from hybrid_ray.errors import first_line
-from hybrid_ray.model import build_model, flops_per_token, unwrap
+from hybrid_ray.model import build_model, unwrap
 from hybrid_ray.model.build import resolve_backend
-from hybrid_ray.spec import RunSpec
-from hybrid_ray.train import checkpoint as ckpt_lib
-from hybrid_ray.train.checkpoint import TrainerState
-from hybrid_ray.train.evaluate import evaluate
-from hybrid_ray.train.metrics import Throughput, memory_gib, progress_line
-from hybrid_ray.train.optim import LRSchedule, build_optimizer
-from hybrid_ray.train.parallelize import (
-    autocast, gradient_sync, in_process_group, mean_over_ranks, parallelize, resolve_strategy,
-)
+from hybrid_ray.model.precision import autocast
 from hybrid_ray.ray_compat import quiet_report_logs
+from hybrid_ray.spec import RunSpec
+from hybrid_ray.train.cadence import report_due
+from hybrid_ray.train.checkpoint import Checkpointer, TrainerState
+from hybrid_ray.train.evaluate import Evaluator
+from hybrid_ray.train.metrics import MetricsLogger, say
+from hybrid_ray.train.optim import LRSchedule, build_optimizer
+from hybrid_ray.train.parallelize import gradient_sync, in_process_group, parallelize, resolve_strategy
 
 DIVERGED_FILE = "diverged.json"  # rank 0 writes it into the run folder when the loss stops being finite
 
@@ -57,14 +56,7 @@ def _publish_kernels(store: str | None, tag: str) -> None:
         try:
             kernels.publish(store)
         except Exception as e:
-            _say(f"{tag}warning: could not publish compiled kernels to {store}: {first_line(e)}")
-
-
-def _say(line: str) -> None:
-    """A progress line on the worker's stdout, which Ray forwards to the driver's console. Not print(): Ray Train
-    patches it to also log each line, which would show every line twice."""
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+            say(f"{tag}warning: could not publish compiled kernels to {store}: {first_line(e)}")
 
 
 def setup_model(spec: RunSpec, device: torch.device) -> nn.Module:
@@ -95,39 +87,15 @@ def train_step(
     return loss_sum, grad_norm
 
 
-class _TensorBoard:
-    """Rank 0's TensorBoard writer; a no-op elsewhere or when tensorboard is not installed."""
-
-    def __init__(self, log_dir: str | None, rank: int):
-        self.writer = None
-        if log_dir and rank == 0:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(log_dir)
-            except ImportError:
-                pass
-
-    def log(self, record: dict) -> None:
-        if self.writer is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.writer.add_scalar(key, value, record["step"])
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-class _Divergence:
+class Divergence:
     """The first step whose loss or gradient norm was not finite, tracked on the device (no sync per step) and
     agreed on by every rank when `check` is called, so all ranks stop at the same point."""
 
     NONE = 2**62
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, spec: RunSpec, rank: int):
         self.first = torch.full((), self.NONE, dtype=torch.long, device=device)
+        self.path, self.rank = storage.join(spec.storage_path, spec.name, DIVERGED_FILE), rank
 
     def track(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
@@ -143,10 +111,91 @@ class _Divergence:
         value = int(first.item())
         return None if value == self.NONE else value
 
+    def stop(self, schedule: LRSchedule) -> bool:
+        """Whether to stop here (a collective): rank 0 then records where the run diverged, and at which LR."""
+        bad_step = self.check()
+        if bad_step is not None and self.rank == 0:
+            info = {"step": bad_step, "lr": schedule.lr_at(bad_step - 1)}
+            storage.write_bytes(self.path, json.dumps(info).encode())
+        return bad_step is not None
 
-def _report(state: TrainerState, record: dict, spec: RunSpec, model: nn.Module, optimizer: Any, schedule: Any,
-            loader: Any, rank: int, world: int, launch: LaunchOptions, checkpoint: bool) -> None:
-    """Report to Ray: with a checkpoint (every rank writes its part), or evaluation metrics alone."""
+
+@dataclass
+class _Worker:
+    """This worker: its place in the group, its device, and its console lines."""
+
+    rank: int
+    world: int
+    device: torch.device
+    fla: bool  # FLA's kernels compile (and tune) on the first step; nodes share them through `kernel_store`
+    kernel_cache: Any
+    kernel_store: str | None
+    tag: str  # a sweep's trials name themselves too: minutes of silence look like a hang
+
+    @classmethod
+    def start(cls, spec: RunSpec, launch: LaunchOptions) -> _Worker:
+        import ray.train
+        import ray.train.torch
+
+        quiet_report_logs()
+        context = ray.train.get_context()
+        device = ray.train.torch.get_device()
+        fla = resolve_backend(spec.scale.backend, device) == "fla"
+        # before anything compiles: this node's kernel cache, with what other nodes published that this one lacks
+        kernel_cache = kernels.activate(launch.kernel_store) if fla else None
+        if device.type == "cpu":
+            torch.set_num_threads(max(1, int(spec.scale.cpus_per_worker)))
+        torch.manual_seed(spec.train.seed + context.get_world_rank())
+        return cls(context.get_world_rank(), context.get_world_size(), device, fla, kernel_cache, launch.kernel_store,
+                   "" if launch.echo else f"[{spec.name}] ")
+
+    def layout(self, spec: RunSpec) -> dict[str, Any]:
+        return dict(seq_len=spec.data.seq_len, micro_batch=spec.micro_batch_size, rank=self.rank,
+                    world_size=self.world, packed=spec.data.packed)
+
+    def say(self, line: str) -> None:
+        if self.rank == 0:
+            say(f"{self.tag}{line}")
+
+    def first_step_done(self, state: TrainerState, started: float) -> float:
+        """A launch's first step compiles (and tunes) kernels: its time is compile time, not training time. Returns
+        when the rest of the iteration, which counts as training, started."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - started
+        state.compile_seconds += seconds
+        started = time.perf_counter()
+        if self.fla:
+            self.say(f"first step done after {seconds:.0f} s")
+            if self.rank == 0:
+                _publish_kernels(self.kernel_store, self.tag)
+        return started
+
+    def finish(self) -> None:
+        if self.rank == 0 and self.fla:
+            _publish_kernels(self.kernel_store, self.tag)  # with the evaluation's kernels
+
+
+def _start(state: TrainerState, schedule: LRSchedule, spec: RunSpec, launch: LaunchOptions, model: nn.Module,
+           worker: _Worker) -> int:
+    """Record this launch's environment, apply --extend-steps, say where training starts; returns the step this
+    launch stops at."""
+    state.env = {**runtime_versions(worker.device, unwrap(model).hybrid_backend),
+                 "strategy": resolve_strategy(spec.scale.strategy, worker.device)}
+    if launch.extend_steps:
+        schedule.extend(state.step, state.total_steps + launch.extend_steps, spec.optim)
+        state.total_steps = schedule.total_steps
+    stop_at = min(state.total_steps, launch.until_step or state.total_steps)
+    if launch.echo and state.step:
+        worker.say(f"resumed at step {state.step}/{state.total_steps}")
+    if state.step < stop_at and worker.kernel_cache is not None:
+        worker.say(worker.kernel_cache.line())
+    return stop_at
+
+
+def _report(state: TrainerState, record: dict, saved: tuple[str, str] | None) -> None:
+    """Report to Ray Train (cadence.report_due says when): the metrics, with this rank's part of the checkpoint
+    `saved` (its local folder and its name in the run folder) when there is one."""
     import ray.train
     from ray.train import Checkpoint
     from ray.train.v2.api.report_config import CheckpointUploadMode
@@ -155,144 +204,56 @@ def _report(state: TrainerState, record: dict, spec: RunSpec, model: nn.Module, 
     # `evaluations` is the clock of Tune's schedulers (ASHA counts in evaluations); `evaluated` marks a fresh one
     metrics = {**state.last_eval, **record, "step": state.step, "evaluations": evaluations,
                "evaluated": "val_loss" in record}
-    if not checkpoint:
-        # Each report waits until Ray Train's controller has taken the previous one, which it polls every 2 s: a
-        # report per log line stalled a fast model 4x, so only evaluations (for Tune's schedulers) go without one
+    if saved is None:
         ray.train.report(metrics)
         return
-    state.schedule, state.loader = schedule.to_dict(), loader.state_dict()
-    folder = ckpt_lib.write(model, optimizer, state, spec, rank, world)
-    ray.train.report(
-        metrics,
-        checkpoint=Checkpoint.from_directory(folder),
-        checkpoint_dir_name=ckpt_lib.folder_name(state.step, set(launch.known_checkpoints)),
-        checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
-    )
-
-
-def _write_divergence(spec: RunSpec, step: int, lr: float) -> None:
-    info = {"step": step, "lr": lr}
-    storage.write_bytes(storage.join(spec.storage_path, spec.name, DIVERGED_FILE), json.dumps(info).encode())
+    folder, name = saved
+    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(folder), checkpoint_dir_name=name,
+                     checkpoint_upload_mode=CheckpointUploadMode.ASYNC)
 
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point: config = {"spec": RunSpec.to_dict(), "launch": LaunchOptions as a dict}."""
-    import ray.train
-    import ray.train.torch
-
-    spec = RunSpec.from_dict(config["spec"])
-    launch = LaunchOptions(**config.get("launch", {}))
-    quiet_report_logs()
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    device = ray.train.torch.get_device()
-    fla = resolve_backend(spec.scale.backend, device) == "fla"
-    # before anything compiles: this node's kernel cache, with what other nodes published that this one lacks
-    kernel_cache = kernels.activate(launch.kernel_store) if fla else None
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, int(spec.scale.cpus_per_worker)))
-    torch.manual_seed(spec.train.seed + rank)
-
+    spec, launch = RunSpec.from_dict(config["spec"]), LaunchOptions(**config.get("launch", {}))
+    worker = _Worker.start(spec, launch)
+    device, layout = worker.device, worker.layout(spec)
     # a cache hit on the driver's node; other nodes copy what the driver published, once per node
     dataset = data_lib.prepare(spec.data, origin=launch.data_origin)
     model = setup_model(spec, device)
     optimizer = build_optimizer(model, spec.optim, device)
-    layout = dict(seq_len=spec.data.seq_len, micro_batch=spec.micro_batch_size, rank=rank, world_size=world,
-                  packed=spec.data.packed)
     loader = dataset.train_loader(global_batch=spec.train.batch_size, seed=spec.train.seed, **layout)
-    val_batches = dataset.val_batches(max_tokens=spec.train.eval_tokens, **layout)
-
-    state = ckpt_lib.restore(model, optimizer, loader, rank, resume_from=launch.resume_from,
-                             known=launch.known_checkpoints)
-    if state is None:
-        schedule = LRSchedule.from_spec(spec.optim, spec.train.steps)
-        state = TrainerState(total_steps=spec.train.steps)
-    else:
-        schedule = LRSchedule.from_dict(state.schedule)
-    state.env = {**runtime_versions(device, unwrap(model).hybrid_backend),
-                 "strategy": resolve_strategy(spec.scale.strategy, device)}
-    if launch.extend_steps:
-        schedule.extend(state.step, state.total_steps + launch.extend_steps, spec.optim)
-        state.total_steps = schedule.total_steps
-    stop_at = min(state.total_steps, launch.until_step or state.total_steps)
-
-    tokens_per_step = spec.train.batch_size * spec.data.seq_len
-    meter = Throughput(flops_per_token(spec.model, spec.data.seq_len), device, world)
-    board = _TensorBoard(launch.tensorboard_dir, rank)
-    divergence = _Divergence(device)
-    window_loss = torch.zeros((), device=device)
-    window_steps = 0
-    launch_compile = state.compile_seconds
-    if rank == 0 and launch.echo and state.step:
-        _say(f"resumed at step {state.step}/{state.total_steps}")
-
-    first_step = state.step < stop_at  # a launch's first step compiles (and tunes) kernels: not training time
-    tag = "" if launch.echo else f"[{spec.name}] "  # a sweep's trials say this much too: minutes of silence look like a hang
-    if rank == 0 and first_step and kernel_cache is not None:
-        _say(f"{tag}{kernel_cache.line()}")
+    evaluator = Evaluator(spec, dataset, model, device, layout)
+    schedule = LRSchedule.from_spec(spec.optim, spec.train.steps)
+    checkpointer = Checkpointer(spec, model, optimizer, {"schedule": schedule, "loader": loader}, worker.rank,
+                                worker.world, launch.known_checkpoints)
+    state = checkpointer.restore(launch.resume_from) or TrainerState(total_steps=spec.train.steps)
+    stop_at, first_step = _start(state, schedule, spec, launch, model, worker), state.step
+    metrics = MetricsLogger(spec, device, worker.rank, worker.world, launch.tensorboard_dir, launch.echo)
+    divergence = Divergence(device, spec, worker.rank)
     while state.step < stop_at:
-        step_start = time.perf_counter()
+        started = time.perf_counter()
         lr = schedule.lr_at(state.step)
         loss, grad_norm = train_step(model, optimizer, loader.next_step(), lr, spec, device)
-        if first_step:
-            first_step = False
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            state.compile_seconds += time.perf_counter() - step_start
-            step_start = time.perf_counter()  # the rest of this iteration counts as training
-            if rank == 0 and fla:
-                _say(f"{tag}first step done after {state.compile_seconds - launch_compile:.0f} s")
-                _publish_kernels(launch.kernel_store, tag)
+        if state.step == first_step:
+            started = worker.first_step_done(state, started)
         state.step += 1
+        state.tokens_seen += metrics.tokens_per_step
         divergence.track(state.step, loss, grad_norm)
-        state.tokens_seen += tokens_per_step
-        window_loss += loss
-        window_steps += 1
-        meter.add(tokens_per_step // world)
-
-        done = state.step == stop_at
-        log_due = state.step % spec.train.log_every == 0 or done
-        eval_due = state.step % spec.train.eval_every == 0 or done
-        checkpoint_due = state.step % spec.train.checkpoint_every == 0 or done
-        record: dict[str, Any] = {}
-        if log_due:
-            mean = mean_over_ranks(torch.stack([window_loss / window_steps, grad_norm.float()]))
-            record = {
-                "step": state.step, "time_s": state.train_seconds, "loss": mean[0].item(),
-                "grad_norm": mean[1].item(), "lr": lr,
-                "epoch": loader.epoch, "tokens_seen": state.tokens_seen, **meter.read(),
-                "memory_gib": memory_gib(device),
-            }
-            meter.reset()
-            window_loss.zero_()
-            window_steps = 0
-        if log_due or eval_due or checkpoint_due:
-            bad_step = divergence.check()
-            if bad_step is not None:  # stop before anything of a broken model is evaluated or saved
-                if rank == 0:
-                    _write_divergence(spec, bad_step, schedule.lr_at(bad_step - 1))
-                break
-        state.train_seconds += time.perf_counter() - step_start
-        if eval_due:
-            final = done and state.step == state.total_steps  # the end of the run: score the full split
-            batches = dataset.val_batches(**layout) if final else val_batches
-            state.last_eval = {"step": state.step, **evaluate(model, batches, device, spec.train.precision, dataset.task),
-                               "val_split": "full" if final else "sample", "time_s": state.train_seconds}
+        metrics.add(loss)
+        last = state.step == stop_at
+        logging, evaluating = metrics.should_log(state.step, last), evaluator.should_evaluate(state.step, last)
+        saving = checkpointer.should_save(state.step, last)
+        record = metrics.record(state, grad_norm, lr, loader.epoch) if logging else {}
+        if (logging or evaluating or saving) and divergence.stop(schedule):
+            break  # before anything of a broken model is evaluated or saved
+        state.train_seconds += time.perf_counter() - started
+        if evaluating:
+            state.last_eval = evaluator.run(state, last)
             record = {**record, **state.last_eval, "step": state.step}
-            meter.reset()  # evaluation time is not training throughput
-        if record:
-            state.history.append(record)
-            board.log(record)
-            if rank == 0 and launch.echo and "loss" in record:
-                eta = state.train_seconds / max(state.step, 1) * (state.total_steps - state.step)
-                _say(progress_line(record, state.total_steps, eta))
-            if rank == 0 and launch.echo and "val_loss" in record:
-                _say(f"eval step {state.step}: val_loss {record['val_loss']:.4f} | val_acc {record['val_accuracy']:.4f}"
-                     f" | val_ppl {record['val_perplexity']:.2f} | {record['val_tokens']:,} {record['val_split']}"
-                     " validation tokens")
-        if checkpoint_due or "val_loss" in record:
-            _report(state, record, spec, model, optimizer, schedule, loader, rank, world, launch, checkpoint_due)
-            meter.reset()
-    board.close()
-    if rank == 0 and fla:
-        _publish_kernels(launch.kernel_store, tag)  # with the evaluation's kernels
+            metrics.restart_clock()
+        metrics.write(state, record)
+        if report_due(saving, evaluating):  # every rank at the same steps: Ray Train's report is a barrier
+            _report(state, record, checkpointer.save(state) if saving else None)
+            metrics.restart_clock()
+    metrics.close()
+    worker.finish()

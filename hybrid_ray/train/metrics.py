@@ -1,4 +1,4 @@
-"""Training metrics: throughput and MFU, memory, and the progress line."""
+"""Training metrics: throughput and MFU, memory, the progress lines, and the worker's MetricsLogger."""
 
 from __future__ import annotations
 
@@ -6,10 +6,17 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hybrid_ray.model.flops import peak_flops
+from hybrid_ray.model.flops import flops_per_token, peak_flops
+from hybrid_ray.spec import RunSpec
+from hybrid_ray.train.cadence import Every
+from hybrid_ray.train.parallelize import mean_over_ranks
+
+if TYPE_CHECKING:
+    from hybrid_ray.train.checkpoint import TrainerState
 
 
 @dataclass
@@ -71,3 +78,98 @@ def progress_line(record: dict, total_steps: int, eta_s: float | None) -> str:
     if eta_s is not None:
         parts.append(f"eta {_duration(eta_s)}")
     return " | ".join(parts)
+
+
+def eval_line(record: dict) -> str:
+    return (f"eval step {record['step']}: val_loss {record['val_loss']:.4f} | val_acc {record['val_accuracy']:.4f}"
+            f" | val_ppl {record['val_perplexity']:.2f} | {record['val_tokens']:,} {record['val_split']}"
+            " validation tokens")
+
+
+def say(line: str) -> None:
+    """A progress line on the worker's stdout, which Ray forwards to the driver's console. Not print(): Ray Train
+    patches it to also log each line, which would show every line twice."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+class TensorBoard:
+    """Rank 0's TensorBoard writer; a no-op elsewhere or when tensorboard is not installed."""
+
+    def __init__(self, log_dir: str | None, rank: int):
+        self.writer = None
+        if log_dir and rank == 0:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(log_dir)
+            except ImportError:
+                pass
+
+    def log(self, record: dict) -> None:
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, record["step"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class MetricsLogger:
+    """A worker's training metrics: the loss since the last log record (kept on the device: no sync per step), the
+    throughput clock, and the records of the run's history, which rank 0 also writes to TensorBoard and (with
+    `echo`) to the console."""
+
+    def __init__(self, spec: RunSpec, device: torch.device, rank: int, world_size: int, tensorboard_dir: str | None,
+                 echo: bool):
+        self.every = Every(spec.train.log_every)
+        self.tokens_per_step = spec.train.batch_size * spec.data.seq_len
+        self.meter = Throughput(flops_per_token(spec.model, spec.data.seq_len), device, world_size)
+        self.board = TensorBoard(tensorboard_dir, rank)
+        self.device, self.world_size, self.echo = device, world_size, echo and rank == 0
+        self.window_loss, self.window_steps = torch.zeros((), device=device), 0
+
+    def should_log(self, step: int, last: bool) -> bool:
+        return self.every.due(step, last)
+
+    def add(self, loss: torch.Tensor) -> None:
+        """One step's mean loss and this worker's share of its tokens."""
+        self.window_loss += loss
+        self.window_steps += 1
+        self.meter.add(self.tokens_per_step // self.world_size)
+
+    def record(self, state: TrainerState, grad_norm: torch.Tensor, lr: float, epoch: float) -> dict[str, Any]:
+        """The log record of this step: loss and gradient norm averaged over ranks (a collective: every rank calls
+        it at the same steps), the loss also over the steps since the last record."""
+        mean = mean_over_ranks(torch.stack([self.window_loss / self.window_steps, grad_norm.float()]))
+        record = {
+            "step": state.step, "time_s": state.train_seconds, "loss": mean[0].item(), "grad_norm": mean[1].item(),
+            "lr": lr, "epoch": epoch, "tokens_seen": state.tokens_seen, **self.meter.read(),
+            "memory_gib": memory_gib(self.device),
+        }
+        self.meter.reset()
+        self.window_loss.zero_()
+        self.window_steps = 0
+        return record
+
+    def restart_clock(self) -> None:
+        """Evaluation and checkpoint time is not training throughput."""
+        self.meter.reset()
+
+    def write(self, state: TrainerState, record: dict[str, Any]) -> None:
+        """Add a record (if any) to the run's history and TensorBoard, and show it."""
+        if not record:
+            return
+        state.history.append(record)
+        self.board.log(record)
+        if self.echo and "loss" in record:
+            eta = state.train_seconds / max(state.step, 1) * (state.total_steps - state.step)
+            say(progress_line(record, state.total_steps, eta))
+        if self.echo and "val_loss" in record:
+            say(eval_line(record))
+
+    def close(self) -> None:
+        self.board.close()

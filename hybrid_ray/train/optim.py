@@ -99,3 +99,10 @@ class LRSchedule:
     @classmethod
     def from_dict(cls, d: dict) -> LRSchedule:
         return cls([Phase(**p) for p in d["phases"]])
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps of the schedule (extensions included)."""
+        return self.to_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.phases = LRSchedule.from_dict(state).phases

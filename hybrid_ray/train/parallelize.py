@@ -1,7 +1,6 @@
-"""Parallelism and precision on a worker: the DDP / FSDP2 choice and wrapping, the bf16 rule, gradient sync.
+"""Parallelism on a worker: the DDP / FSDP2 choice and wrapping, gradient sync, reductions over ranks.
 
-Precision follows one rule (`uses_bf16`): bf16 on GPUs, fp32 on CPUs, unless the spec says otherwise. It sets both
-the autocast around forward passes and, under FSDP2, the `MixedPrecisionPolicy`: bf16 compute parameters with fp32
+Under FSDP2 the bf16 rule (model/precision.py) sets the `MixedPrecisionPolicy`: bf16 compute parameters with fp32
 master weights and fp32 gradient reduction.
 """
 
@@ -13,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from hybrid_ray.model.precision import uses_bf16
 from hybrid_ray.spec import RunSpec
 
 
@@ -34,18 +34,6 @@ def resolve_strategy(strategy: str, device: torch.device) -> str:
     if strategy != "auto":
         return strategy
     return "fsdp" if device.type == "cuda" and in_process_group() else "ddp"
-
-
-def uses_bf16(device: torch.device, precision: str) -> bool:
-    """'auto' precision is bf16 on GPUs and fp32 on CPUs."""
-    return precision == "bf16" or (precision == "auto" and device.type == "cuda")
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast when the bf16 rule applies (fp32 master weights stay in the optimizer), else nothing."""
-    if not uses_bf16(device, precision):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def parallelize(model: nn.Module, spec: RunSpec, device: torch.device) -> nn.Module:
