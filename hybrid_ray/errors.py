@@ -46,3 +46,25 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     """' (did you mean X?)' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The hybrid-ray error inside Ray's wrappers (TrainingFailedError -> worker failure -> cause chain), else the
+    first worker failure or the error itself.
+
+    Ray re-raises a remote error as a class that is both `RayTaskError` and the original class, whose message starts
+    with Ray's traceback header: it is skipped for the original error under it.
+    """
+    try:
+        from ray.exceptions import RayTaskError
+    except ImportError:  # pragma: no cover - Ray is a dependency
+        RayTaskError = ()  # noqa: N806
+    failures = getattr(error, "worker_failures", None)
+    candidates = list(failures.values()) if failures else [error]
+    for candidate in candidates:
+        seen: BaseException | None = candidate
+        while seen is not None:
+            if isinstance(seen, HybridRayError) and not isinstance(seen, RayTaskError):
+                return seen
+            seen = getattr(seen, "cause", None) or seen.__cause__
+    return candidates[0]

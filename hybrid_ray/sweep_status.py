@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from hybrid_ray.errors import HybridRayError, first_line
+from hybrid_ray.errors import HybridRayError, first_line, root_cause
 from hybrid_ray.train import checkpoint as ckpt_lib
 
 FINISHED = "finished"
@@ -35,13 +35,9 @@ def error_line(error: BaseException | None) -> str | None:
     the traceback Ray recorded (`Type: message`)."""
     if error is None:
         return None
-    from ray.exceptions import RayTaskError  # its message starts with Ray's traceback header, its cause is ours
-
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, HybridRayError) and not isinstance(seen, RayTaskError):
-            return first_line(seen)
-        seen = getattr(seen, "cause", None) or seen.__cause__
+    cause = root_cause(error)
+    if isinstance(cause, HybridRayError):
+        return first_line(cause)
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
 

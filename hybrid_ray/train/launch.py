@@ -19,7 +19,7 @@ from typing import Any
 
 from hybrid_ray import cluster, runs, storage, sweep_plan
 from hybrid_ray import data as data_lib
-from hybrid_ray.errors import HybridRayError, SpecError, first_line
+from hybrid_ray.errors import HybridRayError, SpecError, first_line, root_cause
 from hybrid_ray.model import count_params, flops_per_token
 from hybrid_ray.model.build import check_backend
 from hybrid_ray.report import plot_runs, summarize
@@ -62,19 +62,6 @@ def resolve_vocab(spec: RunSpec, dataset: Any) -> RunSpec:
         raise SpecError(f"model.vocab_size {vocab} is smaller than the tokenizer's {dataset.vocab_size} tokens; "
                         "leave it unset (--vocab-size auto) to follow the tokenizer")
     return dataclasses.replace(spec, model=spec.model.with_vocab(vocab))
-
-
-def _root_cause(error: BaseException) -> BaseException:
-    """The user-facing exception inside Ray's wrappers (TrainingFailedError -> worker error -> cause)."""
-    failures = getattr(error, "worker_failures", None)
-    candidates = list(failures.values()) if failures else [error]
-    for candidate in candidates:
-        seen = candidate
-        while seen is not None:
-            if isinstance(seen, HybridRayError):
-                return seen
-            seen = getattr(seen, "cause", None) or seen.__cause__
-    return candidates[0]
 
 
 def _scaling(spec: RunSpec) -> tuple[Any, bool]:
@@ -160,7 +147,7 @@ def share_data(spec: RunSpec, dataset: Any) -> str | None:
 
 
 def _failure(error: BaseException, run_dir: str) -> HybridRayError:
-    cause = _root_cause(error)
+    cause = root_cause(error)
     if isinstance(cause, HybridRayError):
         return cause
     if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
