@@ -138,10 +138,11 @@ def warn_cpu_size(spec: RunSpec) -> None:
                       f"{spec.train.steps} steps) by a rough estimate; --preset tiny is CPU-sized")
 
 
-def share_data(spec: RunSpec, dataset: Any) -> str | None:
-    """On a cluster of several nodes, publish the prepared shards under the run's storage (which every node reaches)
-    so that each node copies them once, instead of re-tokenizing or failing; None on one node."""
-    if dataset.path is None or cluster.node_count() < 2:
+def share_data(spec: RunSpec, dataset: Any, nodes: int | None = None) -> str | None:
+    """On a cluster of several nodes (`nodes`, asked when None), publish the prepared shards under the run's storage
+    (which every node reaches) so that each node copies them once, instead of re-tokenizing or failing; None on one
+    node."""
+    if dataset.path is None or (cluster.node_count() if nodes is None else nodes) < 2:
         return None
     return data_lib.publish(dataset.path, storage.join(spec.storage_path, ".data"))
 
@@ -193,9 +194,10 @@ def train(
     scaling, use_gpu = _scaling(spec)
     if not use_gpu and (address or cluster.address_from_env()):
         warn_cpu_size(spec)  # a local run was warned before Ray started
+    nodes = cluster.node_count()
     if data_origin is None:
-        data_origin = share_data(spec, dataset)
-    kernel_store = (kernel_cache or spec.storage_path) if cluster.node_count() >= 2 else None
+        data_origin = share_data(spec, dataset, nodes)
+    kernel_store = (kernel_cache or spec.storage_path) if nodes >= 2 else None
     if progress:
         print(f"training {spec.name} on {where}: {spec.scale.num_workers} worker(s), "
               f"{'GPU' if use_gpu else 'CPU'}, {count_params(spec.model)['total'] / 1e6:.1f}M parameters", flush=True)
