@@ -75,6 +75,14 @@ class RayNode:
         self._seen.update(found)
         return list(found.values())
 
+    def wait_until_gone(self, *titles: str, timeout: float = 120) -> None:
+        """Wait until no process of this node runs under a title that starts with one of `titles` (Ray renames its
+        workers `ray::<actor class>...`): e.g. until the actors of a killed driver's job have ended."""
+        deadline = time.time() + timeout
+        while busy := [p for p in self.processes() if _title(p).startswith(titles)]:
+            assert time.time() < deadline, f"still running: {[_title(p) for p in busy]}"
+            time.sleep(0.2)
+
     def _known(self) -> list[psutil.Process]:
         return list(self._seen.values())
 
@@ -101,6 +109,13 @@ def _alive(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def _title(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline()) if _alive(proc) else ""
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return ""
 
 
 def _signal(proc: psutil.Process, sig: int) -> None:
