@@ -81,10 +81,21 @@ def ray_session():
     shutil.rmtree(temp, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_head(tmp_path_factory):
-    """A `ray start --head` (127.0.0.1, dashboard, token authentication) for a user whose home the test made;
-    stopped by pid at the end of the module, with nothing left behind."""
+    """A `ray start --head` (127.0.0.1, dashboard, token authentication) for a user whose home the test made, shared
+    by every test of the session that only needs a head to talk to (each head costs seconds to start and to stop);
+    stopped by pid at the end of the session, with nothing left behind."""
+    yield from _head(tmp_path_factory)
+
+
+@pytest.fixture()
+def fresh_head(tmp_path_factory):
+    """A head of this test's own, as `ray_head` but just started (for what a head does in its first seconds)."""
+    yield from _head(tmp_path_factory)
+
+
+def _head(tmp_path_factory):
     from ray_procs import start_head
 
     node = start_head(tmp_path_factory.mktemp("home"))

@@ -75,24 +75,28 @@ class RayNode:
         self._seen.update(found)
         return list(found.values())
 
+    def wait_until_gone(self, *titles: str, timeout: float = 120) -> None:
+        """Wait until no process of this node runs under a title that starts with one of `titles` (Ray renames its
+        workers `ray::<actor class>...`): e.g. until the actors of a killed driver's job have ended."""
+        deadline = time.time() + timeout
+        while busy := [p for p in self.processes() if _title(p).startswith(titles)]:
+            assert time.time() < deadline, f"still running: {[_title(p) for p in busy]}"
+            time.sleep(0.2)
+
     def _known(self) -> list[psutil.Process]:
         return list(self._seen.values())
 
     def stop(self) -> None:
         """End every process of the node (frozen first, so that none starts another meanwhile), then remove its temp
-        folder."""
+        folder. Killed outright: a test's node has nothing to save, and a graceful Ray shutdown takes seconds."""
         procs: dict[int, psutil.Process] = {}
         while new := [p for p in self.processes() if p.pid not in procs]:
             for proc in new:
                 _signal(proc, signal.SIGSTOP)
                 procs[proc.pid] = proc
         for proc in procs.values():
-            _signal(proc, signal.SIGTERM)
-            _signal(proc, signal.SIGCONT)
-        _, alive = psutil.wait_procs(list(procs.values()), timeout=5)
-        for proc in alive:
             _signal(proc, signal.SIGKILL)
-        psutil.wait_procs(alive, timeout=10)
+        psutil.wait_procs(list(procs.values()), timeout=10)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
@@ -101,6 +105,13 @@ def _alive(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def _title(proc: psutil.Process) -> str:
+    try:
+        return " ".join(proc.cmdline()) if _alive(proc) else ""
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return ""
 
 
 def _signal(proc: psutil.Process, sig: int) -> None:

@@ -1,6 +1,6 @@
-"""`hybrid-ray submit` against a real head that this module starts (conftest's module-scoped `ray_head`): the first test
-submits as soon as `ray start --head` has returned and the dashboard answers (the job agent may not be up yet); the
-others reuse the head. What the job's working_dir holds on the cluster is exactly what --dry-run lists; a job file's
+"""`hybrid-ray submit` against real heads (conftest's): the first test submits to a head of its own as soon as
+`ray start --head` has returned and the dashboard answers (the job agent may not be up yet); the others use the
+session's `ray_head`. What the job's working_dir holds on the cluster is exactly what --dry-run lists; a job file's
 env_vars reach the job; a job whose `python` lacks the project's packages names that python; the console shows only
 hybrid-ray's lines. Without a head: a wrong forwarded command fails before anything is uploaded, and --dry-run with
 --fla shows the clone's commit and counts its files."""
@@ -25,8 +25,8 @@ LISTER = ("import json, os; print('WORKING_DIR', json.dumps(sorted(os.path.relpa
 
 
 @pytest.mark.slow
-def test_submit_right_after_the_head_starts_succeeds_and_shows_only_its_own_lines(ray_head):
-    result = hybrid_ray("submit", "--address", ray_head.dashboard, "--", "verify", env=ray_head.env, cwd=str(ROOT))
+def test_submit_right_after_the_head_starts_succeeds_and_shows_only_its_own_lines(fresh_head):
+    result = hybrid_ray("submit", "--address", fresh_head.dashboard, "--", "verify", env=fresh_head.env, cwd=str(ROOT))
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
     assert "No available agent" not in out and "python -m hybrid_ray verify" in out

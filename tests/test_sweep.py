@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from ray_procs import HYBRID_RAY, start_head
@@ -104,43 +105,54 @@ def wait_for_second_trial(proc: subprocess.Popen, trials) -> None:
         time.sleep(0.5)
 
 
-@pytest.mark.slow
-def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(tmp_path):
-    head = start_head(tmp_path / "home", num_cpus=2)
-    try:
-        args = [HYBRID_RAY, "sweep", "--grid", "lr=2e-3,1e-3", "--scheduler", "fifo",
-                "--steps", "40", "--eval-every", "20", "--checkpoint-every", "10", "--max-documents", "400",
-                "--eval-tokens", "4096", "--storage-path", str(tmp_path), "--name", "killed", "--address", head.address]
-        trials = tmp_path / "killed" / "trials"
-        proc = subprocess.Popen(args, env=head.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        wait_for_second_trial(proc, trials)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
-        finished = trials / "lr0.002-s0" / "results.json"
-        before = finished.read_bytes()
-        assert json.loads(before)["status"] == "finished"
-        time.sleep(5)  # the cluster notices the dead driver and frees its trials
-        again = subprocess.run(args, env=head.env, capture_output=True, text=True, timeout=600)
-        assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
-        assert "resuming killed" in again.stdout
-        assert finished.read_bytes() == before  # not rerun
-        resumed = json.loads((trials / "lr0.001-s0" / "results.json").read_text())
-        assert resumed["status"] == "finished" and resumed["resumed_at"] and resumed["resumed_at"][0] >= 10
-        assert [r["step"] for r in resumed["history"] if "loss" in r] == list(range(10, 41, 10))  # no gap, no repeat
-    finally:
-        head.stop()
-
-
-@pytest.mark.slow
-def test_ctrl_c_interrupts_a_sweep_a_relaunch_resumes_it_and_a_full_disk_fails_one_trial(tmp_path):
-    """Through the CLI at its defaults (concurrency, --keep), on a 2-CPU head: Ctrl-C says interrupted, prints the
-    relaunch command and exits 130; the relaunch resumes; a trial whose checkpoint hits ENOSPC fails alone."""
-    from pathlib import Path
-
-    plan = tmp_path / "enospc"
-    head = start_head(tmp_path / "home", num_cpus=2, extra_env={
+@pytest.fixture(scope="module")
+def sweep_head(tmp_path_factory):
+    """One 2-CPU head for the sweeps run through the CLI (a killed or interrupted driver leaves it running): every
+    process of it imports tests/faults first, which fails one checkpoint write when the file `head.enospc` names
+    holds `<trial> <step>` (no file: no fault)."""
+    home = tmp_path_factory.mktemp("home")
+    plan = home / "enospc"
+    head = start_head(home, num_cpus=2, extra_env={
         "PYTHONPATH": f"{Path(__file__).parent / 'faults'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
         "HYBRID_RAY_TEST_ENOSPC": str(plan)})
+    head.enospc = plan
+    yield head
+    head.stop()
+
+
+# the actors of a sweep's trials, as Ray names their processes
+TRIAL_PROCESSES = ("ray::ImplicitFunc", "ray::TrainController", "ray::RayTrainWorker")
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(sweep_head, tmp_path):
+    head = sweep_head
+    args = [HYBRID_RAY, "sweep", "--grid", "lr=2e-3,1e-3", "--scheduler", "fifo",
+            "--steps", "40", "--eval-every", "20", "--checkpoint-every", "10", "--max-documents", "400",
+            "--eval-tokens", "4096", "--storage-path", str(tmp_path), "--name", "killed", "--address", head.address]
+    trials = tmp_path / "killed" / "trials"
+    proc = subprocess.Popen(args, env=head.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_second_trial(proc, trials)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    finished = trials / "lr0.002-s0" / "results.json"
+    before = finished.read_bytes()
+    assert json.loads(before)["status"] == "finished"
+    head.wait_until_gone(*TRIAL_PROCESSES)  # the cluster notices the dead driver and frees its trials
+    again = subprocess.run(args, env=head.env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert "resuming killed" in again.stdout
+    assert finished.read_bytes() == before  # not rerun
+    resumed = json.loads((trials / "lr0.001-s0" / "results.json").read_text())
+    assert resumed["status"] == "finished" and resumed["resumed_at"] and resumed["resumed_at"][0] >= 10
+    assert [r["step"] for r in resumed["history"] if "loss" in r] == list(range(10, 41, 10))  # no gap, no repeat
+
+
+@pytest.mark.slow
+def test_ctrl_c_interrupts_a_sweep_a_relaunch_resumes_it_and_a_full_disk_fails_one_trial(sweep_head, tmp_path):
+    """Through the CLI at its defaults (concurrency, --keep), on a 2-CPU head: Ctrl-C says interrupted, prints the
+    relaunch command and exits 130; the relaunch resumes; a trial whose checkpoint hits ENOSPC fails alone."""
+    head, plan = sweep_head, sweep_head.enospc
     try:
         args = [HYBRID_RAY, "sweep", "--grid", "lr=2e-3,1e-3,5e-4", "--scheduler", "fifo", "--steps", "40",
                 "--eval-every", "20", "--checkpoint-every", "10", "--max-documents", "400", "--eval-tokens", "4096",
@@ -194,7 +206,7 @@ def test_ctrl_c_interrupts_a_sweep_a_relaunch_resumes_it_and_a_full_disk_fails_o
 
         assert ckpt.latest(str(trials / "lr0.0005-s0")) == str(kept)
     finally:
-        head.stop()
+        plan.unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize("args, fragment", [
