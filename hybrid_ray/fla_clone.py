@@ -69,7 +69,7 @@ class FlaClone:
 
     def describe(self) -> str:
         state = " (dirty)" if self.dirty else " (clean)" if self.dirty is False else ""
-        return f"{self.root} @ {(self.commit or 'no git commit')[:12]}{state}"
+        return f"{self.root} @ {self.commit[:12] if self.commit else 'no git commit'}{state}"
 
     def runtime_env(self, files: Iterable[str]) -> dict[str, Any]:
         """The runtime_env pieces that ship this clone when `files` (relative to `package`) of its package are
