@@ -65,10 +65,10 @@ def warm_device(spec: RunSpec, device: torch.device, say: Callable[[str], None] 
     each timed, with the cache entries it added."""
     from hybrid_ray.generate import SamplingOptions, decode
     from hybrid_ray.model import build_model
+    from hybrid_ray.model.precision import autocast
     from hybrid_ray.train.evaluate import evaluate
     from hybrid_ray.train.loop import setup_model, train_step
     from hybrid_ray.train.optim import build_optimizer
-    from hybrid_ray.model.precision import autocast
     from hybrid_ray.train.parallelize import single_process_group
 
     spec = spec.with_overrides({"scale.backend": "fla"})

@@ -5,7 +5,7 @@ import pytest
 from hybrid_ray.errors import EnvironmentProblem, SpecError
 from hybrid_ray.model import build_model
 from hybrid_ray.model.fla import build_fla_model, fla_available
-from hybrid_ray.model.speed import apply_kernel_options, causal_conv1d_installed, resolve_conv_backend
+from hybrid_ray.model.speed import apply_kernel_options, causal_conv1d_installed, kernel_choices, resolve_conv_backend
 from hybrid_ray.spec import ModelSpec, TrainSpec
 
 TINY = ModelSpec(hidden_size=64, num_layers=2, num_heads=2, head_dim=16, attn_layers=[1], attn_num_heads=2,
@@ -27,7 +27,7 @@ def convs(model):
 def test_triton_convolution_and_fused_linear_loss_are_set_on_every_layer():
     model = fla_model()
     chosen = apply_kernel_options(model, "triton", "fused-linear")
-    assert chosen == {"conv_backend": "triton", "loss_kernel": "fused-linear"}
+    assert chosen == {"conv_backend": "triton", "loss_kernel": "fused-linear"} == kernel_choices(model)
     assert len(convs(model)) == 3  # q, k, v of the one Gated DeltaNet layer
     assert {m.backend for m in convs(model)} == {"triton"}
     assert model.config.fuse_linear_cross_entropy and not model.config.fuse_cross_entropy
@@ -47,7 +47,8 @@ def test_cuda_convolution_without_causal_conv1d_is_one_clear_error():
 
 
 def test_the_pytorch_twin_has_no_kernels_to_choose():
-    assert apply_kernel_options(build_model(TINY, "torch"), "cuda", "fused-linear") == {}
+    twin = build_model(TINY, "torch")
+    assert apply_kernel_options(twin, "cuda", "fused-linear") == {} == kernel_choices(twin)
 
 
 def test_unknown_choices_are_spec_errors():

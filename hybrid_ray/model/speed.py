@@ -10,6 +10,8 @@ import importlib.util
 
 import torch.nn as nn
 
+from hybrid_ray.errors import EnvironmentProblem
+
 
 def causal_conv1d_installed() -> bool:
     """The causal-conv1d package (CUDA kernels, a source build) is importable."""
@@ -23,6 +25,19 @@ def resolve_conv_backend(choice: str) -> str:
     return "cuda" if causal_conv1d_installed() else "triton"
 
 
+def _convolutions(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if type(m).__name__ == "ShortConvolution"]
+
+
+def kernel_choices(model: nn.Module) -> dict[str, str]:
+    """The convolution backend and loss kernel an FLA model runs with, read from the model ({} on the twin)."""
+    if getattr(model, "hybrid_backend", None) != "fla":
+        return {}
+    convs = _convolutions(model)
+    loss = "fused-linear" if model.config.fuse_linear_cross_entropy else "fused"
+    return {**({"conv_backend": convs[0].backend} if convs else {}), "loss_kernel": loss}
+
+
 def apply_kernel_options(model: nn.Module, conv_backend: str = "auto", loss_kernel: str = "fused") -> dict[str, str]:
     """Set the convolution backend of every FLA ShortConvolution and the loss kernel; returns what was chosen.
 
@@ -32,14 +47,11 @@ def apply_kernel_options(model: nn.Module, conv_backend: str = "auto", loss_kern
         return {}
     backend = resolve_conv_backend(conv_backend)
     if backend == "cuda" and not causal_conv1d_installed():
-        from hybrid_ray.errors import EnvironmentProblem
-
         raise EnvironmentProblem("train.conv_backend cuda needs the causal-conv1d package "
                                  "(pip install causal-conv1d --no-build-isolation, a CUDA build)")
-    for module in model.modules():
-        if type(module).__name__ == "ShortConvolution":
-            module.backend = backend
+    for module in _convolutions(model):
+        module.backend = backend
     # FLA picks the loss per forward from its config: fused-linear chunks lm_head + cross-entropy (no full logits)
     model.config.fuse_linear_cross_entropy = loss_kernel == "fused-linear"
     model.config.fuse_cross_entropy = loss_kernel == "fused"
-    return {"conv_backend": backend, "loss_kernel": loss_kernel}
+    return kernel_choices(model)

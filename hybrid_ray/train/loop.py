@@ -20,11 +20,11 @@ import torch.nn as nn
 from hybrid_ray import data as data_lib
 from hybrid_ray import kernels, storage
 from hybrid_ray.env import runtime_versions
-from hybrid_ray.model.speed import resolve_conv_backend
 from hybrid_ray.errors import first_line
 from hybrid_ray.model import build_model, unwrap
 from hybrid_ray.model.build import resolve_backend
 from hybrid_ray.model.precision import autocast
+from hybrid_ray.model.speed import kernel_choices
 from hybrid_ray.ray_compat import quiet_report_logs
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train.cadence import report_due
@@ -182,9 +182,7 @@ def _start(state: TrainerState, schedule: LRSchedule, spec: RunSpec, launch: Lau
     """Record this launch's environment, apply --extend-steps, say where training starts; returns the step this
     launch stops at."""
     state.env = {**runtime_versions(worker.device, unwrap(model).hybrid_backend),
-                 "strategy": resolve_strategy(spec.scale.strategy, worker.device)}
-    if worker.fla:
-        state.env.update(conv_backend=resolve_conv_backend(spec.train.conv_backend), loss_kernel=spec.train.loss_kernel)
+                 "strategy": resolve_strategy(spec.scale.strategy, worker.device), **kernel_choices(unwrap(model))}
     if launch.extend_steps:
         schedule.extend(state.step, state.total_steps + launch.extend_steps, spec.optim)
         state.total_steps = schedule.total_steps

@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from hybrid_ray.model.precision import uses_bf16
+from hybrid_ray.model.speed import apply_kernel_options
 from hybrid_ray.spec import RunSpec
 
 
@@ -38,8 +39,6 @@ def resolve_strategy(strategy: str, device: torch.device) -> str:
 
 def parallelize(model: nn.Module, spec: RunSpec, device: torch.device) -> nn.Module:
     """Pick FLA's kernels, optionally compile each block, then wrap for FSDP2 or DDP (a single process stays unwrapped)."""
-    from hybrid_ray.model.speed import apply_kernel_options
-
     apply_kernel_options(model, spec.train.conv_backend, spec.train.loss_kernel)
     if spec.train.compile:
         # FLA's chunk kernels are excluded from compilation, so compile per block: the glue around them fuses
