@@ -140,3 +140,16 @@ def test_a_divergence_stops_at_its_first_bad_step_and_records_it(tmp_path):
     divergence.track(3, torch.tensor(1.0), torch.tensor(float("inf")))
     assert divergence.stop(schedule)
     assert json.loads((tmp_path / "run" / DIVERGED_FILE).read_text()) == {"step": 2, "lr": schedule.lr_at(1)}
+
+
+def test_a_launchs_compiling_first_step_is_not_throughput(capsys):
+    logger = MetricsLogger(SPEC, CPU, rank=0, world_size=1, tensorboard_dir=None, echo=True)
+    state = TrainerState(step=1, total_steps=10, tokens_seen=logger.tokens_per_step)
+    logger.add(torch.tensor(2.0), timed=False)  # the loop's first step of a launch: its clock restarted after it
+    record = logger.record(state, torch.tensor(0.5), lr=1e-3, epoch=0.0)
+    assert record["loss"] == 2.0 and not {"tokens_per_s", "tokens_per_s_per_worker", "mfu"} & record.keys()
+    logger.write(state, record)
+    assert "tok/s" not in capsys.readouterr().out  # a window of only that step shows no rate rather than a wrong one
+    logger.add(torch.tensor(1.0))
+    assert logger.record(state, torch.tensor(0.5), lr=1e-3, epoch=0.0)["tokens_per_s"] > 0
+    logger.close()

@@ -235,12 +235,14 @@ def train_loop_per_worker(config: dict) -> None:
         started = time.perf_counter()
         lr = schedule.lr_at(state.step)
         loss, grad_norm = train_step(model, optimizer, loader.next_step(), lr, spec, device)
-        if state.step == first_step:
+        compiled = state.step == first_step  # its time is compile time: neither training time nor throughput
+        if compiled:
             started = worker.first_step_done(state, started)
+            metrics.restart_clock()
         state.step += 1
         state.tokens_seen += metrics.tokens_per_step
         divergence.track(state.step, loss, grad_norm)
-        metrics.add(loss)
+        metrics.add(loss, timed=not compiled)
         last = state.step == stop_at
         logging, evaluating = metrics.should_log(state.step, last), evaluator.should_evaluate(state.step, last)
         saving = checkpointer.should_save(state.step, last)

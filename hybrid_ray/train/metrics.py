@@ -36,9 +36,12 @@ class Throughput:
         self.tokens += tokens
 
     def read(self) -> dict[str, float]:
-        """Per-worker and total tokens/s and MFU; synchronises the GPU so the clock is honest."""
+        """Per-worker and total tokens/s and MFU (none when no step was timed); synchronises the GPU so the clock is
+        honest."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # a CPU-GPU sync point: only at log intervals
+        if not self.tokens:
+            return {}
         seconds = max(time.perf_counter() - self.start, 1e-9)
         per_worker = self.tokens / seconds
         out = {"tokens_per_s": per_worker * self.world_size, "tokens_per_s_per_worker": per_worker}
@@ -71,7 +74,8 @@ def _duration(seconds: float) -> str:
 def progress_line(record: dict, total_steps: int, eta_s: float | None) -> str:
     parts = [f"step {record['step']}/{total_steps}", f"loss {record['loss']:.4f}", f"lr {record['lr']:.2e}"]
     parts.append(f"gnorm {record['grad_norm']:.2f}")
-    parts.append(f"{_si(record['tokens_per_s'])} tok/s ({_si(record['tokens_per_s_per_worker'])}/worker)")
+    if "tokens_per_s" in record:
+        parts.append(f"{_si(record['tokens_per_s'])} tok/s ({_si(record['tokens_per_s_per_worker'])}/worker)")
     if "mfu" in record:
         parts.append(f"MFU {record['mfu'] * 100:.1f}%")
     parts.append(f"mem {record['memory_gib']:.1f} GiB")
@@ -135,11 +139,12 @@ class MetricsLogger:
     def should_log(self, step: int, last: bool) -> bool:
         return self.every.due(step, last)
 
-    def add(self, loss: torch.Tensor) -> None:
-        """One step's mean loss and this worker's share of its tokens."""
+    def add(self, loss: torch.Tensor, timed: bool = True) -> None:
+        """One step's mean loss and, when it counts as throughput (`timed`), this worker's share of its tokens."""
         self.window_loss += loss
         self.window_steps += 1
-        self.meter.add(self.tokens_per_step // self.world_size)
+        if timed:
+            self.meter.add(self.tokens_per_step // self.world_size)
 
     def record(self, state: TrainerState, grad_norm: torch.Tensor, lr: float, epoch: float) -> dict[str, Any]:
         """The log record of this step: loss and gradient norm averaged over ranks (a collective: every rank calls
