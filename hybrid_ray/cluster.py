@@ -45,6 +45,22 @@ def reachable(address: str, timeout: float = 5.0) -> None:
         raise ClusterError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from e
 
 
+def authenticate(address: str) -> None:
+    """One call to the GCS at `address` (host:port) with this machine's token: a refused token raises Ray's
+    AuthenticationError at once, where ray.init retries it for ~20 s. Any other failure is left to ray.init."""
+    if "://" in address:
+        return  # a Ray Client address: its server authenticates
+    from ray._raylet import GcsClient
+    from ray.exceptions import AuthenticationError
+
+    try:
+        GcsClient(address=address)
+    except AuthenticationError:
+        raise
+    except Exception:
+        return
+
+
 def free_port() -> int:
     """A TCP port of 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
@@ -101,6 +117,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
         ray_compat.use_token_if_available()
         with _stderr_captured() as captured:  # Ray's C++ client repeats each failed attempt on stderr for ~20 s
             try:
+                authenticate(address)
                 context = ray.init(address=address, **kwargs)
             except Exception as e:  # ConnectionError, AuthenticationError, RuntimeError, ... (one line either way)
                 raise ClusterError(f"cannot connect to the Ray cluster at {address}: "
