@@ -24,6 +24,7 @@ _session: dict[str, str | None] = {}
 # The GCS address of the local Ray this process tree started itself (start_local): $RAY_ADDRESS then names it for
 # Ray's own subprocesses, but it is not a cluster the user chose.
 OWN_CLUSTER = "HYBRID_RAY_OWN_CLUSTER"
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # Ray Train 2.60 passes it from the driver to its controller
 GCS_PORT = "RAY_GCS_SERVER_PORT"  # read by Ray 2.60's head node when it starts its GCS (ray/_private/node.py)
 
 
@@ -80,11 +81,18 @@ def start_local(*, num_cpus: int | None = None, dashboard: bool = True, **init_k
     previous = os.environ.get("RAY_ADDRESS")
     api = os.environ.pop("RAY_API_SERVER_ADDRESS", None)  # would override $RAY_ADDRESS in Ray's own processes
     os.environ.update({"RAY_ADDRESS": gcs, OWN_CLUSTER: gcs, GCS_PORT: str(port)})
+    # one node that lives and dies with this process: Ray Train's preemption watcher, an actor process per run that
+    # watches for nodes about to be preempted, has nothing to watch (a user's own setting wins)
+    watcher_set = PREEMPTION_WATCHER not in os.environ
+    if watcher_set:
+        os.environ[PREEMPTION_WATCHER] = "0"
     try:
         return ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                         **init_kwargs)
     except BaseException:
         os.environ.pop(OWN_CLUSTER, None)
+        if watcher_set:
+            os.environ.pop(PREEMPTION_WATCHER, None)
         if previous is None:
             os.environ.pop("RAY_ADDRESS", None)
         else:

@@ -95,6 +95,12 @@ def test_seeds_differ_and_the_same_seed_repeats_exactly(ray_session, tmp_path, c
     assert [r["name"] for r in rows] == ["lr0.002-s0", "lr0.002-s1"]
     assert main(["compare", str(tmp_path / "fifo-a" / "trials"), "--out", str(tmp_path / "cmp2")]) == 0
     assert capsys.readouterr().out.splitlines()[1].split()[1] == "lr0.002"
+    # on a local Ray (one node, gone with its driver) no trial started Ray Train's preemption watcher, an actor process
+    # per run with nothing to watch
+    from ray.util.state import list_actors
+
+    assert list_actors(filters=[("class_name", "=", "TrainController")])
+    assert not list_actors(filters=[("class_name", "=", "PreemptionWatcher")])
 
 
 def wait_for_second_trial(proc: subprocess.Popen, trials) -> None:
