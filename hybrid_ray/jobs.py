@@ -305,7 +305,7 @@ def follow(client: Any, job_id: str, echo: Any = print, *, ray_info: bool = True
         pass
     deadline = time.time() + 30
     while not (status := client.get_job_status(job_id)).is_terminal() and time.time() < deadline:
-        time.sleep(1)
+        time.sleep(0.25)  # the end of the log stream and the final status are moments apart
     return str(status.value if hasattr(status, "value") else status)
 
 
@@ -343,5 +343,5 @@ def stop(job_id: str, address: str | None = None) -> str:
     _with_agent(lambda: client.stop_job(job_id), dashboard_address(address), print)
     deadline = time.time() + 60
     while not (state := client.get_job_status(job_id)).is_terminal() and time.time() < deadline:
-        time.sleep(1)
+        time.sleep(0.25)
     return str(state.value)

@@ -178,7 +178,7 @@ def _wait_for_dashboard(node: RayNode, timeout: float = 120) -> None:
         except urllib.error.HTTPError:  # it answers (401 without the token): it is up
             return
         except OSError:
-            time.sleep(1)
+            time.sleep(0.25)
     node.stop()
     raise RuntimeError(f"the dashboard at {node.dashboard} did not come up")
 
