@@ -39,6 +39,31 @@ def small_spec(storage, name, **overrides):
     })
 
 
+REFERENCE = {"train.steps": 20, "optim.warmup_steps": 5}  # warms up, then decays to the floor by step 20
+
+
+@pytest.fixture(scope="module")
+def reference_run(ray_session, tmp_path_factory):
+    """The 20-step run that the resume, broken-checkpoint and extension tests compare against, trained once (each Ray
+    Train launch costs seconds however short the run); a test that changes the run works on `copy_run`."""
+    return train(small_spec(tmp_path_factory.mktemp("reference"), "reference", **REFERENCE), progress=False)
+
+
+@pytest.fixture(scope="module")
+def one_worker_run(ray_session, tmp_path_factory):
+    """A finished 10-step run on one worker, trained once for the planted-checkpoint tests (each plants into a copy)."""
+    spec = small_spec(tmp_path_factory.mktemp("one-worker"), "planted", **{"train.steps": 10, "scale.num_workers": 1})
+    return train(spec, progress=False)
+
+
+def copy_run(outcome, storage):
+    """A copy of a finished run's folder under another storage path, by the same name (spec.yaml pins the name; Ray's
+    run snapshot names the checkpoints relative to the run folder): relaunched there, it continues as the original
+    would, and the original stays untouched for the other tests."""
+    run_dir = Path(outcome.run_dir)
+    return Path(shutil.copytree(run_dir, storage / run_dir.name))
+
+
 def losses(results):
     return [(r["step"], r["loss"]) for r in results["history"] if "loss" in r]
 
@@ -102,12 +127,12 @@ def test_trained_model_generates_and_loads_in_fla(default_run, capsys, fla_inter
     assert tokenizer.decode(list("wörld".encode())) == "wörld"
 
 
-def test_resume_is_exact(ray_session, tmp_path):
-    straight = train(small_spec(tmp_path, "straight", **{"train.steps": 20}), progress=False)
-    first = train(small_spec(tmp_path, "resumed", **{"train.steps": 20}), until_step=10, progress=False)
+def test_resume_is_exact(reference_run, tmp_path):
+    straight = reference_run
+    first = train(small_spec(tmp_path, "resumed", **REFERENCE), until_step=10, progress=False)
     assert first.results["status"] == "stopped" and first.results["step"] == 10
     (tmp_path / "resumed" / "results.json").unlink()  # what a launch interrupted after its checkpoint leaves
-    second = train(small_spec(tmp_path, "resumed", **{"train.steps": 20}), progress=False)
+    second = train(small_spec(tmp_path, "resumed", **REFERENCE), progress=False)
     assert second.results["status"] == "finished" and second.results["launches"] == 2  # the interrupted one counts
     assert losses(second.results) == losses(straight.results)
     assert [s for s, _ in losses(straight.results)] == list(range(1, 21))
@@ -136,9 +161,9 @@ def test_fsdp_trains_like_ddp_and_resumes_exactly(ray_session, tmp_path):
     assert state.stat().st_size > 0  # the full (unsharded) model folder is written under FSDP2 too
 
 
-def test_extend_continues_without_an_lr_jump(ray_session, tmp_path):
-    spec = small_spec(tmp_path, "extend", **{"train.steps": 20, "optim.warmup_steps": 5})
-    done = train(spec, progress=False)
+def test_extend_continues_without_an_lr_jump(reference_run, tmp_path):
+    done = reference_run
+    spec = small_spec(tmp_path, copy_run(done, tmp_path).name, **REFERENCE)
     floor = spec.optim.lr * spec.optim.min_lr_ratio
     with pytest.warns(UserWarning, match="--until-step 25 is past the run's last step \\(20\\)"):
         train(spec, until_step=25, progress=False)
@@ -192,29 +217,29 @@ def test_a_diverging_run_stops_at_the_step_and_keeps_earlier_checkpoints(ray_ses
         assert all(torch.isfinite(w).all() for w in weights.values())
 
 
-def test_a_broken_newest_checkpoint_is_skipped_with_a_warning(ray_session, tmp_path, recwarn):
-    spec = small_spec(tmp_path, "broken", **{"train.steps": 20})
-    done = train(spec, progress=False)
-    newest = tmp_path / "broken" / "checkpoint_00000020"
+def test_a_broken_newest_checkpoint_is_skipped_with_a_warning(reference_run, tmp_path, recwarn):
+    done = reference_run
+    run_dir = copy_run(done, tmp_path)
+    spec = small_spec(tmp_path, run_dir.name, **REFERENCE)
+    newest = run_dir / "checkpoint_00000020"
     for file in newest.iterdir():
         file.write_bytes(b"")  # what a full disk leaves behind
     again = train(spec, progress=False)  # relaunched unchanged: continues from step 10, the newest good checkpoint
     assert any("checkpoint_00000020" in str(w.message) and "older checkpoint" in str(w.message) for w in recwarn)
     assert again.results["step"] == 20 and again.results["launches"] == 2
     assert losses(again.results) == losses(done.results)  # resumed exactly from step 10, not from scratch
-    assert (tmp_path / "broken" / "checkpoint_00000020-1").is_dir()  # the broken folder was not written into
+    assert (run_dir / "checkpoint_00000020-1").is_dir()  # the broken folder was not written into
     assert newest.is_dir() and (newest / "model.safetensors").stat().st_size == 0
 
 
 @pytest.mark.parametrize("planted", ["optimizer.pt", "rng_rank0.pt"])
-def test_a_planted_pickle_in_a_checkpoint_is_refused_and_never_runs(ray_session, tmp_path, capsys, planted):
+def test_a_planted_pickle_in_a_checkpoint_is_refused_and_never_runs(one_worker_run, tmp_path, capsys, planted):
     """Someone who can write the run folder replaces a checkpoint file (and fixes the manifest to match)."""
     from hybrid_ray.storage import crc32
 
-    spec = small_spec(tmp_path, "planted", **{"train.steps": 10, "scale.num_workers": 1})
-    train(spec, progress=False)
+    run_dir = copy_run(one_worker_run, tmp_path)
     marker = tmp_path / "pwned"
-    folder = tmp_path / "planted" / "checkpoint_00000010"
+    folder = run_dir / "checkpoint_00000010"
 
     class Exploit:
         def __reduce__(self):
@@ -224,7 +249,7 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_and_never_runs(ray_session,
     manifest = json.loads((folder / "manifest_rank0.json").read_text())
     manifest["files"][planted] = {"bytes": (folder / planted).stat().st_size, "crc32": crc32(folder / planted)}
     (folder / "manifest_rank0.json").write_text(json.dumps(manifest))
-    rc = main(["train", "--config", str(tmp_path / "planted" / "spec.yaml"), "--extend-steps", "5"])
+    rc = main(["train", "--config", str(run_dir / "spec.yaml"), "--storage-path", str(tmp_path), "--extend-steps", "5"])
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("error: ")]
     assert rc != 0 and len(lines) == 1 and f"refusing to load {folder / planted}" in lines[0], err
