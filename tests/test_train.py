@@ -51,8 +51,10 @@ def reference_run(ray_session, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def one_worker_run(ray_session, tmp_path_factory):
-    """A finished 10-step run on one worker, trained once for the planted-checkpoint tests (each plants into a copy)."""
-    spec = small_spec(tmp_path_factory.mktemp("one-worker"), "planted", **{"train.steps": 10, "scale.num_workers": 1})
+    """A finished 10-step DDP run on one worker, trained once: the FSDP test's reference, and the run the
+    planted-checkpoint tests plant into (each into a copy)."""
+    spec = small_spec(tmp_path_factory.mktemp("one-worker"), "one-worker",
+                      **{"train.steps": 10, "scale.strategy": "ddp", "scale.num_workers": 1})
     return train(spec, progress=False)
 
 
@@ -140,11 +142,10 @@ def test_resume_is_exact(reference_run, tmp_path):
     assert [(r["step"], r["val_loss"]) for r in second.results["history"] if "val_loss" in r] == evals
 
 
-def test_fsdp_trains_like_ddp_and_resumes_exactly(ray_session, tmp_path):
+def test_fsdp_trains_like_ddp_and_resumes_exactly(one_worker_run, tmp_path):
     """FSDP2 (the GPU default) on 2 gloo workers: the losses of DDP on one worker (the loader and the validation
     blocks do not depend on the world size), and a resume that continues exactly."""
-    ddp = train(small_spec(tmp_path, "ddp", **{"train.steps": 10, "scale.strategy": "ddp", "scale.num_workers": 1}),
-                progress=False)
+    ddp = one_worker_run
     fsdp = small_spec(tmp_path, "fsdp", **{"train.steps": 10, "scale.strategy": "fsdp", "train.checkpoint_every": 5})
     straight = train(fsdp, progress=False)
     assert straight.results["versions"]["strategy"] == "fsdp" and ddp.results["versions"]["strategy"] == "ddp"
