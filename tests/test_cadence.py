@@ -3,6 +3,7 @@ sample and full split, the checkpointer's components, and the divergence stop.""
 
 import json
 import shutil
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -145,7 +146,9 @@ def test_a_divergence_stops_at_its_first_bad_step_and_records_it(tmp_path):
 def test_a_launchs_compiling_first_step_is_not_throughput(capsys):
     logger = MetricsLogger(SPEC, CPU, rank=0, world_size=1, tensorboard_dir=None, echo=True)
     state = TrainerState(step=1, total_steps=10, tokens_seen=logger.tokens_per_step)
-    logger.add(torch.tensor(2.0), timed=False)  # the loop's first step of a launch: its clock restarted after it
+    before = time.perf_counter()
+    logger.add(torch.tensor(2.0), timed=False)  # the loop's first step of a launch: the clock restarts after it
+    assert logger.meter.start >= before and logger.meter.tokens == 0
     record = logger.record(state, torch.tensor(0.5), lr=1e-3, epoch=0.0)
     assert record["loss"] == 2.0 and not {"tokens_per_s", "tokens_per_s_per_worker", "mfu"} & record.keys()
     logger.write(state, record)

@@ -238,7 +238,6 @@ def train_loop_per_worker(config: dict) -> None:
         compiled = state.step == first_step  # its time is compile time: neither training time nor throughput
         if compiled:
             started = worker.first_step_done(state, started)
-            metrics.restart_clock()
         state.step += 1
         state.tokens_seen += metrics.tokens_per_step
         divergence.track(state.step, loss, grad_norm)

@@ -140,11 +140,14 @@ class MetricsLogger:
         return self.every.due(step, last)
 
     def add(self, loss: torch.Tensor, timed: bool = True) -> None:
-        """One step's mean loss and, when it counts as throughput (`timed`), this worker's share of its tokens."""
+        """One step's mean loss and, when it counts as throughput (`timed`), this worker's share of its tokens; an
+        untimed step (a launch's first, which compiles) restarts the throughput clock after it."""
         self.window_loss += loss
         self.window_steps += 1
         if timed:
             self.meter.add(self.tokens_per_step // self.world_size)
+        else:
+            self.meter.reset()
 
     def record(self, state: TrainerState, grad_norm: torch.Tensor, lr: float, epoch: float) -> dict[str, Any]:
         """The log record of this step: loss and gradient norm averaged over ranks (a collective: every rank calls
