@@ -303,9 +303,14 @@ def follow(client: Any, job_id: str, echo: Any = print, *, ray_info: bool = True
         asyncio.run(tail())
     except Exception:  # the stream can end abruptly when the job stops; the status below says how it ended
         pass
-    deadline = time.time() + 30
+    return _final_status(client, job_id, timeout=30)  # the end of the log stream and the final status are moments apart
+
+
+def _final_status(client: Any, job_id: str, timeout: float) -> str:
+    """The job's status once it has ended (or what it is after `timeout` seconds)."""
+    deadline = time.time() + timeout
     while not (status := client.get_job_status(job_id)).is_terminal() and time.time() < deadline:
-        time.sleep(0.25)  # the end of the log stream and the final status are moments apart
+        time.sleep(0.25)
     return str(status.value if hasattr(status, "value") else status)
 
 
@@ -341,7 +346,4 @@ def stop(job_id: str, address: str | None = None) -> str:
     client = _client(address)
     status(job_id, address)
     _with_agent(lambda: client.stop_job(job_id), dashboard_address(address), print)
-    deadline = time.time() + 60
-    while not (state := client.get_job_status(job_id)).is_terminal() and time.time() < deadline:
-        time.sleep(0.25)
-    return str(state.value)
+    return _final_status(client, job_id, timeout=60)
