@@ -25,3 +25,19 @@ def test_the_driver_log_dispatcher_exists():
 
     dispatcher = worker.global_worker_stdstream_dispatcher
     assert callable(dispatcher.add_handler) and callable(dispatcher.remove_handler)
+
+
+def test_the_trainer_leaves_out_the_dataset_manager_only_without_datasets():
+    import ray.data
+    from ray.train import ScalingConfig
+    from ray.train.v2._internal.callbacks import DatasetsCallback
+
+    from hybrid_ray.ray_compat import torch_trainer
+
+    def kinds(**datasets):
+        trainer = torch_trainer()(lambda: None, scaling_config=ScalingConfig(num_workers=1), datasets=datasets or None)
+        return {type(c) for c in trainer._create_default_callbacks()}
+
+    without, with_data = kinds(), kinds(train=ray.data.range(4))
+    assert DatasetsCallback not in without and DatasetsCallback in with_data
+    assert without == with_data - {DatasetsCallback}  # every other default callback stays

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hybrid_ray import cluster, runs, storage, sweep_plan
+from hybrid_ray import cluster, ray_compat, runs, storage, sweep_plan
 from hybrid_ray import data as data_lib
 from hybrid_ray.errors import HybridRayError, SpecError, first_line, root_cause
 from hybrid_ray.model import count_params, flops_per_token
@@ -257,10 +257,10 @@ def _trained(run_dir: str, start: int, known: list[str]) -> bool:
 
 def _fit(spec: RunSpec, launch: LaunchOptions, scaling: Any, use_gpu: bool, callbacks: list | None) -> None:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
     from ray.train.v2.api.config import LoggingConfig
 
-    trainer = TorchTrainer(
+    trainer = ray_compat.torch_trainer()(
         train_loop_per_worker,
         train_loop_config={"spec": spec.to_dict(), "launch": dataclasses.asdict(launch)},
         scaling_config=scaling,
