@@ -103,12 +103,16 @@ def test_seeds_differ_and_the_same_seed_repeats_exactly(ray_session, tmp_path, c
     assert not list_actors(filters=[("class_name", "=", "PreemptionWatcher")])
 
 
-def wait_for_second_trial(proc: subprocess.Popen, trials) -> None:
-    """Wait (400 s at most) until the sweep's second trial, lr0.001-s0, has written a checkpoint."""
+def checkpoint_steps(trial) -> list[int]:
+    return sorted(int(p.parent.name.split("_")[1]) for p in trial.glob("checkpoint_0*/manifest_rank0.json"))
+
+
+def wait_for_checkpoint(proc: subprocess.Popen, trial, after: int = 0) -> None:
+    """Wait (400 s at most) until `trial` has written a checkpoint past step `after`."""
     deadline = time.time() + 400
-    while not list(trials.glob("lr0.001-s0/checkpoint_0*/manifest_rank0.json")):
+    while not [step for step in checkpoint_steps(trial) if step > after]:
         assert time.time() < deadline and proc.poll() is None, proc.communicate()[0][-3000:]
-        time.sleep(0.5)
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
@@ -131,33 +135,12 @@ TRIAL_PROCESSES = ("ray::ImplicitFunc", "ray::TrainController", "ray::RayTrainWo
 
 
 @pytest.mark.slow
-def test_a_killed_sweep_driver_resumes_without_rerunning_finished_trials(sweep_head, tmp_path):
-    head = sweep_head
-    args = [HYBRID_RAY, "sweep", "--grid", "lr=2e-3,1e-3", "--scheduler", "fifo",
-            "--steps", "40", "--eval-every", "20", "--checkpoint-every", "10", "--max-documents", "400",
-            "--eval-tokens", "4096", "--storage-path", str(tmp_path), "--name", "killed", "--address", head.address]
-    trials = tmp_path / "killed" / "trials"
-    proc = subprocess.Popen(args, env=head.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for_second_trial(proc, trials)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    finished = trials / "lr0.002-s0" / "results.json"
-    before = finished.read_bytes()
-    assert json.loads(before)["status"] == "finished"
-    head.wait_until_gone(*TRIAL_PROCESSES)  # the cluster notices the dead driver and frees its trials
-    again = subprocess.run(args, env=head.env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
-    assert "resuming killed" in again.stdout
-    assert finished.read_bytes() == before  # not rerun
-    resumed = json.loads((trials / "lr0.001-s0" / "results.json").read_text())
-    assert resumed["status"] == "finished" and resumed["resumed_at"] and resumed["resumed_at"][0] >= 10
-    assert [r["step"] for r in resumed["history"] if "loss" in r] == list(range(10, 41, 10))  # no gap, no repeat
-
-
-@pytest.mark.slow
-def test_ctrl_c_interrupts_a_sweep_a_relaunch_resumes_it_and_a_full_disk_fails_one_trial(sweep_head, tmp_path):
-    """Through the CLI at its defaults (concurrency, --keep), on a 2-CPU head: Ctrl-C says interrupted, prints the
-    relaunch command and exits 130; the relaunch resumes; a trial whose checkpoint hits ENOSPC fails alone."""
+def test_an_interrupted_or_killed_sweep_resumes_without_rerunning_trials_and_a_full_disk_fails_one_trial(sweep_head,
+                                                                                                       tmp_path):
+    """Through the CLI at its defaults (concurrency, --keep), on a 2-CPU head, one sweep launched three times: Ctrl-C
+    says interrupted, prints the relaunch command and exits 130; a relaunch resumes and its driver is killed; the
+    next relaunch resumes again (a finished trial is never rerun, a resumed one has no gap or repeat); a trial whose
+    checkpoint hits ENOSPC fails alone."""
     head, plan = sweep_head, sweep_head.enospc
     try:
         args = [HYBRID_RAY, "sweep", "--grid", "lr=2e-3,1e-3,5e-4", "--scheduler", "fifo", "--steps", "40",
@@ -166,7 +149,7 @@ def test_ctrl_c_interrupts_a_sweep_a_relaunch_resumes_it_and_a_full_disk_fails_o
         trials = tmp_path / "ctrlc" / "trials"
         started = time.time()
         proc = subprocess.Popen(args, env=head.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        wait_for_second_trial(proc, trials)
+        wait_for_checkpoint(proc, trials / "lr0.001-s0")  # the second trial is under way
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=180)
         first_launch = time.time() - started
@@ -189,6 +172,16 @@ def test_ctrl_c_interrupts_a_sweep_a_relaunch_resumes_it_and_a_full_disk_fails_o
         assert [p.name for p in finished.glob("checkpoint_0*")] == ["checkpoint_00000040"]
         assert not (finished / "checkpoint_00000040" / "optimizer.pt").exists() and (finished / "model").is_dir()
         before = (finished / "results.json").read_bytes()
+        assert json.loads(before)["status"] == "finished"
+
+        # relaunched, its driver killed once the interrupted trial has gone on past where it stopped
+        reached = max(checkpoint_steps(trials / "lr0.001-s0"))
+        proc = subprocess.Popen(args, env=head.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        wait_for_checkpoint(proc, trials / "lr0.001-s0", after=reached)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        head.wait_until_gone(*TRIAL_PROCESSES)  # the cluster notices the dead driver and frees its trials
+        assert (finished / "results.json").read_bytes() == before  # not rerun
 
         plan.write_text("lr0.0005-s0 20")  # the disk fills when the third trial writes its step-20 checkpoint
         again = subprocess.run(args, env=head.env, capture_output=True, text=True, timeout=600)
@@ -199,6 +192,7 @@ def test_ctrl_c_interrupts_a_sweep_a_relaunch_resumes_it_and_a_full_disk_fails_o
         assert (finished / "results.json").read_bytes() == before  # not rerun
         resumed = json.loads((trials / "lr0.001-s0" / "results.json").read_text())
         assert resumed["status"] == "finished" and resumed["resumed_at"] and resumed["resumed_at"][0] >= 10
+        assert [r["step"] for r in resumed["history"] if "loss" in r] == list(range(10, 41, 10))  # no gap, no repeat
         rows = {r["name"]: r for r in json.loads((tmp_path / "ctrlc" / "sweep.json").read_text())["trials"]}
         assert [rows[n]["status"] for n in ("lr0.002-s0", "lr0.001-s0", "lr0.0005-s0")] == [
             "finished", "finished", "failed"]
