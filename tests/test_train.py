@@ -129,17 +129,23 @@ def test_trained_model_generates_and_loads_in_fla(default_run, capsys, fla_inter
     assert tokenizer.decode(list("wörld".encode())) == "wörld"
 
 
-def test_resume_is_exact(reference_run, tmp_path):
+def test_resume_is_exact_also_through_a_storage_uri(reference_run, tmp_path):
+    """Resumed from its step-10 checkpoint, a run trains exactly as straight through; its storage is a pyarrow
+    filesystem URI (file:// here; s3:// and gs:// take the same code path)."""
     straight = reference_run
-    first = train(small_spec(tmp_path, "resumed", **REFERENCE), until_step=10, progress=False)
+    spec = small_spec(f"file://{tmp_path}", "resumed", **REFERENCE)
+    first = train(spec, until_step=10, progress=False)
+    assert first.run_dir == f"file://{tmp_path}/resumed"
     assert first.results["status"] == "stopped" and first.results["step"] == 10
     (tmp_path / "resumed" / "results.json").unlink()  # what a launch interrupted after its checkpoint leaves
-    second = train(small_spec(tmp_path, "resumed", **REFERENCE), progress=False)
+    second = train(spec, progress=False)
     assert second.results["status"] == "finished" and second.results["launches"] == 2  # the interrupted one counts
     assert losses(second.results) == losses(straight.results)
     assert [s for s, _ in losses(straight.results)] == list(range(1, 21))
     evals = [(r["step"], r["val_loss"]) for r in straight.results["history"] if "val_loss" in r]
     assert [(r["step"], r["val_loss"]) for r in second.results["history"] if "val_loss" in r] == evals
+    for name in ("results.json", "curves.png", "spec.yaml", "model/config.json", "model/model.safetensors"):
+        assert (tmp_path / "resumed" / name).exists(), name
 
 
 def test_fsdp_trains_like_ddp_and_resumes_exactly(one_worker_run, tmp_path):
@@ -315,15 +321,3 @@ def test_an_h100_size_variant_on_cpu_is_estimated_before_it_starts(ray_session, 
     gib, seconds = cpu_estimate(spec)
     small = cpu_estimate(spec.with_overrides({"train.batch_size": 8}))
     assert gib > 10 and seconds > 1 and small[0] < gib and small[1] < seconds
-
-
-def test_uri_storage_writes_and_resumes_through_pyarrow(ray_session, tmp_path):
-    """Any pyarrow filesystem URI works as storage (file:// here; s3:// and gs:// take the same code path)."""
-    spec = small_spec(f"file://{tmp_path}", "uri", **{"train.steps": 4, "scale.num_workers": 1,
-                                                      "train.checkpoint_every": 2, "train.eval_every": 4})
-    first = train(spec, until_step=2, progress=False)
-    assert first.run_dir == f"file://{tmp_path}/uri" and first.results["status"] == "stopped"
-    done = train(spec, progress=False)
-    assert done.results["step"] == 4 and done.results["launches"] == 2
-    for name in ("results.json", "curves.png", "spec.yaml", "model/config.json", "model/model.safetensors"):
-        assert (tmp_path / "uri" / name).exists(), name
