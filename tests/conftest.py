@@ -84,22 +84,35 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory):
-    """A `ray start --head` (127.0.0.1, dashboard, token authentication) for a user whose home the test made, shared
-    by every test of the session that only needs a head to talk to (each head costs seconds to start and to stop);
-    stopped by pid at the end of the session, with nothing left behind."""
-    yield from _head(tmp_path_factory)
+    """The session's `ray start --head` (127.0.0.1, dashboard, token authentication, 2 CPUs), started as
+    cluster/local-head.sh does for a user whose home the test made, in that user's default Ray temp folder
+    ($TMPDIR/ray, whose ray_current_cluster names it: where a plain ray.init() or Ray's own auto-discovery finds it).
+    Shared by every test that only needs a head (each costs seconds to start and to stop); stopped by pid at the end
+    of the session, with nothing left behind. Every process of it imports tests/faults first, which fails one
+    checkpoint write when the file `head.enospc` names holds `<run> <step>` (no file: no fault)."""
+    from ray_procs import short_tmpdir
+
+    system_tmp = short_tmpdir()  # this machine's temp folder for the test's user
+    home = tmp_path_factory.mktemp("home")
+    plan = home / "enospc"
+    faults = os.path.join(os.path.dirname(__file__), "faults")
+    yield from _head(home, temp_dir=f"{system_tmp}/ray", enospc=plan, extra_env={
+        "TMPDIR": system_tmp, "HYBRID_RAY_TEST_ENOSPC": str(plan),
+        "PYTHONPATH": os.pathsep.join(p for p in (faults, os.environ.get("PYTHONPATH")) if p)})
+    shutil.rmtree(system_tmp, ignore_errors=True)
 
 
 @pytest.fixture()
 def fresh_head(tmp_path_factory):
-    """A head of this test's own, as `ray_head` but just started (for what a head does in its first seconds)."""
-    yield from _head(tmp_path_factory)
+    """A head of this test's own, just started (for what a head does in its first seconds)."""
+    yield from _head(tmp_path_factory.mktemp("home"))
 
 
-def _head(tmp_path_factory):
+def _head(home, enospc=None, **options):
     from ray_procs import start_head
 
-    node = start_head(tmp_path_factory.mktemp("home"))
+    node = start_head(home, **options)
+    node.enospc = enospc
     yield node
     node.stop()
     assert not node.processes(), "a Ray process of the test's head outlived it"

@@ -2,14 +2,16 @@
 cluster/local-head.sh starts it): no variable set but HOME, a clean console, one-line errors, Ctrl-C, `ray job submit`."""
 
 import json
-import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from ray_procs import HYBRID_RAY, RAY, hybrid_ray, one_error_line, short_tmpdir, start_head, user_env
+from ray_procs import HYBRID_RAY, RAY, hybrid_ray, one_error_line, user_env
+
+from hybrid_ray import report
+from hybrid_ray.variants import variant_spec
 
 pytestmark = pytest.mark.slow
 SMALL = ["--steps", "4", "--log-every", "2", "--eval-every", "4", "--max-documents", "100"]
@@ -31,37 +33,54 @@ def test_train_connects_with_the_token_file_alone_and_keeps_the_console_clean(ra
     assert json.loads((tmp_path / "addr" / "results.json").read_text())["status"] == "finished"
 
 
-@pytest.fixture(scope="module")
-def default_head(tmp_path_factory):
-    """A head started as cluster/local-head.sh does, in Ray's default temp folder (<the system temp folder>/ray), whose
-    ray_current_cluster names it: where a plain ray.init() (or Ray's own auto-discovery) finds it."""
-    system_tmp = short_tmpdir()  # this machine's temp folder for the test's user ($TMPDIR)
-    head = start_head(tmp_path_factory.mktemp("home"), temp_dir=f"{system_tmp}/ray", extra_env={"TMPDIR": system_tmp})
-    assert Path(system_tmp, "ray", "ray_current_cluster").exists()
-    yield head
-    head.stop()
-    shutil.rmtree(system_tmp, ignore_errors=True)
-    assert not head.processes()
-
-
-def test_train_without_an_address_starts_its_own_ray_beside_a_running_head(default_head, tmp_path):
-    result = hybrid_ray("train", *SMALL, "--storage-path", str(tmp_path), "--name", "own", env=default_head.env)
+def test_train_without_an_address_starts_its_own_ray_beside_a_running_head(ray_head, tmp_path):
+    assert Path(ray_head.temp_dir, "ray_current_cluster").exists()  # where a plain ray.init() would find the head
+    result = hybrid_ray("train", *SMALL, "--storage-path", str(tmp_path), "--name", "own", env=ray_head.env)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
-    assert "on a new local Ray instance" in out and default_head.dashboard not in out, out[-3000:]
+    assert "on a new local Ray instance" in out and ray_head.dashboard not in out, out[-3000:]
     assert "finished at step 4/4" in out
 
 
-def test_an_asha_sweep_beside_a_running_head_frees_the_trials_it_stops(default_head, tmp_path):
-    """One trial at a time: the trial after one that ASHA stops waits for the stopped one's placement group, which
-    Ray Train's cleaner frees only when it reaches this sweep's own Ray."""
-    result = hybrid_ray("sweep", "--grid", "lr=3e-3,1e-6,1e-7", "--reduction-factor", "2", "--max-concurrent", "1",
-                        "--steps", "8", "--eval-every", "4", "--checkpoint-every", "4", "--log-every", "4",
-                        "--max-documents", "100", "--eval-tokens", "2048", "--storage-path", str(tmp_path),
-                        env=default_head.env, timeout=400)
+def test_an_asha_ratio_sweep_beside_a_running_head_stops_weak_arms_frees_their_trials_and_writes_everything(
+        ray_head, tmp_path):
+    """`hybrid-ray sweep` without an address, beside a head that Ray's auto-discovery would find, at the default
+    concurrency (one trial at a time on 2 CPUs): every trial after one that ASHA stops waits for the stopped one's
+    placement group, which Ray Train's cleaner frees only when it reaches this sweep's own Ray; so all four trials
+    running is the proof that none is left holding resources."""
+    config = tmp_path / "asha.yaml"  # 4 layers: attention ratios 0, 0.25, 0.5 and 1 are 0, 1, 2 and 4 of them
+    config.write_text(variant_spec("h100_hybrid_sparse", "tiny").with_overrides({
+        "data.max_documents": 400, "model.num_layers": 4, "model.attn_layers": [3], "train.steps": 30,
+        "train.eval_every": 10, "train.checkpoint_every": 10, "train.log_every": 5, "train.eval_tokens": 4096,
+        "name": "asha"}).to_yaml())
+    result = hybrid_ray("sweep", "--config", str(config), "--grid", "attention_ratio=0,0.25,0.5,1", "--match-params",
+                        "--reduction-factor", "2", "--storage-path", str(tmp_path), env=ray_head.env, timeout=600)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
-    assert "on a new local Ray instance" in out and "by ASHA" in out, out[-3000:]
+    assert "on a new local Ray instance" in out and ray_head.dashboard not in out, out[-3000:]
+    assert "1 at a time" in out and "by ASHA" in out, out[-3000:]
+    rows = json.loads((tmp_path / "asha" / "sweep.json").read_text())["trials"]
+    assert len(rows) == 4 and {r["arm"] for r in rows} == {"attn0", "attn25", "attn50", "attn100"}
+    reference = next(r["params"] for r in rows if r["arm"] == "attn0")
+    assert all(abs(r["params"] / reference - 1) <= 0.02 for r in rows)  # --match-params, through the whole sweep
+    stopped = [r for r in rows if r["status"] == "stopped by ASHA"]
+    assert stopped and any(r["status"] == "finished" for r in rows)
+    for row in rows:  # every trial ended with its own run folder, results and checkpoints
+        results = json.loads((tmp_path / "asha" / "trials" / row["name"] / "results.json").read_text())
+        assert results["best"] == row["best"] and results["final"] == row["final"]
+        assert results["tokens_seen"] == row["tokens_seen"] and results["params"]["total"] == row["params"]
+        assert list((tmp_path / "asha" / "trials" / row["name"]).glob("checkpoint_0*"))
+    for row in stopped:
+        assert row["stopped_at_step"] < 30 and row["step"] == row["stopped_at_step"]
+        assert row["reason"] == f"at step {row['step']}"
+    assert all(r["wall_seconds"] > 0 and r["compile_seconds"] >= 0 for r in rows)  # real, also for stopped trials
+    lines = result.stdout.splitlines()
+    header = max(i for i, line in enumerate(lines) if line.split()[:2] == ["rank", "arm"])
+    table = [line.split()[1] for line in lines[header + 1:header + 5]]
+    assert table == [a["arm"] for a in report.arm_summary(rows)]  # the printed table ranks as sweep.json does
+    complete = [a for a in report.arm_summary(rows) if a["complete"]]
+    assert complete and table[0] == min(complete, key=lambda a: a["best_val_loss"])["arm"]
+    assert (tmp_path / "asha" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_ray_address_from_the_environment_works_the_same(ray_head, tmp_path):

@@ -1,16 +1,14 @@
-"""Sweeps on Ray Tune with ASHA through a real local Ray (with its dashboard), tiny models on CPU workers."""
+"""Sweeps on Ray Tune through a real local Ray (with its dashboard), tiny models on CPU workers; the ASHA ratio sweep runs
+through the CLI beside a running head (test_cluster.py)."""
 
 import json
-import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-from ray_procs import HYBRID_RAY, start_head
+from ray_procs import HYBRID_RAY
 
-from hybrid_ray import report
 from hybrid_ray.cli import main
 from hybrid_ray.grid import RATIO_ARMS, expand, match_params, parse_grid
 from hybrid_ray.model import count_params
@@ -28,44 +26,6 @@ def base(storage, name, **overrides):
 
 def losses(results):
     return [(r["step"], r["loss"]) for r in results["history"] if "loss" in r]
-
-
-@pytest.mark.slow
-def test_an_asha_ratio_sweep_stops_weak_arms_and_writes_everything(ray_session, tmp_path):
-    outcome = sweep(base(tmp_path, "asha", **{"model.num_layers": 4, "model.attn_layers": [3]}),
-                    SweepOptions(grid=["attention_ratio=0,0.25,0.5,1"], reduction_factor=2, match_params=True),
-                    progress=False)
-    rows = outcome.rows
-    assert len(rows) == 4 and {r["arm"] for r in rows} == {"attn0", "attn25", "attn50", "attn100"}
-    reference = next(r["params"] for r in rows if r["arm"] == "attn0")
-    assert all(abs(r["params"] / reference - 1) <= 0.02 for r in rows)  # --match-params, through the whole sweep
-    stopped = [r for r in rows if r["status"] == "stopped by ASHA"]
-    assert stopped and any(r["status"] == "finished" for r in rows)
-    for row in rows:  # every trial ended with its own run folder, results and checkpoints
-        results = json.loads((tmp_path / "asha" / "trials" / row["name"] / "results.json").read_text())
-        assert results["best"] == row["best"] and results["final"] == row["final"]
-        assert results["tokens_seen"] == row["tokens_seen"] and results["params"]["total"] == row["params"]
-        assert list((tmp_path / "asha" / "trials" / row["name"]).glob("checkpoint_0*"))
-    for row in stopped:
-        assert row["stopped_at_step"] < 30 and row["step"] == row["stopped_at_step"]
-        assert row["reason"] == f"at step {row['step']}"
-    assert all(r["wall_seconds"] > 0 and r["compile_seconds"] >= 0 for r in rows)  # real, also for stopped trials
-    saved = json.loads((tmp_path / "asha" / "sweep.json").read_text())["trials"]
-    assert [(r["name"], r["best"]) for r in saved] == [(r["name"], r["best"]) for r in rows]
-    ranked = [line.split()[1] for line in outcome.table.splitlines()[1:]]
-    assert ranked == [a["arm"] for a in report.arm_summary(rows)]
-    complete = [a for a in report.arm_summary(rows) if a["complete"]]
-    assert complete and ranked[0] == min(complete, key=lambda a: a["best_val_loss"])["arm"]
-    assert (tmp_path / "asha" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
-    deadline = time.time() + 120  # a stopped trial's CPUs come back (ASHA's stop goes through the dashboard)
-    while ray_session.available_resources().get("CPU", 0) < 2:
-        assert time.time() < deadline, ray_session.available_resources()
-        time.sleep(1)
-    # at the default concurrency (one trial at a time on 2 CPUs) every trial ran, so each stopped trial's placement
-    # group was released for the next; none is left holding resources
-    from ray.util import placement_group_table
-
-    assert not [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
 
 
 @pytest.mark.slow
@@ -115,33 +75,18 @@ def wait_for_checkpoint(proc: subprocess.Popen, trial, after: int = 0) -> None:
         time.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-def sweep_head(tmp_path_factory):
-    """One 2-CPU head for the sweeps run through the CLI (a killed or interrupted driver leaves it running): every
-    process of it imports tests/faults first, which fails one checkpoint write when the file `head.enospc` names
-    holds `<trial> <step>` (no file: no fault)."""
-    home = tmp_path_factory.mktemp("home")
-    plan = home / "enospc"
-    head = start_head(home, num_cpus=2, extra_env={
-        "PYTHONPATH": f"{Path(__file__).parent / 'faults'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-        "HYBRID_RAY_TEST_ENOSPC": str(plan)})
-    head.enospc = plan
-    yield head
-    head.stop()
-
-
 # the actors of a sweep's trials, as Ray names their processes
 TRIAL_PROCESSES = ("ray::ImplicitFunc", "ray::TrainController", "ray::RayTrainWorker")
 
 
 @pytest.mark.slow
-def test_an_interrupted_or_killed_sweep_resumes_without_rerunning_trials_and_a_full_disk_fails_one_trial(sweep_head,
+def test_an_interrupted_or_killed_sweep_resumes_without_rerunning_trials_and_a_full_disk_fails_one_trial(ray_head,
                                                                                                        tmp_path):
     """Through the CLI at its defaults (concurrency, --keep), on a 2-CPU head, one sweep launched three times: Ctrl-C
     says interrupted, prints the relaunch command and exits 130; a relaunch resumes and its driver is killed; the
     next relaunch resumes again (a finished trial is never rerun, a resumed one has no gap or repeat); a trial whose
     checkpoint hits ENOSPC fails alone."""
-    head, plan = sweep_head, sweep_head.enospc
+    head, plan = ray_head, ray_head.enospc
     try:
         args = [HYBRID_RAY, "sweep", "--grid", "lr=2e-3,1e-3,5e-4", "--scheduler", "fifo", "--steps", "40",
                 "--eval-every", "20", "--checkpoint-every", "10", "--max-documents", "400", "--eval-tokens", "4096",
