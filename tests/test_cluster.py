@@ -21,9 +21,10 @@ RAY_NOISE = ("core_worker.cc", "RayDeprecationWarning", "(raylet)", "PreemptionW
 
 
 
-def test_train_connects_with_the_token_file_alone_and_keeps_the_console_clean(ray_head, tmp_path):
-    result = hybrid_ray("train", *SMALL, "--storage-path", str(tmp_path), "--name", "addr", "--address", ray_head.address,
-                        env=ray_head.env)
+def test_train_connects_through_ray_address_with_the_token_file_alone_and_keeps_the_console_clean(ray_head, tmp_path):
+    """$RAY_ADDRESS works as --address does (the Ctrl-C, wrong-token and two-node tests pass --address)."""
+    result = hybrid_ray("train", *SMALL, "--storage-path", str(tmp_path), "--name", "addr",
+                        env={**ray_head.env, "RAY_ADDRESS": ray_head.address})
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     assert f"on Ray cluster at {ray_head.address}" in out and f"Ray dashboard: {ray_head.dashboard}" in out
@@ -81,12 +82,6 @@ def test_an_asha_ratio_sweep_beside_a_running_head_stops_weak_arms_frees_their_t
     complete = [a for a in report.arm_summary(rows) if a["complete"]]
     assert complete and table[0] == min(complete, key=lambda a: a["best_val_loss"])["arm"]
     assert (tmp_path / "asha" / "sweep.png").read_bytes()[:4] == b"\x89PNG"
-
-
-def test_ray_address_from_the_environment_works_the_same(ray_head, tmp_path):
-    result = hybrid_ray("train", *SMALL, "--storage-path", str(tmp_path), "--name", "env",
-                        env={**ray_head.env, "RAY_ADDRESS": ray_head.address})
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
 
 
 def test_a_missing_or_wrong_token_is_one_line(ray_head, tmp_path):
