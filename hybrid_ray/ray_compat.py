@@ -1,5 +1,6 @@
-"""The one place that reaches into Ray's private modules (Ray 2.60): Train's report logger, the token-auth
-config, the trainer's default callbacks, Tune's trials and the job upload's file walk. tests/test_ray_compat.py fails loudly when a Ray upgrade moves what this relies on."""
+"""The one place that reaches into Ray's private modules (Ray 2.60): Train's report logger, the token-auth config,
+the trainer's default callbacks, Tune's trials and the job upload's file walk. tests/test_ray_compat.py fails loudly
+when a Ray upgrade moves what this relies on."""
 
 from __future__ import annotations
 

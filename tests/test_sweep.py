@@ -1,5 +1,5 @@
-"""Sweeps on Ray Tune through a real local Ray (with its dashboard), tiny models on CPU workers; the ASHA ratio sweep runs
-through the CLI beside a running head (test_cluster.py)."""
+"""Sweeps on Ray Tune through a real local Ray (with its dashboard), tiny models on CPU workers; the ASHA ratio
+sweep runs through the CLI beside a running head (test_cluster.py)."""
 
 import json
 import signal
