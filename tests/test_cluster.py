@@ -47,8 +47,8 @@ def test_an_asha_ratio_sweep_beside_a_running_head_stops_weak_arms_frees_their_t
         ray_head, tmp_path):
     """`hybrid-ray sweep` without an address, beside a head that Ray's auto-discovery would find, at the default
     concurrency (one trial at a time on 2 CPUs): every trial after one that ASHA stops waits for the stopped one's
-    placement group, which Ray Train's cleaner frees only when it reaches this sweep's own Ray; so all four trials
-    running is the proof that none is left holding resources."""
+    placement group, which Ray Train's cleaner frees only when it reaches this sweep's own Ray; so a trial that starts
+    after ASHA stopped one, and the sweep's end, prove the stopped trials left no resources held."""
     config = tmp_path / "asha.yaml"  # 4 layers: attention ratios 0, 0.25, 0.5 and 1 are 0, 1, 2 and 4 of them
     config.write_text(variant_spec("h100_hybrid_sparse", "tiny").with_overrides({
         "data.max_documents": 400, "model.num_layers": 4, "model.attn_layers": [3], "train.steps": 30,
@@ -60,6 +60,9 @@ def test_an_asha_ratio_sweep_beside_a_running_head_stops_weak_arms_frees_their_t
     assert result.returncode == 0, out[-3000:]
     assert "on a new local Ray instance" in out and ray_head.dashboard not in out, out[-3000:]
     assert "1 at a time" in out and "by ASHA" in out, out[-3000:]
+    events = [line.split("] ", 1)[1].split()[:2] for line in result.stdout.splitlines() if "s] " in line]
+    first_stop = next(i for i, (what, _) in enumerate(events) if what == "stopped")
+    assert ["started"] in [e[:1] for e in events[first_stop:]]  # a trial waited for the stopped one's resources
     rows = json.loads((tmp_path / "asha" / "sweep.json").read_text())["trials"]
     assert len(rows) == 4 and {r["arm"] for r in rows} == {"attn0", "attn25", "attn50", "attn100"}
     reference = next(r["params"] for r in rows if r["arm"] == "attn0")
