@@ -69,7 +69,14 @@ def test_a_pickle_that_runs_code_is_refused_by_name_and_never_runs(tmp_path, pla
     (tmp_path / "manifest_rank0.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match=f"refusing to load {tmp_path / planted}"):
         ckpt.load(tmp_path, rank=0)
+    with pytest.raises(CheckpointError, match=f"refusing to load {tmp_path / planted}"):
+        ckpt.check_pickles(str(tmp_path))  # the driver's check before any worker starts (a raw pickle here)
     assert not marker.exists()
+
+
+def test_the_drivers_pickle_check_passes_what_a_run_writes(tmp_path):
+    write(tmp_path, world_size=2)
+    ckpt.check_pickles(str(tmp_path))  # no error: tensors, numbers and numpy's RNG arrays only
 
 
 def test_format_1_rng_files_with_numpy_arrays_still_load(tmp_path):

@@ -168,19 +168,6 @@ def test_fsdp_trains_like_ddp_and_resumes_exactly(one_worker_run, tmp_path):
     assert state.stat().st_size > 0  # the full (unsharded) model folder is written under FSDP2 too
 
 
-def test_extend_continues_without_an_lr_jump(reference_run, tmp_path):
-    done = reference_run
-    spec = small_spec(tmp_path, copy_run(done, tmp_path).name, **REFERENCE)
-    floor = spec.optim.lr * spec.optim.min_lr_ratio
-    with pytest.warns(UserWarning, match="--until-step 25 is past the run's last step \\(20\\)"):
-        train(spec, until_step=25, progress=False)
-    extended = train(spec, extend_steps=10, progress=False)
-    assert extended.results["step"] == extended.results["total_steps"] == 30
-    lrs = {r["step"]: r["lr"] for r in extended.results["history"] if "lr" in r}
-    assert lrs[20] == pytest.approx(floor) and all(lrs[s] == pytest.approx(floor) for s in range(21, 31))
-    assert losses(extended.results)[:20] == losses(done.results)
-
-
 def test_killed_worker_restarts_from_its_checkpoint(ray_session, tmp_path):
     from ray.util.state import list_actors
 
@@ -224,7 +211,10 @@ def test_a_diverging_run_stops_at_the_step_and_keeps_earlier_checkpoints(ray_ses
         assert all(torch.isfinite(w).all() for w in weights.values())
 
 
-def test_a_broken_newest_checkpoint_is_skipped_with_a_warning(reference_run, tmp_path, recwarn):
+def test_a_broken_newest_checkpoint_is_skipped_with_a_warning_and_extend_continues_without_an_lr_jump(reference_run,
+                                                                                                     tmp_path, recwarn):
+    """A copy of the reference whose newest checkpoint a full disk broke resumes from the one before; the repaired
+    run, finished again, is then extended (one copy and one launch for both)."""
     done = reference_run
     run_dir = copy_run(done, tmp_path)
     spec = small_spec(tmp_path, run_dir.name, **REFERENCE)
@@ -238,10 +228,20 @@ def test_a_broken_newest_checkpoint_is_skipped_with_a_warning(reference_run, tmp
     assert (run_dir / "checkpoint_00000020-1").is_dir()  # the broken folder was not written into
     assert newest.is_dir() and (newest / "model.safetensors").stat().st_size == 0
 
+    floor = spec.optim.lr * spec.optim.min_lr_ratio
+    with pytest.warns(UserWarning, match="--until-step 25 is past the run's last step \\(20\\)"):
+        train(spec, until_step=25, progress=False)
+    extended = train(spec, extend_steps=10, progress=False)
+    assert extended.results["step"] == extended.results["total_steps"] == 30
+    lrs = {r["step"]: r["lr"] for r in extended.results["history"] if "lr" in r}
+    assert lrs[20] == pytest.approx(floor) and all(lrs[s] == pytest.approx(floor) for s in range(21, 31))
+    assert losses(extended.results)[:20] == losses(done.results)
+
 
 @pytest.mark.parametrize("planted", ["optimizer.pt", "rng_rank0.pt"])
 def test_a_planted_pickle_in_a_checkpoint_is_refused_and_never_runs(one_worker_run, tmp_path, capsys, planted):
-    """Someone who can write the run folder replaces a checkpoint file (and fixes the manifest to match)."""
+    """Someone who can write the run folder replaces a checkpoint file (and fixes the manifest to match): refused
+    before any worker starts (the workers check again as they load: test_checkpoint.py)."""
     from hybrid_ray.storage import crc32
 
     run_dir = copy_run(one_worker_run, tmp_path)

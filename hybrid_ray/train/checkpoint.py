@@ -131,6 +131,8 @@ def at_launch(spec: RunSpec, run_dir: str) -> tuple[str | None, list[str]]:
                               f"with `{runs.rm_command(spec.storage_path, spec.name)}` to start it over")
     for error in skipped:
         warnings.warn(f"{error}; skipping it for an older checkpoint")
+    if newest is not None:
+        check_pickles(newest)
     return newest, known
 
 
@@ -284,14 +286,30 @@ _core = getattr(np, "_core", None) or np.core
 LEGACY_RNG_GLOBALS = [_core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
-def _load_pt(path: Path, allow: list | None = None) -> Any:
+def _load_pt(path: Path, allow: list | None = None, mmap: bool = False) -> Any:
     """torch.load that builds tensors and plain containers only; anything else is refused, naming the file."""
     try:
         with torch.serialization.safe_globals(allow or []):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"refusing to load {path}: it holds objects other than tensors and numbers "
                               "(a checkpoint file can only hold those; was it replaced?)") from e
+
+
+def check_pickles(folder: str) -> None:
+    """Refuse a local checkpoint whose .pt files hold anything but tensors and numbers before any worker starts (the
+    workers check again as they load). Tensors are memory-mapped, not read: only the pickles are unpickled."""
+    if storage.is_uri(folder):
+        return  # the workers check what they download
+    for path in sorted(Path(folder).glob("*.pt")):
+        allow = LEGACY_RNG_GLOBALS if path.name.startswith("rng_rank") else None
+        try:
+            try:
+                _load_pt(path, allow=allow, mmap=True)
+            except RuntimeError:  # not torch's zip format (nothing hybrid-ray writes): read it whole
+                _load_pt(path, allow=allow)
+        except (OSError, RuntimeError, ValueError):
+            continue  # unreadable rather than unsafe: the loading worker says why
 
 
 def read_state(folder: str | Path) -> TrainerState:
