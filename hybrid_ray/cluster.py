@@ -107,6 +107,14 @@ def start_local(*, num_cpus: int | None = None, dashboard: bool = True, **init_k
             os.environ["RAY_API_SERVER_ADDRESS"] = api
 
 
+def ends_with_this_process() -> bool:
+    """Whether the Ray this process uses ends when it does: this process started it (start_local) and is its driver,
+    not an actor on it (such as a Tune trial, whose sweep driver outlives it)."""
+    import ray
+
+    return bool(os.environ.get(OWN_CLUSTER)) and ray.get_runtime_context().get_actor_id() is None
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = True,
             verbose: bool = False) -> str:
     """Connect to `address` (host:port, ray://..., 'auto'), to $RAY_ADDRESS, or start a local Ray in-process.

@@ -41,3 +41,17 @@ def test_the_trainer_leaves_out_the_dataset_manager_only_without_datasets():
     without, with_data = kinds(), kinds(train=ray.data.range(4))
     assert DatasetsCallback not in without and DatasetsCallback in with_data
     assert without == with_data - {DatasetsCallback}  # every other default callback stays
+
+
+def test_the_trainer_leaves_out_the_placement_group_cleaner_only_when_asked():
+    from ray.train import ScalingConfig
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    from hybrid_ray.ray_compat import torch_trainer
+
+    def kinds(cleaner):
+        trainer = torch_trainer(cleaner)(lambda: None, scaling_config=ScalingConfig(num_workers=1))
+        return {type(c) for c in trainer._create_default_callbacks()}
+
+    assert PlacementGroupCleanerCallback in kinds(True)
+    assert kinds(False) == kinds(True) - {PlacementGroupCleanerCallback}

@@ -61,6 +61,9 @@ def test_seeds_differ_and_the_same_seed_repeats_exactly(ray_session, tmp_path, c
 
     assert list_actors(filters=[("class_name", "=", "TrainController")])
     assert not list_actors(filters=[("class_name", "=", "PreemptionWatcher")])
+    # but each trial started Ray Train's placement-group cleaner: a trial's controller can die (ASHA stops it) while
+    # the sweep's Ray lives on
+    assert list_actors(filters=[("class_name", "=", "PlacementGroupCleaner")])
 
 
 def checkpoint_steps(trial) -> list[int]:

@@ -294,6 +294,22 @@ def test_bad_training_input_is_one_line(ray_session, default_run, tmp_path, caps
     assert Path(copy / default_run.name / "checkpoint_00000150" / "model.safetensors").exists()
 
 
+def test_only_a_driver_of_its_own_ray_goes_without_the_placement_group_cleaner(ray_session):
+    """The session's Ray ends with this process (its driver): a run launched here needs no cleaner; one launched from
+    an actor on it (a Tune trial) does."""
+    from hybrid_ray import cluster
+
+    @ray_session.remote(num_cpus=0)
+    class Trial:
+        def ends_with_this_process(self):
+            return cluster.ends_with_this_process()
+
+    assert cluster.ends_with_this_process()
+    trial = Trial.remote()
+    assert ray_session.get(trial.ends_with_this_process.remote()) is False
+    ray_session.kill(trial)
+
+
 def test_input_is_checked_before_any_cluster_is_contacted(tmp_path, capsys):
     """Data, tokenizer and backend errors come first: the unreachable address is never reached."""
     unreachable = ["--address", "127.0.0.1:9", "--storage-path", str(tmp_path)]

@@ -260,7 +260,9 @@ def _fit(spec: RunSpec, launch: LaunchOptions, scaling: Any, use_gpu: bool, call
     from ray.train.torch import TorchConfig
     from ray.train.v2.api.config import LoggingConfig
 
-    trainer = ray_compat.torch_trainer()(
+    # Ray Train's placement-group cleaner frees a run's resources should its controller die while the cluster lives
+    # on; a Ray that ends with this driver frees them anyway, so that actor would only cost a process start per launch
+    trainer = ray_compat.torch_trainer(placement_group_cleaner=not cluster.ends_with_this_process())(
         train_loop_per_worker,
         train_loop_config={"spec": spec.to_dict(), "launch": dataclasses.asdict(launch)},
         scaling_config=scaling,
