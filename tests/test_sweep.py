@@ -90,10 +90,13 @@ def test_an_interrupted_or_killed_sweep_resumes_without_rerunning_trials_and_a_f
     next relaunch resumes again (a finished trial is never rerun, a resumed one has no gap or repeat); a trial whose
     checkpoint hits ENOSPC fails alone."""
     head, plan = ray_head, ray_head.enospc
+    config = tmp_path / "two-layers.yaml"  # the tiny size with 2 of its 6 layers: the same trials at a third of the work
+    config.write_text(variant_spec("h100_hybrid_sparse", "tiny").with_overrides({
+        "model.num_layers": 2, "model.attn_layers": [1]}).to_yaml())
     try:
         args = [HYBRID_RAY, "sweep", "--grid", "lr=2e-3,1e-3,5e-4", "--scheduler", "fifo", "--steps", "40",
                 "--eval-every", "20", "--checkpoint-every", "10", "--max-documents", "400", "--eval-tokens", "4096",
-                "--storage-path", str(tmp_path), "--name", "ctrlc", "--address", head.address]
+                "--config", str(config), "--storage-path", str(tmp_path), "--name", "ctrlc", "--address", head.address]
         trials = tmp_path / "ctrlc" / "trials"
         started = time.time()
         proc = subprocess.Popen(args, env=head.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
