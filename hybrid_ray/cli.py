@@ -204,11 +204,12 @@ def submit(address: str | None, fla_clone: str | None, no_check: bool, no_wait: 
         from hybrid_ray import fla_clone as clone
 
         click.echo(f"checking the FLA clone {fla_clone} against the pure-PyTorch twin on this machine...")
-        report = clone.verify(fla_clone)
+        report = clone.verify(fla_clone, reuse=True)
         if not report["passed"]:
             raise HybridRayError(f"the FLA in {fla_clone} does not match the twin: {report['failures'][0]} "
                                  "(nothing was submitted; --no-check skips this)")
-        click.echo(f"FLA clone {clone.verdict(report)}")
+        again = " (an earlier check of the same sources, torch, triton and device)" if report.get("reused") else ""
+        click.echo(f"FLA clone {clone.verdict(report)}{again}")
     elif fla_clone:
         click.echo(f"FLA clone not checked ({'--dry-run' if dry_run else '--no-check'})")
     outcome = jobs.submit(job, address=address, wait=not no_wait, dry_run=dry_run, echo=click.echo, verbose=verbose)

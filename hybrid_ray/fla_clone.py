@@ -2,7 +2,8 @@
 
 - find: `find(path)` (the folder holding the clone's `fla/` package, its git commit and local edits).
 - check: `verify(path)` imports the clone's `fla` in a fresh process (`python -m hybrid_ray.fla_clone`, which prints
-  `check_json()`) and compares its model with the twin (on a CPU: the forward under Triton's interpreter).
+  `check_json()`) and compares its model with the twin (on a CPU: the forward under Triton's interpreter); a passing
+  check is kept in the node's cache, and `submit` reuses it for the same sources, torch, triton and device.
 - describe: `fla_source()` says where the `fla` this process imports comes from: site-packages, a git clone, or the
   clone `hybrid-ray submit --fla` shipped; `format_report`, `verdict` and `checked` word a check.
 - ship: `FlaClone.runtime_env(files)` is what a Ray job needs for it: the `fla` folder as `py_modules` (workers import
@@ -162,13 +163,46 @@ def check_json() -> str:
     return json.dumps({**report, "fla": fla_source()})
 
 
-def verify(path: str | Path, timeout: float = 900) -> dict[str, Any]:
+def check_key(root: Path) -> str:
+    """What a check's verdict depends on: the clone's sources, the twin's and the check's code, the Python, torch and
+    triton that run it, and the device."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    from hybrid_ray import model
+
+    try:
+        triton = version("triton")
+    except PackageNotFoundError:
+        triton = None
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    what = [fingerprint(root / "fla"), fingerprint(Path(model.__file__).parent),
+            hashlib.sha256(Path(__file__).read_bytes()).hexdigest(), sys.version, torch.__version__, triton, device]
+    return hashlib.sha256(json.dumps(what).encode()).hexdigest()[:24]
+
+
+def _passed_checks() -> Path:
+    from hybrid_ray.data.shards import cache_root
+
+    return cache_root() / "fla-checks"
+
+
+def verify(path: str | Path, timeout: float = 900, reuse: bool = False) -> dict[str, Any]:
     """Check an FLA clone against the pure-PyTorch twin in a fresh process that imports the clone's `fla` first (on a
     GPU: forward and gradients; on a CPU: the forward under Triton's interpreter). Returns the report with 'fla' (where
-    the checked FLA came from) and 'passed'."""
+    the checked FLA came from) and 'passed'. A passing report is kept in the node's cache; with `reuse`, one kept for
+    the same `check_key` is returned (with 'reused': True) instead of checking again (on a GPU that is minutes of
+    kernel compiling)."""
     import torch
 
     root = clone_root(path)
+    kept = _passed_checks() / f"{check_key(root)}.json"
+    if reuse:
+        try:
+            return {**json.loads(kept.read_text()), "reused": True}
+        except (OSError, ValueError):
+            pass
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])}
     if not torch.cuda.is_available():
         env["TRITON_INTERPRET"] = "1"  # before triton is imported: FLA's kernels run interpreted on the CPU
@@ -184,6 +218,14 @@ def verify(path: str | Path, timeout: float = 900) -> dict[str, Any]:
     report = json.loads(lines[-1])
     if "device" in report:
         report["checked"] = checked(report)
+    if report.get("passed"):
+        try:  # written whole, then renamed: a concurrent reader sees the old report or the new one
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            partial = kept.with_suffix(f".{os.getpid()}.tmp")
+            partial.write_text(json.dumps(report))
+            partial.replace(kept)
+        except OSError:
+            pass  # a cache that cannot be written only means the next submit checks again
     return report
 
 

@@ -76,3 +76,29 @@ def test_a_worker_knows_the_shipped_clone_by_its_files_not_its_path(tmp_path):
     fla = imported_fla(worker, **shipped["env_vars"])
     assert fla["kind"] == "path" and "clone" not in fla and "commit" not in fla
     assert imported_fla(clone.root)["kind"] == "git clone"  # the clone itself, with its .git
+
+
+def test_a_passing_check_is_reused_for_the_same_sources_only(tmp_path, monkeypatch):
+    """The child that checks a clone (a fake one here: its verdict is scripted) runs again unless `reuse` finds a
+    passing report for the same key; a failing report is never kept; an edit to the clone changes the key."""
+    clone = fake_clone(tmp_path / "clone")
+    monkeypatch.setenv("HYBRID_RAY_CACHE", str(tmp_path / "cache"))
+    verdicts, runs = [], []
+
+    def child(*args, **kwargs):
+        runs.append(args)
+        report = {"passed": verdicts.pop(0), "failures": [], "device": "cpu", "fla": {}}
+        return subprocess.CompletedProcess(args, 0, stdout=json.dumps(report) + "\n", stderr="")
+
+    monkeypatch.setattr(fla_clone.subprocess, "run", child)
+    verdicts.append(False)
+    assert fla_clone.verify(clone, reuse=True)["passed"] is False
+    verdicts.append(True)
+    assert fla_clone.verify(clone, reuse=True)["passed"] is True and len(runs) == 2  # the failure was not kept
+    reused = fla_clone.verify(clone, reuse=True)
+    assert reused["passed"] and reused["reused"] and len(runs) == 2
+    verdicts.append(True)
+    assert "reused" not in fla_clone.verify(clone) and len(runs) == 3  # `verify --fla` always checks
+    (clone / "fla" / "ops" / "chunk.py").write_text("# edited\n")
+    verdicts.append(True)
+    assert "reused" not in fla_clone.verify(clone, reuse=True) and len(runs) == 4

@@ -38,6 +38,19 @@ def commit_of(folder: Path) -> str:
     return subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
+@pytest.mark.slow
+def test_verify_fla_passes_a_faithful_clone_and_names_the_broken_op(tmp_path, capsys):
+    """(First in this file: the submit test after it reuses this passing check of the same sources.)"""
+    good = make_clone(tmp_path / "good")
+    assert main(["verify", "--fla", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert f"fla           {good.resolve() / 'fla'} @ {commit_of(good)[:12]}" in out and "parity        PASS" in out
+    if "device        cpu" in out:  # the verdict says what a CPU checks: not the chunk (training) kernels
+        assert "parity        PASS (forward, fused-recurrent kernels only: the chunk/training kernels need a GPU)" in out
+    bad = make_clone(tmp_path / "bad", break_kernel=True)
+    assert main(["verify", "--fla", str(bad)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not match the twin" in err[0] and "gated delta rule" in err[0], err
 
 
 @pytest.mark.slow
@@ -185,20 +198,6 @@ def test_the_upload_leaves_out_secrets_caches_and_checkpoints(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "upload: 2 files" in out and "train.py" in out and "id_rsa" not in out and ".env" not in out
     assert ".env" in EXCLUDES and "id_*" in EXCLUDES
-
-
-@pytest.mark.slow
-def test_verify_fla_passes_a_faithful_clone_and_names_the_broken_op(tmp_path, capsys):
-    good = make_clone(tmp_path / "good")
-    assert main(["verify", "--fla", str(good)]) == 0
-    out = capsys.readouterr().out
-    assert f"fla           {good.resolve() / 'fla'} @ {commit_of(good)[:12]}" in out and "parity        PASS" in out
-    if "device        cpu" in out:  # the verdict says what a CPU checks: not the chunk (training) kernels
-        assert "parity        PASS (forward, fused-recurrent kernels only: the chunk/training kernels need a GPU)" in out
-    bad = make_clone(tmp_path / "bad", break_kernel=True)
-    assert main(["verify", "--fla", str(bad)]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "does not match the twin" in err[0] and "gated delta rule" in err[0], err
 
 
 def test_the_cluster_configs_hold_what_ray_and_kuberay_need():

@@ -90,7 +90,7 @@ def test_an_interrupted_or_killed_sweep_resumes_without_rerunning_trials_and_a_f
     next relaunch resumes again (a finished trial is never rerun, a resumed one has no gap or repeat); a trial whose
     checkpoint hits ENOSPC fails alone."""
     head, plan = ray_head, ray_head.enospc
-    config = tmp_path / "two-layers.yaml"  # the tiny size with 2 of its 6 layers: the same trials at a third of the work
+    config = tmp_path / "two-layers.yaml"  # the tiny size with 2 of its 6 layers: the same trials, a third of the work
     config.write_text(variant_spec("h100_hybrid_sparse", "tiny").with_overrides({
         "model.num_layers": 2, "model.attn_layers": [1]}).to_yaml())
     try:
