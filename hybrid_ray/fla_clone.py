@@ -219,11 +219,10 @@ def verify(path: str | Path, timeout: float = 900, reuse: bool = False) -> dict[
     if "device" in report:
         report["checked"] = checked(report)
     if report.get("passed"):
-        try:  # written whole, then renamed: a concurrent reader sees the old report or the new one
-            kept.parent.mkdir(parents=True, exist_ok=True)
-            partial = kept.with_suffix(f".{os.getpid()}.tmp")
-            partial.write_text(json.dumps(report))
-            partial.replace(kept)
+        from hybrid_ray import storage  # pyarrow: only here, not for every importer of this module (Ray workers)
+
+        try:
+            storage.write_bytes(str(kept), json.dumps(report).encode())  # atomic: a concurrent reader sees one whole
         except OSError:
             pass  # a cache that cannot be written only means the next submit checks again
     return report

@@ -23,6 +23,7 @@ import pickle
 import random
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -303,11 +304,8 @@ def check_pickles(folder: str) -> None:
         return  # the workers check what they download
     for path in sorted(Path(folder).glob("*.pt")):
         allow = LEGACY_RNG_GLOBALS if path.name.startswith("rng_rank") else None
-        try:
-            try:
-                _load_pt(path, allow=allow, mmap=True)
-            except RuntimeError:  # not torch's zip format (nothing hybrid-ray writes): read it whole
-                _load_pt(path, allow=allow)
+        try:  # torch can map only its zip format (all hybrid-ray writes); another pickle is small enough to read whole
+            _load_pt(path, allow=allow, mmap=zipfile.is_zipfile(path))
         except (OSError, RuntimeError, ValueError):
             continue  # unreadable rather than unsafe: the loading worker says why
 
