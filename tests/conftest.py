@@ -4,6 +4,7 @@ kernels interpreted on CPU-only machines, GPU tests skipped there."""
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -71,6 +72,20 @@ def fla_interpreted():
     return import_fla()
 
 
+_ray_session_started: list[bool] = []
+
+
+@pytest.fixture(autouse=True)
+def no_stray_ray():
+    """Fails the test that leaves a Ray of its own in the test process (ray.data, ray.get and Tune start one
+    silently): the ray_session fixture of whichever test comes next in that process would then fail instead."""
+    yield
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized() and not _ray_session_started:
+        ray.shutdown()
+        pytest.fail("the test started Ray in the test process: take the ray_session fixture instead")
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One in-process local Ray for the tests that call the library directly: 2 CPUs, the dashboard (Tune's early
@@ -84,8 +99,10 @@ def ray_session():
     # as `hybrid-ray` starts its local Ray: a new one (never another Ray of this machine), every process pinned to it
     cluster.start_local(num_cpus=2, dashboard=True, dashboard_port=free_port(), logging_level="WARNING", _temp_dir=temp)
     ray_compat.show_only_training_output()  # what `hybrid-ray` shows on its console
+    _ray_session_started.append(True)
     yield ray
     ray.shutdown()
+    _ray_session_started.clear()
     shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -27,7 +27,7 @@ def test_the_driver_log_dispatcher_exists():
     assert callable(dispatcher.add_handler) and callable(dispatcher.remove_handler)
 
 
-def test_the_trainer_leaves_out_the_dataset_manager_only_without_datasets():
+def test_the_trainer_leaves_out_the_dataset_manager_only_without_datasets(ray_session):  # a Dataset starts Ray
     import ray.data
     from ray.train import ScalingConfig
     from ray.train.v2._internal.callbacks import DatasetsCallback
