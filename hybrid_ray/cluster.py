@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from typing import Any
 from pathlib import Path
@@ -115,6 +117,15 @@ def ends_with_this_process() -> bool:
     return bool(os.environ.get(OWN_CLUSTER)) and ray.get_runtime_context().get_actor_id() is None
 
 
+def _python_owns_sigterm() -> None:
+    """Ray's core worker, started by ray.init, puts a crash handler in front of Python's SIGTERM handler (ray.init's
+    own, which ends the run resumably): it printed a native stack dump above the command's one `interrupted` line
+    when a scheduler or `timeout` stopped it. Python's handler alone again."""
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if handler is None else handler)
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = True,
             verbose: bool = False) -> str:
     """Connect to `address` (host:port, ray://..., 'auto'), to $RAY_ADDRESS, or start a local Ray in-process.
@@ -143,6 +154,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
                                    f"{auth_hint(e, captured.read_text(errors='replace'))}") from e
         if verbose:
             sys.stderr.write(captured.read_text(errors="replace"))
+        _python_owns_sigterm()
         _session["dashboard"] = context.dashboard_url
         if not verbose:
             ray_compat.show_only_training_output()
@@ -152,6 +164,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
         context = start_local(num_cpus=num_cpus, dashboard=dashboard, **kwargs)
     except Exception as e:
         raise ClusterError(f"cannot start a local Ray instance: {first_line(e)}") from e
+    _python_owns_sigterm()
     _session["dashboard"] = context.dashboard_url
     if not verbose:
         ray_compat.show_only_training_output()

@@ -117,6 +117,19 @@ def test_ctrl_c_says_where_the_run_resumes_and_exits_130(ray_head, tmp_path):
     assert lines[0].startswith("error: interrupted at step ") and "relaunch the same command to resume" in lines[0]
 
 
+def test_sigterm_after_connecting_reaches_python_alone(ray_head):
+    """A scheduler's or `timeout`'s SIGTERM ends a command in its one `interrupted` line: Ray's core worker's crash
+    handler, which printed a native stack dump above it, no longer sees the signal once hybrid-ray has connected."""
+    script = ("import os, signal\nfrom hybrid_ray import cluster\n"
+              f"cluster.connect({ray_head.address!r})\nprint('connected', flush=True)\n"
+              "os.kill(os.getpid(), signal.SIGTERM)\n")
+    result = subprocess.run([str(Path(HYBRID_RAY).parent / "python"), "-c", script], env=ray_head.env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.stdout == "connected\n", result.stderr[-3000:]
+    assert result.returncode == signal.SIGTERM  # ray.init's handler: sys.exit(15), which hybrid-ray's commands catch
+    assert "SIGTERM received" not in result.stderr and "@ " not in result.stderr, result.stderr[-3000:]
+
+
 def test_ray_job_submit_as_the_readme_writes_it(ray_head, tmp_path):
     """README: `RAY_AUTH_MODE=token ray job submit --address http://127.0.0.1:8265 -- hybrid-ray train ...`."""
     entry = f"hybrid-ray train {' '.join(SMALL)} --storage-path {tmp_path} --name job"
