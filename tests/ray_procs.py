@@ -130,13 +130,22 @@ def start_head(home: str | Path, *, num_cpus: int = 2, token: bool = True, extra
     if token:
         (home / ".ray").mkdir(parents=True, exist_ok=True)
         (home / ".ray" / "auth_token").write_text(os.urandom(16).hex())
-    node = RayNode(temp_dir=temp_dir or short_tmpdir("hr-head-"), home=str(home), port=free_port(),
-                   dashboard_port=free_port())
-    node.env = user_env(home, RAY_TRAIN_ENABLE_STATE_TRACKING="1", **(extra_env or {}))
-    cmd = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={node.port}", "--dashboard-host=127.0.0.1",
-           f"--dashboard-port={node.dashboard_port}", f"--num-cpus={num_cpus}", f"--temp-dir={node.temp_dir}",
-           f"--ray-client-server-port={free_port()}", *_agent_ports(), "--disable-usage-stats"]
-    _start(cmd, node)
+    for attempt in (1, 2):
+        node = RayNode(temp_dir=temp_dir or short_tmpdir("hr-head-"), home=str(home), port=free_port(),
+                       dashboard_port=free_port())
+        node.env = user_env(home, RAY_TRAIN_ENABLE_STATE_TRACKING="1", **(extra_env or {}))
+        cmd = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={node.port}",
+               "--dashboard-host=127.0.0.1", f"--dashboard-port={node.dashboard_port}", f"--num-cpus={num_cpus}",
+               f"--temp-dir={node.temp_dir}", f"--ray-client-server-port={free_port()}", *_agent_ports(),
+               "--disable-usage-stats"]
+        try:
+            _start(cmd, node)
+            break
+        except RuntimeError:
+            # once in CI, while the other test process started its own Ray: "the current node timed out during
+            # startup" (Ray waits 30 s for its raylet; a port that free_port chose may also be taken meanwhile)
+            if attempt == 2:
+                raise
     _wait_for_dashboard(node)
     return node
 
