@@ -20,6 +20,10 @@ os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
 # Ray Train's controller polls its workers every 0.5 s under hybrid-ray (2 s in Ray); a tiny test run's end waits for
 # the next poll (a missed poll is harmless: a worker counts as lost after 10 minutes of them)
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+# Ray's log monitor lists its session's log folder every 0.1 s while it holds fewer than this many files; a session
+# that lives through the suite collects hundreds (every actor's worker leaves two), and its monitor was a steady CPU
+# load on a 2-core machine. At 0: a new worker's log is found within 0.5 s (LOG_NAME_UPDATE_INTERVAL_S)
+os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
