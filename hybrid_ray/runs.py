@@ -131,16 +131,17 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def check_same_run(previous: dict, spec: RunSpec) -> None:
-    """Relaunching a run name must not silently change what the run is."""
+def check_same_run(previous: dict, spec: RunSpec, spec_path: str) -> None:
+    """Relaunching a run name must not silently change what the run is (`spec_path`: the run's spec.yaml)."""
     old, new = _flatten(RunSpec.from_dict(previous).to_dict()), _flatten(spec.to_dict())
     for key in sorted(set(old) | set(new)):
         if any(key == m or key.startswith(m + ".") for m in MUTABLE):
             continue
         if old.get(key) != new.get(key):
             raise SpecError(
-                f"run {spec.name!r} already exists with {key}={old.get(key)!r} (now {new.get(key)!r}); "
-                "relaunch it unchanged to resume, use --extend-steps to train longer, or pick a new --name"
+                f"run {spec.name!r} already exists with {key}={old.get(key)!r} (now {new.get(key)!r}); relaunch "
+                f"it unchanged (--config {spec_path} repeats its spec) to resume it, or with --extend-steps to train "
+                "it longer, or pick a new --name"
             )
 
 
@@ -150,7 +151,7 @@ def claim(run_dir: str, spec: RunSpec) -> bool:
     spec_path = storage.join(run_dir, SPEC_FILE)
     has_checkpoints = bool(list_checkpoints(run_dir))
     if storage.exists(spec_path) and has_checkpoints:
-        check_same_run(read_spec(run_dir), spec)
+        check_same_run(read_spec(run_dir), spec, spec_path)
     else:
         storage.write_bytes(spec_path, spec.to_yaml().encode())
     return has_checkpoints

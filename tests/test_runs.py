@@ -21,8 +21,9 @@ def test_a_run_without_checkpoints_takes_new_settings_and_one_with_them_does_not
     assert runs.claim(run_dir, spec(tmp_path, **{"train.steps": 300})) is False  # it failed before its first checkpoint
     assert "steps: 300" in (tmp_path / "h100_hybrid_sparse-tiny" / "spec.yaml").read_text()
     write(tmp_path / "h100_hybrid_sparse-tiny" / "checkpoint_00000010")
-    with pytest.raises(SpecError, match="already exists with train.steps=300 \\(now 200\\)"):
+    with pytest.raises(SpecError, match="already exists with train.steps=300 \\(now 200\\)") as refused:
         runs.claim(run_dir, spec(tmp_path))
+    assert f"--config {run_dir}/spec.yaml repeats its spec" in str(refused.value)
     assert runs.claim(run_dir, spec(tmp_path, **{"train.steps": 300, "scale.num_workers": 2})) is True  # hardware may change
 
 
