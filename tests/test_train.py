@@ -132,10 +132,19 @@ def test_trained_model_generates_and_loads_in_fla(default_run, capsys, fla_inter
 def test_resume_is_exact_also_through_a_storage_uri(reference_run, tmp_path):
     """Resumed from its step-10 checkpoint, a run trains exactly as straight through; its storage is a pyarrow
     filesystem URI (file:// here; s3:// and gs:// take the same code path)."""
+    from ray.util.state import list_actors
+
     straight = reference_run
     spec = small_spec(f"file://{tmp_path}", "resumed", **REFERENCE)
+    ctrl_c = signal.getsignal(signal.SIGINT)
     first = train(spec, until_step=10, progress=False)
     assert first.run_dir == f"file://{tmp_path}/resumed"
+    # Ctrl-C is the driver's again, and the launch's controller (which Ray Train's handler held) ends
+    assert signal.getsignal(signal.SIGINT) is ctrl_c
+    deadline = time.time() + 30
+    while list_actors(filters=[("class_name", "=", "TrainController"), ("state", "=", "ALIVE")]):
+        assert time.time() < deadline, "the finished launch's controller lives on"
+        time.sleep(0.2)
     assert first.results["status"] == "stopped" and first.results["step"] == 10
     (tmp_path / "resumed" / "results.json").unlink()  # what a launch interrupted after its checkpoint leaves
     second = train(spec, progress=False)

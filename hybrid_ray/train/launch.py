@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import signal
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -276,11 +278,18 @@ def _fit(spec: RunSpec, launch: LaunchOptions, scaling: Any, use_gpu: bool, call
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
+    # Ray Train's SIGINT handler (installed by fit) holds the run's controller and is never taken back: in a driver
+    # that lives on (a notebook, a test session) the finished run's controller stayed alive, polling, and a later
+    # Ctrl-C aborted that finished run instead of interrupting the driver
+    sigint = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
     try:
         trainer.fit()
     except SystemExit as e:
         # Ray Train's own SIGINT handler aborts the run and then exits the driver: an interruption like any other
         raise KeyboardInterrupt from e
+    finally:
+        if sigint is not None:
+            signal.signal(signal.SIGINT, sigint)
 
 
 def finalize(spec: RunSpec, run_dir: str, dataset: Any, wall_s: float) -> TrainOutcome:
