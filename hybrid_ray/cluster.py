@@ -117,10 +117,14 @@ def ends_with_this_process() -> bool:
     return bool(os.environ.get(OWN_CLUSTER)) and ray.get_runtime_context().get_actor_id() is None
 
 
-def _python_owns_sigterm() -> None:
-    """Ray's core worker, started by ray.init, puts a crash handler in front of Python's SIGTERM handler (ray.init's
-    own, which ends the run resumably): it printed a native stack dump above the command's one `interrupted` line
-    when a scheduler or `timeout` stopped it. Python's handler alone again."""
+def _connected(context: Any, verbose: bool) -> None:
+    """What every new connection of this process sets up: the dashboard to name, the console, SIGTERM."""
+    _session["dashboard"] = context.dashboard_url
+    if not verbose:
+        ray_compat.show_only_training_output()
+    # Ray's core worker, started by ray.init, puts a crash handler in front of Python's SIGTERM handler (ray.init's
+    # own, which ends the run resumably): it printed a native stack dump above the command's one `interrupted` line
+    # when a scheduler or `timeout` stopped it. Python's handler alone again
     if threading.current_thread() is threading.main_thread():
         handler = signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGTERM, signal.SIG_DFL if handler is None else handler)
@@ -154,20 +158,14 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
                                    f"{auth_hint(e, captured.read_text(errors='replace'))}") from e
         if verbose:
             sys.stderr.write(captured.read_text(errors="replace"))
-        _python_owns_sigterm()
-        _session["dashboard"] = context.dashboard_url
-        if not verbose:
-            ray_compat.show_only_training_output()
+        _connected(context, verbose)
         return f"Ray cluster at {address}"
     ray_compat.enable_token_auth()  # what Ray does for a new local cluster anyway, without its warning
     try:
         context = start_local(num_cpus=num_cpus, dashboard=dashboard, **kwargs)
     except Exception as e:
         raise ClusterError(f"cannot start a local Ray instance: {first_line(e)}") from e
-    _python_owns_sigterm()
-    _session["dashboard"] = context.dashboard_url
-    if not verbose:
-        ray_compat.show_only_training_output()
+    _connected(context, verbose)
     return "a new local Ray instance (stops when this command ends; --address joins a running cluster)"
 
 

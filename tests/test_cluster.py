@@ -4,6 +4,7 @@ cluster/local-head.sh starts it): no variable set but HOME, a clean console, one
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -123,8 +124,8 @@ def test_sigterm_after_connecting_reaches_python_alone(ray_head):
     script = ("import os, signal\nfrom hybrid_ray import cluster\n"
               f"cluster.connect({ray_head.address!r})\nprint('connected', flush=True)\n"
               "os.kill(os.getpid(), signal.SIGTERM)\n")
-    result = subprocess.run([str(Path(HYBRID_RAY).parent / "python"), "-c", script], env=ray_head.env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], env=ray_head.env, capture_output=True, text=True,
+                            timeout=120)
     assert result.stdout == "connected\n", result.stderr[-3000:]
     assert result.returncode == signal.SIGTERM  # ray.init's handler: sys.exit(15), which hybrid-ray's commands catch
     assert "SIGTERM received" not in result.stderr and "@ " not in result.stderr, result.stderr[-3000:]
