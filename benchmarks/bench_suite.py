@@ -24,17 +24,20 @@ import psutil
 
 # Ray's system processes, by a part of their command line (a worker's title replaces its command line later)
 SYSTEM = ("gcs_server", "dashboard/dashboard.py", "dashboard/agent.py", "runtime_env/agent", "log_monitor",
-          "monitor.py", "ray.util.client.server", "default_worker.py", "ray start", "hybrid-ray", "pytest", "xdist",
-          "from multiprocessing")
+          "monitor.py", "ray.util.client.server", "default_worker.py", "ray start", "hybrid-ray",
+          "hybrid_ray.fla_clone", "pytest", "from multiprocessing")
+XDIST_WORKER = "exec(eval(sys.stdin.readline()))"  # how pytest-xdist (execnet) starts a test process
 
 
 def kind_of(cmdline: list[str]) -> str:
     """A short name for what a process is."""
     line = " ".join(cmdline)
-    if line.startswith("ray::"):
-        return line.split()[0].split("(")[0]
+    if line.startswith("ray::"):  # ray::RayTrainWorker, also while it runs a method (ray::RayTrainWorker.poll_status)
+        return line.split()[0].split("(")[0].split(".")[0]
     if line.startswith("ray-dashboard-"):
         return line.split()[0]
+    if XDIST_WORKER in line:
+        return "pytest-xdist worker"
     if cmdline and cmdline[0].endswith("/raylet"):
         return "raylet"
     return next((key for key in SYSTEM if key in line), line[:60] or "?")
