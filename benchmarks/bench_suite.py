@@ -3,11 +3,11 @@
     python benchmarks/bench_suite.py --out-dir benchmarks/results/suite [-- COMMAND...]
 
 Runs COMMAND [default: `python -m pytest -q`, the README's test command; `bash .ci/run` in a fresh clone measures
-CI] and samples the CPU time of every process that starts
-meanwhile every half second; a process counts under its kind: Ray's actor title (`ray::RayTrainWorker`), a Ray
-system process (raylet, gcs_server, dashboard, ...), `hybrid-ray`, the pytest processes. Short-lived processes can
-be missed between two samples, so the kinds add up to a little less than the machine's busy CPU (from /proc/stat),
-which suite.json records beside the wall time.
+CI] and samples the CPU time of every process that starts meanwhile every half second; a process counts under the
+kind its newest command line names: Ray's actor title (`ray::RayTrainWorker`), a Ray system process (raylet,
+gcs_server, dashboard, ...), `hybrid-ray`, the pytest processes. Short-lived processes can be missed between two
+samples, so the kinds add up to a little less than the machine's busy CPU (from /proc/stat), which suite.json records
+beside the wall time.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-# Ray's system processes, by a part of their command line (a worker's title replaces its command line later)
+# Ray's system processes, by a part of their command line (Ray renames a worker when it takes an actor)
 SYSTEM = ("gcs_server", "dashboard/dashboard.py", "dashboard/agent.py", "runtime_env/agent", "log_monitor",
           "monitor.py", "ray.util.client.server", "default_worker.py", "ray start", "hybrid-ray",
           "hybrid_ray.fla_clone", "pytest", "from multiprocessing")
@@ -40,7 +40,7 @@ def kind_of(cmdline: list[str]) -> str:
         return "pytest-xdist worker"
     if cmdline and cmdline[0].endswith("/raylet"):
         return "raylet"
-    return next((key for key in SYSTEM if key in line), line[:60] or "?")
+    return next((key for key in SYSTEM if key in line), line[:60])
 
 
 def busy_cpu_seconds() -> float:
@@ -65,9 +65,9 @@ def measure(command: list[str], interval: float = 0.5) -> dict:
                 cmdline = p.cmdline()
             except psutil.Error:
                 continue
-            if p.pid not in kind or kind[p.pid] in ("?", "default_worker.py") or cmdline[:1] and \
-                    cmdline[0].startswith("ray::"):  # Ray renames a worker when it takes an actor
+            if cmdline:  # empty once the process has exited: keep what it was
                 kind[p.pid] = kind_of(cmdline)
+            kind.setdefault(p.pid, "?")
             cpu[p.pid] = times.user + times.system
         time.sleep(interval)
     totals: collections.Counter = collections.Counter()
@@ -88,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", required=True, help="Folder for suite.json.")
     parser.add_argument("command", nargs="*", help="The command to measure (after --). [default: python -m pytest -q]")
     args = parser.parse_args(argv)
-    result = measure(args.command or [sys.executable, "-m", "pytest", "-q"])
+    try:
+        result = measure(args.command or [sys.executable, "-m", "pytest", "-q"])
+    except OSError as e:  # the command does not exist or cannot run
+        print(f"error: cannot run {args.command[0]}: {e.strerror}", file=sys.stderr)
+        return 2
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "suite.json").write_text(json.dumps(result, indent=1) + "\n")
