@@ -139,3 +139,46 @@ def test_latest_orders_by_step_then_suffix(tmp_path):
     (tmp_path / "checkpoint_manager_snapshot.json").write_text("{}")  # Ray's own file: not a checkpoint
     assert ckpt.list_checkpoints(str(tmp_path)) == ["checkpoint_00000010", "checkpoint_00000020", "checkpoint_00000020-1"]
     assert ckpt.latest(str(tmp_path)).endswith("checkpoint_00000020-1")
+
+
+def test_a_checkpoint_folder_deleted_by_hand_leaves_rays_record_of_the_run(tmp_path):
+    """Ray refuses to relaunch a run whose record names a checkpoint folder that is gone (deleted to free a disk); at
+    launch the record forgets it, and Ray's own checkpoint manager then loads it with the folders that are left."""
+    import shutil
+
+    import ray
+    from ray.train import CheckpointConfig
+    from ray.train.v2._internal.exceptions import CheckpointManagerInitializationError
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import CheckpointManager
+    from ray.train.v2._internal.execution.storage import StorageContext
+
+    run = tmp_path / "run"
+
+    def result(step):
+        return {"version": 0, "checkpoint_dir_name": ckpt.folder_name(step), "metrics": {"step": step}}
+
+    for step in (10, 20, 30):
+        write(run / ckpt.folder_name(step), step=step)
+    (run / ckpt.RAY_RECORD).write_text(json.dumps({  # as Ray 2.60 writes it after three reports
+        "ray_version": ray.__version__, "checkpoint_results": [result(s) for s in (10, 20, 30)],
+        "checkpoint_report_indices": [0, 1, 2], "latest_checkpoint_result": result(30),
+        "pending_training_results": [], "pending_validation_specs": [], "current_report_index": 3,
+        "validated_checkpoint_dir_names": [], "timed_out_validation_checkpoint_dir_names": [],
+        "failed_validation_checkpoint_dir_names": []}))
+
+    def ray_loads():
+        CheckpointManager(CheckpointConfig(num_to_keep=3), StorageContext(str(tmp_path), "run"))
+
+    ray_loads()
+    assert ckpt.forget_deleted(str(run)) == []  # nothing deleted: the record is left as Ray wrote it
+    for step in (10, 30):
+        shutil.rmtree(run / ckpt.folder_name(step))
+    with pytest.raises(CheckpointManagerInitializationError, match="does not exist anymore"):
+        ray_loads()
+    newest, known = ckpt.at_launch(SPEC, str(run))
+    assert newest == str(run / ckpt.folder_name(20)) and known == [ckpt.folder_name(20)]
+    ray_loads()
+    record = json.loads((run / ckpt.RAY_RECORD).read_text())
+    assert [r["checkpoint_dir_name"] for r in record["checkpoint_results"]] == [ckpt.folder_name(20)]
+    assert record["checkpoint_report_indices"] == [1] and record["current_report_index"] == 3
+    assert record["latest_checkpoint_result"]["checkpoint_dir_name"] == ckpt.folder_name(20)

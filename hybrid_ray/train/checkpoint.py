@@ -125,6 +125,7 @@ def resume_point(run_dir: str) -> int | None:
 def at_launch(spec: RunSpec, run_dir: str) -> tuple[str | None, list[str]]:
     """(the newest good checkpoint, every checkpoint folder name) at launch. A run whose checkpoints are all damaged
     is refused rather than silently started over."""
+    forget_deleted(run_dir)
     known = list_checkpoints(run_dir)
     newest, skipped = newest_good(run_dir)
     if known and newest is None:
@@ -135,6 +136,44 @@ def at_launch(spec: RunSpec, run_dir: str) -> tuple[str | None, list[str]]:
     if newest is not None:
         check_pickles(newest)
     return newest, known
+
+
+# Ray Train's record of a run's checkpoints (Ray 2.60), in the run folder: what its retention (--keep) counts
+RAY_RECORD = "checkpoint_manager_snapshot.json"
+_RECORDED_NAMES = ("validated_checkpoint_dir_names", "timed_out_validation_checkpoint_dir_names",
+                   "failed_validation_checkpoint_dir_names")
+
+
+def forget_deleted(run_dir: str) -> list[str]:
+    """Drop the checkpoint folders deleted by hand (to free a disk) from Ray's record of the run, which Ray otherwise
+    refuses to relaunch ("a corrupted run directory"); returns their names. Runs resume from the folders on disk
+    (at_launch), never from Ray's record; a record this cannot read is left for Ray to report."""
+    path = storage.join(run_dir, RAY_RECORD)
+    if not storage.exists(path):
+        return []
+    on_disk = set(list_checkpoints(run_dir))
+    try:
+        record = json.loads(storage.read_bytes(path))
+        results = record["checkpoint_results"]
+        gone = [r["checkpoint_dir_name"] for r in results if r["checkpoint_dir_name"] not in on_disk]
+    except (ValueError, KeyError, TypeError):
+        return []
+    if not gone:
+        return []
+    kept = [i for i, r in enumerate(results) if r["checkpoint_dir_name"] in on_disk]
+    record["checkpoint_results"] = [results[i] for i in kept]
+    record["checkpoint_report_indices"] = [record["checkpoint_report_indices"][i] for i in kept]
+    latest_result = record.get("latest_checkpoint_result")
+    if latest_result and latest_result["checkpoint_dir_name"] not in on_disk:
+        record["latest_checkpoint_result"] = record["checkpoint_results"][-1] if kept else None
+    pending = [i for i, r in enumerate(record.get("pending_training_results", []))
+               if r["checkpoint_dir_name"] in on_disk]
+    for key in ("pending_training_results", "pending_validation_specs"):
+        record[key] = [record[key][i] for i in pending]
+    for key in _RECORDED_NAMES:
+        record[key] = [name for name in record.get(key, []) if name in on_disk]
+    storage.write_bytes(path, json.dumps(record).encode())
+    return gone
 
 
 def prune(run_dir: str) -> None:
