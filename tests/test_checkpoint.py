@@ -170,7 +170,9 @@ def test_a_checkpoint_folder_deleted_by_hand_leaves_rays_record_of_the_run(tmp_p
         CheckpointManager(CheckpointConfig(num_to_keep=3), StorageContext(str(tmp_path), "run"))
 
     ray_loads()
-    assert ckpt.forget_deleted(str(run)) == []  # nothing deleted: the record is left as Ray wrote it
+    before = (run / ckpt.RAY_RECORD).read_bytes()
+    assert ckpt.forget_deleted(str(run), ckpt.list_checkpoints(str(run))) == []  # nothing deleted: nothing to forget
+    assert (run / ckpt.RAY_RECORD).read_bytes() == before
     for step in (10, 30):
         shutil.rmtree(run / ckpt.folder_name(step))
     with pytest.raises(CheckpointManagerInitializationError, match="does not exist anymore"):

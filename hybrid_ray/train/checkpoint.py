@@ -125,8 +125,8 @@ def resume_point(run_dir: str) -> int | None:
 def at_launch(spec: RunSpec, run_dir: str) -> tuple[str | None, list[str]]:
     """(the newest good checkpoint, every checkpoint folder name) at launch. A run whose checkpoints are all damaged
     is refused rather than silently started over."""
-    forget_deleted(run_dir)
     known = list_checkpoints(run_dir)
+    forget_deleted(run_dir, known)
     newest, skipped = newest_good(run_dir)
     if known and newest is None:
         raise CheckpointError(f"every checkpoint of run {spec.name} is damaged (newest: {skipped[0]}); remove the run "
@@ -144,14 +144,15 @@ _RECORDED_NAMES = ("validated_checkpoint_dir_names", "timed_out_validation_check
                    "failed_validation_checkpoint_dir_names")
 
 
-def forget_deleted(run_dir: str) -> list[str]:
+def forget_deleted(run_dir: str, folders: list[str]) -> list[str]:
     """Drop the checkpoint folders deleted by hand (to free a disk) from Ray's record of the run, which Ray otherwise
-    refuses to relaunch ("a corrupted run directory"); returns their names. Runs resume from the folders on disk
-    (at_launch), never from Ray's record; a record this cannot read is left for Ray to report."""
+    refuses to relaunch ("a corrupted run directory"); `folders`: the run's checkpoint folders on disk. Returns the
+    names dropped. Runs resume from the folders on disk (at_launch), never from Ray's record; a record this cannot
+    read is left for Ray to report."""
     path = storage.join(run_dir, RAY_RECORD)
     if not storage.exists(path):
         return []
-    on_disk = set(list_checkpoints(run_dir))
+    on_disk = set(folders)
     try:
         record = json.loads(storage.read_bytes(path))
         results = record["checkpoint_results"]
