@@ -141,46 +141,79 @@ def test_latest_orders_by_step_then_suffix(tmp_path):
     assert ckpt.latest(str(tmp_path)).endswith("checkpoint_00000020-1")
 
 
+def write_ray_record(run, steps):
+    """Checkpoints at `steps` and Ray Train's record of them, as Ray 2.60 writes it after one report per step."""
+    import ray
+
+    def result(step):
+        return {"version": 0, "checkpoint_dir_name": ckpt.folder_name(step), "metrics": {"step": step}}
+
+    for step in steps:
+        write(run / ckpt.folder_name(step), step=step)
+    (run / ckpt.RAY_RECORD).write_text(json.dumps({
+        "ray_version": ray.__version__, "checkpoint_results": [result(s) for s in steps],
+        "checkpoint_report_indices": list(range(len(steps))), "latest_checkpoint_result": result(steps[-1]),
+        "pending_training_results": [], "pending_validation_specs": [], "current_report_index": len(steps),
+        "validated_checkpoint_dir_names": [], "timed_out_validation_checkpoint_dir_names": [],
+        "failed_validation_checkpoint_dir_names": []}))
+
+
+def ray_loads(run):
+    """What Ray Train does with the run folder when the run is launched again: load its record of the checkpoints."""
+    from ray.train import CheckpointConfig
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import CheckpointManager
+    from ray.train.v2._internal.execution.storage import StorageContext
+
+    CheckpointManager(CheckpointConfig(num_to_keep=3), StorageContext(str(run.parent), run.name))
+
+
 def test_a_checkpoint_folder_deleted_by_hand_leaves_rays_record_of_the_run(tmp_path):
     """Ray refuses to relaunch a run whose record names a checkpoint folder that is gone (deleted to free a disk); at
     launch the record forgets it, and Ray's own checkpoint manager then loads it with the folders that are left."""
     import shutil
 
-    import ray
-    from ray.train import CheckpointConfig
     from ray.train.v2._internal.exceptions import CheckpointManagerInitializationError
-    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import CheckpointManager
-    from ray.train.v2._internal.execution.storage import StorageContext
 
     run = tmp_path / "run"
-
-    def result(step):
-        return {"version": 0, "checkpoint_dir_name": ckpt.folder_name(step), "metrics": {"step": step}}
-
-    for step in (10, 20, 30):
-        write(run / ckpt.folder_name(step), step=step)
-    (run / ckpt.RAY_RECORD).write_text(json.dumps({  # as Ray 2.60 writes it after three reports
-        "ray_version": ray.__version__, "checkpoint_results": [result(s) for s in (10, 20, 30)],
-        "checkpoint_report_indices": [0, 1, 2], "latest_checkpoint_result": result(30),
-        "pending_training_results": [], "pending_validation_specs": [], "current_report_index": 3,
-        "validated_checkpoint_dir_names": [], "timed_out_validation_checkpoint_dir_names": [],
-        "failed_validation_checkpoint_dir_names": []}))
-
-    def ray_loads():
-        CheckpointManager(CheckpointConfig(num_to_keep=3), StorageContext(str(tmp_path), "run"))
-
-    ray_loads()
+    write_ray_record(run, [10, 20, 30])
+    ray_loads(run)
     before = (run / ckpt.RAY_RECORD).read_bytes()
     assert ckpt.forget_deleted(str(run), ckpt.list_checkpoints(str(run))) == []  # nothing deleted: nothing to forget
     assert (run / ckpt.RAY_RECORD).read_bytes() == before
     for step in (10, 30):
         shutil.rmtree(run / ckpt.folder_name(step))
     with pytest.raises(CheckpointManagerInitializationError, match="does not exist anymore"):
-        ray_loads()
+        ray_loads(run)
     newest, known = ckpt.at_launch(SPEC, str(run))
     assert newest == str(run / ckpt.folder_name(20)) and known == [ckpt.folder_name(20)]
-    ray_loads()
+    ray_loads(run)
     record = json.loads((run / ckpt.RAY_RECORD).read_text())
     assert [r["checkpoint_dir_name"] for r in record["checkpoint_results"]] == [ckpt.folder_name(20)]
     assert record["checkpoint_report_indices"] == [1] and record["current_report_index"] == 3
     assert record["latest_checkpoint_result"]["checkpoint_dir_name"] == ckpt.folder_name(20)
+
+
+def test_a_damaged_record_of_ray_is_set_aside_with_a_warning_and_the_run_resumes(tmp_path):
+    """A record that a full disk cut short (Ray writes it in place) made Ray refuse the relaunch with an error from
+    inside its controller; at launch it is moved aside, byte for byte, and Ray starts a new one."""
+    from ray.train.v2._internal.exceptions import CheckpointManagerInitializationError
+
+    run = tmp_path / "run"
+    write_ray_record(run, [10, 20])
+    good = (run / ckpt.RAY_RECORD).read_bytes()
+    cut = good[:100]
+    (run / ckpt.RAY_RECORD).write_bytes(cut)
+    with pytest.raises(CheckpointManagerInitializationError, match="Unterminated string"):
+        ray_loads(run)
+    (run / (ckpt.RAY_RECORD + ".damaged")).write_bytes(b"an earlier one")  # never overwritten
+    with pytest.warns(UserWarning, match="record of run .* was damaged") as warned:
+        newest, known = ckpt.at_launch(SPEC, str(run))
+    aside = run / (ckpt.RAY_RECORD + ".damaged-1")
+    assert str(aside) in str(warned[0].message) and "--keep counts only" in str(warned[0].message)
+    assert newest == str(run / ckpt.folder_name(20)) and known == [ckpt.folder_name(10), ckpt.folder_name(20)]
+    assert aside.read_bytes() == cut and (run / (ckpt.RAY_RECORD + ".damaged")).read_bytes() == b"an earlier one"
+    assert not (run / ckpt.RAY_RECORD).exists()
+    ray_loads(run)
+    (run / ckpt.RAY_RECORD).write_bytes(good)  # a readable record is left where it is
+    ckpt.at_launch(SPEC, str(run))
+    assert (run / ckpt.RAY_RECORD).read_bytes() == good

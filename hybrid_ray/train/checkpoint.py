@@ -126,6 +126,10 @@ def at_launch(spec: RunSpec, run_dir: str) -> tuple[str | None, list[str]]:
     """(the newest good checkpoint, every checkpoint folder name) at launch. A run whose checkpoints are all damaged
     is refused rather than silently started over."""
     known = list_checkpoints(run_dir)
+    aside = set_aside_damaged_record(run_dir)
+    if aside:
+        warnings.warn(f"Ray Train's record of run {spec.name} was damaged (not JSON) and is kept as {aside}; the run "
+                      "resumes from its checkpoint folders, and --keep counts only the checkpoints written from now on")
     forget_deleted(run_dir, known)
     newest, skipped = newest_good(run_dir)
     if known and newest is None:
@@ -144,11 +148,32 @@ _RECORDED_NAMES = ("validated_checkpoint_dir_names", "timed_out_validation_check
                    "failed_validation_checkpoint_dir_names")
 
 
+def set_aside_damaged_record(run_dir: str) -> str | None:
+    """Move Ray's record of the run aside when it is not a JSON object (a write a full disk cut short), which Ray
+    would refuse to relaunch; Ray then starts a new one. Returns where the damaged record now is, or None."""
+    path = storage.join(run_dir, RAY_RECORD)
+    if not storage.exists(path):
+        return None
+    data = storage.read_bytes(path)
+    try:
+        if isinstance(json.loads(data), dict):
+            return None
+    except ValueError:
+        pass
+    aside, n = f"{path}.damaged", 0
+    while storage.exists(aside):
+        n += 1
+        aside = f"{path}.damaged-{n}"
+    storage.write_bytes(aside, data)
+    storage.delete_file(path)
+    return aside
+
+
 def forget_deleted(run_dir: str, folders: list[str]) -> list[str]:
     """Drop the checkpoint folders deleted by hand (to free a disk) from Ray's record of the run, which Ray otherwise
     refuses to relaunch ("a corrupted run directory"); `folders`: the run's checkpoint folders on disk. Returns the
-    names dropped. Runs resume from the folders on disk (at_launch), never from Ray's record; a record this cannot
-    read is left for Ray to report."""
+    names dropped. Runs resume from the folders on disk (at_launch), never from Ray's record; a record in a shape
+    this does not know is left for Ray to report."""
     path = storage.join(run_dir, RAY_RECORD)
     if not storage.exists(path):
         return []
