@@ -557,22 +557,26 @@ STORAGE_OPTION = click.option("--storage-path", default=DEFAULT_STORAGE, show_de
 @runs.command("list")
 @STORAGE_OPTION
 @click.option("--json", "as_json", is_flag=True)
-def runs_list(storage_path: str, as_json: bool) -> None:
-    """Name, variant, status, step, best validation loss and path of every run."""
+def runs_list(storage_path: str, as_json: bool) -> int:
+    """Name, variant, status, step, best validation loss and path of every run; a damaged run is listed too, and
+    an error line for it (exit code 1) says which file is damaged."""
     from hybrid_ray.runs import list_runs
 
     rows = list_runs(storage_path)
     if as_json:
         click.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
-        return
-    if not rows:
+    elif not rows:
         click.echo(f"no runs under {storage_path}")
-        return
-    click.echo(f"{'name':<32}{'variant':<26}{'status':<24}{'step':>12}{'best val':>10}  path")
+    else:
+        click.echo(f"{'name':<32}{'variant':<26}{'status':<24}{'step':>12}{'best val':>10}  path")
+        for r in rows:
+            step = f"{r.step if r.step is not None else '-'}/{r.total_steps or '-'}"
+            best = f"{r.best_val_loss:.4f}" if r.best_val_loss is not None else "-"
+            click.echo(f"{r.name:<32}{r.variant or '-':<26}{r.status:<24}{step:>12}{best:>10}  {r.path}")
     for r in rows:
-        step = f"{r.step if r.step is not None else '-'}/{r.total_steps or '-'}"
-        best = f"{r.best_val_loss:.4f}" if r.best_val_loss is not None else "-"
-        click.echo(f"{r.name:<32}{r.variant or '-':<26}{r.status:<24}{step:>12}{best:>10}  {r.path}")
+        if r.problem:
+            click.echo(f"error: {r.problem}", err=True)
+    return 1 if any(r.problem for r in rows) else 0
 
 
 @runs.command("rm")

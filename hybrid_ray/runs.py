@@ -168,9 +168,18 @@ class RunInfo:
     total_steps: int | None
     best_val_loss: float | None
     path: str
+    problem: str | None = None  # why a damaged run's spec.yaml or results.json could not be read
 
 
 def run_info(run_dir: str, name: str) -> RunInfo:
+    """A run's line; a run whose files are damaged is still listed (status 'damaged', `problem` says why)."""
+    try:
+        return _read_info(run_dir, name)
+    except HybridRayError as e:
+        return RunInfo(name, None, "damaged", None, None, None, run_dir, problem=str(e))
+
+
+def _read_info(run_dir: str, name: str) -> RunInfo:
     results = read_results(run_dir)
     if results is not None:
         best = (results.get("best") or {}).get("val_loss")
@@ -185,19 +194,24 @@ def run_info(run_dir: str, name: str) -> RunInfo:
 SWEEP_TRIALS = "trials"  # a sweep folder holds its trials' run folders here (hybrid_ray/tune.py)
 
 
-def list_runs(storage_path: str) -> list[RunInfo]:
-    """Every run under a storage path (folders holding a spec.yaml), by name; a sweep's trials are listed as
-    `<sweep>/<trial>`."""
+def run_dirs(storage_path: str) -> dict[str, str]:
+    """Every run folder under a storage path (folders holding a spec.yaml) by name, read no further; a sweep's trials
+    are named `<sweep>/<trial>`."""
     root = storage.normalize(storage_path)
-    found = []
+    found = {}
     for name in storage.list_dirs(root):
         if storage.exists(storage.join(root, name, SPEC_FILE)):
-            found.append(run_info(storage.join(root, name), name))
+            found[name] = storage.join(root, name)
             continue
         trials = storage.join(root, name, SWEEP_TRIALS)
-        found += [run_info(storage.join(trials, t), f"{name}/{t}") for t in storage.list_dirs(trials)
-                  if storage.exists(storage.join(trials, t, SPEC_FILE))]
+        found |= {f"{name}/{t}": storage.join(trials, t) for t in storage.list_dirs(trials)
+                  if storage.exists(storage.join(trials, t, SPEC_FILE))}
     return found
+
+
+def list_runs(storage_path: str) -> list[RunInfo]:
+    """Every run under a storage path, by name (see run_dirs)."""
+    return [run_info(path, name) for name, path in run_dirs(storage_path).items()]
 
 
 def rm_command(storage_path: str, name: str) -> str:
@@ -209,9 +223,9 @@ def rm_command(storage_path: str, name: str) -> str:
 
 
 def remove_run(storage_path: str, name: str) -> str:
-    """Delete a run's folder (checkpoints, results, model); returns its path."""
+    """Delete a run's folder (checkpoints, results, model), also a damaged one's; returns its path."""
     root = storage.normalize(storage_path)
-    runs = {r.name: r.path for r in list_runs(root)}
+    runs = run_dirs(root)
     if name not in runs:
         raise HybridRayError(f"no run {name!r} under {root}{suggest(name, runs)}")
     path = runs[name]

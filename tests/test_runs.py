@@ -81,6 +81,31 @@ def test_a_damaged_spec_or_results_file_is_one_line(tmp_path, capsys, content):
     assert not (tmp_path / "c").exists()
 
 
+def test_a_damaged_run_is_listed_beside_the_others_and_can_be_removed(tmp_path, capsys):
+    """One damaged run no longer hides every other run from `runs list`, nor blocks `runs rm` (of itself too)."""
+    runs.claim(str(tmp_path / "done"), spec(tmp_path, name="done"))
+    runs.write_results(str(tmp_path / "done"), {"status": "finished", "step": 200, "total_steps": 200,
+                                                "best": {"step": 200, "val_loss": 2.25}})
+    for name, file in (("cut", "results.json"), ("garbled", "spec.yaml")):
+        runs.claim(str(tmp_path / name), spec(tmp_path, name=name))
+        (tmp_path / name / file).write_bytes(b"{" if file == "results.json" else bytes(range(128, 256)))
+    assert main(["runs", "list", "--storage-path", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    table = {line.split()[0]: line.split()[2] for line in out.splitlines()[1:]}
+    assert table == {"cut": "damaged", "done": "finished", "garbled": "damaged"}
+    err = err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+    assert f"{tmp_path / 'cut' / 'results.json'} is not valid JSON" in err[0] and "spec.yaml is damaged" in err[1]
+    assert main(["runs", "list", "--storage-path", str(tmp_path), "--json"]) == 1
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["done"]["problem"] is None and "not valid JSON" in rows["cut"]["problem"]
+    for name in ("cut", "garbled"):
+        assert main(["runs", "rm", name, "--storage-path", str(tmp_path), "--yes"]) == 0
+        assert not (tmp_path / name).exists()
+    assert main(["runs", "list", "--storage-path", str(tmp_path)]) == 0
+    assert (tmp_path / "done" / "results.json").exists()
+
+
 def test_the_damaged_run_hint_removes_that_run_and_no_other(tmp_path, monkeypatch, capsys):
     """Two runs named longjob, one under the default storage path: the hint for the damaged one names its path."""
     import shlex
