@@ -615,6 +615,9 @@ def main(argv: list[str] | None = None) -> int:
     _ARGV[:] = sys.argv[1:] if argv is None else argv
     try:
         rv = cli.main(args=argv, prog_name="hybrid-ray", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:  # `hybrid-ray` or a group alone asks for its help, not an error
+        click.echo(e.ctx.get_help())
+        return 0
     except click.ClickException as e:
         click.echo(f"error: {e.format_message()}", err=True)
         return e.exit_code

@@ -31,6 +31,14 @@ def test_variants_table_and_json(capsys):
     assert len(rows) == 13 and rows["h100_deltanet"]["params"]["total"] == 274_364_448
 
 
+@pytest.mark.parametrize("group", [[], ["runs"], ["kernels"], ["jobs"], ["data"]])
+def test_a_command_group_alone_prints_its_help(capsys, group):
+    """`hybrid-ray` (a new user's first command) and a group without its sub-command: the help, not an error."""
+    rc, out, err = run(capsys, *group)
+    assert rc == 0 and err == "" and out.startswith(f"Usage: {' '.join(['hybrid-ray', *group])} [OPTIONS] COMMAND")
+    assert "Commands:" in out
+
+
 def test_verify_reports_versions_and_cpu_fallback(capsys):
     import subprocess
 
