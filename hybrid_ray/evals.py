@@ -64,10 +64,12 @@ def _records(path: Path) -> Iterator[dict[str, Any]]:
             data = json.loads(text)
             rows = data if isinstance(data, list) else data.get("data", data.get("rows", [data]))
         except json.JSONDecodeError:
-            try:
-                rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-            except json.JSONDecodeError as e:
-                raise DataError(f"{file}:{e.lineno}: not JSON or JSONL ({e.msg})") from e
+            rows = []
+            for number, line in enumerate(text.splitlines(), 1):
+                try:
+                    rows += [json.loads(line)] if line.strip() else []
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{file}:{number}: not JSON or JSONL ({e.msg})") from e
         for row in rows:
             yield row.get("row", row) if isinstance(row, dict) else row
 

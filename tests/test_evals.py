@@ -142,9 +142,10 @@ def test_malformed_task_files_name_the_record(run_dir, tmp_path, capsys):
     assert main(["eval", str(run_dir), "--task", "arc_easy", "--data", str(bad)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "record 0: not a valid arc_easy record" in err[0]
-    (tmp_path / "broken.jsonl").write_text("{not json\n")
+    good = json.dumps({"question": "q", "choices": {"text": ["a", "b"], "label": ["A", "B"]}, "answerKey": "A"})
+    (tmp_path / "broken.jsonl").write_text(f"{good}\n\n{good}\n{{not json\n")
     assert main(["eval", str(run_dir), "--task", "arc_easy", "--data", str(tmp_path / "broken.jsonl")]) == 1
-    assert "not JSON or JSONL" in capsys.readouterr().err
+    assert f"{tmp_path / 'broken.jsonl'}:4: not JSON or JSONL" in capsys.readouterr().err  # the file's line number
 
 
 def corpus(tmp_path):
