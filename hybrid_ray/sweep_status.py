@@ -1,8 +1,9 @@
 """What each sweep trial ended as, honestly, and what an ended trial keeps on disk.
 
 A trial is finished (it ran all its steps), stopped by ASHA (only under ASHA, never one that ran all its steps),
-failed (with the first line of its error), interrupted (the sweep was stopped while it ran: relaunching resumes it)
-or not started.
+failed (with the first line of its error), interrupted (the sweep was stopped while it ran: relaunching resumes it),
+not started, or removed (it ran to its end under FIFO, but its run folder was deleted since: Tune never runs an ended
+trial again, so a relaunch cannot bring it back).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ STOPPED = "stopped by ASHA"
 FAILED = "failed"
 INTERRUPTED = "interrupted"
 NOT_STARTED = "not started"
-ENDED = (FINISHED, STOPPED, FAILED)
+REMOVED = "removed"
+ENDED = (FINISHED, STOPPED, FAILED, REMOVED)
 
 
 @dataclass
@@ -54,6 +56,8 @@ def trial_status(results: dict[str, Any] | None, newest_step: int | None, outcom
     if outcome is not None and outcome.state == "TERMINATED" and scheduler == "asha":
         return STOPPED, f"at step {step}"
     if newest_step is None and results is None:
+        if outcome is not None and outcome.state == "TERMINATED":  # under FIFO a trial ends only by finishing
+            return REMOVED, "after it finished (its run folder is gone); a sweep under a new --name trains it again"
         return NOT_STARTED, None
     return INTERRUPTED, f"at step {step}; relaunch to resume"
 
