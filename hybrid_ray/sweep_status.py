@@ -2,8 +2,8 @@
 
 A trial is finished (it ran all its steps), stopped by ASHA (only under ASHA, never one that ran all its steps),
 failed (with the first line of its error), interrupted (the sweep was stopped while it ran: relaunching resumes it),
-not started, or removed (it ran to its end under FIFO, but its run folder was deleted since: Tune never runs an ended
-trial again, so a relaunch cannot bring it back).
+not started, or removed (it ran to its end under FIFO, but its run folder was deleted since; Tune never runs an ended
+trial again, so the sweep trains such trials in a new Tuner).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def trial_status(results: dict[str, Any] | None, newest_step: int | None, outcom
         return STOPPED, f"at step {step}"
     if newest_step is None and results is None:
         if outcome is not None and outcome.state == "TERMINATED":  # under FIFO a trial ends only by finishing
-            return REMOVED, "after it finished (its run folder is gone); a sweep under a new --name trains it again"
+            return REMOVED, "after it finished (its run folder is gone); relaunch the sweep to train it again"
         return NOT_STARTED, None
     return INTERRUPTED, f"at step {step}; relaunch to resume"
 

@@ -248,8 +248,14 @@ def sweep(
             print(f"  Ray dashboard: {dashboard}", flush=True)
 
     started = time.time()
-    outcomes, interrupted = _fit(base, options, arms, sweep_dir, concurrent, resumed, progress, verbose,
-                                 share_data(base, dataset))
+    origin = share_data(base, dataset)
+    outcomes, interrupted = _fit(base, options, arms, sweep_dir, concurrent, resumed, progress, verbose, origin)
+    removed = [] if interrupted else removed_trials(outcomes, sweep_dir, options.scheduler)
+    if removed:
+        # Tune never runs an ended trial again: a new Tuner over the grid trains them (the others only report)
+        if progress:
+            print(f"training again the trial(s) whose run folder was deleted: {', '.join(removed)}", flush=True)
+        outcomes, interrupted = _fit(base, options, arms, sweep_dir, concurrent, False, progress, verbose, origin)
     rows = collect(arms, options.seeds, sweep_dir, dataset, outcomes=outcomes, scheduler=options.scheduler,
                    keep_checkpoints=options.keep_checkpoints)
     if options.eval_tasks and not interrupted:
@@ -376,6 +382,17 @@ def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep_dir: str, 
             else None, seconds=(trial.last_result or {}).get("time_total_s"))
     interrupted = any(o.state not in ("TERMINATED", "ERROR") for o in outcomes.values())
     return outcomes, interrupted
+
+
+def removed_trials(outcomes: dict[str, status_lib.TuneOutcome], sweep_dir: str, scheduler: str) -> list[str]:
+    """The trials Tune ran to their end whose run folder was deleted since (see sweep_status.REMOVED)."""
+    removed = []
+    for name, outcome in outcomes.items():
+        run_dir = storage.join(sweep_dir, "trials", name)
+        results, newest = runs.read_results(run_dir), ckpt_lib.newest_step(run_dir)
+        if status_lib.trial_status(results, newest, outcome, scheduler)[0] == status_lib.REMOVED:
+            removed.append(name)
+    return removed
 
 
 def collect(arms: list[Arm], seeds: int, sweep_dir: str, dataset: Any, *,

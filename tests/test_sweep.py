@@ -64,6 +64,15 @@ def test_seeds_differ_and_the_same_seed_repeats_exactly(ray_session, tmp_path, c
     # but each trial started Ray Train's placement-group cleaner: a trial's controller can die (ASHA stops it) while
     # the sweep's Ray lives on
     assert list_actors(filters=[("class_name", "=", "PlacementGroupCleaner")])
+    # a finished trial's run folder deleted (`runs rm`): Tune never runs an ended trial again, so the relaunch trains
+    # it in a new Tuner, exactly as before (it said "interrupted, relaunch to resume" on every relaunch)
+    assert main(["runs", "rm", "fifo-b/lr0.002-s0", "--storage-path", str(tmp_path), "--yes"]) == 0
+    capsys.readouterr()
+    redone = sweep(base(tmp_path, "fifo-b", **{"train.steps": 20}), SweepOptions(grid=["lr=2e-3"], seeds=1,
+                                                                                 scheduler="fifo"))
+    assert [r["status"] for r in redone.rows] == ["finished"]
+    assert "training again the trial(s) whose run folder was deleted: lr0.002-s0" in capsys.readouterr().out
+    assert losses(json.loads((tmp_path / "fifo-b" / "trials" / "lr0.002-s0" / "results.json").read_text())) == a0
 
 
 def checkpoint_steps(trial) -> list[int]:

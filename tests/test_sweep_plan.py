@@ -152,10 +152,10 @@ def test_trial_statuses_are_honest():
     assert sweep_status.trial_status(cut, 20, sweep_status.TuneOutcome("RUNNING"), "asha")[0] == "interrupted"
     assert sweep_status.trial_status(cut, 20, error, "fifo") == ("failed", "boom")
     assert sweep_status.trial_status(None, None, sweep_status.TuneOutcome("PENDING"), "asha") == ("not started", None)
-    # finished, then its run folder deleted (`runs rm`): Tune will not run it again, so no relaunch can resume it
+    # finished, then its run folder deleted (`runs rm`): Tune will not run it again (the sweep trains it anew)
     status, reason = sweep_status.trial_status(None, None, term, "fifo")
     assert status == "removed" and status in sweep_status.ENDED
-    assert reason.startswith("after it finished (its run folder is gone)") and "new --name" in reason
+    assert reason.startswith("after it finished (its run folder is gone)") and "relaunch the sweep" in reason
 
 
 def test_sigterm_stops_a_sweep_like_ctrl_c():
