@@ -212,14 +212,15 @@ def score(task: str, examples: list[Example], results: list[tuple[float, bool, i
             "acc_norm": sum(acc_norm) / len(acc_norm), "acc_norm_stderr": stderr(acc_norm)}
 
 
-def perplexity(model: torch.nn.Module, folder: str, device: torch.device, data: str, seq_len: int) -> dict[str, Any]:
+def perplexity(model: torch.nn.Module, tokenizer_folder: str, device: torch.device, data: str,
+               seq_len: int) -> dict[str, Any]:
     """Token-level loss and perplexity over the validation split of a data source, tokenized with the model's own
-    tokenizer (the same blocks any model with this tokenizer is scored on)."""
+    tokenizer, saved in `tokenizer_folder` (the same blocks any model with this tokenizer is scored on)."""
     from hybrid_ray import data as data_lib
     from hybrid_ray.spec import DataSpec
     from hybrid_ray.train.evaluate import evaluate
 
-    dataset = data_lib.prepare(DataSpec(source=data, tokenizer=folder, seq_len=seq_len))
+    dataset = data_lib.prepare(DataSpec(source=data, tokenizer=tokenizer_folder, seq_len=seq_len))
     batches = dataset.val_batches(seq_len=seq_len, micro_batch=8, rank=0, world_size=1)
     metrics = evaluate(model, batches, device, "auto", dataset.task)
     return {"loss": metrics["val_loss"], "perplexity": metrics["val_perplexity"], "accuracy": metrics["val_accuracy"],
@@ -230,7 +231,7 @@ def evaluate_task(path: str, task: str, *, data: str | None = None, limit: int |
                   seq_len: int | None = None) -> dict[str, Any]:
     """Score the model of a run (or model folder) on a task; the result also goes into the run's eval/<task>.json and
     its results.json under "evals"."""
-    from hybrid_ray.generate import load_for_inference, model_dir
+    from hybrid_ray.generate import load_for_inference, model_dir, tokenizer_dir
 
     if task not in TASKS:
         raise SpecError(f"unknown task {task!r}{suggest(task, TASKS)}; choose one of {', '.join(TASKS)}")
@@ -243,7 +244,7 @@ def evaluate_task(path: str, task: str, *, data: str | None = None, limit: int |
             raise SpecError("--task perplexity needs --data (any data source: a file, folder, glob, stdlib, hf:...)")
         model, _, device = load_for_inference(path, backend)
         seq_len = seq_len or ((run or {}).get("spec", {}).get("data", {}).get("seq_len")) or 1024
-        result = {"task": task, **perplexity(model, folder, device, data, seq_len)}
+        result = {"task": task, **perplexity(model, tokenizer_dir(folder), device, data, seq_len)}
     else:
         examples = load_examples(task, data, limit)
         model, tokenizer, device = load_for_inference(path, backend)

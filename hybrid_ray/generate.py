@@ -16,6 +16,7 @@ import torch
 
 from hybrid_ray import storage
 from hybrid_ray.data import load_tokenizer
+from hybrid_ray.data.tokenizer import saved_in
 from hybrid_ray.errors import CheckpointError, SpecError
 from hybrid_ray.model import load_model
 from hybrid_ray.model.precision import autocast
@@ -72,11 +73,18 @@ def model_dir(path: str) -> str:
     raise CheckpointError(f"no model found in {path}: expected config.json there or in {path}/model")
 
 
+def tokenizer_dir(folder: str) -> str:
+    """Where a model folder's tokenizer is: the folder itself, or for a checkpoint folder (which holds none) its run's
+    model/ folder."""
+    run_model = str(Path(folder).parent / "model")
+    return run_model if not saved_in(folder) and saved_in(run_model) else folder
+
+
 def load_for_inference(path: str, backend: str = "auto") -> tuple[torch.nn.Module, Any, torch.device]:
     """(model in eval mode, tokenizer, device) from a run, checkpoint or model folder; a model with non-finite weights
     (a diverged run) is refused."""
     folder = model_dir(path)
-    tokenizer = load_tokenizer(folder)
+    tokenizer = load_tokenizer(tokenizer_dir(folder))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, _ = load_model(folder, backend, device=device)
     broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]

@@ -156,6 +156,27 @@ def test_missing_folders_and_diverged_models_are_refused_in_one_line(tmp_path, c
     assert len(err) == 1 and "non-finite weights (lm_head.weight" in err[0] and "diverged" in err[0]
 
 
+def test_a_checkpoint_folder_generates_and_scores_with_its_runs_tokenizer(tmp_path, capsys):
+    """A checkpoint folder holds the model but no tokenizer (the run's model/ folder has it): generate and eval of an
+    earlier checkpoint, as the diverged-model error advises, failed on the missing tokenizer."""
+    m, spec = model([1])
+    run = tmp_path / "run"
+    for folder in (run / "model", run / "checkpoint_00000010"):
+        save_model(m, spec, folder)
+    ByteTokenizer().save(run / "model")
+    args = ["--prompt", "def f(", "--max-new-tokens", "8", "--temperature", "0"]
+    assert main(["generate", str(run), *args]) == 0
+    from_run = capsys.readouterr().out
+    assert main(["generate", str(run / "checkpoint_00000010"), *args]) == 0
+    assert capsys.readouterr().out == from_run
+    for i in range(20):
+        (tmp_path / "docs" / f"{i}.txt").parent.mkdir(exist_ok=True)
+        (tmp_path / "docs" / f"{i}.txt").write_text(f"def f{i}(x):\n    return x + {i}\n" * 20)
+    assert main(["eval", str(run / "checkpoint_00000010"), "--task", "perplexity", "--data", str(tmp_path / "docs"),
+                 "--seq-len", "32"]) == 0
+    assert "perplexity " in capsys.readouterr().out
+
+
 def test_fla_decodes_with_its_own_cache_like_the_twin(fla_interpreted):
     """FLA's model (its fused-recurrent kernels interpreted on the CPU) decodes greedily with its cache."""
     spec = ModelSpec(hidden_size=64, num_layers=2, num_heads=2, head_dim=32, attn_layers=[1], attn_num_heads=4,

@@ -137,6 +137,11 @@ def get_tokenizer(name: str) -> Tokenizer:
     return _load_hf(name)
 
 
+def saved_in(directory: str | Path) -> bool:
+    """Whether `Tokenizer.save` wrote a tokenizer into `directory` (ours, or transformers' save_pretrained)."""
+    return any(Path(directory, name).exists() for name in (OWN_FILE, "tokenizer_config.json"))
+
+
 def load_tokenizer(directory: str | Path) -> Tokenizer:
     """Read back what `Tokenizer.save(directory)` wrote."""
     d = Path(directory)
