@@ -226,6 +226,9 @@ def import_(file: str | Path, *, key: str | None = None, force: bool = False) ->
             with tarfile.open(file, "r:*") as tar:
                 safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12
                 tar.extractall(tmp, members=[m for m in tar.getmembers() if m.isfile()], **safe)
+        except tarfile.ReadError as e:  # its message lists every compression it tried, one per line
+            raise KernelCacheError(f"cannot read kernel archive {file}: not a tar archive (plain, .gz, .bz2 or .xz), "
+                                   "or a damaged one") from e
         except (tarfile.TarError, OSError, EOFError) as e:
             raise KernelCacheError(f"cannot read kernel archive {file}: {first_line(e)}") from e
         manifest = json.loads(Path(tmp, MANIFEST).read_text()) if Path(tmp, MANIFEST).is_file() else {}

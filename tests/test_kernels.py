@@ -107,8 +107,9 @@ def test_a_plain_triton_cache_tarball_imports_with_relocated_groups(node, tmp_pa
     assert (key, added) == (KEY, 2) and contents(folder) == contents(triton_cache)
     assert groups_point_into(folder)
     (tmp_path / "junk.tar.xz").write_bytes(b"not an archive")
-    with pytest.raises(kernels.KernelCacheError, match="cannot read kernel archive"):
+    with pytest.raises(kernels.KernelCacheError, match="cannot read kernel archive .*: not a tar archive") as e:
         kernels.import_(tmp_path / "junk.tar.xz")
+    assert "\n" not in str(e.value) and not str(e.value).endswith(":")  # tarfile's message is a list, one per line
 
 
 def test_publish_and_pull_between_two_nodes_through_storage(node, tmp_path, monkeypatch):
