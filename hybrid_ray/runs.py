@@ -151,7 +151,14 @@ def claim(run_dir: str, spec: RunSpec) -> bool:
     spec_path = storage.join(run_dir, SPEC_FILE)
     has_checkpoints = bool(list_checkpoints(run_dir))
     if storage.exists(spec_path) and has_checkpoints:
-        check_same_run(read_spec(run_dir), spec, spec_path)
+        try:
+            previous = read_spec(run_dir)
+        except HybridRayError as e:
+            results = storage.join(run_dir, RESULTS_FILE)
+            how = f"--config {results} (its spec)" if storage.exists(results) else "the arguments that started it"
+            raise HybridRayError(f"{e}; to resume the run from its checkpoints, move that file aside and relaunch with "
+                                 f"{how}") from e
+        check_same_run(previous, spec, spec_path)
     else:
         storage.write_bytes(spec_path, spec.to_yaml().encode())
     return has_checkpoints

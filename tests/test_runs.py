@@ -6,7 +6,7 @@ import pytest
 
 from hybrid_ray import runs
 from hybrid_ray.cli import main
-from hybrid_ray.errors import SpecError
+from hybrid_ray.errors import HybridRayError, SpecError
 from hybrid_ray.variants import variant_spec
 from test_checkpoint import write
 
@@ -79,6 +79,23 @@ def test_a_damaged_spec_or_results_file_is_one_line(tmp_path, capsys, content):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "sweep.json" in err[0], err
     assert not (tmp_path / "c").exists()
+
+
+def test_a_damaged_spec_on_relaunch_says_how_to_resume(tmp_path):
+    run_dir = tmp_path / "h100_hybrid_sparse-tiny"
+    runs.claim(str(run_dir), spec(tmp_path))
+    write(run_dir / "checkpoint_00000010")
+    runs.write_results(str(run_dir), {"status": "stopped", "step": 10, "spec": spec(tmp_path).to_dict()})
+    (run_dir / "spec.yaml").write_bytes(bytes(range(128, 256)))
+    with pytest.raises(HybridRayError, match="spec.yaml is damaged") as refused:
+        runs.claim(str(run_dir), spec(tmp_path))
+    assert f"move that file aside and relaunch with --config {run_dir / 'results.json'}" in str(refused.value)
+    (run_dir / "spec.yaml").rename(run_dir / "spec.yaml.damaged")
+    from hybrid_ray.spec import RunSpec
+
+    relaunched = RunSpec.from_dict(runs.read_results(str(run_dir))["spec"])
+    assert runs.claim(str(run_dir), relaunched) is True  # resumes from its checkpoint, its spec written again
+    assert runs.read_spec(str(run_dir)) == relaunched.to_dict()
 
 
 def test_a_damaged_run_is_listed_beside_the_others_and_can_be_removed(tmp_path, capsys):
