@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -264,13 +265,20 @@ def comparison_rows(paths: list[str]) -> list[dict[str, Any]]:
             rows.append(_run_row(path, results))
             continue
         inner = [storage.join(path, d) for d in storage.list_dirs(path)]
-        found = []
+        found, damaged = [], []
         for folder in inner:  # a folder of runs and sweeps (the default storage path holds both)
-            if sweep_rows := _sweep_rows(folder):
-                found += sweep_rows
-            elif (results := runs.read_results(folder)) is not None:
-                found.append(_run_row(folder, results))
+            try:
+                if sweep_rows := _sweep_rows(folder):
+                    found += sweep_rows
+                elif (results := runs.read_results(folder)) is not None:
+                    found.append(_run_row(folder, results))
+            except HybridRayError as e:  # one damaged run does not hide the others
+                damaged.append(e)
         if not found:
+            if damaged:
+                raise damaged[0]
             raise HybridRayError(f"{path} holds no results.json or sweep.json (not a finished run, sweep or folder of runs)")
+        for error in damaged:
+            warnings.warn(f"{error}; left out of the comparison")
         rows += found
     return rows

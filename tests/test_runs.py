@@ -99,7 +99,8 @@ def test_a_damaged_spec_on_relaunch_says_how_to_resume(tmp_path):
 
 
 def test_a_damaged_run_is_listed_beside_the_others_and_can_be_removed(tmp_path, capsys):
-    """One damaged run no longer hides every other run from `runs list`, nor blocks `runs rm` (of itself too)."""
+    """One damaged run no longer hides every other run from `runs list` or `compare`, nor blocks `runs rm` (of itself
+    too)."""
     runs.claim(str(tmp_path / "done"), spec(tmp_path, name="done"))
     runs.write_results(str(tmp_path / "done"), {"status": "finished", "step": 200, "total_steps": 200,
                                                 "best": {"step": 200, "val_loss": 2.25}})
@@ -116,6 +117,9 @@ def test_a_damaged_run_is_listed_beside_the_others_and_can_be_removed(tmp_path, 
     assert main(["runs", "list", "--storage-path", str(tmp_path), "--json"]) == 1
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["done"]["problem"] is None and "not valid JSON" in rows["cut"]["problem"]
+    with pytest.warns(UserWarning, match="cut/results.json is not valid JSON.*; left out of the comparison"):
+        assert main(["compare", str(tmp_path), "--out", str(tmp_path / "cmp")]) == 0  # the rest is compared
+    assert "done" in capsys.readouterr().out
     for name in ("cut", "garbled"):
         assert main(["runs", "rm", name, "--storage-path", str(tmp_path), "--yes"]) == 0
         assert not (tmp_path / name).exists()
