@@ -15,6 +15,7 @@ import json
 import math
 import re
 import shlex
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +79,22 @@ def read_spec(run_dir: str) -> dict[str, Any]:
     if not isinstance(spec, dict):
         raise HybridRayError(f"{path} is damaged: a mapping is needed, got {type(spec).__name__}")
     return spec
+
+
+def set_aside_damaged(run_dir: str) -> list[str]:
+    """Move results.json and launches.json aside (as `.damaged`) when they cannot be read (a full disk, a hand edit),
+    with a warning: every launch writes them again, so the run resumes instead of failing once it has trained (or a
+    sweep at its end). Returns where they went."""
+    moved = []
+    for name, lost in ((RESULTS_FILE, "the run's wall time"), (LAUNCHES_FILE, "the count of launches")):
+        path = storage.join(run_dir, name)
+        try:
+            if storage.exists(path):
+                read_json(path)
+        except HybridRayError as e:
+            moved.append(storage.move_aside(path))
+            warnings.warn(f"{e}; kept as {moved[-1]}: the run goes on and writes it again ({lost} starts over)")
+    return moved
 
 
 def write_results(run_dir: str, results: dict[str, Any]) -> None:

@@ -120,6 +120,18 @@ def delete_file(path: str) -> None:
         fs.delete_file(target)
 
 
+def move_aside(path: str, suffix: str = ".damaged") -> str:
+    """Move a file to `<path><suffix>` (`-1`, `-2`, ... appended when that is taken: never over an earlier one);
+    returns where it went."""
+    aside, n = f"{path}{suffix}", 0
+    while exists(aside):
+        n += 1
+        aside = f"{path}{suffix}-{n}"
+    write_bytes(aside, read_bytes(path))
+    delete_file(path)
+    return aside
+
+
 def remove_dir(path: str) -> None:
     """Delete a folder and everything in it."""
     fs, target = _fs(path)

@@ -149,6 +149,7 @@ def _trial(config: dict[str, Any], specs: dict[str, dict], trials_root: str, ker
     from hybrid_ray.train import train
 
     spec = trial_spec(RunSpec.from_dict(specs[config["arm"]]), config["arm"], config["seed"], trials_root)
+    runs.set_aside_damaged(storage.join(trials_root, spec.name))
     done = runs.read_results(storage.join(trials_root, spec.name)) or {}
     if done.get("status") == "finished" and done.get("total_steps") == spec.train.steps:
         # finished before the sweep was interrupted (and Tune's own record of it was lost): report, do not retrain
@@ -389,6 +390,7 @@ def removed_trials(outcomes: dict[str, status_lib.TuneOutcome], sweep_dir: str, 
     removed = []
     for name, outcome in outcomes.items():
         run_dir = storage.join(sweep_dir, "trials", name)
+        runs.set_aside_damaged(run_dir)
         results, newest = runs.read_results(run_dir), ckpt_lib.newest_step(run_dir)
         if status_lib.trial_status(results, newest, outcome, scheduler)[0] == status_lib.REMOVED:
             removed.append(name)
@@ -406,6 +408,7 @@ def collect(arms: list[Arm], seeds: int, sweep_dir: str, dataset: Any, *,
         for seed in range(seeds):
             name = trial_name(arm.id, seed)
             run_dir = storage.join(sweep_dir, "trials", name)
+            runs.set_aside_damaged(run_dir)  # then rebuilt below from the newest checkpoint, like a stopped trial's
             results = runs.read_results(run_dir)
             newest = ckpt_lib.newest_step(run_dir)
             outcome = outcomes.get(name)

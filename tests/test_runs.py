@@ -81,6 +81,25 @@ def test_a_damaged_spec_or_results_file_is_one_line(tmp_path, capsys, content):
     assert not (tmp_path / "c").exists()
 
 
+def test_damaged_files_a_launch_writes_again_are_kept_aside(tmp_path):
+    run_dir = tmp_path / "run"
+    runs.claim(str(run_dir), spec(tmp_path, name="run"))
+    assert runs.set_aside_damaged(str(run_dir)) == []  # none there yet
+    runs.write_results(str(run_dir), {"status": "stopped", "step": 10})
+    runs.count_launch(str(run_dir))
+    assert runs.set_aside_damaged(str(run_dir)) == []  # readable: left where they are
+    (run_dir / "results.json").write_bytes(b'{"status": "fin')  # cut short by a full disk
+    (run_dir / "launches.json").write_bytes(b"[]")
+    (run_dir / "results.json.damaged").write_bytes(b"an earlier one")
+    with pytest.warns(UserWarning) as warned:
+        moved = runs.set_aside_damaged(str(run_dir))
+    assert moved == [str(run_dir / "results.json.damaged-1"), str(run_dir / "launches.json.damaged")]
+    assert "wall time starts over" in str(warned[0].message) and "launches starts over" in str(warned[1].message)
+    assert (run_dir / "results.json.damaged-1").read_bytes() == b'{"status": "fin'
+    assert (run_dir / "results.json.damaged").read_bytes() == b"an earlier one"
+    assert runs.read_results(str(run_dir)) is None and runs.launch_count(str(run_dir)) == 0
+
+
 def test_a_damaged_spec_on_relaunch_says_how_to_resume(tmp_path):
     run_dir = tmp_path / "h100_hybrid_sparse-tiny"
     runs.claim(str(run_dir), spec(tmp_path))

@@ -222,16 +222,20 @@ def test_a_diverging_run_stops_at_the_step_and_keeps_earlier_checkpoints(ray_ses
 
 def test_a_broken_newest_checkpoint_is_skipped_with_a_warning_and_extend_continues_without_an_lr_jump(reference_run,
                                                                                                      tmp_path, recwarn):
-    """A copy of the reference whose newest checkpoint a full disk broke resumes from the one before; the repaired
-    run, finished again, is then extended (one copy and one launch for both)."""
+    """A copy of the reference whose newest checkpoint (and results.json) a full disk broke resumes from the one
+    before; the repaired run, finished again, is then extended (one copy and one launch for both)."""
     done = reference_run
     run_dir = copy_run(done, tmp_path)
     spec = small_spec(tmp_path, run_dir.name, **REFERENCE)
     newest = run_dir / "checkpoint_00000020"
-    for file in newest.iterdir():
+    for file in [*newest.iterdir(), run_dir / "results.json"]:
         file.write_bytes(b"")  # what a full disk leaves behind
     again = train(spec, progress=False)  # relaunched unchanged: continues from step 10, the newest good checkpoint
     assert any("checkpoint_00000020" in str(w.message) and "older checkpoint" in str(w.message) for w in recwarn)
+    # results.json, which the launch writes again, was kept aside rather than failing the launch once it had trained
+    assert any("results.json is not valid JSON" in str(w.message) and "results.json.damaged" in str(w.message)
+               for w in recwarn)
+    assert (run_dir / "results.json.damaged").read_bytes() == b""
     assert again.results["step"] == 20 and again.results["launches"] == 2
     assert losses(again.results) == losses(done.results)  # resumed exactly from step 10, not from scratch
     assert (run_dir / "checkpoint_00000020-1").is_dir()  # the broken folder was not written into

@@ -154,19 +154,12 @@ def set_aside_damaged_record(run_dir: str) -> str | None:
     path = storage.join(run_dir, RAY_RECORD)
     if not storage.exists(path):
         return None
-    data = storage.read_bytes(path)
     try:
-        if isinstance(json.loads(data), dict):
+        if isinstance(json.loads(storage.read_bytes(path)), dict):
             return None
     except ValueError:
         pass
-    aside, n = f"{path}.damaged", 0
-    while storage.exists(aside):
-        n += 1
-        aside = f"{path}.damaged-{n}"
-    storage.write_bytes(aside, data)
-    storage.delete_file(path)
-    return aside
+    return storage.move_aside(path)
 
 
 def forget_deleted(run_dir: str, folders: list[str]) -> list[str]:

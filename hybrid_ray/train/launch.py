@@ -183,6 +183,7 @@ def train(
                                   progress=progress, data_origin=data_origin)
     run_dir = storage.join(spec.storage_path, spec.name)
     runs.claim(run_dir, spec)
+    runs.set_aside_damaged(run_dir)
     resume_from, known = ckpt_lib.at_launch(spec, run_dir)
     reached = ckpt_lib.read_state(resume_from) if resume_from else None
     if until_step is not None:
