@@ -2,8 +2,9 @@
 
 A trial is finished (it ran all its steps), stopped by ASHA (only under ASHA, never one that ran all its steps),
 failed (with the first line of its error), interrupted (the sweep was stopped while it ran: relaunching resumes it),
-not started, or removed (it ran to its end under FIFO, but its run folder was deleted since; Tune never runs an ended
-trial again, so the sweep trains such trials in a new Tuner).
+not started, or removed (Tune ran it to its end, but its run folder was deleted since; Tune never runs an ended trial
+again, so under FIFO the sweep trains such trials in a new Tuner, and under ASHA, whose stops cannot be replayed, it
+reports them).
 """
 
 from __future__ import annotations
@@ -45,19 +46,23 @@ def error_line(error: BaseException | None) -> str | None:
 
 
 def trial_status(results: dict[str, Any] | None, newest_step: int | None, outcome: TuneOutcome | None,
-                 scheduler: str) -> tuple[str, str | None]:
-    """(status, reason) of one trial from its results.json, its newest checkpoint and Tune's record of it."""
+                 scheduler: str, gone: bool = False) -> tuple[str, str | None]:
+    """(status, reason) of one trial from its results.json, its newest checkpoint, Tune's record of it and whether
+    its run folder is `gone` (no spec.yaml: every trial that started wrote one)."""
     step = max((results or {}).get("step", 0), newest_step or 0)
     total = (results or {}).get("total_steps")
     if results is not None and total and results.get("step", 0) >= total and results.get("status") == FINISHED:
         return FINISHED, None
     if outcome is not None and outcome.state == "ERROR":
         return FAILED, outcome.error
-    if outcome is not None and outcome.state == "TERMINATED" and scheduler == "asha":
+    ended = outcome is not None and outcome.state == "TERMINATED"
+    if ended and newest_step is None and results is None and (gone or scheduler != "asha"):
+        if scheduler == "asha":  # (a trial ASHA stopped before its first checkpoint still has its folder)
+            return REMOVED, "after it ended (its run folder is gone); a sweep under a new --name trains it again"
+        return REMOVED, "after it finished (its run folder is gone); relaunch the sweep to train it again"
+    if ended and scheduler == "asha":
         return STOPPED, f"at step {step}"
     if newest_step is None and results is None:
-        if outcome is not None and outcome.state == "TERMINATED":  # under FIFO a trial ends only by finishing
-            return REMOVED, "after it finished (its run folder is gone); relaunch the sweep to train it again"
         return NOT_STARTED, None
     return INTERRUPTED, f"at step {step}; relaunch to resume"
 

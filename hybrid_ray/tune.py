@@ -251,7 +251,8 @@ def sweep(
     started = time.time()
     origin = share_data(base, dataset)
     outcomes, interrupted = _fit(base, options, arms, sweep_dir, concurrent, resumed, progress, verbose, origin)
-    removed = [] if interrupted else removed_trials(outcomes, sweep_dir, options.scheduler)
+    rerun = not interrupted and options.scheduler != "asha"  # ASHA's stops cannot be replayed in a new Tuner
+    removed = removed_trials(outcomes, sweep_dir, options.scheduler) if rerun else []
     if removed:
         # Tune never runs an ended trial again: a new Tuner over the grid trains them (the others only report)
         if progress:
@@ -385,6 +386,10 @@ def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep_dir: str, 
     return outcomes, interrupted
 
 
+def _gone(run_dir: str) -> bool:
+    return not storage.exists(storage.join(run_dir, runs.SPEC_FILE))
+
+
 def removed_trials(outcomes: dict[str, status_lib.TuneOutcome], sweep_dir: str, scheduler: str) -> list[str]:
     """The trials Tune ran to their end whose run folder was deleted since (see sweep_status.REMOVED)."""
     removed = []
@@ -392,7 +397,7 @@ def removed_trials(outcomes: dict[str, status_lib.TuneOutcome], sweep_dir: str, 
         run_dir = storage.join(sweep_dir, "trials", name)
         runs.set_aside_damaged(run_dir)
         results, newest = runs.read_results(run_dir), ckpt_lib.newest_step(run_dir)
-        if status_lib.trial_status(results, newest, outcome, scheduler)[0] == status_lib.REMOVED:
+        if status_lib.trial_status(results, newest, outcome, scheduler, gone=_gone(run_dir))[0] == status_lib.REMOVED:
             removed.append(name)
     return removed
 
@@ -416,7 +421,7 @@ def collect(arms: list[Arm], seeds: int, sweep_dir: str, dataset: Any, *,
                 spec = trial_spec(arm.spec, arm.id, seed, storage.join(sweep_dir, "trials"))
                 wall = outcome.seconds if outcome is not None and outcome.seconds else 0.0
                 results = finalize(spec, run_dir, dataset, wall).results
-            status, reason = status_lib.trial_status(results, newest, outcome, scheduler)
+            status, reason = status_lib.trial_status(results, newest, outcome, scheduler, gone=_gone(run_dir))
             if status in (status_lib.FINISHED, status_lib.STOPPED):
                 status_lib.settle(run_dir, keep_checkpoints)
             row = report.trial_row(arm.id, arm.settings, seed, name, run_dir, results, numeric_value(arm))

@@ -156,6 +156,10 @@ def test_trial_statuses_are_honest():
     status, reason = sweep_status.trial_status(None, None, term, "fifo")
     assert status == "removed" and status in sweep_status.ENDED
     assert reason.startswith("after it finished (its run folder is gone)") and "relaunch the sweep" in reason
+    # under ASHA only a trial whose folder is gone (one it stopped before its first checkpoint has its spec.yaml)
+    assert sweep_status.trial_status(None, None, term, "asha") == ("stopped by ASHA", "at step 0")
+    status, reason = sweep_status.trial_status(None, None, term, "asha", gone=True)
+    assert status == "removed" and "a sweep under a new --name" in reason
 
 
 def test_sigterm_stops_a_sweep_like_ctrl_c():
