@@ -386,18 +386,20 @@ def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep_dir: str, 
     return outcomes, interrupted
 
 
-def _gone(run_dir: str) -> bool:
-    return not storage.exists(storage.join(run_dir, runs.SPEC_FILE))
+def _on_disk(run_dir: str) -> tuple[dict[str, Any] | None, int | None, bool]:
+    """A trial's results.json (one that cannot be read is set aside: it is written again from the newest checkpoint),
+    its newest checkpoint's step, and whether its run folder is gone (no spec.yaml)."""
+    runs.set_aside_damaged(run_dir)
+    gone = not storage.exists(storage.join(run_dir, runs.SPEC_FILE))
+    return runs.read_results(run_dir), ckpt_lib.newest_step(run_dir), gone
 
 
 def removed_trials(outcomes: dict[str, status_lib.TuneOutcome], sweep_dir: str, scheduler: str) -> list[str]:
     """The trials Tune ran to their end whose run folder was deleted since (see sweep_status.REMOVED)."""
     removed = []
     for name, outcome in outcomes.items():
-        run_dir = storage.join(sweep_dir, "trials", name)
-        runs.set_aside_damaged(run_dir)
-        results, newest = runs.read_results(run_dir), ckpt_lib.newest_step(run_dir)
-        if status_lib.trial_status(results, newest, outcome, scheduler, gone=_gone(run_dir))[0] == status_lib.REMOVED:
+        results, newest, gone = _on_disk(storage.join(sweep_dir, "trials", name))
+        if status_lib.trial_status(results, newest, outcome, scheduler, gone=gone)[0] == status_lib.REMOVED:
             removed.append(name)
     return removed
 
@@ -413,15 +415,13 @@ def collect(arms: list[Arm], seeds: int, sweep_dir: str, dataset: Any, *,
         for seed in range(seeds):
             name = trial_name(arm.id, seed)
             run_dir = storage.join(sweep_dir, "trials", name)
-            runs.set_aside_damaged(run_dir)  # then rebuilt below from the newest checkpoint, like a stopped trial's
-            results = runs.read_results(run_dir)
-            newest = ckpt_lib.newest_step(run_dir)
+            results, newest, gone = _on_disk(run_dir)
             outcome = outcomes.get(name)
             if newest is not None and (results is None or results.get("step", 0) < newest):
                 spec = trial_spec(arm.spec, arm.id, seed, storage.join(sweep_dir, "trials"))
                 wall = outcome.seconds if outcome is not None and outcome.seconds else 0.0
                 results = finalize(spec, run_dir, dataset, wall).results
-            status, reason = status_lib.trial_status(results, newest, outcome, scheduler, gone=_gone(run_dir))
+            status, reason = status_lib.trial_status(results, newest, outcome, scheduler, gone=gone)
             if status in (status_lib.FINISHED, status_lib.STOPPED):
                 status_lib.settle(run_dir, keep_checkpoints)
             row = report.trial_row(arm.id, arm.settings, seed, name, run_dir, results, numeric_value(arm))
