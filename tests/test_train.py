@@ -22,9 +22,10 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def default_run(ray_session, tmp_path_factory):
-    """`hybrid-ray train` with no run arguments, on 2 CPU workers."""
+    """`hybrid-ray train` with no run arguments: the README's main job, on its one CPU worker (DDP across two workers:
+    `reference_run` and the two-node test in test_jobs.py)."""
     storage = tmp_path_factory.mktemp("runs")
-    rc = main(["train", "--num-workers", "2", "--storage-path", str(storage)])
+    rc = main(["train", "--storage-path", str(storage)])
     assert rc == 0
     return storage / "h100_hybrid_sparse-tiny"
 
@@ -110,7 +111,7 @@ def test_default_run_learns_and_writes_everything(default_run):
 
 def test_relaunching_a_finished_run_trains_and_writes_nothing(default_run, capsys):
     files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in default_run.rglob("*") if p.is_file()}
-    assert main(["train", "--num-workers", "2", "--storage-path", str(default_run.parent)]) == 0
+    assert main(["train", "--storage-path", str(default_run.parent)]) == 0
     out = capsys.readouterr().out
     assert f"{default_run.name} already finished at step 200/200" in out and "--extend-steps" in out, out
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in default_run.rglob("*") if p.is_file()} == files
