@@ -1,10 +1,11 @@
 """The one place that reaches into Ray's private modules (Ray 2.60): Train's report logger, the token-auth config,
-the trainer's default callbacks, Tune's trials and the job upload's file walk. tests/test_ray_compat.py fails loudly
-when a Ray upgrade moves what this relies on."""
+the trainer's default callbacks, Train's record of a run's checkpoints, Tune's trials and the job upload's file walk.
+tests/test_ray_compat.py fails loudly when a Ray upgrade moves what this relies on."""
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from pathlib import Path
@@ -89,6 +90,34 @@ def torch_trainer(placement_group_cleaner: bool = True) -> type:
             return [c for c in super()._create_default_callbacks() if not isinstance(c, dropped)]
 
     return Trainer
+
+
+def run_record_problem(text: bytes) -> str | None:
+    """Why Ray Train 2.60 would refuse to relaunch a run over this record of its checkpoints
+    (checkpoint_manager_snapshot.json; its CheckpointManager._load_state fails inside the run's controller), or None
+    when Ray can load it. Checkpoint folders the record names but the disk lacks are not looked at here."""
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import _CheckpointManagerState
+
+    state_class = _CheckpointManagerState
+    validate = getattr(state_class, "model_validate", None) or state_class.parse_obj  # pydantic 2, or 1
+    try:
+        record = json.loads(text)
+    except ValueError as e:
+        return f"not JSON: {e}"
+    try:
+        state = validate(record)
+    except Exception as e:  # noqa: BLE001 (pydantic's ValidationError, of pydantic 1 or 2)
+        errors = e.errors() if callable(getattr(e, "errors", None)) else [{"loc": (), "msg": str(e)}]
+        where = ".".join(str(part) for part in errors[0]["loc"]) or "the record"
+        return f"not in Ray's format: {where}: {errors[0]['msg']}" + (
+            f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+    listed = {r.checkpoint_dir_name for r in state.checkpoint_results}
+    named = [*state.pending_training_results, *filter(None, [state.latest_checkpoint_result])]
+    if (len(state.checkpoint_results) != len(state.checkpoint_report_indices)
+            or len(state.pending_training_results) != len(state.pending_validation_specs)):
+        return "its lists of checkpoints and of their reports differ in length"
+    missing = sorted({r.checkpoint_dir_name for r in named} - listed)
+    return f"it names checkpoints it does not list ({', '.join(missing)})" if missing else None
 
 
 def package_files(root: Path, excludes: list[str]) -> list[Path]:

@@ -206,7 +206,7 @@ def test_a_damaged_record_of_ray_is_set_aside_with_a_warning_and_the_run_resumes
     with pytest.raises(CheckpointManagerInitializationError, match="Unterminated string"):
         ray_loads(run)
     (run / (ckpt.RAY_RECORD + ".damaged")).write_bytes(b"an earlier one")  # never overwritten
-    with pytest.warns(UserWarning, match="record of run .* was damaged") as warned:
+    with pytest.warns(UserWarning, match="record of run .* was damaged .not JSON: Unterminated string") as warned:
         newest, known = ckpt.at_launch(SPEC, str(run))
     aside = run / (ckpt.RAY_RECORD + ".damaged-1")
     assert str(aside) in str(warned[0].message) and "--keep counts only" in str(warned[0].message)
@@ -217,3 +217,31 @@ def test_a_damaged_record_of_ray_is_set_aside_with_a_warning_and_the_run_resumes
     (run / ckpt.RAY_RECORD).write_bytes(good)  # a readable record is left where it is
     ckpt.at_launch(SPEC, str(run))
     assert (run / ckpt.RAY_RECORD).read_bytes() == good
+
+
+def _unlisted_latest(record):
+    record["latest_checkpoint_result"] = {**record["latest_checkpoint_result"], "checkpoint_dir_name": "checkpoint_9"}
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda record: record.clear(), "not in Ray's format: checkpoint_results: Field required (and 7 more)"),  # `{}`
+    (lambda record: record.update(checkpoint_results="all"), "not in Ray's format: checkpoint_results: Input should"),
+    (lambda record: record["checkpoint_report_indices"].pop(), "differ in length"),
+    (_unlisted_latest, "names checkpoints it does not list (checkpoint_9)"),
+], ids=["empty", "wrong-type", "short-list", "unlisted-latest"])
+def test_a_record_of_ray_in_a_shape_ray_cannot_load_is_set_aside_too(tmp_path, damage, problem):
+    """JSON that Ray's checkpoint manager still refuses (its schema, its own consistency checks) failed the relaunch
+    inside Ray's controller, as an ActorDiedError; at launch it is set aside like a cut record, naming what is wrong."""
+    run = tmp_path / "run"
+    write_ray_record(run, [10, 20])
+    record = json.loads((run / ckpt.RAY_RECORD).read_text())
+    damage(record)
+    (run / ckpt.RAY_RECORD).write_text(json.dumps(record))
+    with pytest.raises(Exception):  # noqa: B017 (Ray's own error differs by damage: what matters is that it refuses)
+        ray_loads(run)
+    with pytest.warns(UserWarning, match="record of run .* was damaged") as warned:
+        newest, _ = ckpt.at_launch(SPEC, str(run))
+    assert problem in str(warned[0].message) and "\n" not in str(warned[0].message)
+    assert newest == str(run / ckpt.folder_name(20)) and not (run / ckpt.RAY_RECORD).exists()
+    assert json.loads((run / (ckpt.RAY_RECORD + ".damaged")).read_text()) == record  # kept byte for byte
+    ray_loads(run)

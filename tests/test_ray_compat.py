@@ -55,3 +55,15 @@ def test_the_trainer_leaves_out_the_placement_group_cleaner_only_when_asked():
 
     assert PlacementGroupCleanerCallback in kinds(True)
     assert kinds(False) == kinds(True) - {PlacementGroupCleanerCallback}
+
+
+def test_a_record_that_ray_train_writes_reads_as_loadable(tmp_path):
+    from ray.train import CheckpointConfig
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import CheckpointManager
+    from ray.train.v2._internal.execution.storage import StorageContext
+
+    from hybrid_ray.ray_compat import run_record_problem
+
+    manager = CheckpointManager(CheckpointConfig(num_to_keep=3), StorageContext(str(tmp_path), "run"))
+    assert run_record_problem(manager._save_state().encode()) is None
+    assert run_record_problem(b"[]").startswith("not in Ray's format: ")

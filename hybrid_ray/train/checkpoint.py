@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from hybrid_ray import runs, storage
+from hybrid_ray import ray_compat, runs, storage
 from hybrid_ray.errors import CheckpointError, first_line
 from hybrid_ray.model import unwrap
 from hybrid_ray.model.build import WEIGHTS_FILE, load_state, save_model
@@ -126,9 +126,10 @@ def at_launch(spec: RunSpec, run_dir: str) -> tuple[str | None, list[str]]:
     """(the newest good checkpoint, every checkpoint folder name) at launch. A run whose checkpoints are all damaged
     is refused rather than silently started over."""
     known = list_checkpoints(run_dir)
-    aside = set_aside_damaged_record(run_dir)
-    if aside:
-        warnings.warn(f"Ray Train's record of run {spec.name} was damaged (not JSON) and is kept as {aside}; the run "
+    damaged = set_aside_damaged_record(run_dir)
+    if damaged:
+        aside, problem = damaged
+        warnings.warn(f"Ray Train's record of run {spec.name} was damaged ({problem}) and is kept as {aside}; the run "
                       "resumes from its checkpoint folders, and --keep counts only the checkpoints written from now on")
     forget_deleted(run_dir, known)
     newest, skipped = newest_good(run_dir)
@@ -148,25 +149,22 @@ _RECORDED_NAMES = ("validated_checkpoint_dir_names", "timed_out_validation_check
                    "failed_validation_checkpoint_dir_names")
 
 
-def set_aside_damaged_record(run_dir: str) -> str | None:
-    """Move Ray's record of the run aside when it is not a JSON object (a write a full disk cut short), which Ray
-    would refuse to relaunch; Ray then starts a new one. Returns where the damaged record now is, or None."""
+def set_aside_damaged_record(run_dir: str) -> tuple[str, str] | None:
+    """Move Ray's record of the run aside when Ray could not load it (a write a full disk cut short, a hand edit, a
+    record an older Ray wrote in another shape): Ray would refuse the relaunch from inside its controller; it starts
+    a new one instead. Returns (where the damaged record now is, what is wrong with it), or None."""
     path = storage.join(run_dir, RAY_RECORD)
     if not storage.exists(path):
         return None
-    try:
-        if isinstance(json.loads(storage.read_bytes(path)), dict):
-            return None
-    except ValueError:
-        pass
-    return storage.move_aside(path)
+    problem = ray_compat.run_record_problem(storage.read_bytes(path))
+    return None if problem is None else (storage.move_aside(path), problem)
 
 
 def forget_deleted(run_dir: str, folders: list[str]) -> list[str]:
     """Drop the checkpoint folders deleted by hand (to free a disk) from Ray's record of the run, which Ray otherwise
     refuses to relaunch ("a corrupted run directory"); `folders`: the run's checkpoint folders on disk. Returns the
-    names dropped. Runs resume from the folders on disk (at_launch), never from Ray's record; a record in a shape
-    this does not know is left for Ray to report."""
+    names dropped. Runs resume from the folders on disk (at_launch), never from Ray's record; at_launch has already
+    set aside a record that Ray cannot load."""
     path = storage.join(run_dir, RAY_RECORD)
     if not storage.exists(path):
         return []
