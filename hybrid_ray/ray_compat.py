@@ -111,12 +111,11 @@ def run_record_problem(text: bytes) -> str | None:
         where = ".".join(str(part) for part in errors[0]["loc"]) or "the record"
         return f"not in Ray's format: {where}: {errors[0]['msg']}" + (
             f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
-    listed = {r.checkpoint_dir_name for r in state.checkpoint_results}
-    named = [*state.pending_training_results, *filter(None, [state.latest_checkpoint_result])]
     if (len(state.checkpoint_results) != len(state.checkpoint_report_indices)
             or len(state.pending_training_results) != len(state.pending_validation_specs)):
         return "its lists of checkpoints and of their reports differ in length"
-    missing = sorted({r.checkpoint_dir_name for r in named} - listed)
+    named = [*state.pending_training_results, *filter(None, [state.latest_checkpoint_result])]
+    missing = sorted({r.checkpoint_dir_name for r in named} - {r.checkpoint_dir_name for r in state.checkpoint_results})
     return f"it names checkpoints it does not list ({', '.join(missing)})" if missing else None
 
 
