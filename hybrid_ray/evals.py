@@ -2,8 +2,9 @@
 (`acc` by the sum, `acc_norm` by the sum over the answer's length in characters, as common evaluation harnesses report
 them), LAMBADA (last-word accuracy and perplexity), and perplexity on any data source the data layer reads.
 
-Task data come from the Hugging Face hub when it is reachable, else from `--data`: a local file or folder in the
-task's usual layout (JSON, JSONL or parquet records as the hub serves them).
+Task data come from the Hugging Face hub when it is reachable, else from `--data`: a local file or folder of JSON,
+JSONL or parquet records as the hub serves them, or as the tasks' authors distribute them (AI2's ARC-*.jsonl, Rowan's
+hellaswag_*.jsonl): LAYOUTS.
 """
 
 from __future__ import annotations
@@ -92,23 +93,57 @@ def _hellaswag_text(text: str) -> str:
     return re.sub(r"\[.*?\]", "", text).replace("  ", " ")
 
 
+# the record layouts each task accepts, named in the error for a record that fits none of them
+LAYOUTS = {
+    "arc": 'the Hugging Face layout {"question": "...", "choices": {"text": [...], "label": [...]}, "answerKey"} or '
+           'AI2\'s own ARC-*.jsonl {"question": {"stem", "choices": [{"label", "text"}, ...]}, "answerKey"}',
+    "hellaswag": '{"activity_label", "ctx_a", "ctx_b" (or "ctx"), "endings": [...], "label"} (the Hugging Face '
+                 'layout and Rowan\'s own hellaswag_*.jsonl; the unlabelled test split cannot be scored)',
+    "lambada": '{"text": "... last word"}',
+}
+
+
+def _arc(record: dict[str, Any]) -> tuple[str, list[str], list[str]]:
+    """(question, choice texts, choice labels) of an ARC record in either layout."""
+    question = record["question"]
+    if isinstance(question, dict):  # AI2's distribution: the choices inside the question
+        choices = question["choices"]
+        stem, texts, labels = question["stem"], [c["text"] for c in choices], [c["label"] for c in choices]
+    else:  # Hugging Face's allenai/ai2_arc
+        stem, texts, labels = question, list(record["choices"]["text"]), list(record["choices"]["label"])
+    if not isinstance(stem, str) or not all(isinstance(t, str) for t in texts) or len(texts) != len(labels):
+        raise ValueError("the question and its choices must be text, one label per choice")
+    return stem, texts, [str(label) for label in labels]
+
+
 def parse(task: str, record: Any, where: str) -> Example:
-    """One task record in its usual layout; DataError naming the record when it does not fit."""
+    """One task record in one of its usual layouts (LAYOUTS); DataError naming the record and the layouts when it
+    fits none."""
     try:
         if task.startswith("arc"):
-            labels = list(record["choices"]["label"])
-            return Example(f"Question: {record['question']}\nAnswer:",
-                           [f" {t}" for t in record["choices"]["text"]], labels.index(record["answerKey"]))
+            question, texts, labels = _arc(record)
+            return Example(f"Question: {question}\nAnswer:", [f" {t}" for t in texts],
+                           labels.index(str(record["answerKey"])))
         if task == "hellaswag":
-            ctx = record.get("ctx") or f"{record['ctx_a']} {record['ctx_b'].capitalize()}"
+            # as evaluation harnesses build it: ctx_a and ctx_b capitalized (ctx alone when a record has only that)
+            ctx = (f"{record['ctx_a']} {record['ctx_b'].capitalize()}" if "ctx_a" in record and "ctx_b" in record
+                   else record["ctx"])
+            endings = record["endings"]
+            if isinstance(endings, str) or not all(isinstance(e, str) for e in endings):
+                raise ValueError("endings must be a list of texts")
+            gold = int(record["label"])
+            if not 0 <= gold < len(endings):
+                raise IndexError(f"label {gold} out of range for {len(endings)} endings")
             return Example(_hellaswag_text(f"{record['activity_label']}: {ctx}"),
-                           [f" {_hellaswag_text(e)}" for e in record["endings"]], int(record["label"]))
+                           [f" {_hellaswag_text(e)}" for e in endings], gold)
         context, _, word = record["text"].strip().rpartition(" ")
         if not context:
             raise ValueError("a single word")
         return Example(context, [f" {word}"], 0)
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
-        raise DataError(f"{where}: not a valid {task} record ({type(e).__name__}: {first_line(e)})") from e
+        layouts = LAYOUTS["arc" if task.startswith("arc") else task]
+        raise DataError(f"{where}: not a valid {task} record ({type(e).__name__}: {first_line(e)}); expected "
+                        f"{layouts}") from e
 
 
 def load_examples(task: str, data: str | None = None, limit: int | None = None) -> list[Example]:

@@ -107,6 +107,62 @@ def test_arc_from_a_local_file_lands_in_the_run(run_dir, tmp_path, capsys):
     assert json.loads((run_dir / "results.json").read_text())["evals"]["arc_easy"] == saved
 
 
+def test_ai2s_own_arc_file_scores_like_the_hub_layout(run_dir, tmp_path, capsys):
+    """Issue 36: `eval RUN --task arc_easy --data ARC-Easy-Test.jsonl` in the layout AI2 distributes (the choices
+    inside the question) was refused with KeyError: 'choices'."""
+    rows = [{"id": "Mercury_7175875", "question": {"stem": f"A planet rotates faster ({i}). Which is most likely?",
+             "choices": [{"text": "Its density decreases.", "label": "A"}, {"text": "Its years get longer.", "label": "B"},
+                         {"text": "Its days get shorter.", "label": "C"}, {"text": "Its gravity grows.", "label": "D"}]},
+             "answerKey": "C"} for i in range(3)]
+    ai2 = tmp_path / "ARC-Easy-Test.jsonl"
+    ai2.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    hub = tmp_path / "hub.jsonl"
+    hub.write_text("\n".join(json.dumps({"id": r["id"], "question": r["question"]["stem"], "answerKey": "C",
+                                         "choices": {"text": [c["text"] for c in r["question"]["choices"]],
+                                                     "label": [c["label"] for c in r["question"]["choices"]]}})
+                             for r in rows))
+    assert evals.load_examples("arc_easy", str(ai2)) == evals.load_examples("arc_easy", str(hub))
+    assert evals.load_examples("arc_easy", str(ai2))[0].gold == 2
+    assert main(["eval", str(run_dir), "--task", "arc_easy", "--data", str(ai2)]) == 0
+    assert capsys.readouterr().out.startswith("arc_easy: acc ")
+    assert json.loads((run_dir / "eval" / "arc_easy.json").read_text())["examples"] == 3
+
+
+def test_rowans_own_hellaswag_file_scores_like_the_hub_layout(run_dir, tmp_path, capsys):
+    """hellaswag_val.jsonl as Rowan distributes it (an int label, ctx beside ctx_a and ctx_b) reads as the hub's rows
+    do, and the context is built as evaluation harnesses build it (ctx_a, then ctx_b capitalized)."""
+    record = {"ind": 24, "activity_label": "Roof shingle removal", "ctx_a": "A man is sitting on a roof.",
+              "ctx_b": "he", "ctx": "A man is sitting on a roof. he", "split": "val", "split_type": "indomain",
+              "label": 3, "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
+                                      "is holding a rubik's cube.", "starts pulling up roofing on a roof."],
+              "source_id": "activitynet~v_-JhWjGDPHMY"}
+    rowan = tmp_path / "hellaswag_val.jsonl"
+    rowan.write_text(json.dumps(record) + "\n" + json.dumps({**record, "ind": 25}) + "\n")
+    hub = tmp_path / "hub.json"
+    hub.write_text(json.dumps([{**record, "label": "3", "ind": str(i)} for i in (24, 25)]))
+    examples = evals.load_examples("hellaswag", str(rowan))
+    assert examples == evals.load_examples("hellaswag", str(hub))
+    assert examples[0].context == "Roof shingle removal: A man is sitting on a roof. He" and examples[0].gold == 3
+    assert main(["eval", str(run_dir), "--task", "hellaswag", "--data", str(rowan)]) == 0
+    assert capsys.readouterr().out.startswith("hellaswag: acc ")
+
+
+@pytest.mark.parametrize("task, record, names", [
+    ("arc_easy", {"question": "q", "answerKey": "A"}, ['"choices": {"text"', '{"question": {"stem", "choices"']),
+    ("arc_challenge", {"question": {"stem": "q"}, "answerKey": "A"}, ["AI2's own ARC-*.jsonl"]),
+    ("hellaswag", {"ctx": "c", "endings": ["a", "b"], "label": ""}, ['"ctx_a", "ctx_b" (or "ctx")', "Rowan's"]),
+    ("lambada", {"sentence": "the cat sat"}, ['{"text": "... last word"}']),
+])
+def test_a_record_of_no_known_layout_names_the_layouts(run_dir, tmp_path, capsys, task, record, names):
+    data = tmp_path / "task.jsonl"
+    data.write_text(json.dumps(record) + "\n")
+    assert main(["eval", str(run_dir), "--task", task, "--data", str(data)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {data} record 0: not a valid {task} record"), err
+    assert "expected" in err[0] and all(name in err[0] for name in names), err[0]
+    assert "Traceback" not in err[0] and not (run_dir / "eval").exists()
+
+
 def test_hellaswag_lambada_and_perplexity_layouts(run_dir, tmp_path):
     hs = tmp_path / "hs.json"
     hs.write_text(json.dumps([{"activity_label": "Cooking", "ctx_a": "She cuts", "ctx_b": "the onion [title] slowly",
