@@ -169,3 +169,23 @@ def test_the_damaged_run_hint_removes_that_run_and_no_other(tmp_path, monkeypatc
     assert not (other / "longjob").exists() and (default / "longjob" / "checkpoint_00000010").exists()
     assert runs.rm_command(str(default), "longjob") == runs.rm_command("~/hybrid-ray-runs/", "longjob") == \
         "hybrid-ray runs rm longjob"
+
+
+def test_extending_a_run_that_does_not_exist_is_refused_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """Issue 36: `hybrid-ray train --extend-steps 100 --name b18` (a new name) trained 300 steps whose learning rate
+    only rose, and exited 0. Under the user's default storage path: one line, non-zero, nothing written."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    default = tmp_path / "hybrid-ray-runs"
+    assert main(["train", "--extend-steps", "100", "--name", "b18"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --extend-steps lengthens a run that has trained"), err
+    assert f"there is no run b18 under {default}" in err[0] and "nothing to extend" in err[0]
+    assert not default.exists()
+    # a run that failed before its first checkpoint has nothing to extend either; its spec.yaml stays as it was
+    runs.claim(str(default / "b18"), spec(default, name="b18"))
+    before = (default / "b18" / "spec.yaml").read_bytes()
+    assert main(["train", "--extend-steps", "100", "--name", "b18"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"run b18 under {default} has no checkpoint yet" in err[0], err
+    assert sorted(p.name for p in (default / "b18").iterdir()) == ["spec.yaml"]
+    assert (default / "b18" / "spec.yaml").read_bytes() == before

@@ -179,6 +179,8 @@ def train(
     is a dataset already published to shared storage (a sweep publishes once for all its trials).
     """
     started = time.time()
+    if extend_steps > 0:
+        check_extendable(spec)
     spec, dataset = check_locally(spec, address=address, extend_steps=extend_steps, until_step=until_step,
                                   progress=progress, data_origin=data_origin)
     run_dir = storage.join(spec.storage_path, spec.name)
@@ -240,6 +242,20 @@ def train(
         raise DivergedError(f"the loss stopped being finite at step {d['step']} (lr {d['lr']:.3g}); training stopped "
                             f"there and {kept}; lower --lr or lengthen the warmup")
     return outcome
+
+
+def check_extendable(spec: RunSpec) -> None:
+    """--extend-steps lengthens a run that has a checkpoint; for a new name (or a run that never reached its first
+    checkpoint) there is nothing to extend, and training it anyway ran a schedule whose learning rate only rose.
+    Checked before anything is written."""
+    root = storage.normalize(spec.storage_path)
+    run_dir = storage.join(root, spec.name)
+    if runs.list_checkpoints(run_dir):
+        return
+    what = (f"run {spec.name} under {root} has no checkpoint yet" if storage.exists(storage.join(run_dir, runs.SPEC_FILE))
+            else f"there is no run {spec.name} under {root}")
+    raise SpecError(f"--extend-steps lengthens a run that has trained: {what}, so there is nothing to extend; "
+                    "train it without --extend-steps (--steps sets its length)")
 
 
 def _already_done(spec: RunSpec, run_dir: str, dataset: Any, step: int) -> TrainOutcome:
