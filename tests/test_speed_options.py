@@ -56,3 +56,15 @@ def test_unknown_choices_are_spec_errors():
         TrainSpec(conv_backend="cudnn")
     with pytest.raises(SpecError, match="train.loss_kernel"):
         TrainSpec(loss_kernel="chunked")
+
+
+def test_every_fla_model_tunes_its_swiglu_kernels_over_four_configurations_not_thirty():
+    """A parameter-matched sweep gives each arm its own MLP width, which FLA's SwiGLU kernels are tuned for: the
+    narrowed space is what keeps a new arm's compile to seconds (8 kernels a width instead of 60)."""
+    from hybrid_ray.model.speed import SWIGLU_CONFIGS
+
+    fla_model()
+    from fla.modules.activations import ops
+
+    for kernel in (ops.swiglu_fwd_kernel, ops.swiglu_fwdbwd_kernel.fn):  # the second under @triton.heuristics
+        assert [(c.kwargs["B"], c.num_warps) for c in kernel.configs] == list(SWIGLU_CONFIGS)

@@ -47,6 +47,9 @@ def import_fla() -> Any:
         _state["kernel"] = "sdpa (hybrid-ray)"
     else:
         _state["kernel"] = "flash-attn"
+    from hybrid_ray.model.speed import narrow_swiglu_autotuning
+
+    _state["swiglu_kernels_narrowed"] = narrow_swiglu_autotuning()  # one compile per MLP width, not 30
     _state["fla"] = fla
     return fla
 
