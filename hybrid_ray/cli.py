@@ -126,7 +126,8 @@ def train(address: str | None, verbose: bool, extend_steps: int, until_step: int
 @click.option("--seeds", type=int, help="Runs of every arm (train.seed + 0..N-1). [default: 1]")
 @click.option("--scheduler", type=click.Choice(["asha", "fifo"]),
               help="asha stops weak arms on validation loss at each evaluation; fifo runs the full grid. [default: asha]")
-@click.option("--grace-period", type=int, help="Evaluations before ASHA may stop a trial. [default: 1]")
+@click.option("--grace-period", type=int, help="Evaluations before ASHA may stop a trial; never inside the "
+              "learning-rate warm-up. [default: the first evaluation after the warm-up, at least a quarter of the run]")
 @click.option("--reduction-factor", type=int, help="ASHA keeps 1 in this many at each rung. [default: 3]")
 @click.option("--max-concurrent", type=int, help="Trials at a time. [default: as many as fit: a trial's workers' "
                                                   "CPUs and GPUs plus 0.01 CPU for the trial itself]")

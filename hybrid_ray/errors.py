@@ -12,6 +12,12 @@ class HybridRayError(Exception):
     exit_code = 1
 
 
+class Interrupted(HybridRayError):
+    """Ctrl-C or SIGTERM: the run or sweep stopped and can be resumed by relaunching it."""
+
+    exit_code = 130
+
+
 class SpecError(HybridRayError, ValueError):
     """A run specification (variant, preset, field value, YAML file) is invalid."""
 

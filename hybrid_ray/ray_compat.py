@@ -137,8 +137,22 @@ def tune_trials(grid: Any) -> list[Any]:
 
 
 def trial_error(trial: Any) -> BaseException | None:
-    """A failed Tune trial's exception (the original one when Tune could pickle it, else its recorded traceback)."""
+    """A failed Tune trial's exception (the original one when Tune could pickle it, else its recorded traceback).
+
+    Tune writes both files in the driver's staging folder and syncs them to storage later, while its getters read
+    storage: a callback's `on_trial_error` saw none (the console said `failed NAME: None`), so the staging copies
+    come first."""
+    from ray import cloudpickle
+    from ray.tune.error import TuneError
+
     try:
-        return trial.get_pickled_error() or trial.get_error()
+        if trial.pickled_error_file and os.path.exists(trial.pickled_error_file):
+            with open(trial.pickled_error_file, "rb") as f:
+                return cloudpickle.load(f)
+        if trial.error_file and os.path.exists(trial.error_file):
+            with open(trial.error_file) as f:
+                return TuneError(f.read())
+        error = trial.get_pickled_error() or trial.get_error()
+        return TuneError(error) if isinstance(error, str) else error
     except Exception:  # noqa: BLE001 (an unreadable error file: the status still says the trial failed)
         return None

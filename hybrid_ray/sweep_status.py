@@ -1,18 +1,21 @@
 """What each sweep trial ended as, honestly, and what an ended trial keeps on disk.
 
-A trial is finished (it ran all its steps), stopped by ASHA (only under ASHA, never one that ran all its steps),
-failed (with the first line of its error), interrupted (the sweep was stopped while it ran: relaunching resumes it),
-not started, or removed (Tune ran it to its end, but its run folder was deleted since; Tune never runs an ended trial
+A trial is finished (it ran all its steps), stopped by ASHA (only a trial that ASHA's own decision, recorded in the
+sweep's `asha_stops.json` as it was taken, stopped; never one that ran all its steps), failed (with the first line of
+its error), interrupted (Ctrl-C, SIGTERM or a lost node stopped it: Tune ends such a trial like one ASHA stopped, but
+saved it as running, so relaunching resumes it), not started, or removed (Tune ran it to its end, but its run folder was deleted since; Tune never runs an ended trial
 again, so under FIFO the sweep trains such trials in a new Tuner, and under ASHA, whose stops cannot be replayed, it
 reports them).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
-from hybrid_ray.errors import HybridRayError, first_line, root_cause
+from hybrid_ray import runs, storage
+from hybrid_ray.errors import HybridRayError, Interrupted, first_line, root_cause
 from hybrid_ray.train import checkpoint as ckpt_lib
 
 FINISHED = "finished"
@@ -22,6 +25,10 @@ INTERRUPTED = "interrupted"
 NOT_STARTED = "not started"
 REMOVED = "removed"
 ENDED = (FINISHED, STOPPED, FAILED, REMOVED)
+# In the sweep folder, a line per decision: {"trial", "step", "evaluations", "val_loss"}. Not *.json: Tune copies
+# every top-level .json of its experiment folder (the sweep folder) to its staging folder when it restores a sweep,
+# and back at its end, which put back the first launch's record over the relaunch's decisions.
+ASHA_FILE = "asha_stops.jsonl"
 
 
 @dataclass
@@ -31,6 +38,15 @@ class TuneOutcome:
     state: str  # Tune's trial status: TERMINATED, ERROR, RUNNING, PENDING, PAUSED
     error: str | None = None  # the first line of its error
     seconds: float | None = None  # Tune's time_total_s: wall seconds the trial ran
+    interrupted: bool = False  # its error was an interruption (Ctrl-C reached the trial's own process)
+
+
+def is_interruption(error: BaseException | None) -> bool:
+    """Whether a trial's error is a Ctrl-C or SIGTERM that reached its process, not a failure of the trial."""
+    if error is None:
+        return False
+    cause = root_cause(error)
+    return isinstance(cause, (Interrupted, KeyboardInterrupt)) or "KeyboardInterrupt" in error_line(error)
 
 
 def error_line(error: BaseException | None) -> str | None:
@@ -41,27 +57,66 @@ def error_line(error: BaseException | None) -> str | None:
     cause = root_cause(error)
     if isinstance(cause, HybridRayError):
         return first_line(cause)
+    if cause is not error:
+        return f"{type(cause).__name__}: {first_line(cause)}"
+    # a traceback Ray recorded as text: its last "Type: message" line, the message's first line (a CUDA
+    # out-of-memory message goes on for several lines)
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
+    typed = [i for i, line in enumerate(lines) if _exception_line(line)]
+    return lines[typed[-1]] if typed else (lines[-1] if lines else type(error).__name__)
+
+
+def _exception_line(line: str) -> bool:
+    head = line.split(":", 1)[0]
+    return ":" in line and " " not in head and (head.endswith("Error") or head.endswith("Exception")
+                                                 or head.endswith("Interrupt"))
+
+
+def read_stops(sweep_dir: str) -> dict[str, dict[str, Any]]:
+    """ASHA's decisions so far: the trials it stopped, each with the step and evaluation it stopped at (a line that
+    a full disk cut short is skipped)."""
+    path = storage.join(sweep_dir, ASHA_FILE)
+    if not storage.exists(path):
+        return {}
+    stops = {}
+    for line in storage.read_bytes(path).decode(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        stops[record.pop("trial")] = record
+    return stops
+
+
+def record_stop(sweep_dir: str, name: str, result: dict[str, Any]) -> None:
+    """Add ASHA's decision to stop trial `name` on `result` (its report) to the sweep's record, before Tune acts on it."""
+    path = storage.join(sweep_dir, ASHA_FILE)
+    line = json.dumps({"trial": name, "step": result.get("step"), "evaluations": result.get("evaluations"),
+                       "val_loss": result.get("val_loss")})
+    before = storage.read_bytes(path) if storage.exists(path) else b""
+    storage.write_bytes(path, before + line.encode() + b"\n")
 
 
 def trial_status(results: dict[str, Any] | None, newest_step: int | None, outcome: TuneOutcome | None,
-                 scheduler: str, gone: bool = False) -> tuple[str, str | None]:
-    """(status, reason) of one trial from its results.json, its newest checkpoint, Tune's record of it and whether
-    its run folder is `gone` (no spec.yaml: every trial that started wrote one)."""
+                 asha_stop: dict[str, Any] | None = None, gone: bool = False) -> tuple[str, str | None]:
+    """(status, reason) of one trial from its results.json, its newest checkpoint, Tune's record of it, ASHA's
+    recorded decision to stop it (None: ASHA never stopped it) and whether its run folder is `gone` (no spec.yaml:
+    every trial that started wrote one).
+
+    Tune ends a trial that Ctrl-C cut like one ASHA stopped (TERMINATED): only ASHA's own record tells them apart."""
     step = max((results or {}).get("step", 0), newest_step or 0)
     total = (results or {}).get("total_steps")
     if results is not None and total and results.get("step", 0) >= total and results.get("status") == FINISHED:
         return FINISHED, None
-    if outcome is not None and outcome.state == "ERROR":
+    if outcome is not None and outcome.state == "ERROR" and not outcome.interrupted:
         return FAILED, outcome.error
     ended = outcome is not None and outcome.state == "TERMINATED"
-    if ended and newest_step is None and results is None and (gone or scheduler != "asha"):
-        if scheduler == "asha":  # (a trial ASHA stopped before its first checkpoint still has its folder)
-            return REMOVED, "after it ended (its run folder is gone); a sweep under a new --name trains it again"
+    if ended and newest_step is None and results is None and gone and outcome.seconds is not None:
+        if asha_stop is not None:  # ASHA's stops cannot be replayed in a new Tuner
+            return REMOVED, "after ASHA stopped it (its run folder is gone); a sweep under a new --name trains it again"
         return REMOVED, "after it finished (its run folder is gone); relaunch the sweep to train it again"
-    if ended and scheduler == "asha":
-        return STOPPED, f"at step {step}"
+    if asha_stop is not None:
+        return STOPPED, f"at step {asha_stop.get('step')}"
     if newest_step is None and results is None:
         return NOT_STARTED, None
     return INTERRUPTED, f"at step {step}; relaunch to resume"

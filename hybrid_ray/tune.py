@@ -22,15 +22,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler
 
 from hybrid_ray import cluster, ray_compat, report, runs, storage, sweep_plan
 from hybrid_ray import sweep_status as status_lib
-from hybrid_ray.errors import SpecError, suggest
+from hybrid_ray.errors import HybridRayError, Interrupted, SpecError, suggest
 from hybrid_ray.grid import Arm, expand, match_params, numeric_value, parse_grid
 from hybrid_ray.model import count_params
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train import checkpoint as ckpt_lib
-from hybrid_ray.train.launch import Interrupted, check_locally, finalize, share_data
+from hybrid_ray.train.launch import check_locally, finalize, share_data
 
 SWEEP_FILE = "sweep.json"
 GRID_FILE = "grid.json"
@@ -45,7 +46,7 @@ class SweepOptions:
     grid: list[str]
     seeds: int = 1
     scheduler: str = "asha"
-    grace_period: int = 1  # evaluations before ASHA may stop a trial
+    grace_period: int | None = None  # evaluations before ASHA may stop a trial; None: grace_period() decides
     reduction_factor: int = 3
     max_concurrent: int | None = None  # None: as many trials as the cluster holds (sweep_plan.concurrency)
     gpus_per_trial: float | None = None  # None: 1 per worker when the cluster has GPUs, else 0
@@ -60,7 +61,7 @@ class SweepOptions:
             raise SpecError(f"--seeds must be >= 1, got {self.seeds}")
         if self.scheduler not in SCHEDULERS:
             raise SpecError(f"unknown scheduler {self.scheduler!r}{suggest(self.scheduler, SCHEDULERS)}; use asha or fifo")
-        if self.grace_period < 1 or self.reduction_factor < 2:
+        if (self.grace_period is not None and self.grace_period < 1) or self.reduction_factor < 2:
             raise SpecError("--grace-period must be >= 1 and --reduction-factor >= 2")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise SpecError("--max-concurrent must be >= 1")
@@ -87,6 +88,27 @@ def sweep_options(job: dict[str, Any], flags: dict[str, Any] | None = None) -> S
             raise SpecError(f"unknown sweep setting {key!r}{suggest(key, known)}")
     grid = settings.get("grid", [])
     return SweepOptions(**{**settings, "grid": [grid] if isinstance(grid, str) else list(grid)})
+
+
+class SweepFailed(HybridRayError):
+    """The sweep ended, but some of its trials failed: a script sees it in the exit code."""
+
+
+def grace_period(options: SweepOptions, arms: list[Arm]) -> int:
+    """Evaluations before ASHA may stop a trial. By default the first evaluation at or after the learning-rate warm-up
+    ends, and at least a quarter of the run: during warm-up every arm's loss still falls with its learning rate, so
+    a rung there ranks arms by how fast they warm up, not by what they learn (ASHA stopped the eventual winner at step
+    25 of 200 on a 0.017 difference). An explicit --grace-period inside the warm-up is refused for the same reason."""
+    evals = [max(1, math.ceil(a.spec.train.steps / a.spec.train.eval_every)) for a in arms]
+    after_warmup = max(math.ceil(a.spec.optim.warmup_steps / a.spec.train.eval_every) for a in arms)
+    if options.grace_period is None:
+        return min(max(evals), max(1, after_warmup, math.ceil(max(evals) / 4)))
+    if options.grace_period < after_warmup:
+        spec = arms[0].spec
+        raise SpecError(f"--grace-period {options.grace_period} lets ASHA stop trials at step "
+                        f"{options.grace_period * spec.train.eval_every}, inside the {spec.optim.warmup_steps}-step "
+                        f"learning-rate warm-up; use --grace-period {after_warmup} or more (or leave it out)")
+    return min(max(evals), options.grace_period)
 
 
 @dataclass
@@ -167,8 +189,8 @@ class Console(Callback):
 
     Tune pickles it with the experiment and restores it on a relaunch: `setup` restarts its clock for each launch."""
 
-    def __init__(self, total: int, steps: dict[str, int], scheduler: str) -> None:
-        self.total, self.steps, self.scheduler = total, steps, scheduler
+    def __init__(self, total: int, steps: dict[str, int], sweep_dir: str) -> None:
+        self.total, self.steps, self.sweep_dir = total, steps, sweep_dir
         self.best: dict[str, float] = {}
         self.started_trials = 0
         self.started = time.time()
@@ -196,10 +218,13 @@ class Console(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         step = (trial.last_result or {}).get("step", 0)
-        if step >= self.steps[trial.config["arm"]] or self.scheduler != "asha":
+        stop = status_lib.read_stops(self.sweep_dir).get(self._name(trial))
+        if stop is not None:
+            self._line(f"stopped   {self._name(trial)} by ASHA after step {stop['step']}")
+        elif step >= self.steps[trial.config["arm"]]:
             self._line(f"finished  {self._name(trial)}")
-        else:
-            self._line(f"stopped   {self._name(trial)} by ASHA after step {step}")
+        else:  # Tune ends a trial it was told to stop (Ctrl-C) like one it completed
+            self._line(f"cut       {self._name(trial)} at step {step}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._line(f"failed    {self._name(trial)}: {status_lib.error_line(ray_compat.trial_error(trial))}")
@@ -221,6 +246,8 @@ def sweep(
     arms = expand(base, parse_grid(options.grid))  # grid errors before anything else
     base, dataset = check_locally(base, address=address, extend_steps=0, until_step=None, progress=progress)
     arms = _on_resolved_base(arms, base, options)
+    if options.scheduler == "asha":
+        grace_period(options, arms)  # an ASHA rung inside the warm-up is refused before anything starts
     for arm in arms:
         if arm.spec.data != base.data:
             check_locally(arm.spec, address=address, extend_steps=0, until_step=None, progress=progress)
@@ -243,6 +270,8 @@ def sweep(
               f"seed(s) = {trials} trial(s), {concurrent} at a time, {options.scheduler.upper()}, {sizes} parameters",
               flush=True)
         print(f"  sweep folder: {sweep_dir} (disk: up to {sweep_plan.gb(disk.need)})", flush=True)
+        if options.scheduler == "asha":
+            print(f"  {asha_line(options, arms)}", flush=True)
         if not storage.is_uri(sweep_dir):
             print(f"  watch: tensorboard --logdir {storage.join(sweep_dir, 'trials')}", flush=True)
         if dashboard := cluster.dashboard_url():
@@ -252,14 +281,13 @@ def sweep(
     origin = share_data(base, dataset)
     outcomes, interrupted = _fit(base, options, arms, sweep_dir, concurrent, resumed, progress, verbose, origin)
     rerun = not interrupted and options.scheduler != "asha"  # ASHA's stops cannot be replayed in a new Tuner
-    removed = removed_trials(outcomes, sweep_dir, options.scheduler) if rerun else []
+    removed = removed_trials(outcomes, sweep_dir) if rerun else []
     if removed:
         # Tune never runs an ended trial again: a new Tuner over the grid trains them (the others only report)
         if progress:
             print(f"training again the trial(s) whose run folder was deleted: {', '.join(removed)}", flush=True)
         outcomes, interrupted = _fit(base, options, arms, sweep_dir, concurrent, False, progress, verbose, origin)
-    rows = collect(arms, options.seeds, sweep_dir, dataset, outcomes=outcomes, scheduler=options.scheduler,
-                   keep_checkpoints=options.keep_checkpoints)
+    rows = collect(arms, options.seeds, sweep_dir, dataset, outcomes=outcomes, keep_checkpoints=options.keep_checkpoints)
     if options.eval_tasks and not interrupted:
         rows = evaluate_finished(rows, options, address, progress)
     outcome = write_outputs(sweep_dir, rows, title=base.name)
@@ -273,7 +301,29 @@ def sweep(
                           f"relaunch the same command to resume it{how}")
     if progress:
         print(f"sweep finished in {time.time() - started:.0f}s: {summary}", flush=True)
+    failed = [r for r in rows if r["status"] == status_lib.FAILED]
+    if failed:
+        first = failed[0]
+        raise SweepFailed(f"{len(failed)} trial(s) of sweep {base.name} failed ({first['name']}: {first['reason']}"
+                          f"{'; ...' if len(failed) > 1 else ''}); the table says why, and relaunching the same "
+                          "command retries them")
     return outcome
+
+
+def asha_line(options: SweepOptions, arms: list[Arm]) -> str:
+    """What ASHA will do, in the run's steps: when it may first stop a trial and where its rungs are."""
+    grace = grace_period(options, arms)
+    every = arms[0].spec.train.eval_every
+    max_evals = max(math.ceil(a.spec.train.steps / a.spec.train.eval_every) for a in arms)
+    rungs, milestone = [], grace
+    while milestone < max_evals:
+        rungs.append(milestone * every)
+        milestone *= options.reduction_factor
+    how = "--grace-period" if options.grace_period is not None else "after the warm-up and a quarter of the run"
+    where = (f"rungs at step(s) {', '.join(map(str, rungs))}" if rungs else
+             "no rung before the last evaluation: it will stop no trial")
+    return (f"ASHA: no trial stopped before step {grace * every} ({grace} evaluation(s), {how}; warm-up "
+            f"{arms[0].spec.optim.warmup_steps} steps), keeps 1 in {options.reduction_factor}, {where}")
 
 
 def kernel_cache_for(sweep_dir: str) -> str | None:
@@ -325,32 +375,48 @@ def run_config(base: RunSpec, callbacks: list[Callback]) -> Any:
                           failure_config=tune.FailureConfig(**TRIAL_FAILURES))
 
 
-def _scheduler(options: SweepOptions, arms: list[Arm]) -> Any:
-    """ASHA on the evaluation count (or FIFO)."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+class RecordedASHA(ASHAScheduler):
+    """ASHA that records each of its decisions to stop a trial (which trial, at which step) in the sweep folder before
+    Tune acts on it. Tune ends a trial that Ctrl-C, SIGTERM or a lost node cut exactly as one ASHA stopped
+    (TERMINATED), so this record is the only honest source of "stopped by ASHA" (sweep_status.trial_status)."""
+
+    def __init__(self, sweep_dir: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sweep_dir = sweep_dir
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == self.STOP:
+            status_lib.record_stop(self.sweep_dir, trial_name(trial.config["arm"], trial.config["seed"]), result)
+        return decision
+
+
+def _scheduler(options: SweepOptions, arms: list[Arm], sweep_dir: str) -> Any:
+    """ASHA on the evaluation count (or FIFO), recording its stops in `sweep_dir`."""
+    from ray.tune.schedulers import FIFOScheduler
 
     if options.scheduler == "fifo":
         return FIFOScheduler()
     max_evals = max(math.ceil(a.spec.train.steps / a.spec.train.eval_every) for a in arms)
-    return ASHAScheduler(
-        time_attr="evaluations", metric="val_loss", mode="min", max_t=max_evals,
-        grace_period=min(options.grace_period, max_evals), reduction_factor=options.reduction_factor,
+    return RecordedASHA(
+        sweep_dir, time_attr="evaluations", metric="val_loss", mode="min", max_t=max_evals,
+        grace_period=grace_period(options, arms), reduction_factor=options.reduction_factor,
         # a trial at its last evaluation ends by itself (results, model/, its placement group freed by Ray Train);
         # stopping it there would kill it before it writes them, and free its resources only through the dashboard
         stop_last_trials=False)
 
 
-def _new_tuner(trainable: Any, base: RunSpec, options: SweepOptions, arms: list[Arm], concurrent: int,
+def _new_tuner(trainable: Any, base: RunSpec, options: SweepOptions, arms: list[Arm], sweep_dir: str, concurrent: int,
                progress: bool) -> Any:
     """A new sweep's Tuner: every arm times every seed, `concurrent` at a time."""
     from ray import tune
 
     steps = {arm.id: arm.spec.train.steps for arm in arms}
-    callbacks = [Console(len(arms) * options.seeds, steps, options.scheduler)] if progress else []
+    callbacks = [Console(len(arms) * options.seeds, steps, sweep_dir)] if progress else []
     return tune.Tuner(
         trainable,
         param_space={"arm": tune.grid_search([a.id for a in arms]), "seed": tune.grid_search(list(range(options.seeds)))},
-        tune_config=tune.TuneConfig(scheduler=_scheduler(options, arms), max_concurrent_trials=concurrent),
+        tune_config=tune.TuneConfig(scheduler=_scheduler(options, arms, sweep_dir), max_concurrent_trials=concurrent),
         run_config=run_config(base, callbacks),
     )
 
@@ -373,16 +439,20 @@ def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep_dir: str, 
                 # Tune kept the first launch's settings (scheduler, concurrency, run config) in the sweep folder
                 tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
             else:
-                tuner = _new_tuner(trainable, base, options, arms, concurrent, progress)
+                tuner = _new_tuner(trainable, base, options, arms, sweep_dir, concurrent, progress)
             grid = tuner.fit()
         except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's handler was in place
             return {}, True
     outcomes = {}
     for trial in ray_compat.tune_trials(grid):
+        error = ray_compat.trial_error(trial) if trial.status == "ERROR" else None
         outcomes[trial_name(trial.config["arm"], trial.config["seed"])] = status_lib.TuneOutcome(
-            state=trial.status, error=status_lib.error_line(ray_compat.trial_error(trial)) if trial.status == "ERROR"
-            else None, seconds=(trial.last_result or {}).get("time_total_s"))
-    interrupted = any(o.state not in ("TERMINATED", "ERROR") for o in outcomes.values())
+            state=trial.status, error=status_lib.error_line(error), interrupted=status_lib.is_interruption(error),
+            seconds=(trial.last_result or {}).get("time_total_s"))
+    # Tune ends the trials it cuts on Ctrl-C as TERMINATED (and saves them as running, to resume): with nothing left
+    # pending, only the trials' own state shows that the sweep was interrupted
+    statuses = trial_statuses(outcomes, sweep_dir)
+    interrupted = any(s in (status_lib.INTERRUPTED, status_lib.NOT_STARTED) for s, _ in statuses.values())
     return outcomes, interrupted
 
 
@@ -394,22 +464,29 @@ def _on_disk(run_dir: str) -> tuple[dict[str, Any] | None, int | None, bool]:
     return runs.read_results(run_dir), ckpt_lib.newest_step(run_dir), gone
 
 
-def removed_trials(outcomes: dict[str, status_lib.TuneOutcome], sweep_dir: str, scheduler: str) -> list[str]:
-    """The trials Tune ran to their end whose run folder was deleted since (see sweep_status.REMOVED)."""
-    removed = []
+def trial_statuses(outcomes: dict[str, status_lib.TuneOutcome], sweep_dir: str) -> dict[str, tuple[str, str | None]]:
+    """(status, reason) of every trial Tune knows, from its run folder, Tune's outcome and ASHA's record."""
+    stops = status_lib.read_stops(sweep_dir)
+    statuses = {}
     for name, outcome in outcomes.items():
         results, newest, gone = _on_disk(storage.join(sweep_dir, "trials", name))
-        if status_lib.trial_status(results, newest, outcome, scheduler, gone=gone)[0] == status_lib.REMOVED:
-            removed.append(name)
-    return removed
+        statuses[name] = status_lib.trial_status(results, newest, outcome, stops.get(name), gone=gone)
+    return statuses
+
+
+def removed_trials(outcomes: dict[str, status_lib.TuneOutcome], sweep_dir: str) -> list[str]:
+    """The trials Tune ran to their end whose run folder was deleted since (see sweep_status.REMOVED)."""
+    return [name for name, (status, _) in trial_statuses(outcomes, sweep_dir).items() if status == status_lib.REMOVED]
 
 
 def collect(arms: list[Arm], seeds: int, sweep_dir: str, dataset: Any, *,
-            outcomes: dict[str, status_lib.TuneOutcome] | None = None, scheduler: str = "asha",
+            outcomes: dict[str, status_lib.TuneOutcome] | None = None,
             keep_checkpoints: bool = False) -> list[dict[str, Any]]:
     """One row per trial from its run folder, with its status; a trial that ASHA stopped (or the sweep interrupted)
-    gets its results.json written now, from its newest checkpoint, so it keeps its results like any other run."""
+    gets its results.json written now, from its newest checkpoint, so it keeps its results like any other run. Only
+    trials that ended for good (finished, stopped by ASHA) drop their optimizer state: an interrupted one resumes."""
     outcomes = outcomes or {}
+    stops = status_lib.read_stops(sweep_dir)
     rows = []
     for arm in arms:
         for seed in range(seeds):
@@ -420,13 +497,22 @@ def collect(arms: list[Arm], seeds: int, sweep_dir: str, dataset: Any, *,
             if newest is not None and (results is None or results.get("step", 0) < newest):
                 spec = trial_spec(arm.spec, arm.id, seed, storage.join(sweep_dir, "trials"))
                 wall = outcome.seconds if outcome is not None and outcome.seconds else 0.0
-                results = finalize(spec, run_dir, dataset, wall).results
-            status, reason = status_lib.trial_status(results, newest, outcome, scheduler, gone=gone)
+                if runs.launch_count(run_dir) == 0:  # cut before its train() could count the launch that trained it
+                    runs.count_launch(run_dir)
+                results = finalize(spec, run_dir, dataset, wall or _trained_seconds(run_dir)).results
+            status, reason = status_lib.trial_status(results, newest, outcome, stops.get(name), gone=gone)
             if status in (status_lib.FINISHED, status_lib.STOPPED):
                 status_lib.settle(run_dir, keep_checkpoints)
             row = report.trial_row(arm.id, arm.settings, seed, name, run_dir, results, numeric_value(arm))
             rows.append({**row, "status": status, "reason": reason})
     return rows
+
+
+def _trained_seconds(run_dir: str) -> float:
+    """Wall seconds a trial's checkpoints account for (training and compiling), when Tune recorded none for it."""
+    newest = ckpt_lib.latest(run_dir)
+    state = ckpt_lib.read_state(newest) if newest else None
+    return (state.train_seconds + state.compile_seconds) if state else 0.0
 
 
 def evaluate_finished(rows: list[dict[str, Any]], options: SweepOptions, address: str | None,

@@ -2,6 +2,7 @@
 cluster/local-head.sh starts it): no variable set but HOME, a clean console, one-line errors, Ctrl-C, `ray job submit`."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from ray_procs import HYBRID_RAY, RAY, hybrid_ray, one_error_line, user_env
 
-from hybrid_ray import report
+from hybrid_ray import report, sweep_status
 from hybrid_ray.variants import variant_spec
 
 pytestmark = pytest.mark.slow
@@ -49,27 +50,61 @@ def test_an_asha_ratio_sweep_beside_a_running_head_stops_weak_arms_frees_their_t
     """`hybrid-ray sweep` without an address, beside a head that Ray's auto-discovery would find, at the default
     concurrency (one trial at a time on 2 CPUs): every trial after one that ASHA stops waits for the stopped one's
     placement group, which Ray Train's cleaner frees only when it reaches this sweep's own Ray; so a trial that starts
-    after ASHA stopped one, and the sweep's end, prove the stopped trials left no resources held."""
+    after ASHA stopped one, and the sweep's end, prove the stopped trials left no resources held. Ctrl-C once ASHA has
+    stopped a trial and the next one has a checkpoint: the running trial is interrupted, not stopped by ASHA (Tune ends
+    both alike), keeps its optimizer state, and the relaunch finishes it."""
     config = tmp_path / "asha.yaml"  # 4 layers: attention ratios 0, 0.25, 0.5 and 1 are 0, 1, 2 and 4 of them
     config.write_text(variant_spec("h100_hybrid_sparse", "tiny").with_overrides({
         "data.max_documents": 400, "model.num_layers": 4, "model.attn_layers": [3], "train.steps": 30,
         "train.eval_every": 10, "train.checkpoint_every": 10, "train.log_every": 5, "train.eval_tokens": 4096,
         "name": "asha"}).to_yaml())
-    result = hybrid_ray("sweep", "--config", str(config), "--grid", "attention_ratio=0,0.25,0.5,1", "--match-params",
-                        "--reduction-factor", "2", "--storage-path", str(tmp_path), env=ray_head.env, timeout=600)
-    out = result.stdout + result.stderr
+    args = [HYBRID_RAY, "sweep", "--config", str(config), "--grid", "attention_ratio=0,0.25,0.5,1", "--match-params",
+            "--reduction-factor", "2", "--storage-path", str(tmp_path)]
+    sweep, trials = tmp_path / "asha", tmp_path / "asha" / "trials"
+    proc = subprocess.Popen(args, env=ray_head.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def running() -> list[Path]:
+        """Trials ASHA did not stop that have a checkpoint but no results yet."""
+        stops = sweep_status.read_stops(str(sweep))
+        return [t for t in trials.glob("*-s0") if stops and t.name not in stops and not (t / "results.json").exists()
+                and list(t.glob("checkpoint_0*/manifest_rank0.json"))]
+
+    deadline = time.time() + 500
+    while not running():
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
+        time.sleep(0.2)
+    cut = running()[0].name
+    proc.send_signal(signal.SIGINT)
+    first_out, first_err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, (first_out + first_err)[-3000:]
+    assert "relaunch the same command" in first_err.strip().splitlines()[-1]
+    rows = {r["name"]: r for r in json.loads((sweep / "sweep.json").read_text())["trials"]}
+    assert rows[cut]["status"] == "interrupted", rows[cut]  # not "stopped by ASHA"
+    assert list((trials / cut).glob("checkpoint_0*/optimizer.pt"))  # nothing it needs to resume was pruned
+    stops = sweep_status.read_stops(str(sweep))
+    assert {n for n, r in rows.items() if r["status"] == "stopped by ASHA"} == set(stops)
+
+    result = hybrid_ray(*args[1:], env=ray_head.env, timeout=600)  # the relaunch finishes every arm
+    out = first_out + result.stdout + result.stderr
     assert result.returncode == 0, out[-3000:]
     assert "on a new local Ray instance" in out and ray_head.dashboard not in out, out[-3000:]
     assert "1 at a time" in out and "by ASHA" in out, out[-3000:]
-    events = [line.split("] ", 1)[1].split()[:2] for line in result.stdout.splitlines() if "s] " in line]
-    first_stop = next(i for i, (what, _) in enumerate(events) if what == "stopped")
+    assert "ASHA: no trial stopped before step 20 (2 evaluation(s)" in first_out  # the tiny warm-up is 20 steps
+    events = [line.split("] ", 1)[1].split()[:4] for line in (first_out + result.stdout).splitlines() if "s] " in line]
+    first_stop = next(i for i, (what, *_) in enumerate(events) if what == "stopped")
     assert ["started"] in [e[:1] for e in events[first_stop:]]  # a trial waited for the stopped one's resources
     rows = json.loads((tmp_path / "asha" / "sweep.json").read_text())["trials"]
     assert len(rows) == 4 and {r["arm"] for r in rows} == {"attn0", "attn25", "attn50", "attn100"}
+    assert all(r["status"] in ("finished", "stopped by ASHA") for r in rows), rows
+    assert {r["name"] for r in rows if r["status"] == "stopped by ASHA"} == set(sweep_status.read_stops(str(sweep)))
+    resumed = json.loads((trials / cut / "results.json").read_text())
+    assert resumed["resumed_at"] and resumed["launches"] == 2  # the cut trial went on from its checkpoint
     reference = next(r["params"] for r in rows if r["arm"] == "attn0")
     assert all(abs(r["params"] / reference - 1) <= 0.02 for r in rows)  # --match-params, through the whole sweep
     stopped = [r for r in rows if r["status"] == "stopped by ASHA"]
     assert stopped and any(r["status"] == "finished" for r in rows)
+    consoled = {name: int(step) for name, step in re.findall(r"stopped +(\S+) by ASHA after step (\d+)",
+                                                           first_out + result.stdout)}
     for row in rows:  # every trial ended with its own run folder, results and checkpoints
         results = json.loads((tmp_path / "asha" / "trials" / row["name"] / "results.json").read_text())
         assert results["best"] == row["best"] and results["final"] == row["final"]
@@ -78,6 +113,7 @@ def test_an_asha_ratio_sweep_beside_a_running_head_stops_weak_arms_frees_their_t
     for row in stopped:
         assert row["stopped_at_step"] < 30 and row["step"] == row["stopped_at_step"]
         assert row["reason"] == f"at step {row['step']}"
+        assert consoled[row["name"]] == row["step"]  # the step of ASHA's stop is the one the console said
     assert all(r["wall_seconds"] > 0 and r["compile_seconds"] >= 0 for r in rows)  # real, also for stopped trials
     lines = result.stdout.splitlines()
     header = max(i for i, line in enumerate(lines) if line.split()[:2] == ["rank", "arm"])

@@ -145,8 +145,11 @@ def test_an_interrupted_or_killed_sweep_resumes_without_rerunning_trials_and_a_f
 
         plan.write_text("lr0.0005-s0 20")  # the disk fills when the third trial writes its step-20 checkpoint
         again = subprocess.run(args, env=head.env, capture_output=True, text=True, timeout=600)
-        assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+        assert again.returncode == 1, (again.stdout + again.stderr)[-3000:]  # a trial failed: a script sees it
         assert "resuming ctrlc" in again.stdout and "sweep finished in " in again.stdout
+        last = again.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: 1 trial(s) of sweep ctrlc failed (lr0.0005-s0: ") and "No space left" in last
+        assert "relaunching the same command retries them" in last
         clock = int(again.stdout.split("] started", 1)[0].rsplit("[", 1)[1].strip().rstrip("s"))
         assert clock < min(30, first_launch)  # the console's clock counts from this launch
         assert (finished / "results.json").read_bytes() == before  # not rerun

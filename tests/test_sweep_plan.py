@@ -142,26 +142,6 @@ def test_sweep_figure_positions_keep_values_when_some_arms_have_no_results():
                       os.devnull)
 
 
-def test_trial_statuses_are_honest():
-    finished = {"status": "finished", "step": 60, "total_steps": 60}
-    cut = {"status": "stopped", "step": 20, "total_steps": 60}
-    term, error = sweep_status.TuneOutcome("TERMINATED"), sweep_status.TuneOutcome("ERROR", "boom")
-    assert sweep_status.trial_status(finished, 60, term, "asha") == ("finished", None)  # its last step: not ASHA
-    assert sweep_status.trial_status(cut, 20, term, "asha") == ("stopped by ASHA", "at step 20")
-    assert sweep_status.trial_status(cut, 20, term, "fifo")[0] == "interrupted"  # never "ASHA" under FIFO
-    assert sweep_status.trial_status(cut, 20, sweep_status.TuneOutcome("RUNNING"), "asha")[0] == "interrupted"
-    assert sweep_status.trial_status(cut, 20, error, "fifo") == ("failed", "boom")
-    assert sweep_status.trial_status(None, None, sweep_status.TuneOutcome("PENDING"), "asha") == ("not started", None)
-    # finished, then its run folder deleted (`runs rm`): Tune will not run it again (the sweep trains it anew)
-    status, reason = sweep_status.trial_status(None, None, term, "fifo")
-    assert status == "removed" and status in sweep_status.ENDED
-    assert reason.startswith("after it finished (its run folder is gone)") and "relaunch the sweep" in reason
-    # under ASHA only a trial whose folder is gone (one it stopped before its first checkpoint has its spec.yaml)
-    assert sweep_status.trial_status(None, None, term, "asha") == ("stopped by ASHA", "at step 0")
-    status, reason = sweep_status.trial_status(None, None, term, "asha", gone=True)
-    assert status == "removed" and "a sweep under a new --name" in reason
-
-
 def test_sigterm_stops_a_sweep_like_ctrl_c():
     seen = []
     previous = signal.signal(signal.SIGINT, lambda *a: seen.append("SIGINT"))

@@ -21,7 +21,7 @@ from typing import Any
 
 from hybrid_ray import cluster, ray_compat, runs, storage, sweep_plan
 from hybrid_ray import data as data_lib
-from hybrid_ray.errors import HybridRayError, SpecError, first_line, root_cause
+from hybrid_ray.errors import HybridRayError, Interrupted, SpecError, first_line, root_cause
 from hybrid_ray.model import count_params, flops_per_token
 from hybrid_ray.model.build import check_backend
 from hybrid_ray.report import plot_runs, summarize
@@ -36,12 +36,6 @@ class TrainingError(HybridRayError):
 
 class DivergedError(TrainingError):
     """The loss (or gradient norm) stopped being finite; the run stopped there, keeping the checkpoints before."""
-
-
-class Interrupted(HybridRayError):
-    """Ctrl-C: the run stopped and can be resumed by relaunching it."""
-
-    exit_code = 130
 
 
 @dataclass

@@ -1,0 +1,89 @@
+"""What a sweep's trials ended as: ASHA's own record, not Tune's TERMINATED, says which ASHA stopped; ASHA's default
+grace period never judges an arm inside its learning-rate warm-up."""
+
+import pytest
+from ray.tune.schedulers import TrialScheduler
+
+from hybrid_ray import sweep_status
+from hybrid_ray.errors import Interrupted, SpecError
+from hybrid_ray.grid import expand, parse_grid
+from hybrid_ray.tune import RecordedASHA, SweepOptions, asha_line, grace_period
+from hybrid_ray.variants import variant_spec
+
+FINISHED = {"status": "finished", "step": 60, "total_steps": 60}
+CUT = {"status": "stopped", "step": 20, "total_steps": 60}
+TERM = sweep_status.TuneOutcome("TERMINATED", seconds=12.0)
+
+
+def test_only_asha_s_record_makes_a_trial_stopped_by_asha():
+    stop = {"step": 20, "evaluations": 2, "val_loss": 3.1}
+    assert sweep_status.trial_status(FINISHED, 60, TERM) == ("finished", None)
+    assert sweep_status.trial_status(FINISHED, 60, TERM, stop) == ("finished", None)  # ran all its steps: not ASHA
+    assert sweep_status.trial_status(CUT, 20, TERM, stop) == ("stopped by ASHA", "at step 20")
+    # Ctrl-C: Tune ends the running trials as TERMINATED, like ASHA's stops; without ASHA's record they resume
+    assert sweep_status.trial_status(CUT, 20, TERM) == ("interrupted", "at step 20; relaunch to resume")
+    assert sweep_status.trial_status(None, None, TERM)[0] == "not started"  # cut before its first checkpoint
+    assert sweep_status.trial_status(CUT, 20, sweep_status.TuneOutcome("RUNNING"))[0] == "interrupted"
+    assert sweep_status.trial_status(CUT, 20, sweep_status.TuneOutcome("ERROR", "boom")) == ("failed", "boom")
+    # Ctrl-C that reached the trial's own process is an interruption, not a failure
+    cut = sweep_status.TuneOutcome("ERROR", "interrupted at step 20", interrupted=True)
+    assert sweep_status.trial_status(CUT, 20, cut)[0] == "interrupted"
+    assert sweep_status.is_interruption(Interrupted("interrupted at step 20"))
+    assert sweep_status.trial_status(None, None, sweep_status.TuneOutcome("PENDING")) == ("not started", None)
+    # ended and reported, then its run folder deleted (`runs rm`): Tune will not run it again
+    status, reason = sweep_status.trial_status(None, None, TERM, gone=True)
+    assert status == "removed" and status in sweep_status.ENDED
+    assert reason.startswith("after it finished (its run folder is gone)") and "relaunch the sweep" in reason
+    status, reason = sweep_status.trial_status(None, None, TERM, stop, gone=True)
+    assert status == "removed" and "a sweep under a new --name" in reason
+    # cut before it wrote anything (no report to Tune): not a removed trial
+    assert sweep_status.trial_status(None, None, sweep_status.TuneOutcome("TERMINATED"), gone=True)[0] == "not started"
+
+
+def test_asha_records_its_stops_as_it_decides_them(tmp_path, monkeypatch):
+    decisions = iter([TrialScheduler.CONTINUE, TrialScheduler.STOP])
+    monkeypatch.setattr("ray.tune.schedulers.ASHAScheduler.on_trial_result", lambda *a: next(decisions))
+    asha = RecordedASHA(str(tmp_path), time_attr="evaluations", metric="val_loss", mode="min", max_t=8)
+    trial = type("T", (), {"config": {"arm": "attn17", "seed": 1}})()
+    assert asha.on_trial_result(None, trial, {"step": 25, "evaluations": 1, "val_loss": 4.0}) == "CONTINUE"
+    assert sweep_status.read_stops(str(tmp_path)) == {}
+    assert asha.on_trial_result(None, trial, {"step": 50, "evaluations": 2, "val_loss": 3.9}) == "STOP"
+    assert sweep_status.read_stops(str(tmp_path)) == {"attn17-s1": {"step": 50, "evaluations": 2, "val_loss": 3.9}}
+
+
+def test_a_cuda_out_of_memory_error_is_one_line():
+    from ray.tune.error import TuneError
+
+    text = ("Failure # 1\nTraceback (most recent call last):\n  File \"x.py\", line 3, in f\n"
+            "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
+            "79.19 GiB of which 1.2 GiB is free.\nOf the allocated memory 70 GiB is allocated by PyTorch.\n"
+            "If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")
+    line = sweep_status.error_line(TuneError(text))
+    assert line.startswith("torch.OutOfMemoryError: CUDA out of memory.") and "\n" not in line
+
+
+def arms(**overrides):
+    base = variant_spec("h100_hybrid_sparse").with_overrides({"model.vocab_size": 50257, **overrides})
+    return expand(base, parse_grid(["attention_ratio"]))
+
+
+@pytest.mark.parametrize("steps, every, warmup", [(200, 25, 100), (1000, 100, 100), (300, 10, 100), (30, 10, 20),
+                                                  (200, 50, 20), (100, 25, 150)])
+def test_default_asha_rungs_never_fall_inside_the_warm_up(steps, every, warmup):
+    grid = arms(**{"train.steps": steps, "train.eval_every": every, "optim.warmup_steps": warmup})
+    options = SweepOptions(grid=["attention_ratio"])
+    grace = grace_period(options, grid)
+    evaluations = -(-steps // every)
+    assert grace * every >= min(warmup, steps)  # the first rung is at or after the warm-up's end
+    assert grace >= -(-evaluations // 4) or grace == evaluations  # and not before a quarter of the run
+    assert grace <= evaluations
+    line = asha_line(options, grid)
+    assert f"no trial stopped before step {grace * every}" in line and f"warm-up {warmup} steps" in line
+
+
+def test_the_h100_study_s_default_judges_after_the_warm_up_and_an_explicit_early_rung_is_refused():
+    grid = arms(**{"train.steps": 200, "train.eval_every": 25, "optim.warmup_steps": 100})
+    assert grace_period(SweepOptions(grid=["attention_ratio"]), grid) == 4  # step 100: ASHA stopped the winner at 25
+    with pytest.raises(SpecError, match="--grace-period 1 lets ASHA stop trials at step 25, inside the 100-step"):
+        grace_period(SweepOptions(grid=["attention_ratio"], grace_period=1), grid)
+    assert grace_period(SweepOptions(grid=["attention_ratio"], grace_period=6), grid) == 6
