@@ -367,14 +367,20 @@ def variants(preset: str | None, as_json: bool) -> None:
 @cli.command()
 @SPEC_OPTIONS
 @TRAIN_OPTIONS
-def warmup(**options: Any) -> None:
+@click.option("--grid", "grid", multiple=True, help="Warm every distinct kernel shape of this sweep grid (as "
+              "`sweep --grid`; repeatable).")
+@click.option("--match-params", is_flag=True, help="With --grid: size the arms as `sweep --match-params` does.")
+def warmup(grid: tuple[str, ...], match_params: bool, **options: Any) -> None:
     """Compile and tune every FLA kernel a run needs (train step, evaluation, decoding) on this node's GPUs, into
     the node's kernel cache; with --storage-path, also publish them there for a cluster's other nodes.
 
-    Takes the flags `train` takes (the shapes come from them: give the same ones)."""
+    Takes the flags `train` takes (the shapes come from them: give the same ones); with --grid, those of a sweep."""
     from hybrid_ray.warmup import warmup as warm
 
-    warm(build_spec(**options), storage_path=options["storage_path"], say=click.echo)
+    if match_params and not grid:
+        raise SpecError("--match-params goes with --grid (the arms it sizes)")
+    warm(build_spec(**options), storage_path=options["storage_path"], say=click.echo, grid=list(grid),
+         match_params=match_params)
 
 
 @cli.group("kernels")

@@ -60,9 +60,10 @@ def _batch(spec: RunSpec, device: torch.device) -> Any:
     return Batch(input_ids=ids.view(1, -1), labels=ids.view(1, -1), cu_seqlens=cu)
 
 
-def warm_device(spec: RunSpec, device: torch.device, say: Callable[[str], None] = print) -> list[Phase]:
+def warm_device(spec: RunSpec, device: torch.device, say: Callable[[str], None] = print,
+                training_only: bool = False) -> list[Phase]:
     """Run the spec's train step, evaluation forward, decoding and downstream scoring once on `device` (FLA backend),
-    each timed, with the cache entries it added."""
+    each timed, with the cache entries it added; `training_only`: the train step and evaluation alone."""
     from hybrid_ray.generate import SamplingOptions, decode
     from hybrid_ray.model import build_model
     from hybrid_ray.model.precision import autocast
@@ -93,6 +94,8 @@ def warm_device(spec: RunSpec, device: torch.device, say: Callable[[str], None] 
     timed("evaluation", lambda: evaluate(model, [batch], device, spec.train.precision))
     del model, optimizer
     torch.cuda.empty_cache()
+    if training_only:
+        return phases
     inference = build_model(spec.model, "fla", device=device).eval()
     prompts = [[i % spec.model.vocab_size for i in range(n)] for n in DECODE_PROMPTS]
     options = SamplingOptions(max_new_tokens=DECODE_TOKENS, temperature=0)
@@ -109,12 +112,39 @@ def warm_device(spec: RunSpec, device: torch.device, say: Callable[[str], None] 
     return phases
 
 
-def _warm_other(spec: dict, index: int, storage_path: str | None, queue: Any) -> None:
+def kernel_shape(spec: RunSpec) -> tuple:
+    """What decides which kernels a spec compiles: its model's widths and which layer kinds it has (not where they
+    sit), and the step's shape. Arms of a ratio sweep differ only in layout and, with --match-params, MLP width."""
+    model = dataclasses.replace(spec.model, attn_layers=[])
+    kinds = (bool(spec.model.attn_layers), len(spec.model.attn_layers) < spec.model.num_layers)
+    return (repr(model), kinds, spec.micro_batch_size, spec.data.seq_len, spec.data.packed, spec.train.precision)
+
+
+def distinct_shapes(specs: list[RunSpec]) -> list[RunSpec]:
+    """The first spec of each kernel shape, those with both layer kinds first (they compile the most)."""
+    seen: dict[tuple, RunSpec] = {}
+    for spec in sorted(specs, key=lambda s: not (0 < len(s.model.attn_layers) < s.model.num_layers)):
+        seen.setdefault(kernel_shape(spec), spec)
+    return list(seen.values())
+
+
+def _warm_other(specs: list[dict], index: int, storage_path: str | None, queue: Any) -> None:
     """A spawned process warming GPU `index` alone (and publishing its own stack's entries)."""
     os.environ["CUDA_VISIBLE_DEVICES"] = str(index)  # before CUDA starts in this process
-    phases = warm_device(RunSpec.from_dict(spec), torch.device("cuda", 0))
+    phases = _warm_all([RunSpec.from_dict(s) for s in specs], torch.device("cuda", 0), print)
     _publish(storage_path, print)
     queue.put([dataclasses.asdict(p) for p in phases])
+
+
+def _warm_all(specs: list[RunSpec], device: torch.device, say: Callable[[str], None]) -> list[Phase]:
+    """Every kernel of the first spec; of the others, what their train step and evaluation add (their MLP widths)."""
+    phases = []
+    for i, spec in enumerate(specs):
+        if len(specs) > 1:
+            say(f"shape {i + 1}/{len(specs)}: {len(spec.model.attn_layers)} attention layer(s) of "
+                f"{spec.model.num_layers}, MLP width {spec.model.intermediate_size}")
+        phases += warm_device(spec, device, say, training_only=i > 0)
+    return phases
 
 
 def _publish(storage_path: str | None, say: Callable[[str], None]) -> None:
@@ -122,9 +152,21 @@ def _publish(storage_path: str | None, say: Callable[[str], None]) -> None:
         say(f"published {kernels.publish(storage_path)} cache entries to {storage_path}/{kernels.STORE_DIR}")
 
 
-def warmup(spec: RunSpec, *, storage_path: str | None = None, say: Callable[[str], None] = print) -> list[Phase]:
+def grid_specs(spec: RunSpec, grid: list[str], match_params: bool = False) -> list[RunSpec]:
+    """The arms of a sweep grid (as `hybrid-ray sweep` builds them from the same flags), one spec each."""
+    from hybrid_ray.grid import expand, parse_grid
+    from hybrid_ray.grid import match_params as matched
+
+    arms = expand(spec, parse_grid(grid))
+    return [a.spec for a in (matched(arms) if match_params else arms)]
+
+
+def warmup(spec: RunSpec, *, storage_path: str | None = None, say: Callable[[str], None] = print,
+           grid: list[str] | None = None, match_params: bool = False) -> list[Phase]:
     """Compile and tune `spec`'s kernels on every distinct GPU model of this node; publish them under `storage_path`
-    when given. A vocabulary that follows the tokenizer is resolved by preparing the spec's data, as `train` does."""
+    when given. With `grid` (and `match_params`), every distinct kernel shape of that sweep grid's arms, so none of
+    its trials compiles. A vocabulary that follows the tokenizer is resolved by preparing the spec's data, as
+    `train` does."""
     if not torch.cuda.is_available():
         raise EnvironmentProblem("warmup needs a CUDA GPU: it compiles FLA's Triton kernels for the GPUs it finds, "
                                  "and this machine has none")
@@ -133,14 +175,17 @@ def warmup(spec: RunSpec, *, storage_path: str | None = None, say: Callable[[str
         from hybrid_ray.train.launch import resolve_vocab
 
         spec = resolve_vocab(spec, data_lib.prepare(spec.data, progress=True))
+    specs = distinct_shapes(grid_specs(spec, grid, match_params)) if grid else [spec]
+    if grid:
+        say(f"{len(specs)} distinct kernel shape(s) in the grid")
     (_, first), *others = distinct_gpus().items()
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    children = [context.Process(target=_warm_other, args=(spec.to_dict(), index, storage_path, queue))
+    children = [context.Process(target=_warm_other, args=([s.to_dict() for s in specs], index, storage_path, queue))
                 for _, index in others]
     for child in children:
         child.start()
-    phases = warm_device(spec, torch.device("cuda", first), say)
+    phases = _warm_all(specs, torch.device("cuda", first), say)
     _publish(storage_path, say)
     for (name, _), child in zip(others, children):
         child.join()

@@ -191,3 +191,25 @@ def test_bench_warm_reads_warmups_phase_lines_and_splits_the_export(tmp_path):
     assert b"".join((tmp_path / f"kernels.tar.xz.00{i}").read_bytes() for i in range(3)) == bytes(range(256)) * 10
     args = parse_args(["--out-dir", str(tmp_path)])
     assert args.arms == ["h100_deltanet", "h100_hybrid_sparse", "h100_transformer"] and args.batch_size is None
+
+
+def test_warmup_of_the_parameter_matched_ratio_grid_compiles_each_kernel_shape_once():
+    """`hybrid-ray warmup --grid attention_ratio --match-params` at the H100 base size: the arms that share a kernel
+    shape (the same MLP width and layer kinds) are warmed once, the mixed layouts (both layer kinds) first."""
+    from hybrid_ray.variants import variant_spec
+    from hybrid_ray.warmup import distinct_shapes, grid_specs, kernel_shape
+
+    base = variant_spec("h100_hybrid_sparse").with_overrides({"model.vocab_size": 50257, "train.batch_size": 16})
+    arms = grid_specs(base, ["attention_ratio"], match_params=True)
+    shapes = distinct_shapes(arms)
+    assert len(arms) == 13 and len(shapes) == len({kernel_shape(s) for s in arms}) <= 13
+    widths = {s.model.intermediate_size for s in shapes}
+    assert len(widths) == len({s.model.intermediate_size for s in arms})  # every MLP width is compiled
+    assert 0 < len(shapes[0].model.attn_layers) < 12  # a hybrid first: it compiles both layer kinds' kernels
+    unmatched = distinct_shapes(grid_specs(base, ["attention_ratio"]))  # one MLP width: three kinds of layout
+    assert len(unmatched) == 3
+
+
+def test_warmup_match_params_without_a_grid_is_one_error_line(capsys):
+    rc, _, err = run(capsys, "warmup", "--match-params")
+    assert_one_line_error(rc, err, 2, "--match-params goes with --grid")

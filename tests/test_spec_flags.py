@@ -27,7 +27,7 @@ FLAG_SETS = {
               "--max-concurrent", "--gpus-per-trial", "--match-params", "--reference-arm", "--eval-task", "--eval-data",
               "--keep-checkpoints"],
     "submit": ["--address", "--fla", "--no-check", "--no-wait", "--dry-run", "--working-dir", "--exclude", "--verbose"],
-    "warmup": [*START, *DATA, *RUN],
+    "warmup": [*START, *DATA, *RUN, "--grid", "--match-params"],
     "data prepare": [*START, *DATA, "--verify"],
     "data inspect": [*START, *DATA, "--samples", "--chars"],
 }
