@@ -504,10 +504,9 @@ def generate(path: str, prompts: tuple[str, ...], prompts_file: str | None, back
     texts = texts or [""]
     sampling = SamplingOptions(use_cache=not no_cache, use_graph=not no_graph, compile=compile_step, **options)
     stream = len(texts) == 1 and batch == 1
-    if stream:
-        click.echo(texts[0], nl=False)
     result = generate_text(path, texts, sampling, backend=backend, batch=batch,
-                           on_text=(lambda _, text: click.echo(text, nl=False)) if stream else None)
+                           on_text=(lambda _, text: click.echo(text, nl=False)) if stream else None,
+                           on_loaded=(lambda: click.echo(texts[0], nl=False)) if stream else None)
     if stream:
         click.echo()
     else:
@@ -517,7 +516,12 @@ def generate(path: str, prompts: tuple[str, ...], prompts_file: str | None, back
     click.echo(f"{sum(result.new_tokens)} tokens in {result.seconds:.2f} s ({result.tokens_per_s:.1f} tokens/s"
                f"{mode}{f', batch {len(result.prompts)}' if len(result.prompts) > 1 else ''}); "
                f"first token after {result.first_token_s:.3f} s, then {result.decode_tokens_per_s:.1f} tokens/s; "
-               f"model loaded in {result.load_s:.1f} s", err=True)
+               f"model loaded in {_seconds(result.load_s)}", err=True)
+
+
+def _seconds(seconds: float) -> str:
+    """A duration to print: milliseconds below a second (a CPU loads the tiny model in tens of them), else seconds."""
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
 @cli.command("eval")

@@ -249,14 +249,18 @@ class TextStream:
 
 
 def generate(path: str, prompts: list[str], options: SamplingOptions, *, backend: str = "auto",
-             on_text: Callable[[int, str], None] | None = None, batch: int = 1) -> Generation:
+             on_text: Callable[[int, str], None] | None = None, on_loaded: Callable[[], None] | None = None,
+             batch: int = 1) -> Generation:
     """Continue each prompt with the model in `path` (each `batch` times, all in one batch, to measure batched
-    throughput); `on_text(prompt index, new text)` streams the decoded text."""
+    throughput); `on_text(prompt index, new text)` streams the decoded text; `on_loaded()` runs once the model has
+    loaded (a missing or damaged model fails before it: a caller prints the prompt there, not before an error)."""
     if batch < 1:
         raise SpecError(f"--batch must be >= 1, got {batch}")
     started = time.perf_counter()
     model, tokenizer, device = load_for_inference(path, backend)
     load_s = time.perf_counter() - started
+    if on_loaded is not None:
+        on_loaded()
     prompts = [p for p in prompts for _ in range(batch)]
     prompt_ids = [tokenizer.encode(p).tolist() or [tokenizer.eos_id] for p in prompts]
     streams = [TextStream(tokenizer) for _ in prompts]

@@ -156,6 +156,43 @@ def test_missing_folders_and_diverged_models_are_refused_in_one_line(tmp_path, c
     assert len(err) == 1 and "non-finite weights (lm_head.weight" in err[0] and "diverged" in err[0]
 
 
+@pytest.mark.parametrize("damage", ["missing", "diverged", "config.json"])
+def test_a_model_that_does_not_load_prints_no_prompt_before_its_error(tmp_path, capsys, damage):
+    """Issue 36: `hybrid-ray generate /nonexistent --prompt x` printed `xerror: no model found ...`: the prompt is
+    echoed only once the model has loaded."""
+    folder = tmp_path / "m"
+    if damage != "missing":
+        m, spec = model([1])
+        if damage == "diverged":
+            with torch.no_grad():
+                m.lm_head.weight[0, 0] = float("nan")
+        save_model(m, spec, folder)
+        ByteTokenizer().save(folder)
+        if damage == "config.json":
+            (folder / "config.json").write_bytes(b'{"vocab')
+    assert main(["generate", str(folder), "--prompt", "x"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+
+
+def test_a_load_under_a_second_is_printed_in_milliseconds(tmp_path, capsys):
+    """Issue 36: a CPU printed `model loaded in 0.0 s`."""
+    import re
+
+    from hybrid_ray.cli import _seconds
+
+    m, spec = model([1])
+    save_model(m, spec, tmp_path)
+    ByteTokenizer().save(tmp_path)
+    assert main(["generate", str(tmp_path), "--prompt", "def main("]) == 0  # the user's defaults
+    out, err = capsys.readouterr()
+    assert out.startswith("def main(")
+    assert re.search(r"; model loaded in [1-9]\d* ms$", err.strip()), err
+    assert (_seconds(0.0123), _seconds(0.9994), _seconds(1.26), _seconds(42.0)) == ("12 ms", "999 ms", "1.3 s", "42.0 s")
+
+
 def test_a_checkpoint_folder_generates_and_scores_with_its_runs_tokenizer(tmp_path, capsys):
     """A checkpoint folder holds the model but no tokenizer (the run's model/ folder has it): generate and eval of an
     earlier checkpoint, as the diverged-model error advises, failed on the missing tokenizer."""
