@@ -97,6 +97,8 @@ def cli() -> None:
 def train(address: str | None, verbose: bool, extend_steps: int, until_step: int | None, dry_run: bool,
           **options: Any) -> None:
     """Train one variant with Ray Train (resumes when the run name exists)."""
+    if options.get("config"):
+        refuse_sweep_file(options["config"])
     spec = build_spec(**options)
     if dry_run:
         click.echo(spec.to_yaml(), nl=False)
@@ -114,6 +116,13 @@ def train(address: str | None, verbose: bool, extend_steps: int, until_step: int
             " (--extend-steps N trains it longer)" if r["status"] == "finished" else " (it is past --until-step)")
     click.echo(line)
     click.echo(f"results: {outcome.run_dir}")
+
+
+def refuse_sweep_file(config: str) -> None:
+    """`train --config` of a sweep job file (`command: sweep`) would train one run of the base spec, not the grid."""
+    if jobspec.load(config).command == "sweep":
+        raise SpecError(f"{config} is a sweep job file (command: sweep), which `train` would run as one run of its "
+                        f"base spec: run it with `hybrid-ray sweep --config {shlex.quote(config)}`")
 
 
 @cli.command()
@@ -236,13 +245,21 @@ def _quiet_jobs(verbose: bool) -> None:
 def _parse_forwarded(args: list[str]) -> None:
     """Parse the command a job will run with its real click command (without running it): a wrong option fails here,
     before anything is uploaded."""
+    from pathlib import Path
+
     command = cli.commands[args[0]]
     try:
-        command.make_context(f"hybrid-ray {args[0]}", list(args[1:]))
+        ctx = command.make_context(f"hybrid-ray {args[0]}", list(args[1:]))
     except click.exceptions.Exit:
-        pass
+        return
     except click.ClickException as e:
         raise SpecError(f"hybrid-ray {args[0]}: {e.format_message()} (nothing was submitted)") from e
+    config = ctx.params.get("config")
+    if args[0] == "train" and config and Path(config).is_file():  # the file as uploaded from here
+        try:
+            refuse_sweep_file(config)
+        except SpecError as e:
+            raise SpecError(f"{e} (nothing was submitted)") from e
 
 
 @cli.group("jobs")

@@ -171,6 +171,22 @@ def test_a_job_file_with_a_typo_is_one_line(capsys, tmp_path):
     assert_one_line_error(rc, err, 2, "unknown key hybrid_ray.varient (did you mean 'variant'?)")
 
 
+def test_train_config_of_a_sweep_job_file_points_at_sweep(capsys, tmp_path, monkeypatch):
+    """Issue 36: `hybrid-ray train --config jobs/ratio_ablation_small.yaml` silently trained one run of the grid's base
+    spec. Refused in one line naming the sweep command, before anything is written (or submitted)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    job = str(Path(__file__).parent.parent / "jobs" / "ratio_ablation_small.yaml")
+    for extra in ([], ["--dry-run"]):
+        rc, out, err = run(capsys, "train", "--config", job, *extra)
+        assert_one_line_error(rc, err, 2, "is a sweep job file (command: sweep)")
+        assert f"run it with `hybrid-ray sweep --config {job}`" in err and out == ""
+    assert not (tmp_path / "hybrid-ray-runs").exists()
+    rc, _, err = run(capsys, "submit", "--address", "http://127.0.0.1:9", "--", "train", "--config", job)
+    assert_one_line_error(rc, err, 2, f"`hybrid-ray sweep --config {job}` (nothing was submitted)")
+    rc, out, _ = run(capsys, "train", "--dry-run", "--config", str(Path(job).with_name("tiny_local.yaml")))
+    assert rc == 0 and yaml.safe_load(out)["name"]  # a train job file still trains
+
+
 def test_data_prepare_prints_documents_tokens_and_shards(capsys, tmp_path):
     (tmp_path / "docs.jsonl").write_text("\n".join(json.dumps({"text": f"document {i} " * 20}) for i in range(40)))
     rc, out, _ = run(capsys, "data", "prepare", "--data", str(tmp_path / "docs.jsonl"))
