@@ -174,13 +174,14 @@ def sweep(address: str | None, verbose: bool, **options: Any) -> None:
 
 @cli.command()
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--out", default="comparison", show_default=True, help="Folder for comparison.json and comparison.png.")
-def compare(paths: tuple[str, ...], out: str) -> None:
+@click.option("--out", help="Folder for comparison.json and comparison.png. [default: comparison/ beside the compared "
+                            "runs: in the sweep folder when one sweep is compared, else in their storage path]")
+def compare(paths: tuple[str, ...], out: str | None) -> None:
     """Rank finished runs and sweeps (run folders, sweep folders, folders of runs) in one table and figure."""
     from hybrid_ray import report, storage
 
     rows = report.comparison_rows(list(paths))
-    folder = storage.normalize(out)
+    folder = storage.normalize(out) if out else report.comparison_home(list(paths))
     table, figure = report.write_comparison(folder, rows, "comparison", "comparison.json", "comparison.png")
     click.echo(table)
     click.echo(f"results: {folder}" + (f" (figure: {figure})" if figure else ""))

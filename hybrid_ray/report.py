@@ -282,3 +282,34 @@ def comparison_rows(paths: list[str]) -> list[dict[str, Any]]:
             warnings.warn(f"{error}; left out of the comparison")
         rows += found
     return rows
+
+
+COMPARISON_DIR = "comparison"
+
+
+def _parent(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[0] if storage.is_uri(path) else str(Path(path).parent)
+
+
+def _is_sweep(path: str) -> bool:
+    return storage.exists(storage.join(path, "sweep.json")) or storage.exists(storage.join(path, "grid.json"))
+
+
+def comparison_home(paths: list[str]) -> str:
+    """Where `compare` writes when --out does not say: beside what it compares, never the current folder. One sweep
+    (or its trials/ folder, or one of its trials): `<sweep>/comparison`; runs and sweeps of one storage path, or that
+    folder of runs itself: `<storage path>/comparison`; things under different folders: the first one's."""
+    homes = []
+    for path in map(storage.normalize, paths):
+        if _is_sweep(path):
+            homes.append(path if len(paths) == 1 else _parent(path))
+        elif storage.exists(storage.join(path, runs.RESULTS_FILE)):
+            parent = _parent(path)  # a run's storage path, or a sweep's trials/ folder
+            homes.append(_parent(parent) if parent.rsplit("/", 1)[-1] == runs.SWEEP_TRIALS and _is_sweep(_parent(parent))
+                         else parent)
+        elif path.rstrip("/").rsplit("/", 1)[-1] == runs.SWEEP_TRIALS and _is_sweep(_parent(path)):
+            homes.append(_parent(path))
+        else:
+            homes.append(path)  # a folder of runs and sweeps
+    return storage.join(homes[0], COMPARISON_DIR)
+

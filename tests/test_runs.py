@@ -189,3 +189,41 @@ def test_extending_a_run_that_does_not_exist_is_refused_and_writes_nothing(tmp_p
     assert len(err) == 1 and f"run b18 under {default} has no checkpoint yet" in err[0], err
     assert sorted(p.name for p in (default / "b18").iterdir()) == ["spec.yaml"]
     assert (default / "b18" / "spec.yaml").read_bytes() == before
+
+
+def test_compare_writes_beside_the_compared_runs_not_into_the_current_folder(tmp_path, monkeypatch, capsys):
+    """Issue 36: `compare` wrote comparison/ into the current folder (a git clone got an untracked folder). The
+    README's command, under the user's default storage path, run from a clone."""
+    from hybrid_ray import report
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    monkeypatch.chdir(clone)
+    root = tmp_path / "hybrid-ray-runs"
+    finished = {"status": "finished", "step": 200, "total_steps": 200, "spec": {"variant": "h100_hybrid_sparse"},
+                "best": {"step": 200, "val_loss": 2.25}}
+    runs.claim(str(root / "run-B"), spec(root, name="run-B"))
+    runs.write_results(str(root / "run-B"), {**finished, "name": "run-B"})
+    trial = root / "sweep-A" / "trials" / "attn17-s0"
+    runs.claim(str(trial), spec(root, name="attn17-s0"))
+    runs.write_results(str(trial), {**finished, "name": "attn17-s0"})
+    (root / "sweep-A" / "sweep.json").write_text(json.dumps({"trials": [report._run_row(str(trial), finished)]}))
+
+    def compare(*paths, out=None):
+        assert main(["compare", *map(str, paths), *(["--out", out] if out else [])]) == 0
+        printed = capsys.readouterr().out.splitlines()[-1]
+        assert printed.startswith("results: "), printed
+        return printed.removeprefix("results: ").split(" (figure")[0]
+
+    assert compare("~/hybrid-ray-runs/sweep-A", "~/hybrid-ray-runs/run-B") == str(root / "comparison")
+    assert (root / "comparison" / "comparison.json").exists() and list(clone.iterdir()) == []
+    assert compare(root / "sweep-A") == str(root / "sweep-A" / "comparison")
+    assert compare(root / "sweep-A" / "trials") == compare(trial) == str(root / "sweep-A" / "comparison")
+    assert compare(root) == compare(root) == str(root / "comparison")  # its comparison/ is not taken for a run
+    assert compare(root / "run-B") == str(root / "comparison")
+    assert json.loads((root / "comparison" / "comparison.json").read_text())["trials"][0]["name"] == "run-B"
+    assert main(["runs", "list", "--storage-path", str(root), "--json"]) == 0
+    assert {r["name"] for r in json.loads(capsys.readouterr().out)} == {"run-B", "sweep-A/attn17-s0"}
+    assert list(clone.iterdir()) == []
+    assert compare(root / "run-B", out="here") == str(clone / "here")  # --out still says where
