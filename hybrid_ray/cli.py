@@ -587,8 +587,9 @@ STORAGE_OPTION = click.option("--storage-path", default=DEFAULT_STORAGE, show_de
 @STORAGE_OPTION
 @click.option("--json", "as_json", is_flag=True)
 def runs_list(storage_path: str, as_json: bool) -> int:
-    """Name, variant, status, step, best validation loss and path of every run; a damaged run is listed too, and
-    an error line for it (exit code 1) says which file is damaged."""
+    """Name, variant (or, for a run no variant names, its attention share and layers), status, step, best validation
+    loss and path of every run; a damaged run is listed too, and an error line for it (exit code 1) says which file
+    is damaged."""
     from hybrid_ray.runs import list_runs
 
     rows = list_runs(storage_path)
@@ -601,7 +602,8 @@ def runs_list(storage_path: str, as_json: bool) -> int:
         for r in rows:
             step = f"{r.step if r.step is not None else '-'}/{r.total_steps or '-'}"
             best = f"{r.best_val_loss:.4f}" if r.best_val_loss is not None else "-"
-            click.echo(f"{r.name:<32}{r.variant or '-':<26}{r.status:<24}{step:>12}{best:>10}  {r.path}")
+            variant = r.variant or r.attention or "-"  # a ratio sweep's trial over shares: its layout
+            click.echo(f"{r.name:<32}{variant:<26}{r.status:<24}{step:>12}{best:>10}  {r.path}")
     for r in rows:
         if r.problem:
             click.echo(f"error: {r.problem}", err=True)

@@ -193,6 +193,26 @@ class RunInfo:
     best_val_loss: float | None
     path: str
     problem: str | None = None  # why a damaged run's spec.yaml or results.json could not be read
+    attention: str | None = None  # the attention layout, e.g. `attn17% [5,11]` (what names a run without a variant)
+
+
+def layout_label(model: dict[str, Any]) -> str | None:
+    """A spec's attention share and layers as `runs list` shows them where no variant names the run (a trial of a
+    ratio sweep over shares, an --attention-ratio run): `attn17% [5,11]`, `attn83% [1-8,10,11]`, `attn0%`."""
+    layers, depth = model.get("attn_layers"), model.get("num_layers")
+    if not isinstance(layers, list) or not isinstance(depth, int) or depth < 1:
+        return None
+    share = f"attn{round(100 * len(layers) / depth)}%"
+    if not layers or len(layers) == depth:
+        return share
+    spans: list[list[int]] = []
+    for layer in sorted(layers):
+        if spans and layer == spans[-1][-1] + 1:
+            spans[-1].append(layer)
+        else:
+            spans.append([layer])
+    parts = [f"{s[0]}-{s[-1]}" if len(s) > 2 else ",".join(map(str, s)) for s in spans]
+    return f"{share} [{','.join(parts)}]"
 
 
 def run_info(run_dir: str, name: str) -> RunInfo:
@@ -207,12 +227,14 @@ def _read_info(run_dir: str, name: str) -> RunInfo:
     results = read_results(run_dir)
     if results is not None:
         best = (results.get("best") or {}).get("val_loss")
-        return RunInfo(name, results.get("spec", {}).get("variant"), results.get("status", "?"), results.get("step"),
-                       results.get("total_steps"), best, run_dir)
+        spec = results.get("spec") or {}
+        return RunInfo(name, spec.get("variant"), results.get("status", "?"), results.get("step"),
+                       results.get("total_steps"), best, run_dir, attention=layout_label(spec.get("model") or {}))
     spec = read_spec(run_dir)
     step = newest_step(run_dir)
     status = "not started" if step is None else "running or interrupted"
-    return RunInfo(name, spec.get("variant"), status, step, spec.get("train", {}).get("steps"), None, run_dir)
+    return RunInfo(name, spec.get("variant"), status, step, spec.get("train", {}).get("steps"), None, run_dir,
+                   attention=layout_label(spec.get("model") or {}))
 
 
 SWEEP_TRIALS = "trials"  # a sweep folder holds its trials' run folders here (hybrid_ray/tune.py)

@@ -227,3 +227,27 @@ def test_compare_writes_beside_the_compared_runs_not_into_the_current_folder(tmp
     assert {r["name"] for r in json.loads(capsys.readouterr().out)} == {"run-B", "sweep-A/attn17-s0"}
     assert list(clone.iterdir()) == []
     assert compare(root / "run-B", out="here") == str(clone / "here")  # --out still says where
+
+
+def test_runs_list_names_a_ratio_sweep_trial_by_its_attention_layout(tmp_path, capsys):
+    """Issue 36: the trials of a sweep over attention shares (no named variant) were listed with `-` as the variant."""
+    from hybrid_ray.cli import build_spec
+    from hybrid_ray.grid import expand, parse_grid
+
+    base = build_spec(None, None, None, storage_path=str(tmp_path))  # the default tiny hybrid, 6 layers
+    arms = expand(base, parse_grid(["attention_ratio=0,0.17,0.5,1"]))
+    trials = tmp_path / "sweep-shares" / "trials"
+    for arm in arms:
+        runs.claim(str(trials / f"{arm.id}-s0"), arm.spec.with_overrides({"name": f"{arm.id}-s0"}))
+    runs.write_results(str(trials / "attn50-s0"), {"status": "finished", "step": 200, "total_steps": 200,
+                                                   "spec": arms[2].spec.to_dict(), "best": {"step": 200, "val_loss": 2.5}})
+    runs.claim(str(tmp_path / "named"), spec(tmp_path, name="named"))
+    assert main(["runs", "list", "--storage-path", str(tmp_path)]) == 0
+    shown = {line.split()[0]: line[32:58].strip() for line in capsys.readouterr().out.splitlines()[1:]}
+    assert shown == {"named": "h100_hybrid_sparse", "sweep-shares/attn0-s0": "attn0%",
+                     "sweep-shares/attn17-s0": "attn17% [5]", "sweep-shares/attn50-s0": "attn50% [1,3,5]",
+                     "sweep-shares/attn100-s0": "attn100%"}, shown
+    assert main(["runs", "list", "--storage-path", str(tmp_path), "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["sweep-shares/attn17-s0"]["variant"] is None and rows["sweep-shares/attn17-s0"]["attention"] == "attn17% [5]"
+    assert runs.layout_label({"attn_layers": [1, 2, 3, 4, 5, 6, 7, 8, 10, 11], "num_layers": 12}) == "attn83% [1-8,10,11]"
