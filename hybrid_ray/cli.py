@@ -545,7 +545,8 @@ def _seconds(seconds: float) -> str:
 @cli.command("eval")
 @click.argument("path")
 @click.option("--task", required=True, help="arc_easy | arc_challenge | hellaswag | lambada | perplexity")
-@click.option("--data", help="Task data: a JSON/JSONL/parquet file or folder in the task's usual layout [default: the "
+@click.option("--data", help="Task data: a JSON/JSONL/parquet file or folder in the Hugging Face hub's layout or as the "
+                             "task's authors distribute it (AI2's ARC-*.jsonl, Rowan's hellaswag_*.jsonl) [default: the "
                              "Hugging Face hub]; for perplexity, any data source (file, folder, glob, stdlib, hf:...).")
 @click.option("--limit", type=int, help="Score only the first N examples.")
 @click.option("--seq-len", type=int, help="Perplexity: tokens per block. [default: the run's]")
