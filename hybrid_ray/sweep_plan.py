@@ -1,14 +1,17 @@
 """What a run or a sweep needs before anything starts: its resource plan (the Train workers and what each holds, what
-one run or trial holds on the cluster, so how many run at once, checked against the cluster), and the disk a sweep's
-trials' checkpoints and model folders take against the free space of the storage path."""
+one run or trial holds on the cluster, so how many run at once, checked against the cluster), the GPU memory one
+Train worker takes (so how many trials share a GPU), and the disk a sweep's trials take against the free space of the
+storage path, from what its trials already hold. Pure functions: no Ray, no GPU."""
 
 from __future__ import annotations
 
 import math
 import shutil
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hybrid_ray import storage
 from hybrid_ray.errors import ClusterError, HybridRayError, SpecError
@@ -24,20 +27,171 @@ TRIAL_CPU = 0.01
 TRIAL_MEMORY = 1.2e9
 WORKER_MEMORY = 1.0e9
 
-# Bytes of one checkpoint beyond 12 per parameter (fp32 weights + AdamW's two fp32 moments): per-tensor pickle
-# records of optimizer.pt, RNG states (~16 KB a rank), manifests and config. Measured 50-83 KB on tiny models
-# (tests/test_sweep_plan.py holds the rule against a real checkpoint); the history in trainer_state.json grows with
-# the run, HISTORY_BYTES a record.
-CHECKPOINT_OVERHEAD = 256 * 1024
-RANK_BYTES = 32 * 1024
-HISTORY_BYTES = 200
-TOKENIZER_BYTES = 8 * 2**20  # tokenizer files in model/ (a BPE tokenizer.json is a few MB)
+# --- GPU memory of one Train worker ------------------------------------------------------------------------------
+# The model: what training keeps on the GPU at its peak (the end of the forward pass, the start of the backward),
+# per worker, in bytes. Training holds fp32 weights, fp32 gradients and fused AdamW's two fp32 moments: 16 bytes a
+# parameter (FSDP2 shards them over the workers). Activations are what autograd saves for the backward pass, per
+# token of the micro batch, in bf16 (FSDP2's bf16 compute parameters, model/precision.py):
+#   every layer: the residual stream and the normalized inputs of its mixer and MLP, LAYER_BYTES x hidden, and the
+#     SwiGLU MLP's gate and up projections, MLP_BYTES x MLP width (FLA's fused SwiGLU-linear recomputes the product);
+#   a Gated DeltaNet layer: GDN_BYTES x (q + k + v + output gate + output) = 2 key widths + 3 value widths (the
+#     projections before and after the short convolution, the normalized q and k, the gated output);
+#   an attention layer: ATTN_BYTES x (q + k + v + output) widths (the rotated q and k, v and SDPA's output);
+#   once: the backward of the widest MLP, BACKWARD_MLP_BYTES x MLP width (the recomputed product, d gate, d up);
+#   the logits: LOGIT_BYTES x vocab (bf16 logits, whose gradient FLA's fused loss writes in place), or with
+#     --loss-kernel fused-linear only FUSED_LINEAR_BYTES x hidden (chunks of logits, fp32 input gradient).
+# Measured on one H100 (benchmarks/results/train-*-1gpu-*.json: FSDP2 "auto", bf16 autocast, batch 48 x 1024, vocab
+# 49152, torch.cuda.max_memory_allocated): pure DeltaNet 274.4M 51.02 GiB; hybrid 17% [5, 11] 255.4M 45.26 GiB;
+# transformer 160.5M 18.69 GiB. LAYER_BYTES, MLP_BYTES, ATTN_BYTES, LOGIT_BYTES and BACKWARD_MLP_BYTES are counted
+# from the tensors above; GDN_BYTES = 4 is fitted to pure DeltaNet (3.97) and the hybrid (3.90); the transformer,
+# which no fitted constant touches, comes out 2.7% over. tests/test_sweep_plan.py holds all four within 10%.
+LAYER_BYTES = 8
+MLP_BYTES = 4
+GDN_BYTES = 4
+ATTN_BYTES = 2
+BACKWARD_MLP_BYTES = 6
+LOGIT_BYTES = 2
+FUSED_LINEAR_BYTES = 8
+WORKSPACE = 512 * 2**20  # cuBLAS workspaces, FSDP2's unsharded bf16 copies of the root and a block or two, Triton
+# FSDP2 over several GPUs adds its all-gather and reduce-scatter buffers: the hybrid on 2 GPUs measured 43.85 GiB,
+# 0.49 GiB (2.06 bytes a parameter) over 45.26 GiB less the 8 bytes a parameter that sharding saves.
+FSDP_SHARDED_BYTES = 2
+# Without FSDP2 (--strategy ddp; one worker trains the bare model) autocast casts fp32 weights to bf16 at each use
+# and caches them (2 bytes a parameter), and norms, residuals and elementwise ops keep fp32 activations: the hybrid
+# measured 50.64 GiB against FSDP2's 45.26, which AUTOCAST_ACTIVATION_SHARE (more activations) sets. DDP over
+# several workers keeps fp32 gradient buckets, 4 bytes a parameter (2 GPUs: 51.59 GiB, 0.95 GiB over one).
+AUTOCAST_CACHE_BYTES = 2
+AUTOCAST_ACTIVATION_SHARE = 0.115
+DDP_BUCKET_BYTES = 4
+# What the process holds beyond its allocations: the caching allocator's fragmentation (reserved but free blocks;
+# nvidia-smi shows reserved) and the CUDA context with NCCL's and Triton's modules. At batch 16 x 1024 trials of the
+# 13-arm sweep measured 17-25 GiB each in nvidia-smi; the model says 22-26 GiB with this margin.
+FRAGMENTATION = 0.10
+CUDA_CONTEXT = 2**30
 
 
-class DiskError(HybridRayError):
-    """The sweep's checkpoints would not fit the storage path's free space."""
+class GpuMemoryError(HybridRayError):
+    """One trial's Train worker would not fit the GPU share it is given."""
 
     exit_code = 2
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    """The peak GPU memory of one Train worker, in bytes, by what holds it."""
+
+    states: int  # weights, gradients, AdamW's moments, and what FSDP2 / DDP / autocast add
+    activations: int  # saved for the backward pass over all layers at the micro batch, with the widest MLP's backward
+    logits: int
+    workspace: int
+    allocated: int  # the sum: what torch.cuda.max_memory_allocated reports
+    total: int  # allocated + FRAGMENTATION + CUDA_CONTEXT: what the process holds (nvidia-smi)
+
+
+def strategy_used(spec: RunSpec) -> str:
+    """fsdp, ddp or bare (one worker without FSDP2 trains the unwrapped model), as train/parallelize.py picks on GPUs."""
+    if spec.scale.strategy in ("auto", "fsdp"):
+        return "fsdp"
+    return "ddp" if spec.scale.num_workers > 1 else "bare"
+
+
+def activation_bytes_per_token(spec: RunSpec) -> tuple[float, float]:
+    """(all layers, the logits) saved per token of the micro batch, in bf16."""
+    m = spec.model
+    h, mlp = m.hidden_size, m.intermediate_size
+    key, value = m.num_heads * m.head_dim, m.value_heads * m.head_v_dim
+    kv = (m.attn_num_kv_heads or m.attn_num_heads) * (h // m.attn_num_heads)
+    layers = 0.0
+    for kind in m.layer_types():
+        layers += LAYER_BYTES * h + MLP_BYTES * mlp
+        layers += GDN_BYTES * (2 * key + 3 * value) if kind == "gdn" else ATTN_BYTES * (2 * h + 2 * kv)
+    layers += BACKWARD_MLP_BYTES * mlp
+    if spec.train.loss_kernel == "fused-linear":
+        logits = FUSED_LINEAR_BYTES * h
+    else:
+        logits = LOGIT_BYTES * (m.vocab_size or 0)
+    return layers, logits
+
+
+def gpu_memory(spec: RunSpec) -> GpuMemory:
+    """The peak GPU memory of one Train worker of `spec` (see the constants above for what each part counts)."""
+    params = count_params(spec.model)["total"]
+    workers, strategy = spec.scale.num_workers, strategy_used(spec)
+    bf16 = spec.train.precision != "fp32"
+    tokens = spec.micro_batch_size * spec.data.seq_len
+    layers, logits = activation_bytes_per_token(spec)
+    width = 1 if bf16 else 2  # fp32 training saves fp32 activations
+    if strategy == "fsdp":
+        states = 16 * params / workers + (FSDP_SHARDED_BYTES * params if workers > 1 else 0)
+        share = 1.0
+    else:
+        states = 16 * params + (AUTOCAST_CACHE_BYTES * params if bf16 else 0)
+        states += DDP_BUCKET_BYTES * params if strategy == "ddp" else 0
+        share = 1 + AUTOCAST_ACTIVATION_SHARE if bf16 else 1.0
+    activations = tokens * layers * width * share
+    logit_bytes = tokens * logits * width
+    allocated = states + activations + logit_bytes + WORKSPACE
+    total = allocated * (1 + FRAGMENTATION) + CUDA_CONTEXT
+    return GpuMemory(int(states), int(activations), int(logit_bytes), WORKSPACE, int(allocated), int(total))
+
+
+def gpu_memory_bytes(spec: RunSpec) -> int:
+    """The peak GPU memory one Train worker of `spec` holds (per GPU), its allocator's margin and CUDA context in."""
+    return gpu_memory(spec).total
+
+
+def gpu_share(per_gpu: int) -> float:
+    """The GPU share of one of `per_gpu` workers on a GPU, rounded down to Ray's resource precision (1e-4)."""
+    return 1.0 if per_gpu <= 1 else math.floor(1e4 / per_gpu) / 1e4
+
+
+def workers_per_gpu(share: float) -> int:
+    """How many workers of this GPU share Ray puts on one GPU."""
+    return max(1, math.floor(1 / share + 1e-6)) if share < 1 else 1
+
+
+def _largest_micro_batch(spec: RunSpec, room: float) -> int | None:
+    """The largest micro batch (a divisor of the per-worker batch) whose worker fits `room` bytes."""
+    per_worker = spec.train.batch_size // spec.scale.num_workers
+    for micro in range(per_worker, 0, -1):
+        if per_worker % micro == 0:
+            if gpu_memory_bytes(spec.with_overrides({"train.micro_batch_size": micro})) <= room:
+                return micro
+    return None
+
+
+def _gpus_per_worker(spec: RunSpec, gpus_per_trial: float | None, gpu_memory: int, label: str) -> float:
+    """The GPU share of each worker of a trial: the one asked for (checked against the GPU's memory), else as many
+    trials a GPU as fit. Two workers of one trial never share a GPU (NCCL refuses two ranks on one device), so
+    trials of several workers get whole GPUs unless asked otherwise."""
+    workers = spec.scale.num_workers
+    need = gpu_memory_bytes(spec)
+    at = f"at micro-batch {spec.micro_batch_size} x {spec.data.seq_len}"
+    fit = math.floor(gpu_memory / need) if need else 1
+    if fit < 1:
+        micro = _largest_micro_batch(spec, gpu_memory)
+        how = (f"use --micro-batch-size {micro} (--batch-size stays, through gradient accumulation)" if micro else
+               "it does not fit even at --micro-batch-size 1: lower --seq-len or use a GPU with more memory")
+        raise GpuMemoryError(f"one trial of {label} needs about {gb(need)} of GPU memory a worker {at}, more than a "
+                             f"{gb(gpu_memory)} GPU holds; {how}")
+    asked = gpus_per_trial / workers if gpus_per_trial is not None else spec.scale.gpus_per_worker
+    if asked is None:
+        return gpu_share(fit) if workers == 1 else 1.0
+    if asked <= 0:
+        return asked  # CPU workers: no GPU to check
+    per_gpu = workers_per_gpu(asked)
+    if need * per_gpu <= gpu_memory:
+        return asked
+    unit = "trials" if workers == 1 else "workers"
+    share = gpu_share(fit) * workers
+    flag = "--gpus-per-trial" if gpus_per_trial is not None else "--gpus-per-worker"
+    given = gpus_per_trial if gpus_per_trial is not None else asked
+    micro = _largest_micro_batch(spec, gpu_memory / per_gpu)
+    lower = f"--micro-batch-size {micro}" if micro else "lower --micro-batch-size"
+    suggestion = share if flag == "--gpus-per-trial" else gpu_share(fit)
+    raise GpuMemoryError(f"{flag} {given:g} puts {per_gpu} {unit} on each {gb(gpu_memory)} GPU, but one {unit[:-1]} of "
+                         f"{label} needs about {gb(need)} {at}: use {flag} {suggestion:g} ({fit} {unit} a GPU) or "
+                         f"{lower}")
 
 
 @dataclass(frozen=True)
@@ -47,13 +201,19 @@ class ResourcePlan:
 
     num_workers: int
     cpus_per_worker: float
-    gpus_per_worker: float
+    gpus_per_worker: float  # a fraction: trials sharing one GPU
     holds: dict[str, float]  # CPU and GPU of the whole run (a trial: with its own share and host memory)
     concurrent: int = 1  # a sweep's trials at a time; a single run is one
+    gpu_memory_need: int | None = None  # bytes of GPU memory one worker holds (None: not checked)
 
     @property
     def use_gpu(self) -> bool:
         return self.gpus_per_worker > 0
+
+    @property
+    def per_gpu(self) -> int:
+        """Workers that share one GPU."""
+        return workers_per_gpu(self.gpus_per_worker) if self.gpus_per_worker else 0
 
     @property
     def worker_resources(self) -> dict[str, float]:
@@ -66,25 +226,34 @@ class ResourcePlan:
 
 
 def plan(spec: RunSpec, have: dict[str, float], *, trial: bool = False, gpus_per_trial: float | None = None,
-         max_concurrent: int | None = None) -> ResourcePlan:
+         max_concurrent: int | None = None, gpu_memory: int | None = None, label: str | None = None) -> ResourcePlan:
     """The one place a run is sized: `spec` on a cluster of `have` (ray.cluster_resources()), as a run of its own or,
-    with `trial`, as one trial of a sweep (--gpus-per-trial, --max-concurrent). Refuses, in one line, what the
-    cluster cannot hold, instead of letting Ray wait forever for resources that do not exist."""
+    with `trial`, as one trial of a sweep (--gpus-per-trial, --max-concurrent). `gpu_memory`: bytes of one of the
+    cluster's GPUs (the smallest), or None when unknown (no memory check; a trial gets 1 GPU per worker). With it, a
+    trial's GPU share is as many trials a GPU as fit, and a share asked for that does not fit is refused. `label`
+    names the trial's arm in refusals. Refuses, in one line, what the cluster cannot hold, instead of letting Ray
+    wait forever for resources that do not exist."""
     workers, cpus = spec.scale.num_workers, spec.scale.cpus_per_worker
     cluster_gpus = have.get("GPU", 0.0)
+    need = None
     if trial:
-        gpus_total = gpus_per_trial
-        if gpus_total is None:
-            gpus_total = (spec.scale.gpus_per_worker or 1.0) * workers if cluster_gpus else 0.0
+        if gpu_memory is not None and cluster_gpus and gpus_per_trial != 0:
+            gpus = _gpus_per_worker(spec, gpus_per_trial, gpu_memory, label or spec.name)
+            need = gpu_memory_bytes(spec)
+            gpus_total = round(gpus * workers, 6)
+        else:
+            gpus_total = gpus_per_trial
+            if gpus_total is None:
+                gpus_total = (spec.scale.gpus_per_worker or 1.0) * workers if cluster_gpus else 0.0
+            gpus = gpus_total / workers
         if gpus_total > cluster_gpus:
             raise SpecError(f"--gpus-per-trial {gpus_total:g} is more than the cluster's {cluster_gpus:g} GPU(s)")
-        gpus = gpus_total / workers
     else:
         gpus = spec.scale.gpus_per_worker
         if gpus is None:
             gpus = 1.0 if cluster_gpus >= workers else 0.0
         gpus_total = workers * gpus
-    if gpus > 0 and cluster_gpus < workers * gpus:
+    if gpus > 0 and cluster_gpus < workers * gpus - 1e-9:
         raise ClusterError(f"asked for {workers} worker(s) x {gpus:g} GPU but the cluster has {cluster_gpus:g} GPU(s)"
                            + ("; drop --gpus-per-worker to train on CPUs" if cluster_gpus == 0 else ""))
     if have.get("CPU", 0.0) < workers * cpus:
@@ -96,7 +265,7 @@ def plan(spec: RunSpec, have: dict[str, float], *, trial: bool = False, gpus_per
     if not trial:
         return ResourcePlan(workers, cpus, gpus, {"CPU": workers * cpus, "GPU": gpus_total})
     return ResourcePlan(workers, cpus, gpus, trial_footprint(spec, gpus_total),
-                        concurrency(spec, gpus_total, have, max_concurrent))
+                        concurrency(spec, gpus_total, have, max_concurrent), need)
 
 
 def trial_footprint(spec: RunSpec, gpus_per_trial: float) -> dict[str, float]:
@@ -130,6 +299,29 @@ def concurrency(spec: RunSpec, gpus_per_trial: float, have: dict[str, float], as
     return asked or fit
 
 
+# --- disk ---------------------------------------------------------------------------------------------------------
+# Bytes of one checkpoint beyond 12 per parameter (fp32 weights + AdamW's two fp32 moments): per-tensor pickle
+# records of optimizer.pt, RNG states (~16 KB a rank), manifests and config. Measured 50-83 KB on tiny models
+# (tests/test_sweep_plan.py holds the rule against a real checkpoint); the history in trainer_state.json grows with
+# the run, HISTORY_BYTES a record.
+CHECKPOINT_OVERHEAD = 256 * 1024
+RANK_BYTES = 32 * 1024
+HISTORY_BYTES = 200
+# model/ holds config.json, the fp32 weights and the tokenizer's files (Tokenizer.save): the byte tokenizer writes
+# 5.6 KB; a Hugging Face tokenizer's save_pretrained writes tokenizer.json, vocab and merges, about 60 bytes a token
+# (GPT-2's 50257: 3.0 MB) when its folder is not at hand to measure.
+MODEL_CONFIG_BYTES = 16 * 1024
+BYTE_TOKENIZER_BYTES = 16 * 1024
+TOKENIZER_BYTES_PER_TOKEN = 64
+TOKENIZER_FILES = ("token", "vocab", "merges", "special", "added", ".model", ".tiktoken")
+
+
+class DiskError(HybridRayError):
+    """The sweep's checkpoints would not fit the storage path's free space."""
+
+    exit_code = 2
+
+
 def checkpoint_bytes(spec: RunSpec) -> int:
     """One checkpoint of `spec`: fp32 model, AdamW state (two moments), RNG, loader and trainer state."""
     params = count_params(spec.model)["total"]
@@ -137,9 +329,30 @@ def checkpoint_bytes(spec: RunSpec) -> int:
     return 12 * params + CHECKPOINT_OVERHEAD + RANK_BYTES * spec.scale.num_workers + HISTORY_BYTES * records
 
 
+def weights_checkpoint_bytes(spec: RunSpec) -> int:
+    """A checkpoint without its optimizer state (checkpoint.prune: what an ended trial keeps)."""
+    return checkpoint_bytes(spec) - 8 * count_params(spec.model)["total"]
+
+
+def tokenizer_bytes(spec: RunSpec) -> int:
+    """What the tokenizer's files take in model/: the byte tokenizer's, a local tokenizer's files as they are, else an
+    estimate from the vocabulary."""
+    name = spec.data.tokenizer
+    if name == "byte":
+        return BYTE_TOKENIZER_BYTES
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path.stat().st_size
+    if path.is_dir():
+        files = [p for p in path.iterdir() if p.is_file() and any(k in p.name.lower() for k in TOKENIZER_FILES)]
+        if files:
+            return sum(p.stat().st_size for p in files)
+    return TOKENIZER_BYTES_PER_TOKEN * (spec.model.vocab_size or 0) + BYTE_TOKENIZER_BYTES
+
+
 def model_dir_bytes(spec: RunSpec) -> int:
-    """The finished run's model/ folder: fp32 weights and the tokenizer."""
-    return 4 * count_params(spec.model)["total"] + TOKENIZER_BYTES
+    """The finished run's model/ folder: config, fp32 weights and the tokenizer."""
+    return 4 * count_params(spec.model)["total"] + MODEL_CONFIG_BYTES + tokenizer_bytes(spec)
 
 
 def checkpoints_kept(spec: RunSpec) -> int:
@@ -147,33 +360,73 @@ def checkpoints_kept(spec: RunSpec) -> int:
     return min(spec.train.keep, math.ceil(spec.train.steps / spec.train.checkpoint_every))
 
 
+@dataclass(frozen=True)
+class TrialDisk:
+    """The disk one trial of `spec` takes."""
+
+    checkpoint: int  # one checkpoint with its optimizer state
+    kept: int  # checkpoints it keeps while it runs
+    model_dir: int
+    ended: int  # what it keeps once it ended (sweep_status.settle)
+    peak: int  # the most it holds while it runs: its kept checkpoints, one more being written, model/ at its end
+
+
+def trial_disk(spec: RunSpec, keep_checkpoints: bool = False) -> TrialDisk:
+    """The disk one trial takes: an ended one keeps model/ and its newest checkpoint's weights (everything with
+    `keep_checkpoints`); a running one its kept checkpoints, one more while Ray writes the next before it deletes
+    the oldest, and model/ at its end."""
+    checkpoint, kept, model = checkpoint_bytes(spec), checkpoints_kept(spec), model_dir_bytes(spec)
+    ended = kept * checkpoint + model if keep_checkpoints else weights_checkpoint_bytes(spec) + model
+    return TrialDisk(checkpoint, kept, model, ended, kept * checkpoint + checkpoint + model)
+
+
 @dataclass
 class DiskPlan:
     trials: int
-    concurrent: int
-    checkpoint: int  # bytes of one checkpoint
-    kept: int  # checkpoints a trial keeps
-    model_dir: int
-    need: int  # bytes at the sweep's peak
+    concurrent: int  # trials running at the sweep's peak
+    ended_on_disk: int  # trials that ended already (they hold what they keep)
+    sizes: TrialDisk  # the largest trial's sizes
+    need: int  # bytes the sweep holds at its peak
+    held: int  # bytes its trials hold now
     free: int | None  # None: storage is a URI
 
+    @property
+    def to_write(self) -> int:
+        return max(0, self.need - self.held)
+
     def describe(self) -> str:
-        return (f"{self.trials} trial(s) x ({self.kept} checkpoint(s) of {gb(self.checkpoint)} + model/ "
-                f"{gb(self.model_dir)}) + {self.concurrent} checkpoint(s) being written = {gb(self.need)}")
+        s = self.sizes
+        ended = f"{self.ended_on_disk} ended on disk, " if self.ended_on_disk else ""
+        return (f"{self.trials} trial(s): {ended}each ending with {gb(s.ended)}, {self.concurrent} running at up to "
+                f"{gb(s.peak)} ({s.kept} checkpoint(s) of {gb(s.checkpoint)} + 1 being written + model/ "
+                f"{gb(s.model_dir)}); {gb(self.need)} at the peak, {gb(self.held)} held, {gb(self.to_write)} to write")
 
 
 def gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
-def disk_plan(specs: list[RunSpec], seeds: int, concurrent: int, free: int | None) -> DiskPlan:
-    """The most disk the sweep holds at once: every trial's kept checkpoints and model folder (the largest arm's
-    sizes), plus one more checkpoint for each running trial (Ray writes the new one before it deletes the oldest)."""
-    largest = max(specs, key=lambda s: count_params(s.model)["total"])
-    trials = len(specs) * seeds
-    checkpoint, model, kept = checkpoint_bytes(largest), model_dir_bytes(largest), checkpoints_kept(largest)
-    need = trials * (kept * checkpoint + model) + min(concurrent, trials) * checkpoint
-    return DiskPlan(trials, min(concurrent, trials), checkpoint, kept, model, need, free)
+def disk_plan(trials: dict[str, RunSpec], concurrent: int, free: int | None,
+              on_disk: dict[str, tuple[int, bool]] | None = None, keep_checkpoints: bool = False) -> DiskPlan:
+    """The most disk the sweep's `trials` (name: spec) hold at once, given what each holds now (`on_disk`: name:
+    (bytes, ended), trials_on_disk): every trial ends holding what it keeps (an ended one: what it holds), and at
+    the peak the `concurrent` trials with the most to grow are running at their peak."""
+    on_disk = on_disk or {}
+    finals, growth = 0, []
+    for name, spec in trials.items():
+        size = trial_disk(spec, keep_checkpoints)
+        held, ended = on_disk.get(name, (0, False))
+        if ended:
+            finals += held
+        else:
+            finals += size.ended
+            growth.append(max(size.peak, held) - size.ended)
+    running = min(concurrent, len(growth))
+    need = finals + sum(sorted(growth, reverse=True)[:running])
+    held = sum(on_disk.get(name, (0, False))[0] for name in trials)
+    largest = max(trials.values(), key=lambda s: count_params(s.model)["total"])
+    ended_count = sum(1 for name in trials if on_disk.get(name, (0, False))[1])
+    return DiskPlan(len(trials), running, ended_count, trial_disk(largest, keep_checkpoints), need, held, free)
 
 
 def free_bytes(path: str) -> int | None:
@@ -186,24 +439,125 @@ def free_bytes(path: str) -> int | None:
     return shutil.disk_usage(folder).free
 
 
-def check_disk(specs: list[RunSpec], seeds: int, concurrent: int, path: str) -> DiskPlan:
-    """Refuse (one line: the numbers and the flags that fit) a sweep whose checkpoints would fill the disk under
-    `path`; for URI storage, warn with the size it will take."""
-    plan = disk_plan(specs, seeds, concurrent, free_bytes(path))
+def trials_on_disk(sweep_dir: str, trial_names: Sequence[str]) -> dict[str, tuple[int, bool]]:
+    """What each trial of the sweep holds now under `<sweep_dir>/trials/<name>`: (bytes, ended). A trial has ended
+    when its results.json says it finished all its steps, or when every one of its checkpoints is weights only (only
+    sweep_status.settle, on an ended trial, drops optimizer state); a trial ASHA stopped that was not settled yet
+    counts as not ended (sized at its peak: never under). Trials without a folder are left out; URIs: {}."""
+    if storage.is_uri(sweep_dir):
+        return {}
+    from hybrid_ray import runs  # (runs reads spec files: only when there is a local folder to read)
+
+    out = {}
+    for name in trial_names:
+        folder = Path(sweep_dir) / "trials" / name
+        if not folder.is_dir():
+            continue
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+        try:
+            results = runs.read_results(str(folder)) or {}
+        except Exception:  # a damaged results.json: the sweep sets it aside; its size is counted all the same
+            results = {}
+        finished = results.get("status") == "finished" and results.get("step", 0) >= results.get("total_steps", 1)
+        checkpoints = runs.list_checkpoints(str(folder))
+        settled = bool(checkpoints) and not any((folder / c / "optimizer.pt").exists() for c in checkpoints)
+        out[name] = (size, finished or settled)
+    return out
+
+
+def _fits(trials: dict[str, RunSpec], concurrent: int, free: int, on_disk: dict, keep_checkpoints: bool) -> bool:
+    return disk_plan(trials, concurrent, free, on_disk, keep_checkpoints).to_write <= free
+
+
+def _what_fits(trials: dict[str, RunSpec], concurrent: int, free: int, on_disk: dict,
+               keep_checkpoints: bool) -> list[str]:
+    """The flags that make the sweep fit `free`, each alone (only ones that really do)."""
+    fits = []
+    kept = max(checkpoints_kept(s) for s in trials.values())
+    for keep in range(kept - 1, 0, -1):
+        smaller = {n: s.with_overrides({"train.keep": keep}) for n, s in trials.items()}
+        if _fits(smaller, concurrent, free, on_disk, keep_checkpoints):
+            every = math.ceil(max(s.train.steps for s in trials.values()) / keep)
+            fits.append(f"--keep {keep} (or --checkpoint-every {every})")
+            break
+    for fewer in range(concurrent - 1, 0, -1):
+        if _fits(trials, fewer, free, on_disk, keep_checkpoints):
+            fits.append(f"--max-concurrent {fewer}")
+            break
+    if keep_checkpoints and _fits(trials, concurrent, free, on_disk, False):
+        fits.append("no --keep-checkpoints")
+    started = [n for n in trials if n in on_disk]
+    rest = [n for n in trials if n not in on_disk]
+    for count in range(len(rest) - 1, 0, -1):
+        subset = {n: trials[n] for n in started + rest[:count]}
+        if _fits(subset, concurrent, free, on_disk, keep_checkpoints):
+            fits.append(f"{len(subset)} trial(s) instead of {len(trials)} (fewer arms or --seeds)")
+            break
+    return fits
+
+
+def check_disk(trials: dict[str, RunSpec] | list[RunSpec], *args: Any, on_disk: dict[str, tuple[int, bool]] | None = None,
+               keep_checkpoints: bool = False) -> DiskPlan:
+    """`check_disk(trials, concurrent, path, on_disk=..., keep_checkpoints=...)`: refuse (one line: the numbers and
+    the flags that make it fit) a sweep whose trials would fill the disk under `path`, counting only what remains to
+    be written (a relaunch never needs the space its trials hold already); for URI storage, warn with the size it
+    will take. `trials`: trial name -> spec; `on_disk`: trials_on_disk(). The older form check_disk(specs, seeds,
+    concurrent, path) plans a first launch of every spec times every seed."""
+    if isinstance(trials, list):
+        seeds, concurrent, path = args
+        trials = {f"{i}-s{seed}": spec for i, spec in enumerate(trials) for seed in range(seeds)}
+    else:
+        concurrent, path = args
+    on_disk = on_disk or {}
+    plan = disk_plan(trials, concurrent, free_bytes(path), on_disk, keep_checkpoints)
     if plan.free is None:
         warnings.warn(f"the sweep will store about {gb(plan.need)} under {path} ({plan.describe()}); "
                       "check that the bucket has room")
         return plan
-    if plan.need <= plan.free:
+    if plan.to_write <= plan.free:
         return plan
-    fits = []
-    for keep in range(plan.kept - 1, 0, -1):
-        smaller = [s.with_overrides({"train.keep": keep}) for s in specs]
-        if disk_plan(smaller, seeds, concurrent, plan.free).need <= plan.free:
-            every = math.ceil(specs[0].train.steps / keep)
-            fits.append(f"--keep {keep} (or --checkpoint-every {every}, {keep} checkpoint(s) a run)")
-            break
-    hint = (f"it fits with {fits[0]}" if fits else
-            "it does not fit even with --keep 1: free some space, sweep fewer arms or seeds, or use another --storage-path")
-    raise DiskError(f"the sweep needs about {gb(plan.need)} on {path} ({plan.describe()}) but only {gb(plan.free)} "
-                    f"is free; {hint}")
+    fits = _what_fits(trials, concurrent, plan.free, on_disk, keep_checkpoints)
+    tried = [lever for lever, ok in (("--keep 1", max(checkpoints_kept(s) for s in trials.values()) > 1),
+                                     ("--max-concurrent 1", concurrent > 1),
+                                     ("fewer trials", len([n for n in trials if n not in on_disk]) > 1)) if ok]
+    hint = (f"it fits with {' or '.join(fits)}, or " if fits else
+            f"it does not fit even with {' or '.join(tried)}: " if tried else "")
+    raise DiskError(f"the sweep needs about {gb(plan.to_write)} more on {path} ({plan.describe()}) but only "
+                    f"{gb(plan.free)} is free; {hint}free some space or use another --storage-path")
+
+
+# --- the dry run ----------------------------------------------------------------------------------------------------
+
+def describe_sweep(arms: Sequence[Any], plans: Sequence[ResourcePlan], disk: DiskPlan | None,
+                   gpu_memory: int | None, gpus: float, seeds: int = 1) -> str:
+    """What `hybrid-ray sweep --dry-run` prints: one line per arm (its id, attention layers, parameters, MLP width,
+    GPU memory of one worker against its GPU share), the trials at once, the disk plan and the kernel shapes the
+    sweep compiles. `arms`: grid.Arm (.id, .spec); `plans`: plan() of each arm; `gpus`: the cluster's GPUs."""
+    header = ("arm", "attention layers", "params", "MLP", "GPU memory a worker", "GPU share")
+    rows = []
+    for arm, p in zip(arms, plans):
+        m, spec = arm.spec.model, arm.spec
+        layers = ",".join(map(str, m.attn_layers)) or "-"
+        need = p.gpu_memory_need if p.gpu_memory_need is not None else gpu_memory_bytes(spec)
+        room = f" of {gb(gpu_memory * min(p.gpus_per_worker, 1.0))}" if gpu_memory and p.gpus_per_worker else ""
+        share = f"{p.gpus_per_worker:g} ({p.per_gpu} a GPU)" if p.gpus_per_worker else "CPU"
+        rows.append((arm.id, layers, f"{count_params(m)['total'] / 1e6:.1f}M", str(m.intermediate_size),
+                     f"{gb(need)}{room} at {spec.micro_batch_size} x {spec.data.seq_len}", share))
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    concurrent = min((p.concurrent for p in plans), default=1)
+    memory = f"{gb(gpu_memory)} each" if gpu_memory else "memory unknown: not checked"
+    lines.append(f"trials: {len(arms)} arm(s) x {seeds} seed(s) = {len(arms) * seeds}, {concurrent} at a time on "
+                 f"{gpus:g} GPU(s) ({memory})")
+    if disk is not None:
+        free = gb(disk.free) if disk.free is not None else "unknown (a URI)"
+        lines.append(f"disk: need {gb(disk.need)} at the peak, {gb(disk.held)} held, {gb(disk.to_write)} to write, "
+                     f"{free} free ({disk.describe()})")
+    shapes = sorted({(a.spec.model.intermediate_size, "gdn" in a.spec.model.layer_types(),
+                      bool(a.spec.model.attn_layers)) for a in arms})
+    mlps = sorted({s[0] for s in shapes})
+    lines.append(f"kernels: {len(shapes)} distinct shape(s) to compile: {len(mlps)} MLP width(s) "
+                 f"({', '.join(map(str, mlps))}; FLA's SwiGLU kernels autotune per width), Gated DeltaNet in "
+                 f"{sum(s[1] for s in shapes)}, attention in {sum(s[2] for s in shapes)}; the rest is shared by arms "
+                 f"of one hidden size")
+    return "\n".join(lines)
