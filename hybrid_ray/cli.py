@@ -141,7 +141,7 @@ def refuse_sweep_file(config: str) -> None:
 @click.option("--max-concurrent", type=int, help="Trials at a time. [default: as many as fit: a trial's workers' "
                                                   "CPUs and GPUs plus 0.01 CPU for the trial itself]")
 @click.option("--gpus-per-trial", type=float, help="GPUs of one trial (0.25 packs four small trials on a GPU). "
-                                                  "[default: 1 per worker when the cluster has GPUs]")
+                                                  "[default: as many trials a GPU as its memory holds]")
 @click.option("--match-params", is_flag=True, default=None,
               help="Size every arm's MLP so its parameter count is within 2% of the reference arm's.")
 @click.option("--reference-arm", help="The arm --match-params matches. [default: the one without attention]")
@@ -151,14 +151,24 @@ def refuse_sweep_file(config: str) -> None:
 @click.option("--keep-checkpoints", is_flag=True, default=None,
               help="Ended trials keep all their checkpoints with optimizer state (resumable, --extend-steps). "
                    "[default: model/ and the newest checkpoint's weights only]")
-def sweep(address: str | None, verbose: bool, **options: Any) -> None:
+@click.option("--dry-run", is_flag=True, help="Print the plan (arms, GPU memory against the GPU share, trials at once, "
+              "disk, kernel shapes) and exit, training and tokenizing nothing.")
+@click.option("--assume-gpus", type=int, help="With --dry-run: plan for a cluster of this many GPUs (16 CPUs a GPU). "
+              "[default: this machine, or the cluster at --address]")
+@click.option("--assume-gpu-memory", type=float, metavar="GB", help="With --dry-run: memory of each GPU, in GB.")
+@click.option("--assume-free-disk", type=float, metavar="GB", help="With --dry-run: free space of the storage path.")
+def sweep(address: str | None, verbose: bool, dry_run: bool, assume_gpus: int | None, assume_gpu_memory: float | None,
+          assume_free_disk: float | None, **options: Any) -> None:
     """Sweep a grid of arms with Ray Tune (ASHA by default); --name names the sweep, relaunching it resumes it.
 
     With --config of a sweep job file (jobs/*.yaml), its grid and settings apply unless flags give others.
     """
-    from hybrid_ray.tune import SweepOptions, sweep_options
+    from hybrid_ray.tune import Assumed, SweepOptions, sweep_options
     from hybrid_ray.tune import sweep as run_sweep
 
+    assumed = {"gpus": assume_gpus, "gpu_memory_gb": assume_gpu_memory, "free_disk_gb": assume_free_disk}
+    if not dry_run and any(v is not None for v in assumed.values()):
+        raise SpecError("--assume-gpus, --assume-gpu-memory and --assume-free-disk go with --dry-run")
     flags = {f.name: options.pop(f.name) for f in dataclasses.fields(SweepOptions) if f.name in options}
     chosen = sweep_options(jobspec.load(options["config"]).sweep if options.get("config") else {}, flags)
     spec = build_spec(**options)
@@ -166,6 +176,11 @@ def sweep(address: str | None, verbose: bool, **options: Any) -> None:
         spec = spec.with_overrides({"name": f"sweep-{spec.name}"})
     if options.get("keep") is None and spec.train.keep == TrainSpec().keep:
         spec = spec.with_overrides({"train.keep": 1})  # a sweep's trials keep their newest checkpoint only
+    if dry_run:
+        from hybrid_ray.tune import dry_run as plan_only
+
+        plan_only(spec, chosen, address=address, assume=Assumed(**assumed))
+        return
     _quiet(verbose)
     outcome = run_sweep(spec, chosen, address=address, verbose=verbose, relaunch=shlex.join(["hybrid-ray", *_ARGV]))
     click.echo(outcome.table)

@@ -210,3 +210,34 @@ def resources() -> dict[str, float]:
     import ray
 
     return ray.cluster_resources()
+
+
+# GPU memory by Ray's accelerator type (the `accelerator_type:X` resource of a node), for clusters whose GPUs this
+# process cannot see; the smallest card of that name where Ray's name covers several
+ACCELERATOR_MEMORY_GB = {"H100": 80, "H200": 141, "B200": 180, "GH200": 96, "A100-80G": 80, "A100-40G": 40,
+                         "A100": 40, "L40S": 48, "L4": 24, "A10G": 24, "V100": 16, "T4": 16}
+
+
+def local_gpu_memory() -> list[int]:
+    """Total memory of each GPU of this machine, in bytes, read with nvidia-smi (no CUDA context in this process,
+    which would hold a GPU's memory for the driver's whole life); [] without NVIDIA GPUs."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("nvidia-smi"):
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [int(float(line)) * 2**20 for line in out.split() if line.strip()]
+
+
+def gpu_memory(have: dict[str, float], local: bool) -> int | None:
+    """The smallest GPU's memory on the cluster (bytes): this machine's cards when the cluster is this machine, else
+    by the nodes' accelerator type; None when unknown (GPU memory is then not planned)."""
+    if local and (cards := local_gpu_memory()):
+        return min(cards)
+    sizes = [gb for key, gb in ACCELERATOR_MEMORY_GB.items() if have.get(f"accelerator_type:{key}")]
+    return int(min(sizes) * 1e9) if sizes else None

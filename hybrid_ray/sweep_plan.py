@@ -496,20 +496,15 @@ def _what_fits(trials: dict[str, RunSpec], concurrent: int, free: int, on_disk: 
     return fits
 
 
-def check_disk(trials: dict[str, RunSpec] | list[RunSpec], *args: Any, on_disk: dict[str, tuple[int, bool]] | None = None,
-               keep_checkpoints: bool = False) -> DiskPlan:
-    """`check_disk(trials, concurrent, path, on_disk=..., keep_checkpoints=...)`: refuse (one line: the numbers and
-    the flags that make it fit) a sweep whose trials would fill the disk under `path`, counting only what remains to
-    be written (a relaunch never needs the space its trials hold already); for URI storage, warn with the size it
-    will take. `trials`: trial name -> spec; `on_disk`: trials_on_disk(). The older form check_disk(specs, seeds,
-    concurrent, path) plans a first launch of every spec times every seed."""
-    if isinstance(trials, list):
-        seeds, concurrent, path = args
-        trials = {f"{i}-s{seed}": spec for i, spec in enumerate(trials) for seed in range(seeds)}
-    else:
-        concurrent, path = args
+def check_disk(trials: dict[str, RunSpec], concurrent: int, path: str, *,
+               on_disk: dict[str, tuple[int, bool]] | None = None, keep_checkpoints: bool = False,
+               free: int | None = None) -> DiskPlan:
+    """Refuse (one line: the numbers and the flags that make it fit) a sweep whose trials would fill the disk under
+    `path`, counting only what remains to be written (a relaunch never needs the space its trials hold already); for
+    URI storage, warn with the size it will take. `trials`: trial name -> spec; `on_disk`: trials_on_disk();
+    `free`: the free bytes to plan against (default: the file system's under `path`; a dry run assumes one)."""
     on_disk = on_disk or {}
-    plan = disk_plan(trials, concurrent, free_bytes(path), on_disk, keep_checkpoints)
+    plan = disk_plan(trials, concurrent, free if free is not None else free_bytes(path), on_disk, keep_checkpoints)
     if plan.free is None:
         warnings.warn(f"the sweep will store about {gb(plan.need)} under {path} ({plan.describe()}); "
                       "check that the bucket has room")

@@ -251,16 +251,12 @@ def sweep(
     for arm in arms:
         if arm.spec.data != base.data:
             check_locally(arm.spec, address=address, extend_steps=0, until_step=None, progress=progress)
-    sweep_dir = storage.join(base.storage_path, base.name)
-    storage.check_writable(sweep_dir)
+    sweep_dir = storage.join(base.storage_path, base.name)  # made by _claim: a refused sweep leaves no folder behind
 
     where = cluster.connect(address, verbose=verbose)
     have = cluster.resources()
-    plans = [sweep_plan.plan(arm.spec, have, trial=True, gpus_per_trial=options.gpus_per_trial,
-                             max_concurrent=options.max_concurrent) for arm in arms]
-    arms = [dataclasses.replace(arm, spec=p.apply(arm.spec)) for arm, p in zip(arms, plans)]
-    concurrent = min(p.concurrent for p in plans)  # the largest arm bounds it
-    disk = sweep_plan.check_disk([a.spec for a in arms], options.seeds, concurrent, sweep_dir)
+    planned = plan_sweep(arms, options, have, cluster.gpu_memory(have, local=cluster.node_count() == 1), sweep_dir)
+    arms, concurrent, disk = planned.arms, planned.concurrent, planned.disk
     resumed = _claim(sweep_dir, _grid_record(options, arms))
     trials = len(arms) * options.seeds
     if progress:
@@ -269,7 +265,8 @@ def sweep(
         print(f"{'resuming' if resumed else 'sweeping'} {base.name} on {where}: {len(arms)} arm(s) x {options.seeds} "
               f"seed(s) = {trials} trial(s), {concurrent} at a time, {options.scheduler.upper()}, {sizes} parameters",
               flush=True)
-        print(f"  sweep folder: {sweep_dir} (disk: up to {sweep_plan.gb(disk.need)})", flush=True)
+        print(f"  sweep folder: {sweep_dir} (disk: {sweep_plan.gb(disk.to_write)} to write, up to "
+              f"{sweep_plan.gb(disk.need)} at the peak)", flush=True)
         if options.scheduler == "asha":
             print(f"  {asha_line(options, arms)}", flush=True)
         if not storage.is_uri(sweep_dir):
@@ -303,11 +300,123 @@ def sweep(
         print(f"sweep finished in {time.time() - started:.0f}s: {summary}", flush=True)
     failed = [r for r in rows if r["status"] == status_lib.FAILED]
     if failed:
+        if progress:  # the table says why each failed
+            print(outcome.table, flush=True)
+            print(f"results: {outcome.sweep_dir}", flush=True)
         first = failed[0]
         raise SweepFailed(f"{len(failed)} trial(s) of sweep {base.name} failed ({first['name']}: {first['reason']}"
                           f"{'; ...' if len(failed) > 1 else ''}); the table says why, and relaunching the same "
                           "command retries them")
     return outcome
+
+
+@dataclass
+class SweepPlan:
+    """How a sweep sits on a cluster: its arms as their trials train them (GPU shares applied), each arm's resource
+    plan, trials at once, and the disk it still needs; the same plan for a launch, a relaunch and --dry-run."""
+
+    arms: list[Arm]
+    plans: list[sweep_plan.ResourcePlan]
+    concurrent: int
+    disk: sweep_plan.DiskPlan
+    gpu_memory: int | None
+    gpus: float
+    disk_bound: bool = False  # fewer trials at once than the cluster holds, because the disk holds no more
+
+    def describe(self, options: SweepOptions) -> str:
+        plans = [dataclasses.replace(p, concurrent=self.concurrent) for p in self.plans]
+        text = sweep_plan.describe_sweep(self.arms, plans, self.disk, self.gpu_memory, self.gpus, options.seeds)
+        if self.disk_bound:
+            text += (f"\n{self.concurrent} trial(s) at a time, not {min(p.concurrent for p in self.plans)}: the disk "
+                     "holds no more (--max-concurrent sets it)")
+        return text + (f"\n{asha_line(options, self.arms)}" if options.scheduler == "asha" else "")
+
+
+def plan_sweep(arms: list[Arm], options: SweepOptions, have: dict[str, float], gpu_memory: int | None,
+               sweep_dir: str, *, free: int | None = None, check: bool = True) -> SweepPlan:
+    """Size every arm on a cluster of `have` (GPUs of `gpu_memory` bytes; None: unknown), then the disk from what the
+    sweep's trials hold now (a relaunch needs only what remains to be written). `check`: refuse, in one line, a
+    packing or a disk that cannot hold the sweep; `free`: the free bytes to plan against (default: the storage's)."""
+    plans = [sweep_plan.plan(arm.spec, have, trial=True, gpus_per_trial=options.gpus_per_trial,
+                             max_concurrent=options.max_concurrent, gpu_memory=gpu_memory, label=arm.id)
+             for arm in arms]
+    arms = [dataclasses.replace(arm, spec=p.apply(arm.spec)) for arm, p in zip(arms, plans)]
+    concurrent = min(p.concurrent for p in plans)  # the largest arm bounds it
+    trials = {trial_name(a.id, seed): a.spec for a in arms for seed in range(options.seeds)}
+    on_disk = sweep_plan.trials_on_disk(sweep_dir, list(trials))
+    kwargs = {"on_disk": on_disk, "keep_checkpoints": options.keep_checkpoints}
+    free = free if free is not None else sweep_plan.free_bytes(sweep_dir)
+    fits = concurrent
+    if options.max_concurrent is None and free is not None:  # the default runs no more at once than the disk holds
+        while fits > 1 and sweep_plan.disk_plan(trials, fits, free, **kwargs).to_write > free:
+            fits -= 1
+    if check:
+        disk = sweep_plan.check_disk(trials, fits, sweep_dir, free=free, **kwargs)
+    else:
+        disk = sweep_plan.disk_plan(trials, fits, free, **kwargs)
+    return SweepPlan(arms, plans, fits, disk, gpu_memory, have.get("GPU", 0.0), disk_bound=fits < concurrent)
+
+
+@dataclass(frozen=True)
+class Assumed:
+    """The cluster a dry run plans for instead of the one at hand (None: what this machine or --address has)."""
+
+    gpus: int | None = None
+    gpu_memory_gb: float | None = None
+    free_disk_gb: float | None = None
+    cpus_per_gpu: int = 16  # a GPU node's cores per GPU (an H100 node: 16 a GPU)
+
+
+def dry_run(base: RunSpec, options: SweepOptions, *, address: str | None = None,
+            assume: Assumed = Assumed()) -> SweepPlan:
+    """Print the sweep's plan without training (or tokenizing): arms, parameters, MLP widths, GPU memory per trial
+    against its share, trials at once, disk, kernel shapes; then refuse, in one line, what would be refused at launch.
+    Plans for `assume` where given, else for the cluster at `address` (or $RAY_ADDRESS), else for this machine."""
+    arms = expand(base, parse_grid(options.grid))
+    base = dataclasses.replace(base, storage_path=storage.normalize(base.storage_path))
+    base = dataclasses.replace(base, model=base.model.with_vocab(_planned_vocab(base)))
+    arms = _on_resolved_base(arms, base, options)
+    if options.scheduler == "asha":
+        grace_period(options, arms)
+    have, memory = _cluster_to_plan(address, assume)
+    sweep_dir = storage.join(base.storage_path, base.name)
+    free = int(assume.free_disk_gb * 1e9) if assume.free_disk_gb is not None else None
+    planned = plan_sweep(arms, options, have, memory, sweep_dir, free=free, check=False)
+    print(planned.describe(options), flush=True)
+    plan_sweep(arms, options, have, memory, sweep_dir, free=free)  # the launch's refusals, after the plan
+    return planned
+
+
+def _planned_vocab(spec: RunSpec) -> int:
+    """The model vocabulary a launch would resolve, without tokenizing the corpus (a synthetic task is made, cheaply)."""
+    if spec.model.vocab_size is not None:
+        return spec.model.vocab_size
+    from hybrid_ray import data as data_lib
+
+    if spec.data.parsed.kind == "mqar":
+        return data_lib.prepare(spec.data).model_vocab_size
+    from hybrid_ray.data.tokenizer import get_tokenizer
+
+    return -(-get_tokenizer(spec.data.tokenizer).vocab_size // 64) * 64
+
+
+def _cluster_to_plan(address: str | None, assume: Assumed) -> tuple[dict[str, float], int | None]:
+    """(Ray resources, GPU memory in bytes) of the cluster a dry run plans for."""
+    import os
+
+    if assume.gpus is not None:
+        memory = int(assume.gpu_memory_gb * 1e9) if assume.gpu_memory_gb else None
+        return {"CPU": float(max(1, assume.gpus) * assume.cpus_per_gpu), "GPU": float(assume.gpus)}, memory
+    if address or cluster.address_from_env():
+        cluster.connect(address)
+        have = cluster.resources()
+        memory = cluster.gpu_memory(have, local=cluster.node_count() == 1)
+    else:  # this machine, as a local Ray would see it, without starting one
+        cards = cluster.local_gpu_memory()
+        have, memory = {"CPU": float(os.cpu_count() or 1), "GPU": float(len(cards))}, (min(cards) if cards else None)
+    if assume.gpu_memory_gb:
+        memory = int(assume.gpu_memory_gb * 1e9)
+    return have, memory
 
 
 def asha_line(options: SweepOptions, arms: list[Arm]) -> str:
@@ -380,15 +489,23 @@ class RecordedASHA(ASHAScheduler):
     Tune acts on it. Tune ends a trial that Ctrl-C, SIGTERM or a lost node cut exactly as one ASHA stopped
     (TERMINATED), so this record is the only honest source of "stopped by ASHA" (sweep_status.trial_status)."""
 
-    def __init__(self, sweep_dir: str, **kwargs: Any) -> None:
+    def __init__(self, sweep_dir: str, keep_checkpoints: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.sweep_dir = sweep_dir
+        self.sweep_dir, self.keep_checkpoints = sweep_dir, keep_checkpoints
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == self.STOP:
             status_lib.record_stop(self.sweep_dir, trial_name(trial.config["arm"], trial.config["seed"]), result)
         return decision
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        super().on_trial_complete(tune_controller, trial, result)
+        name = trial_name(trial.config["arm"], trial.config["seed"])
+        if name in status_lib.read_stops(self.sweep_dir):
+            # free its optimizer state now, not at the sweep's end: the disk plan counts a stopped trial at what an
+            # ended one keeps (its report's checkpoint is complete by the time ASHA judged that report)
+            status_lib.settle(storage.join(self.sweep_dir, "trials", name), self.keep_checkpoints)
 
 
 def _scheduler(options: SweepOptions, arms: list[Arm], sweep_dir: str) -> Any:
@@ -399,7 +516,7 @@ def _scheduler(options: SweepOptions, arms: list[Arm], sweep_dir: str) -> Any:
         return FIFOScheduler()
     max_evals = max(math.ceil(a.spec.train.steps / a.spec.train.eval_every) for a in arms)
     return RecordedASHA(
-        sweep_dir, time_attr="evaluations", metric="val_loss", mode="min", max_t=max_evals,
+        sweep_dir, options.keep_checkpoints, time_attr="evaluations", metric="val_loss", mode="min", max_t=max_evals,
         grace_period=grace_period(options, arms), reduction_factor=options.reduction_factor,
         # a trial at its last evaluation ends by itself (results, model/, its placement group freed by Ray Train);
         # stopping it there would kill it before it writes them, and free its resources only through the dashboard

@@ -191,7 +191,7 @@ def test_cluster_errors_come_before_any_trial(ray_session, tmp_path, capsys):
     common = ["--steps", "4", "--max-documents", "100", "--storage-path", str(tmp_path), "--name", "s"]
     assert main(["sweep", "--grid", "lr=1e-3", "--gpus-per-trial", "1", *common]) == 2
     assert "--gpus-per-trial 1 is more than the cluster's 0 GPU(s)" in capsys.readouterr().err
-    assert not (tmp_path / "s" / "trials").exists()
+    assert not (tmp_path / "s").exists()  # a refused sweep leaves no (empty) sweep folder behind
     (tmp_path / "s").mkdir(exist_ok=True)
     (tmp_path / "s" / "grid.json").write_text(json.dumps({"options": {}, "arms": {"lr0.002": {}}}))
     assert main(["sweep", "--grid", "lr=1e-3", *common]) == 2

@@ -3,6 +3,7 @@ trials here except the refusal, which stops before the first one."""
 
 import json
 import os
+import re
 import signal
 
 import pytest
@@ -61,6 +62,11 @@ def test_the_checkpoint_size_rule_holds_against_a_real_checkpoint_and_the_h100_s
     assert 4.2e9 <= trial <= 4.6e9, trial
 
 
+def three_seeds(specs: list) -> dict:
+    """Trial name -> spec for every spec times three seeds."""
+    return {f"arm{i}-s{seed}": spec for i, spec in enumerate(specs) for seed in range(3)}
+
+
 def test_the_disk_plan_refuses_with_the_numbers_and_the_flags_that_fit(tmp_path, monkeypatch):
     h100 = variant_spec("h100_deltanet").with_overrides({"model.vocab_size": REFERENCE_VOCAB, "train.steps": 300,
                                                          "train.checkpoint_every": 100, "train.keep": 3})
@@ -68,27 +74,27 @@ def test_the_disk_plan_refuses_with_the_numbers_and_the_flags_that_fit(tmp_path,
     # 9 trials, 3 at a time keeping 3 checkpoints of 3.3 GB: ended trials keep 2.2 GB (weights + model/), running
     # ones up to 3 x 3.3 + 3.3 being written + model/ 1.1 = 14.3 GB: 9 x 2.2 + 3 x 12.1 = 56 GB at the peak
     monkeypatch.setattr(sweep_plan, "free_bytes", lambda path: 64e9)
-    assert 54e9 < sweep_plan.check_disk(specs, 3, 3, str(tmp_path)).need < 58e9
+    assert 54e9 < sweep_plan.check_disk(three_seeds(specs), 3, str(tmp_path)).need < 58e9
     monkeypatch.setattr(sweep_plan, "free_bytes", lambda path: 40e9)
     with pytest.raises(sweep_plan.DiskError) as e:
-        sweep_plan.check_disk(specs, 3, 3, str(tmp_path))
+        sweep_plan.check_disk(three_seeds(specs), 3, str(tmp_path))
     message = str(e.value)
     assert "\n" not in message and "but only 40.0 GB is free" in message and "the sweep needs about 56." in message
     assert "9 trial(s): each ending with 2.2 GB, 3 running at up to 14.3 GB (3 checkpoint(s) of 3.3 GB" in message
     # only what really fits, each alone: --keep 2 does not (46 GB), --max-concurrent 2 does not (44 GB)
     assert "it fits with --keep 1 (or --checkpoint-every 300) or --max-concurrent 1 or 2 trial(s) instead of 9" in message
     assert "--keep 2" not in message and "--max-concurrent 2" not in message
-    assert sweep_plan.check_disk([s.with_overrides({"train.keep": 1}) for s in specs], 3, 3, str(tmp_path))
-    assert sweep_plan.check_disk(specs, 3, 1, str(tmp_path))
+    assert sweep_plan.check_disk(three_seeds([s.with_overrides({"train.keep": 1}) for s in specs]), 3, str(tmp_path))
+    assert sweep_plan.check_disk(three_seeds(specs), 1, str(tmp_path))
     monkeypatch.setattr(sweep_plan, "free_bytes", lambda path: 1e9)
     with pytest.raises(sweep_plan.DiskError, match="does not fit even with --keep 1 or --max-concurrent 1 or fewer trials: free some space"):
-        sweep_plan.check_disk(specs, 3, 3, str(tmp_path))
+        sweep_plan.check_disk(three_seeds(specs), 3, str(tmp_path))
     with pytest.raises(sweep_plan.DiskError) as e:  # --keep 1 in effect: never suggested again
-        sweep_plan.check_disk([s.with_overrides({"train.keep": 1}) for s in specs], 3, 3, str(tmp_path))
+        sweep_plan.check_disk(three_seeds([s.with_overrides({"train.keep": 1}) for s in specs]), 3, str(tmp_path))
     assert "--keep" not in str(e.value)
     monkeypatch.setattr(sweep_plan, "free_bytes", lambda path: None)  # a bucket: a warning, not a refusal
     with pytest.warns(UserWarning, match="check that the bucket has room"):
-        sweep_plan.check_disk(specs, 3, 3, "s3://bucket/sweeps")
+        sweep_plan.check_disk(three_seeds(specs), 3, "s3://bucket/sweeps")
     assert sweep_plan.trials_on_disk("s3://bucket/sweeps", ["t0"]) == {}
 
 
@@ -258,7 +264,7 @@ def test_a_sweep_that_would_fill_the_disk_is_refused_before_anything_starts(ray_
     assert rc == 2 and len(errors) == 1 and err[-1].startswith("error: the sweep needs about "), err
     assert "but only 20.0 MB is free" in err[-1] and "2 trial(s): each ending with" in err[-1]
     assert "it fits with --keep 1" in err[-1]
-    assert not list((tmp_path / "full").iterdir())  # nothing started: no grid, no trial
+    assert not (tmp_path / "full").exists()  # nothing started: no grid, no trial, not even an empty sweep folder
 
 
 def test_an_ended_trial_keeps_the_newest_weights_and_drops_optimizer_state(tmp_path):
@@ -339,3 +345,46 @@ def test_runs_list_and_compare_include_sweep_folders(tmp_path, capsys):
     assert "sw/attn0-s0" in capsys.readouterr().out
     assert sorted(r["name"] for r in report.comparison_rows([str(tmp_path)])) == ["attn0-s0", "single"]
     assert runs.remove_run(str(tmp_path), "sw/attn0-s0") == str(trial) and not trial.exists()
+
+
+STUDY = ["sweep", "--preset", "h100", "--batch-size", "16", "--vocab-size", "50257", "--grid", "attention_ratio",
+         "--match-params", "--dry-run", "--assume-free-disk", "64"]
+
+
+@pytest.mark.parametrize("gpus, memory, at_once", [(1, 80, 3), (2, 80, 6), (4, 80, 6), (8, 80, 6),
+                                                   (1, 141, 5), (2, 141, 6), (4, 141, 6), (8, 141, 6)])
+def test_the_h100_study_is_planned_on_a_cpu_through_dry_run(tmp_path, capsys, gpus, memory, at_once):
+    """The mission's headline study at its real size (H100 base, 13 parameter-matched arms, ASHA, batch 16 x 1024)
+    on 1-8 GPUs of 80 or 141 GB and a 64 GB disk: it fits, each arm's trial fits its GPU share, and no more trials
+    run at once than the GPUs and the disk hold (six at 7.7 GB each at their peak, the ended ones at 2.2 GB)."""
+    rc = main([*STUDY, "--assume-gpus", str(gpus), "--assume-gpu-memory", str(memory), "--storage-path", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    lines = out.splitlines()
+    arms = [line.split() for line in lines[1:14]]
+    assert [a[0] for a in arms][:3] == ["attn0", "attn8", "attn17"] and arms[-1][0] == "attn100"
+    for line in lines[1:14]:  # "<need> GB of <its share of the GPU> GB at 16 x 1024"
+        need, share = map(float, re.search(r"([\d.]+) GB of ([\d.]+) GB at 16 x 1024", line).groups())
+        assert need <= share <= memory
+    assert f"13 arm(s) x 1 seed(s) = 13, {at_once} at a time on {gpus} GPU(s) ({memory:.1f} GB each)" in out
+    disk = next(line for line in lines if line.startswith("disk: "))
+    need = float(disk.split("need ")[1].split(" GB")[0])
+    assert need <= 64 and "64.0 GB free" in disk
+    assert ("the disk holds no more" in out) == (at_once < (3 if memory == 80 else 5) * gpus)
+    assert "kernels: 13 distinct shape(s) to compile: 13 MLP width(s)" in out
+    assert "ASHA: no trial stopped before step 2500" in out  # the h100 preset's 10,000 steps, warm-up 100
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_a_dry_run_refuses_what_the_launch_would_after_printing_the_plan(tmp_path, capsys):
+    rc = main([*STUDY, "--assume-gpus", "1", "--assume-gpu-memory", "80", "--gpus-per-trial", "0.25",
+               "--storage-path", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "use --gpus-per-trial 0.3333 (3 trials a GPU)" in err[0], err
+    rc = main([*STUDY[:-1], "20", "--assume-gpus", "1", "--assume-gpu-memory", "80", "--max-concurrent", "3",
+               "--storage-path", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert rc == 2 and "arm " in captured.out  # the plan first, then the refusal
+    assert captured.err.strip().startswith("error: the sweep needs about 45.3 GB more") and "20.0 GB is free" in captured.err
+    rc = main(["sweep", "--grid", "lr", "--assume-gpus", "2"])
+    assert rc == 2 and "go with --dry-run" in capsys.readouterr().err
