@@ -525,6 +525,9 @@ def generate(path: str, prompts: tuple[str, ...], prompts_file: str | None, back
 
     from hybrid_ray.generate import SamplingOptions
     from hybrid_ray.generate import generate as generate_text
+    from hybrid_ray.startup import Startup, command_started
+
+    startup = Startup(started=command_started())  # the command's imports so far (torch, the library) count as imports
 
     texts = list(prompts)
     if prompts_file:
@@ -537,7 +540,7 @@ def generate(path: str, prompts: tuple[str, ...], prompts_file: str | None, back
     texts = texts or [""]
     sampling = SamplingOptions(use_cache=not no_cache, use_graph=not no_graph, compile=compile_step, **options)
     stream = len(texts) == 1 and batch == 1
-    result = generate_text(path, texts, sampling, backend=backend, batch=batch,
+    result = generate_text(path, texts, sampling, backend=backend, batch=batch, startup=startup,
                            on_text=(lambda _, text: click.echo(text, nl=False)) if stream else None,
                            on_loaded=(lambda: click.echo(texts[0], nl=False)) if stream else None)
     if stream:
@@ -545,6 +548,7 @@ def generate(path: str, prompts: tuple[str, ...], prompts_file: str | None, back
     else:
         for prompt, completion in list(zip(result.prompts, result.completions))[::batch]:
             click.echo(f"{prompt}{completion}\n---")
+    click.echo(startup.line(), err=True)  # where the start-up went; the speed line stays the last one
     mode = ", no cache" if no_cache else ", no graph" if no_graph else ""
     click.echo(f"{sum(result.new_tokens)} tokens in {result.seconds:.2f} s ({result.tokens_per_s:.1f} tokens/s"
                f"{mode}{f', batch {len(result.prompts)}' if len(result.prompts) > 1 else ''}); "
@@ -554,7 +558,9 @@ def generate(path: str, prompts: tuple[str, ...], prompts_file: str | None, back
 
 def _seconds(seconds: float) -> str:
     """A duration to print: milliseconds below a second (a CPU loads the tiny model in tens of them), else seconds."""
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+    from hybrid_ray.startup import seconds_text
+
+    return seconds_text(seconds)
 
 
 @cli.command("eval")
@@ -572,11 +578,16 @@ def eval_command(path: str, task: str, data: str | None, limit: int | None, seq_
                  address: str | None) -> None:
     """Score a run's model on a downstream task; the result goes into the run's eval/ folder and results.json."""
     from hybrid_ray import evals
+    from hybrid_ray.startup import Startup, command_started
+
+    startup = Startup(started=command_started())  # the command's imports so far count as imports
 
     if address:
         (result,) = evals.evaluate_on_cluster([path], task, address=address, data=data, limit=limit, seq_len=seq_len)
+        startup = None  # loaded on a worker of the cluster: no start-up of this process to tell
     else:
-        result = evals.evaluate_task(path, task, data=data, limit=limit, backend=backend, seq_len=seq_len)
+        result = evals.evaluate_task(path, task, data=data, limit=limit, backend=backend, seq_len=seq_len,
+                                     startup=startup)
     if task == "perplexity":
         click.echo(f"perplexity {result['perplexity']:.3f} (loss {result['loss']:.4f}) over {result['tokens']:,} tokens "
                    f"of {result['data']}")
@@ -588,6 +599,8 @@ def eval_command(path: str, task: str, data: str | None, limit: int | None, seq_
             line += f", perplexity {result['perplexity']:.2f}"
         click.echo(f"{line} ({result['examples']} examples) in {result['seconds']:.2f} s, "
                    f"{result['examples_per_s']:.1f} examples/s")
+    if startup is not None:
+        click.echo(startup.line(), err=True)
 
 
 @cli.group()
@@ -658,6 +671,9 @@ _ARGV: list[str] = []  # this invocation's arguments, for the relaunch command a
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and a non-zero exit code, never a traceback."""
+    from hybrid_ray import startup
+
+    startup.mark_command_start()
     warnings.formatwarning = _format_warning
     _ARGV[:] = sys.argv[1:] if argv is None else argv
     try:

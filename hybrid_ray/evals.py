@@ -24,6 +24,7 @@ from hybrid_ray import runs, storage
 from hybrid_ray.data.hub import hub_available
 from hybrid_ray.errors import DataError, SpecError, first_line, suggest
 from hybrid_ray.model.precision import autocast
+from hybrid_ray.startup import Startup
 
 # task -> (hub dataset, config, split)
 HUB = {
@@ -263,9 +264,9 @@ def perplexity(model: torch.nn.Module, tokenizer_folder: str, device: torch.devi
 
 
 def evaluate_task(path: str, task: str, *, data: str | None = None, limit: int | None = None, backend: str = "auto",
-                  seq_len: int | None = None) -> dict[str, Any]:
+                  seq_len: int | None = None, startup: Startup | None = None) -> dict[str, Any]:
     """Score the model of a run (or model folder) on a task; the result also goes into the run's eval/<task>.json and
-    its results.json under "evals"."""
+    its results.json under "evals". `startup` times the phases of loading the model (the command prints them)."""
     from hybrid_ray.generate import load_for_inference, model_dir, tokenizer_dir
 
     if task not in TASKS:
@@ -277,12 +278,12 @@ def evaluate_task(path: str, task: str, *, data: str | None = None, limit: int |
     if task == "perplexity":
         if data is None:
             raise SpecError("--task perplexity needs --data (any data source: a file, folder, glob, stdlib, hf:...)")
-        model, _, device = load_for_inference(path, backend)
+        model, _, device = load_for_inference(path, backend, startup)
         seq_len = seq_len or ((run or {}).get("spec", {}).get("data", {}).get("seq_len")) or 1024
         result = {"task": task, **perplexity(model, tokenizer_dir(folder), device, data, seq_len)}
     else:
         examples = load_examples(task, data, limit)
-        model, tokenizer, device = load_for_inference(path, backend)
+        model, tokenizer, device = load_for_inference(path, backend, startup)
         pairs = [(ex.context, c) for ex in examples for c in ex.continuations]
         start = time.perf_counter()
         scored = score(task, examples, loglikelihoods(model, tokenizer, device, pairs))

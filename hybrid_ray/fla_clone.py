@@ -104,11 +104,21 @@ def shipped() -> dict[str, Any] | None:
 
 def fla_source() -> dict[str, Any]:
     """Where FLA is imported from: version, path, and for a git clone (or the clone a job shipped) its commit and
-    whether it has local edits."""
+    whether it has local edits. Worked out once per process for each place `fla` comes from (git and the shipped
+    clone's fingerprint, which hashes every source file, are not asked again on each model build)."""
     spec = importlib.util.find_spec("fla")
     if spec is None or not spec.origin:
         return {"installed": False}
-    package_dir = Path(spec.origin).parent
+    key = (spec.origin, os.environ.get(ENV))
+    if key not in _sources:
+        _sources[key] = _describe(Path(spec.origin).parent)
+    return json.loads(json.dumps(_sources[key]))  # a copy: callers may add to it
+
+
+_sources: dict[tuple[str, str | None], dict[str, Any]] = {}
+
+
+def _describe(package_dir: Path) -> dict[str, Any]:
     info: dict[str, Any] = {"installed": True, "path": str(package_dir)}
     try:
         from importlib.metadata import version

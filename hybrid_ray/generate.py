@@ -20,6 +20,7 @@ from hybrid_ray.data.tokenizer import saved_in
 from hybrid_ray.errors import CheckpointError, SpecError
 from hybrid_ray.model import load_model
 from hybrid_ray.model.precision import autocast
+from hybrid_ray.startup import Startup
 
 
 @dataclass(kw_only=True)
@@ -54,6 +55,7 @@ class Generation:
     first_token_s: float = 0.0  # from the start (state, graph capture, prefill) to the first token of every prompt
     decode_s: float = 0.0  # the rest
     load_s: float = 0.0  # reading the model and tokenizer onto the device, before any of that
+    startup: Startup | None = None  # where the start-up went, phase by phase (the command prints it)
 
     @property
     def tokens_per_s(self) -> float:
@@ -80,14 +82,31 @@ def tokenizer_dir(folder: str) -> str:
     return run_model if not saved_in(folder) and saved_in(run_model) else folder
 
 
-def load_for_inference(path: str, backend: str = "auto") -> tuple[torch.nn.Module, Any, torch.device]:
+def start_cuda() -> torch.device:
+    """The device inference runs on, with its CUDA context made now (a GPU's first call, timed on its own)."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", torch.cuda.current_device())
+    torch.empty(0, device=device)
+    return device
+
+
+def load_for_inference(path: str, backend: str = "auto", startup: Startup | None = None
+                       ) -> tuple[torch.nn.Module, Any, torch.device]:
     """(model in eval mode, tokenizer, device) from a run, checkpoint or model folder; a model with non-finite weights
-    (a diverged run) is refused."""
+    (a diverged run) is refused. `startup` times each phase of it."""
+    startup = startup or Startup()
     folder = model_dir(path)
-    tokenizer = load_tokenizer(tokenizer_dir(folder))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, _ = load_model(folder, backend, device=device)
-    broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    with startup.phase("tokenizer"):
+        tokenizer = load_tokenizer(tokenizer_dir(folder))
+    with startup.phase("CUDA start"):
+        device = start_cuda()
+    model, _ = load_model(folder, backend, device=device, startup=startup)
+    with startup.phase("to device"):  # one check on the device, one transfer of its verdicts
+        params = list(model.named_parameters())
+        finite = torch.stack([torch.isfinite(p).all() for _, p in params]).tolist() if params else []
+    broken = [name for (name, _), ok in zip(params, finite) if not ok]
+    startup.loaded()
     if broken:
         raise CheckpointError(f"the model in {folder} has non-finite weights ({broken[0]} and {len(broken) - 1} more): "
                               "its run diverged; use an earlier checkpoint folder instead")
@@ -127,6 +146,7 @@ class Decoded:
     setup_s: float  # state allocation and graph capture
     first_token_s: float  # prefill and the first token, after the setup
     seconds: float  # everything
+    capture_s: float = 0.0  # the graph capture, part of setup_s
 
 
 def decode(model: torch.nn.Module, prompt_ids: list[list[int]], options: SamplingOptions, eos_id: int | None,
@@ -149,6 +169,7 @@ def decode_timed(model: torch.nn.Module, prompt_ids: list[list[int]], options: S
     start = time.perf_counter()
     n, batch = options.max_new_tokens, len(prompt_ids)
     decoder = Decoder(model, batch, max(map(len, prompt_ids)) + n, device, precision, compile=options.compile)
+    built = time.perf_counter()
     if device.type == "cuda" and options.use_graph:
         decoder.capture()
     setup = time.perf_counter()
@@ -184,7 +205,7 @@ def decode_timed(model: torch.nn.Module, prompt_ids: list[list[int]], options: S
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     end = time.perf_counter()
-    return Decoded(out, setup - start, first - setup, end - start)
+    return Decoded(out, setup - start, first - setup, end - start, capture_s=setup - built)
 
 
 @torch.no_grad()
@@ -250,14 +271,16 @@ class TextStream:
 
 def generate(path: str, prompts: list[str], options: SamplingOptions, *, backend: str = "auto",
              on_text: Callable[[int, str], None] | None = None, on_loaded: Callable[[], None] | None = None,
-             batch: int = 1) -> Generation:
+             batch: int = 1, startup: Startup | None = None) -> Generation:
     """Continue each prompt with the model in `path` (each `batch` times, all in one batch, to measure batched
     throughput); `on_text(prompt index, new text)` streams the decoded text; `on_loaded()` runs once the model has
-    loaded (a missing or damaged model fails before it: a caller prints the prompt there, not before an error)."""
+    loaded (a missing or damaged model fails before it: a caller prints the prompt there, not before an error).
+    `startup` (default: from this call) times each phase of the start-up, up to the first token."""
     if batch < 1:
         raise SpecError(f"--batch must be >= 1, got {batch}")
+    startup = startup or Startup()
     started = time.perf_counter()
-    model, tokenizer, device = load_for_inference(path, backend)
+    model, tokenizer, device = load_for_inference(path, backend, startup)
     load_s = time.perf_counter() - started
     if on_loaded is not None:
         on_loaded()
@@ -269,7 +292,11 @@ def generate(path: str, prompts: list[str], options: SamplingOptions, *, backend
         if token != tokenizer.eos_id and (text := streams[i].push(token)):
             on_text(i, text)
 
+    decoding = time.perf_counter()
     result = decode_timed(model, prompt_ids, options, tokenizer.eos_id, device, on_token if on_text else None)
+    startup.seconds["decoder setup"] += result.setup_s - result.capture_s
+    startup.seconds["graph capture"] += result.capture_s
+    startup.first_token_at = decoding + result.setup_s + result.first_token_s
     new = result.tokens
     completions = [tokenizer.decode([t for t in ids if t != tokenizer.eos_id]) for ids in new]
     if on_text is not None:
@@ -278,4 +305,5 @@ def generate(path: str, prompts: list[str], options: SamplingOptions, *, backend
                 on_text(i, rest)
     return Generation(prompts, completions, [len(ids) for ids in new], result.seconds, new,
                       first_token_s=result.setup_s + result.first_token_s,
-                      decode_s=result.seconds - result.setup_s - result.first_token_s, load_s=load_s)
+                      decode_s=result.seconds - result.setup_s - result.first_token_s, load_s=load_s,
+                      startup=startup)

@@ -126,7 +126,22 @@ def activate(storage_path: str | None = None) -> CacheStatus:
     if storage_path:
         st.pulled = pull(storage_path, st.stack)
         st.entries = count_entries(st.folder)
+    _active[:] = [st]
     return st
+
+
+_active: list[CacheStatus] = []  # what this process's last activate() pointed Triton at
+
+
+def ensure_active() -> CacheStatus:
+    """activate() once per process: what building an FLA model needs before its first compile. Later calls return
+    that status without probing the stack or counting the cache again, unless the cache's place has changed since
+    (another $HYBRID_RAY_KERNEL_CACHE, or TRITON_CACHE_DIR pointed elsewhere)."""
+    if _active:
+        st = _active[0]
+        if os.environ.get("TRITON_CACHE_DIR") == str(st.folder) and root() / st.key == st.folder:
+            return st
+    return activate()
 
 
 def _relocate(data: bytes, entry: Path) -> bytes:

@@ -267,3 +267,59 @@ def test_the_decoding_benchmark_runs_on_a_cpu_and_writes_its_json(tmp_path, monk
         assert r["tokens"] == 8 * r["batch"]
     assert report["results"][0]["cached_speedup_vs_no_cache"] > 0
     assert report["eval"]["h100_hybrid_sparse"]["questions"] == 6
+
+
+def test_generate_and_eval_print_where_their_start_up_went(tmp_path, capsys):
+    """Issue 35: each phase of the start-up on one line (a CPU loads the tiny model in milliseconds: each phase is
+    printed in ms), ending with when the model was ready and the first token came, from the command's start."""
+    import json
+    import re
+
+    from hybrid_ray.startup import PHASES
+
+    m, spec = model([1])
+    save_model(m, spec, tmp_path / "m")
+    ByteTokenizer().save(tmp_path / "m")
+    assert main(["generate", str(tmp_path / "m"), "--prompt", "def f(", "--max-new-tokens", "4"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(" ms") and "model loaded in" in err[-1]  # the speed line stays the last one
+    (line,) = [line for line in err if line.startswith("start-up: ")]
+    for phase in PHASES:
+        assert re.search(rf"[:,] {phase} \d+ ms[,(]? ?", line), (phase, line)
+    ready, first = re.search(r"\(model ready (\d+) ms after the start, first token (\d+) ms\)$", line).groups()
+    assert 0 < int(ready) <= int(first) < 1000, line
+    arc = tmp_path / "arc.jsonl"
+    arc.write_text(json.dumps({"question": "q?", "choices": {"text": ["a", "bc"], "label": ["A", "B"]},
+                               "answerKey": "A"}))
+    assert main(["eval", str(tmp_path / "m"), "--task", "arc_easy", "--data", str(arc)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("arc_easy: acc ")
+    (line,) = [line for line in err.splitlines() if line.startswith("start-up: ")]
+    assert all(f" {phase} " in line for phase in PHASES) and "model ready" in line and "first token" not in line
+
+
+def test_generate_and_eval_import_nothing_of_ray(tmp_path):
+    """Issue 35: the inference commands' start-up imports no Ray (seconds of imports on a small node): the library's
+    generate() and both commands, in a fresh process, leave `ray` out of sys.modules."""
+    import json
+    import subprocess
+    import sys
+
+    m, spec = model([1])
+    save_model(m, spec, tmp_path / "m")
+    ByteTokenizer().save(tmp_path / "m")
+    arc = tmp_path / "arc.jsonl"
+    arc.write_text(json.dumps({"question": "q?", "choices": {"text": ["a", "b"], "label": ["A", "B"]},
+                               "answerKey": "A"}))
+    code = f"""
+import sys
+from hybrid_ray.generate import SamplingOptions, generate
+generate({str(tmp_path / "m")!r}, ["x"], SamplingOptions(max_new_tokens=3))
+from hybrid_ray.cli import main
+assert main(["generate", {str(tmp_path / "m")!r}, "--max-new-tokens", "3"]) == 0
+assert main(["eval", {str(tmp_path / "m")!r}, "--task", "arc_easy", "--data", {str(arc)!r}]) == 0
+print(sorted(name for name in sys.modules if name == "ray" or name.startswith("ray.")))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-2000:]

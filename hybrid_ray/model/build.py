@@ -15,6 +15,7 @@ from hybrid_ray.errors import CheckpointError, EnvironmentProblem, SpecError, fi
 from hybrid_ray.model.config import fla_config, spec_from_fla_config
 from hybrid_ray.model.fla import build_fla_model, fla_available
 from hybrid_ray.model.torch_ref import HybridForCausalLM
+from hybrid_ray.startup import Startup
 from hybrid_ray.spec import ModelSpec
 
 BACKENDS = ("auto", "fla", "torch")
@@ -92,12 +93,16 @@ def build_model(
     if backend == "fla":  # every FLA model (training, generate, eval, verify) compiles into the node's kernel cache
         from hybrid_ray import kernels
 
-        kernels.activate()
-    model = build_fla_model(spec, **fla_options) if backend == "fla" else HybridForCausalLM(spec)
+        kernels.ensure_active()
+    model = _construct(spec, backend, fla_options)
     if seed is not None:
         init_weights(model, spec, seed)
     model.hybrid_backend = backend
     return model.to(device) if device is not None else model
+
+
+def _construct(spec: ModelSpec, backend: str, fla_options: dict[str, Any]) -> nn.Module:
+    return build_fla_model(spec, **fla_options) if backend == "fla" else HybridForCausalLM(spec)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -152,7 +157,8 @@ def read_model_spec(folder: str | Path) -> ModelSpec:
         raise CheckpointError(f"{path} is not a valid model config: {first_line(e)}") from e
 
 
-def load_state(folder: str | Path) -> dict[str, torch.Tensor]:
+def load_state(folder: str | Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The weights of a model folder, read straight onto `device` (no host copy first for a GPU)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -160,22 +166,42 @@ def load_state(folder: str | Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise CheckpointError(f"no weights in {folder}: {WEIGHTS_FILE} is missing")
     try:
-        return load_file(str(path))
+        return load_file(str(path), device=str(torch.device(device)))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is corrupt or unreadable: {first_line(e)}") from e
 
 
 def load_model(
-    folder: str | Path, backend: str = "auto", *, device: torch.device | str | None = None, **fla_options: Any
+    folder: str | Path, backend: str = "auto", *, device: torch.device | str | None = None,
+    startup: Startup | None = None, **fla_options: Any
 ) -> tuple[nn.Module, ModelSpec]:
-    """Load a saved model folder onto either backend (strict: every key and shape must match)."""
+    """Load a saved model folder onto either backend (strict: every key and shape must match). On a GPU the model is
+    built there (no initialisation on the host and copy) and the weights are read straight onto it; `startup` times
+    each phase (imports, kernel cache, model build, weights read, to device)."""
+    startup = startup or Startup()
     if device is not None:
         check_device(backend, device)
     spec = read_model_spec(folder)
-    state = load_state(folder)
-    model = build_model(spec, backend, seed=None, **fla_options)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"weights in {folder} do not match its config: {first_line(e)}") from e
-    return (model.to(device) if device is not None else model), spec
+    backend = resolve_backend(backend, device)
+    if backend == "fla":
+        from hybrid_ray import kernels
+        from hybrid_ray.model.fla import import_fla
+
+        with startup.phase("imports"):
+            import_fla()
+        with startup.phase("kernel cache"):
+            kernels.ensure_active()
+    target = torch.device(device) if device is not None else torch.device("cpu")
+    with startup.phase("model build"):
+        with target:  # parameters allocated (and default-initialised) where they will live
+            model = build_model(spec, backend, seed=None, **fla_options)
+    with startup.phase("weights read"):
+        state = load_state(folder, target)
+    with startup.phase("to device"):
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"weights in {folder} do not match its config: {first_line(e)}") from e
+        del state
+        model = model.to(target) if device is not None else model  # anything built off the device (none expected)
+    return model, spec
