@@ -1,7 +1,7 @@
 """ASHA against FIFO on the 13-arm attention-ratio grid: wall time, the winner of each, time to the first finished trial.
 
-    python benchmarks/bench_sweep.py --out-dir benchmarks/results/sweep-h200 [--gpus-per-trial 0.25]
-    python benchmarks/bench_sweep.py --out-dir /tmp/bench-sweep --cpu --ratios 0,1 --steps 20   # a quick CPU check
+    python -m benchmarks.bench_sweep --out-dir $OUT/sweep --storage /tmp/bench-sweep [--gpus-per-trial 0.25]
+    python -m benchmarks.bench_sweep --out-dir /tmp/bench-sweep --cpu --ratios 0,1 --steps 20   # a quick CPU check
 
 The size (GPU): the 17% hybrid's `small` preset at 12 layers (so every named share exists; width 128, 4 heads,
 ~9M parameters, the byte tokenizer on 400 documents of the built-in stdlib corpus (4.9M tokens: nothing to download,
@@ -84,18 +84,20 @@ def one_sweep(scheduler: str, args: argparse.Namespace, storage: Path) -> dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--storage", help="where the sweeps' trials go [default: OUT_DIR/sweeps]; keep it off $OUT")
     parser.add_argument("--gpus-per-trial", type=float, default=0.25)
     parser.add_argument("--cpu", action="store_true", help="the tiny size on CPU workers (a quick check)")
     parser.add_argument("--ratios", help="a shorter grid, e.g. 0,0.17,1 [default: the 13 named layouts]")
     parser.add_argument("--steps", type=int, help="steps a trial [default: 240 on GPU, 60 on CPU]")
     args = parser.parse_args()
     out = Path(args.out_dir).resolve()
+    storage = Path(args.storage).resolve() if args.storage else out / "sweeps"
     results: dict[str, Any] = {"size": "cpu tiny" if args.cpu else GPU_SIZE,
                                "gpus_per_trial": 0.0 if args.cpu else args.gpus_per_trial}
     if not args.cpu:
-        results["warmup_s"] = warm_up(args, out / "sweeps")
+        results["warmup_s"] = warm_up(args, storage)
     for scheduler in ("fifo", "asha"):
-        results[scheduler] = one_sweep(scheduler, args, out / "sweeps")
+        results[scheduler] = one_sweep(scheduler, args, storage)
         write_json(out / "bench_sweep.json", results)
     results["asha_over_fifo"] = results["asha"]["wall_s"] / results["fifo"]["wall_s"]
     results["same_winner"] = results["asha"]["winner"] == results["fifo"]["winner"]

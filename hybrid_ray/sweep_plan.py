@@ -536,8 +536,8 @@ def describe_sweep(arms: Sequence[Any], plans: Sequence[ResourcePlan], disk: Dis
         need = p.gpu_memory_need if p.gpu_memory_need is not None else gpu_memory_bytes(spec)
         room = f" of {gb(gpu_memory * min(p.gpus_per_worker, 1.0))}" if gpu_memory and p.gpus_per_worker else ""
         share = f"{p.gpus_per_worker:g} ({p.per_gpu} a GPU)" if p.gpus_per_worker else "CPU"
-        rows.append((arm.id, layers, f"{count_params(m)['total'] / 1e6:.1f}M", str(m.intermediate_size),
-                     f"{gb(need)}{room} at {spec.micro_batch_size} x {spec.data.seq_len}", share))
+        memory = f"{gb(need)}{room} at {spec.micro_batch_size} x {spec.data.seq_len}" if p.gpus_per_worker else "-"
+        rows.append((arm.id, layers, f"{count_params(m)['total'] / 1e6:.1f}M", str(m.intermediate_size), memory, share))
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
     concurrent = min((p.concurrent for p in plans), default=1)
