@@ -219,10 +219,10 @@ class Console(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         step = (trial.last_result or {}).get("step", 0)
         stop = status_lib.read_stops(self.sweep_dir).get(self._name(trial))
-        if stop is not None:
-            self._line(f"stopped   {self._name(trial)} by ASHA after step {stop['step']}")
-        elif step >= self.steps[trial.config["arm"]]:
+        if step >= self.steps[trial.config["arm"]]:
             self._line(f"finished  {self._name(trial)}")
+        elif stop is not None:
+            self._line(f"stopped   {self._name(trial)} by ASHA after step {stop['step']}")
         else:  # Tune ends a trial it was told to stop (Ctrl-C) like one it completed
             self._line(f"cut       {self._name(trial)} at step {step}")
 
@@ -495,6 +495,10 @@ class RecordedASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == self.STOP and result.get(self._time_attr, 0) >= self._max_t:
+            # ASHA's rungs go on past max_t: one there "stops" a trial at its last evaluation, which ends it anyway
+            # with its results written; stopping it would kill it before it writes them
+            return self.CONTINUE
         if decision == self.STOP:
             status_lib.record_stop(self.sweep_dir, trial_name(trial.config["arm"], trial.config["seed"]), result)
         return decision

@@ -49,6 +49,11 @@ def test_asha_records_its_stops_as_it_decides_them(tmp_path, monkeypatch):
     assert sweep_status.read_stops(str(tmp_path)) == {}
     assert asha.on_trial_result(None, trial, {"step": 50, "evaluations": 2, "val_loss": 3.9}) == "STOP"
     assert sweep_status.read_stops(str(tmp_path)) == {"attn17-s1": {"step": 50, "evaluations": 2, "val_loss": 3.9}}
+    # a rung at the last evaluation (ASHA's rungs go on past max_t) stops nothing: the trial ends by itself
+    monkeypatch.setattr("ray.tune.schedulers.ASHAScheduler.on_trial_result", lambda *a: TrialScheduler.STOP)
+    other = type("T", (), {"config": {"arm": "attn0", "seed": 0}})()
+    assert asha.on_trial_result(None, other, {"step": 200, "evaluations": 8, "val_loss": 4.2}) == "CONTINUE"
+    assert "attn0-s0" not in sweep_status.read_stops(str(tmp_path))
 
 
 def test_a_cuda_out_of_memory_error_is_one_line():
