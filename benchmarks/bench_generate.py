@@ -4,22 +4,36 @@ tokens/s at batch 1 and 32 with and without the captured step and the cache, and
     python benchmarks/bench_generate.py --out-dir benchmarks/results/generate            # one GPU, H100 base size
     python benchmarks/bench_generate.py --out-dir /tmp/gen --device cpu --preset tiny    # a CPU check
     ... --compile   # also the torch.compile'd step (a compile per variant and batch size: minutes more)
+    ... --deadline-s 300 --narrow-autotuning   # one device call: stop in time, compile FLA's kernels once each
+
+Before the arms (GPU, warm node): `hybrid-ray generate` itself, in a new process, on a saved model of --command-variant
+(the H100 base pure DeltaNet: 1.1 GB of safetensors at GPT-2's vocabulary), run --command-runs times: `load_s` (the
+command's model load), `model_ready_from_start_s` and `first_token_from_start_s` (from the process's start), and its
+start-up phases as the command prints them.
 
 Random weights (speed does not depend on them), greedy decoding without EOS, so every run decodes exactly
 --decode-tokens tokens after a --prompt-len-token prompt. Every measurement follows one untimed pass of the same work.
 Without the cache each token recomputes the whole sequence, so its cost grows with the length: it is timed over
 --no-cache-tokens tokens, and its cost for --decode-tokens tokens is estimated from single forwards at the first,
 middle and last length of that span (Simpson's rule over the per-token cost, which grows at most quadratically with
-the length). The eval questions are written locally in ARC-Easy's layout and scored by `hybrid_ray.evals.evaluate_task`
+the length). The eval questions are ARC-Easy's own file when --arc-file names one, else written locally in its layout
+(the hub is unreachable from the benchmark machines; the JSON says which), and scored by `hybrid_ray.evals.evaluate_task`
 through a saved model folder with the byte tokenizer (about 4x more tokens per question than GPT-2's tokenizer).
+--deadline-s skips what would start too late (each skipped part is named in the JSON, which is rewritten after every
+part); --narrow-autotuning keeps FLA's first autotuning configuration of each kernel (the scoring and no-cache figures
+then run untuned kernels; the cached decoding runs no FLA kernel at all: its step is plain PyTorch).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -92,30 +106,124 @@ def arc_questions(path: Path, n: int, seed: int = 0) -> Path:
     return path
 
 
-def bench_eval(model: torch.nn.Module, spec: Any, questions: int, backend: str, workdir: Path) -> dict[str, Any]:
-    """`evaluate_task` on local ARC-Easy-format questions through a saved model folder: one warm-up pass on a few,
-    then all of them."""
-    folder = save_model(model, spec, workdir / "model")
-    ByteTokenizer().save(folder)
-    data = arc_questions(workdir / "arc_easy.jsonl", questions)
+ARC_SYNTHETIC = "synthetic: questions written in ARC-Easy's layout (no --arc-file, and the hub is unreachable)"
+
+
+def arc_data(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
+    """ARC-Easy's own file (--arc-file) when it is on this machine, else --eval-questions synthetic ones; and which."""
+    if args.arc_file and Path(args.arc_file).is_file():
+        return Path(args.arc_file), f"file: {args.arc_file}"
+    path = workdir / "arc_easy.jsonl"
+    if not path.exists():
+        arc_questions(path, args.eval_questions)
+    note = ARC_SYNTHETIC if not args.arc_file else f"{ARC_SYNTHETIC}; --arc-file {args.arc_file} not found"
+    return path, note
+
+
+def saved(model: torch.nn.Module, spec: Any, workdir: Path) -> Path:
+    """The model as a model folder (weights and the byte tokenizer), once per arm."""
+    folder = workdir / "model"
+    if not (folder / "config.json").exists():
+        save_model(model, spec, folder)
+        ByteTokenizer().save(folder)
+    return folder
+
+
+def bench_eval(folder: Path, data: Path, source: str, backend: str) -> dict[str, Any]:
+    """`evaluate_task` on ARC-Easy questions through a saved model folder: one warm-up pass on a few, then all."""
     evals.evaluate_task(str(folder), "arc_easy", data=str(data), limit=64, backend=backend)
     start = time.perf_counter()
     result = evals.evaluate_task(str(folder), "arc_easy", data=str(data), backend=backend)
     seconds = time.perf_counter() - start
-    return {"questions": result["examples"], "seconds": seconds, "scoring_seconds": result["seconds"],
-            "examples_per_s": result["examples"] / seconds, "acc": result["acc"]}
+    return {"questions": result["examples"], "source": source, "seconds": seconds,
+            "scoring_seconds": result["seconds"], "examples_per_s": result["examples"] / seconds, "acc": result["acc"]}
 
 
-def bench_variant(variant: str, args: argparse.Namespace, device: torch.device, workdir: Path) -> dict[str, Any]:
+PROMPT = "def main("
+_UNITS = {"ms": 1e-3, "s": 1.0}
+
+
+def startup_phases(stderr: str) -> dict[str, float]:
+    """The `start-up:` line of `generate` as {phase: seconds}, with model_ready_s and first_token_s (from the
+    command's own start)."""
+    line = next((x for x in stderr.splitlines() if x.startswith("start-up: ")), "")
+    found = {name: float(value) * _UNITS[unit]
+             for name, value, unit in re.findall(r"([A-Za-z][A-Za-z ]*?) (\d+(?:\.\d+)?) (ms|s)\b", line)}
+    out = {k.strip(): v for k, v in found.items() if not k.startswith(("model ready", "first token"))}
+    ready = re.search(r"model ready (\d+(?:\.\d+)?) (ms|s) after", line)
+    first = re.search(r"first token (\d+(?:\.\d+)?) (ms|s)\)", line)
+    if ready:
+        out["model_ready_s"] = float(ready.group(1)) * _UNITS[ready.group(2)]
+    if first:
+        out["first_token_s"] = float(first.group(1)) * _UNITS[first.group(2)]
+    return out
+
+
+def generate_command(folder: Path, tokens: int) -> dict[str, Any]:
+    """`hybrid-ray generate FOLDER` in a new process. The prompt is echoed the moment the model is ready: the time to
+    that echo, less the command's own `model ready` time, is what came before the command's start (the interpreter,
+    the CLI's imports); the first token from the process's start adds that to the command's own first-token time
+    (random weights often sample tokens that print nothing, so the first token is not timed on stdout)."""
+    command = [sys.executable, "-m", "hybrid_ray", "generate", str(folder), "--prompt", PROMPT, "--max-new-tokens",
+               str(tokens), "--temperature", "0"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    echoed = None
+    out = b""
+    while chunk := proc.stdout.read1(4096):
+        out += chunk
+        if echoed is None and len(out) >= len(PROMPT):
+            echoed = time.perf_counter() - start
+    err = proc.stderr.read().decode(errors="replace")
+    rc = proc.wait()
+    wall = time.perf_counter() - start
+    entry: dict[str, Any] = {"rc": rc, "wall_s": wall, "prompt_echoed_s": echoed,
+                             "stderr_tail": err.strip().splitlines()[-3:]}
+    phases = startup_phases(err)
+    loaded = re.search(r"model loaded in (\d+(?:\.\d+)?) (ms|s)", err)
+    if loaded:
+        entry["load_s"] = float(loaded.group(1)) * _UNITS[loaded.group(2)]
+    if phases:
+        entry["startup"] = phases
+    if echoed is not None and "model_ready_s" in phases:
+        before = max(0.0, echoed - phases["model_ready_s"])  # interpreter start and the CLI's imports
+        entry["before_command_s"] = before
+        entry["model_ready_from_start_s"] = echoed
+        if "first_token_s" in phases:
+            entry["first_token_from_start_s"] = before + phases["first_token_s"]
+    return entry
+
+
+class Clock:
+    """The benchmark's deadline (--deadline-s from its start; none: no limit) and what it skipped for it."""
+
+    def __init__(self, deadline_s: float | None) -> None:
+        self.start, self.deadline_s, self.skipped = time.perf_counter(), deadline_s, []
+
+    def allows(self, what: str, needs_s: float) -> bool:
+        """Whether `what` (about `needs_s` seconds) can still start; else it is recorded as skipped."""
+        if self.deadline_s is None or time.perf_counter() - self.start + needs_s <= self.deadline_s:
+            return True
+        self.skipped.append(what)
+        print(f"skipped for the deadline: {what}", flush=True)
+        return False
+
+
+def bench_variant(variant: str, args: argparse.Namespace, device: torch.device, workdir: Path, clock: Clock,
+                  report: dict[str, Any]) -> None:
+    """Decoding at each batch size, then the ARC-Easy scoring; each entry goes into `report` (written as it grows)."""
     spec = variant_spec(variant, args.preset).model.with_vocab(args.vocab)
     backend = "auto"
     model = build_model(spec, backend, device=device, seed=0).eval()
+    params = count_params(spec)
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, args.vocab, (args.prompt_len,), generator=gen).tolist()
-    entries = []
     for batch in args.batches:
         prompts = [torch.randint(0, args.vocab, (args.prompt_len,), generator=gen).tolist() for _ in range(batch - 1)]
         prompts = [prompt, *prompts]
+        if not clock.allows(f"{variant} batch {batch}", args.part_s):
+            continue
         print(f"{variant} batch {batch}: decoding {args.decode_tokens} tokens", flush=True)
         entry: dict[str, Any] = {"variant": variant, "batch": batch, "prompt_tokens": args.prompt_len,
                                  "decode_tokens": args.decode_tokens, "captured_step": device.type == "cuda"}
@@ -135,7 +243,7 @@ def bench_variant(variant: str, args: argparse.Namespace, device: torch.device, 
                 entry["compiled"] = timed_decode(model, prompts, args.decode_tokens, device, compile=True)
             except Exception as e:  # a compile failure is a result here, not the end of the benchmark
                 entry["compiled"] = {"error": first_line(e)}
-        if batch == 1:
+        if batch == 1 and clock.allows(f"{variant} without the cache", args.part_s):
             print(f"{variant}: recomputing without the cache", flush=True)
             recompute = timed_decode(model, prompts, args.no_cache_tokens, device, use_cache=False)
             estimate = no_cache_estimate(model, args.prompt_len, args.decode_tokens, args.vocab, device)
@@ -145,13 +253,54 @@ def bench_variant(variant: str, args: argparse.Namespace, device: torch.device, 
                     cached_s = args.decode_tokens / timing["decode_tokens_per_s"] + timing["first_token_s"]
                     entry[f"{key}_speedup_vs_no_cache"] = estimate["no_cache_estimated_s"] / cached_s
         print(json.dumps(entry), flush=True)
-        entries.append(entry)
-    evaluation = None
-    if args.eval_questions:
-        print(f"{variant}: scoring {args.eval_questions} ARC-Easy-format questions", flush=True)
-        evaluation = bench_eval(model, spec, args.eval_questions, backend, workdir / variant)
-        print(json.dumps(evaluation), flush=True)
-    return {"entries": entries, "eval": evaluation, "params": count_params(spec)}
+        report["results"].append({**entry, "params": params})
+        write(args, report, clock)
+    if args.eval_questions and clock.allows(f"{variant} ARC-Easy scoring", args.part_s):
+        data, source = arc_data(args, workdir.parent)
+        print(f"{variant}: scoring ARC-Easy questions ({source})", flush=True)
+        report["eval"][variant] = bench_eval(saved(model, spec, workdir), data, source, backend)
+        print(json.dumps(report["eval"][variant]), flush=True)
+        write(args, report, clock)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def bench_command(args: argparse.Namespace, device: torch.device, workdir: Path, clock: Clock,
+                  report: dict[str, Any]) -> None:
+    """`hybrid-ray generate` on a saved model of --command-variant, --command-runs times (the first may read the
+    weights from disk; the later ones are a warm node's)."""
+    variant = args.command_variant
+    spec = variant_spec(variant, args.preset).model.with_vocab(args.vocab)
+    model = build_model(spec, "auto", device=device, seed=0).eval()
+    folder = saved(model, spec, workdir / variant)
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    runs = []
+    for i in range(args.command_runs):
+        if not clock.allows(f"generate command run {i + 1}", 30):
+            break
+        print(f"hybrid-ray generate {variant} ({args.command_tokens} tokens), run {i + 1}", flush=True)
+        runs.append(generate_command(folder, args.command_tokens))
+        print(json.dumps(runs[-1]), flush=True)
+    weights = folder / "model.safetensors"
+    report["generate_command"] = {
+        "variant": variant, "params": count_params(spec)["total"], "weights_bytes": weights.stat().st_size,
+        "tokens": args.command_tokens, "runs": runs, **{k: runs[-1].get(k) for k in (
+            "load_s", "model_ready_from_start_s", "first_token_from_start_s") if runs},
+        "targets": {"load_s": 5.0, "first_token_from_start_s": 10.0}}
+    write(args, report, clock)
+
+
+def output_path(args: argparse.Namespace) -> Path:
+    return Path(args.out_dir, f"generate-{args.device}-{args.preset or 'h100'}.json")
+
+
+def write(args: argparse.Namespace, report: dict[str, Any], clock: Clock) -> None:
+    """The JSON, rewritten after every part: a run cut short keeps what it measured."""
+    write_json(output_path(args), {**report, "skipped_for_deadline": clock.skipped,
+                                   "bench_seconds": time.perf_counter() - clock.start})
 
 
 def main() -> None:
@@ -167,31 +316,51 @@ def main() -> None:
     parser.add_argument("--decode-tokens", type=int, default=1000)
     parser.add_argument("--no-graph-tokens", type=int, default=200)
     parser.add_argument("--no-cache-tokens", type=int, default=50)
-    parser.add_argument("--eval-questions", type=int, default=2376)
+    parser.add_argument("--eval-questions", type=int, default=2376,
+                        help="synthetic ARC-Easy questions when --arc-file is not given (0: no scoring)")
+    parser.add_argument("--arc-file", help="ARC-Easy's own test file (AI2's ARC-Easy-Test.jsonl or the hub's layout)")
     parser.add_argument("--compile", action="store_true",
                         help="also time the torch.compile'd step (adds a compile per variant and batch size)")
+    parser.add_argument("--command-variant", default="h100_deltanet",
+                        help="time `hybrid-ray generate` on a saved model of this variant ('none': do not)")
+    parser.add_argument("--command-tokens", type=int, default=200)
+    parser.add_argument("--command-runs", type=int, default=2)
+    parser.add_argument("--deadline-s", type=float, help="start no part that would end past this many seconds")
+    parser.add_argument("--part-s", type=float, default=45.0,
+                        help="with --deadline-s: the seconds a part (a batch size, a scoring) is assumed to need")
+    parser.add_argument("--narrow-autotuning", action="store_true",
+                        help="keep FLA's first autotuning configuration of each kernel (compile once each; scoring "
+                             "and no-cache figures then run untuned kernels)")
     args = parser.parse_args()
+    clock = Clock(args.deadline_s)
     if args.compile:  # one compiled step per decoder: let every variant and batch size keep its own
         config = torch._dynamo.config
         setattr(config, "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit", 64)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA GPU here: use --device cpu --preset tiny")
+    if args.narrow_autotuning:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from gpu_support import narrow_autotuning
+
+        narrow_autotuning()
     args.vocab = args.vocab or (320 if args.preset == "tiny" else GPT2_VOCAB)
-    workdir = Path(tempfile.mkdtemp(prefix="bench-generate-"))
-    results, evaluations, started = [], {}, time.perf_counter()
-    try:
-        for variant in args.variants:
-            r = bench_variant(variant, args, device, workdir)
-            results += [{**e, "params": r["params"]} for e in r["entries"]]
-            evaluations[variant] = r["eval"]
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    name = f"generate-{args.device}-{args.preset or 'h100'}.json"
-    write_json(Path(args.out_dir, name), {
+    # model folders (1.1 GB each at the H100 size) in memory when it has room: writing them is not the point
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and shutil.disk_usage("/dev/shm").free > 16 * 2**30 else None
+    workdir = Path(tempfile.mkdtemp(prefix="bench-generate-", dir=shm))
+    report: dict[str, Any] = {
         "settings": {k: v for k, v in vars(args).items() if k != "out_dir"},
-        "results": results, "eval": evaluations, "bench_seconds": time.perf_counter() - started})
-    print(f"wrote {Path(args.out_dir, name)}")
+        "autotuning": "FLA's first configuration of each kernel" if args.narrow_autotuning else "FLA's own",
+        "results": [], "eval": {}}
+    try:
+        if args.command_variant != "none" and clock.allows("generate command", 60):
+            bench_command(args, device, workdir, clock, report)
+        for variant in args.variants:
+            bench_variant(variant, args, device, workdir / variant, clock, report)
+    finally:
+        write(args, report, clock)
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"wrote {output_path(args)}")
 
 
 if __name__ == "__main__":

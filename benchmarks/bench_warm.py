@@ -8,6 +8,14 @@ first step is results.json's compile_seconds), `hybrid-ray generate` of the hybr
 from the command's start) and `hybrid-ray eval` of it on a small local LAMBADA file; last, the cache is exported
 into --out-dir in pieces under 15 MB (`cat kernels.tar.xz.* > kernels.tar.xz && hybrid-ray kernels import
 kernels.tar.xz`). Every command's output goes to a log file in --out-dir; warm.json holds the numbers.
+
+    python benchmarks/bench_warm.py --gpu-tests --out-dir DIR
+
+instead times the GPU test suite: `python -m pytest -m gpu` twice, the first from an empty kernel cache
+(HYBRID_RAY_KERNEL_CACHE pointed at a fresh folder, TRITON_CACHE_DIR unset), the second reusing what the first
+compiled; gpu-tests.json holds each run's wall seconds (`gpu_tests_cold_s`, `gpu_tests_warm_s`), exit code, counts
+of passed and failed tests and every test's compile and run seconds; gpu-tests-cold.log and gpu-tests-warm.log
+pytest's output.
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,7 +51,71 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-export", action="store_true", help="Leave the cache out of --out-dir.")
     parser.add_argument("--cache", help="Start from (and keep) this HYBRID_RAY_CACHE folder, which must hold no kernel "
                         "cache yet, so later commands on this node start warm. [default: a fresh temporary one]")
+    parser.add_argument("--gpu-tests", action="store_true",
+                        help="Time `pytest -m gpu` cold and warm instead (gpu-tests.json); nothing else runs.")
+    parser.add_argument("--gpu-tests-timeout", type=float, nargs=2, default=(330.0, 180.0), metavar=("COLD", "WARM"),
+                        help="Seconds each pytest run may take before it is stopped (and recorded as timed out).")
     return parser.parse_args(argv)
+
+
+GPU_TEST_TARGETS_S = {"cold": 300, "warm": 120}  # issue 35: a fresh H100/H200 with nothing cached; run again
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_counts(output: str) -> dict[str, int]:
+    """pytest's closing line (`3 passed, 1 failed, 2 deselected in 12.3s`) as counts."""
+    words = r"(\d+) (passed|failed|errors?|skipped|deselected|xfailed|xpassed)"
+    lines = [line for line in output.splitlines() if re.search(words, line)]
+    counts: dict[str, int] = {}
+    for number, word in re.findall(words, lines[-1] if lines else ""):
+        counts["errors" if word.startswith("error") else word] = int(number)
+    return counts
+
+
+def run_gpu_tests(name: str, out_dir: Path, env: dict[str, str], timeout: float) -> dict[str, Any]:
+    """`python -m pytest -m gpu` (one process, every GPU test) with its output in out_dir/gpu-tests-NAME.log."""
+    times = out_dir / f".gpu-times-{name}.json"
+    log = out_dir / f"gpu-tests-{name}.log"
+    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-o", "addopts=", "-p", "no:cacheprovider", "-q",
+               "--durations=0", "tests"]
+    start = time.perf_counter()
+    with log.open("wb") as f:
+        f.write(f"$ {' '.join(command)}\n".encode())
+        f.flush()
+        proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+                                env={**env, "HYBRID_RAY_GPU_TIMES": str(times)})
+        try:
+            rc, timed_out = proc.wait(timeout=timeout), False
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its own session: pytest and the warmup process it started
+            rc, timed_out = proc.wait(), True
+    seconds = time.perf_counter() - start
+    output = log.read_text(errors="replace")
+    counts = pytest_counts(output)
+    per_test = json.loads(times.read_text()) if times.exists() else {}
+    times.unlink(missing_ok=True)
+    print(f"gpu tests ({name}): exit {rc}{' (timed out)' if timed_out else ''} after {seconds:.0f} s, {counts}",
+          flush=True)
+    return {"rc": rc, "seconds": round(seconds, 1), "timed_out": timed_out, "timeout_s": timeout,
+            "passed": rc == 0 and not timed_out and counts.get("passed", 0) > 0, "counts": counts,
+            "target_s": GPU_TEST_TARGETS_S[name], "within_target": seconds <= GPU_TEST_TARGETS_S[name],
+            "tests": per_test}
+
+
+def gpu_tests(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    """The GPU test suite cold (an empty kernel cache) and warm (the same cache again): gpu-tests.json."""
+    work = Path(tempfile.mkdtemp(prefix="bench-gpu-tests-"))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_CACHE_DIR"}
+    env.update(HYBRID_RAY_KERNEL_CACHE=str(work / "kernels"), PYTHONUNBUFFERED="1")
+    results: dict[str, Any] = {"kernel_cache": env["HYBRID_RAY_KERNEL_CACHE"], "targets_s": GPU_TEST_TARGETS_S}
+    try:
+        for name, timeout in zip(("cold", "warm"), args.gpu_tests_timeout):
+            results[name] = run_gpu_tests(name, out_dir, env, timeout)
+            results[f"gpu_tests_{name}_s"] = results[name]["seconds"]
+            write(out_dir, results, "gpu-tests.json")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return results
 
 
 def command(name: str, args: list[str], out_dir: Path, env: dict[str, str], first_output_after: int | None = None
@@ -107,6 +181,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     out_dir = Path(args.out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.gpu_tests:
+        return gpu_tests(args, out_dir)
     # runs (4 GB checkpoints at this size) and the fresh cache in memory when it has room: writing them is not the point
     shm = "/dev/shm" if os.path.isdir("/dev/shm") and shutil.disk_usage("/dev/shm").free > 30 * 2**30 else None
     work = Path(tempfile.mkdtemp(prefix="bench-warm-", dir=shm))
@@ -167,11 +243,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return results
 
 
-def write(out_dir: Path, results: dict[str, Any]) -> None:
-    """warm.json, rewritten after every command so a run cut short keeps what it measured."""
+def write(out_dir: Path, results: dict[str, Any], name: str = "warm.json") -> None:
+    """warm.json (or NAME), rewritten after every command so a run cut short keeps what it measured."""
     from benchmarks.common import write_json
 
-    write_json(out_dir / "warm.json", results)
+    write_json(out_dir / name, results)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     startup = Startup()                     # the CLI passes started=command_started(): its own start
     with startup.phase("weights read"):
         ...
-    print(startup.line())                   # start-up: imports 2.1 s, CUDA start 310 ms, ...
+    print(startup.line())                   # start-up: imports 2.14 s, CUDA start 310 ms, ...
 
 No torch here: the CLI imports this module before anything heavy.
 """
@@ -30,9 +30,9 @@ def command_started() -> float | None:
     return _command[0] if _command else None
 
 
-def seconds_text(seconds: float) -> str:
+def seconds_text(seconds: float, decimals: int = 1) -> str:
     """A duration to print: milliseconds below a second, else seconds."""
-    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.{decimals}f} s"
 
 
 class Startup:
@@ -77,9 +77,9 @@ class Startup:
                 "first_token_from_start_s": self.first_token_from_start_s}
 
     def line(self) -> str:
-        """`start-up: imports 2.1 s, CUDA start 310 ms, ... (model ready N s after the start[, first token M s])`."""
-        phases = ", ".join(f"{name} {seconds_text(self.seconds[name])}" for name in PHASES)
-        ends = [f"model ready {seconds_text(self.load_s)} after the start"] if self.loaded_at is not None else []
+        """`start-up: imports 2.14 s, CUDA start 310 ms, ... (model ready N s after the start[, first token M s])`."""
+        phases = ", ".join(f"{name} {seconds_text(self.seconds[name], 2)}" for name in PHASES)
+        ends = [f"model ready {seconds_text(self.load_s, 2)} after the start"] if self.loaded_at is not None else []
         if self.first_token_at is not None:
-            ends.append(f"first token {seconds_text(self.first_token_from_start_s)}")
+            ends.append(f"first token {seconds_text(self.first_token_from_start_s, 2)}")
         return f"start-up: {phases}" + (f" ({', '.join(ends)})" if ends else "")

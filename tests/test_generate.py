@@ -257,7 +257,7 @@ def test_the_decoding_benchmark_runs_on_a_cpu_and_writes_its_json(tmp_path, monk
     monkeypatch.setattr(sys, "argv", [
         "bench_generate.py", "--out-dir", str(tmp_path), "--device", "cpu", "--preset", "tiny",
         "--variants", "h100_hybrid_sparse", "--batches", "1", "2", "--prompt-len", "16", "--decode-tokens", "8",
-        "--no-cache-tokens", "4", "--eval-questions", "6"])
+        "--no-cache-tokens", "4", "--eval-questions", "6", "--command-runs", "1", "--command-tokens", "4"])
     bench_generate.main()
     report = json.loads((tmp_path / "generate-cpu-tiny.json").read_text())
     assert "gpus" in report["machine"] and [(r["variant"], r["batch"]) for r in report["results"]] == [
@@ -267,6 +267,13 @@ def test_the_decoding_benchmark_runs_on_a_cpu_and_writes_its_json(tmp_path, monk
         assert r["tokens"] == 8 * r["batch"]
     assert report["results"][0]["cached_speedup_vs_no_cache"] > 0
     assert report["eval"]["h100_hybrid_sparse"]["questions"] == 6
+    assert report["eval"]["h100_hybrid_sparse"]["source"].startswith("synthetic")  # no ARC-Easy file here
+    # `hybrid-ray generate` itself, in a new process, on the saved pure DeltaNet: its load and first token
+    command = report["generate_command"]
+    assert command["variant"] == "h100_deltanet" and len(command["runs"]) == 1 and command["runs"][0]["rc"] == 0
+    assert 0 < command["load_s"] < command["model_ready_from_start_s"] <= command["first_token_from_start_s"]
+    assert {"imports", "weights read", "graph capture"} <= set(command["runs"][0]["startup"])
+    assert report["skipped_for_deadline"] == []
 
 
 def test_generate_and_eval_print_where_their_start_up_went(tmp_path, capsys):
