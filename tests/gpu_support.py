@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 import sys
 import time
 from typing import Any
@@ -114,35 +115,102 @@ def install_compile_clock() -> None:
 
 # ---- the session's warm-up -------------------------------------------------------------------------------------------
 
-def warm_shared_kernels(device: Any, say: Any = print) -> None:
-    """Compile what the GPU tests run, once: `hybrid-ray warmup`'s work on run_spec() (bf16 FSDP2 train step,
-    evaluation, decoding, scoring: hybrid_ray.warmup.warm_device), then fp32 forward and backward through FLA's chunk
-    kernels (the parity check) and FLA's own cached and recomputing decoding in fp32 (the decoding test)."""
+# what the GPU tests run, in parts that compile apart: `hybrid-ray warmup`'s work on run_spec() (hybrid_ray.warmup's
+# warm_device: the bf16 FSDP2 train step, evaluation, decoding, scoring), a DDP step (autocast over fp32 weights),
+# fp32 forward and backward through FLA's chunk kernels (the parity check), FLA's own decoding in fp32
+PARTS = ("train", "ddp", "parity", "decode")
+
+
+def train_steps(strategy: str, device: Any, steps: int) -> list[float]:
+    """`steps` training steps of run_spec(strategy) on a fixed batch, as a Ray worker runs them; their losses."""
+    import torch
+
+    from hybrid_ray.data import Batch
+    from hybrid_ray.train.loop import setup_model, train_step
+    from hybrid_ray.train.optim import build_optimizer
+    from hybrid_ray.train.parallelize import single_process_group
+
+    single_process_group(device)
+    spec = run_spec(strategy)
+    model = setup_model(spec, device)
+    optimizer = build_optimizer(model, spec.optim, device)
+    ids = torch.randint(0, SPEC.vocab_size, (BATCH, SEQ), device=device,
+                        generator=torch.Generator(device).manual_seed(0))
+    batch = [Batch(ids, ids)]
+    return [train_step(model, optimizer, batch, 1e-3, spec, device)[0].item() for _ in range(steps)]
+
+
+def warm_part(name: str, device: Any) -> None:
+    """Run one part of PARTS once on `device` (compiling what the kernel cache lacks)."""
     import torch
 
     from hybrid_ray.generate import SamplingOptions, decode_reference
     from hybrid_ray.model import build_model
-    from hybrid_ray.warmup import warm_device
 
-    warm_device(run_spec(), device, say=say)
-    torch.cuda.empty_cache()
-    start = time.perf_counter()
-    model = build_model(SPEC, "fla", device=device, seed=0, fuse_cross_entropy=False, use_cache=False)
-    ids = torch.randint(0, SPEC.vocab_size, (PARITY_BATCH, SEQ), device=device)
-    model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
-    del model
-    inference = build_model(DECODE_SPEC, "fla", device=device, seed=0).eval()
-    prompts = [list(p) for p in DECODE_PROMPTS]
-    for use_cache in (True, False):
-        options = SamplingOptions(max_new_tokens=2, temperature=0, use_cache=use_cache)
-        decode_reference(inference, prompts, options, None, device, precision="fp32")
+    if name == "train":
+        from hybrid_ray.warmup import warm_device
+
+        warm_device(run_spec(), device, say=lambda line: None)
+    elif name == "ddp":
+        train_steps("ddp", device, 1)
+    elif name == "parity":
+        model = build_model(SPEC, "fla", device=device, seed=0, fuse_cross_entropy=False, use_cache=False)
+        ids = torch.randint(0, SPEC.vocab_size, (PARITY_BATCH, SEQ), device=device)
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    elif name == "decode":
+        model = build_model(DECODE_SPEC, "fla", device=device, seed=0).eval()
+        for use_cache in (True, False):
+            options = SamplingOptions(max_new_tokens=DECODE_TOKENS, temperature=0, use_cache=use_cache)
+            decode_reference(model, [list(p) for p in DECODE_PROMPTS], options, None, device, precision="fp32")
+    else:
+        raise ValueError(f"unknown warm-up part {name!r}; one of {', '.join(PARTS)}")
     torch.cuda.synchronize(device)
-    say(f"fp32 parity and decoding kernels: {time.perf_counter() - start:.1f} s")
+    torch.cuda.empty_cache()
+
+
+def _python(code: str, *args: str) -> list[str]:
+    """A new Python process that runs `code` with this folder importable and FLA's autotuning narrowed as here."""
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {TESTS!r}); import gpu_support; "
+                                  f"gpu_support.narrow_autotuning(); {code}", *args]
+
+
+def warm_shared_kernels(device: Any, say: Any = print, parallel: bool = True) -> dict[str, float]:
+    """Compile what the GPU tests run, once, into the kernel cache: each of PARTS in a process of its own, all at once
+    (Triton compiles on one CPU core per process; a cache entry is written atomically, so concurrent writers are
+    safe), then each part again here (from the cache: seconds), so this process holds them too. Returns the seconds
+    of each part, as `PART (process)` and `PART`."""
+    import tempfile
+
+    seconds: dict[str, float] = {}
+    if parallel:
+        logs = tempfile.mkdtemp(prefix="gpu-warm-")
+        code = "import torch; gpu_support.warm_part(sys.argv[1], torch.device('cuda', 0))"
+        start = time.perf_counter()
+        running = {}
+        for name in PARTS:
+            log = open(os.path.join(logs, f"{name}.log"), "wb")
+            running[name] = (subprocess.Popen(_python(code, name), stdout=log, stderr=subprocess.STDOUT), log)
+        for name, (proc, log) in running.items():
+            try:
+                rc = proc.wait(timeout=900)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait()
+            log.close()
+            seconds[f"{name} (process)"] = round(time.perf_counter() - start, 1)
+            if rc != 0:  # this process compiles what it left out, or fails with the error itself
+                tail = open(os.path.join(logs, f"{name}.log"), errors="replace").read().strip().splitlines()[-3:]
+                say(f"warm-up part {name} failed in its own process (exit {rc}): {' / '.join(tail)}")
+        say("warm-up processes: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
+    for name in PARTS:
+        start = time.perf_counter()
+        warm_part(name, device)
+        seconds[name] = round(time.perf_counter() - start, 1)
+    say("warm-up in this process: " + ", ".join(f"{k} {seconds[k]:.1f} s" for k in PARTS))
+    return seconds
 
 
 def warmup_command(config: str) -> list[str]:
     """`hybrid-ray warmup --config CONFIG` in a new process, under the same narrowed autotuning as this session (its
     kernels are the ones the session compiled)."""
-    code = (f"import sys; sys.path.insert(0, {TESTS!r}); import gpu_support; gpu_support.narrow_autotuning(); "
-            "from hybrid_ray.cli import main; sys.exit(main(sys.argv[1:]))")
-    return [sys.executable, "-c", code, "warmup", "--config", config]
+    return _python("from hybrid_ray.cli import main; sys.exit(main(sys.argv[1:]))", "warmup", "--config", config)

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 import torch
-from gpu_support import BATCH, PARITY_BATCH, SEQ, SPEC, run_spec, warmup_command
+from gpu_support import PARITY_BATCH, SEQ, SPEC, run_spec, train_steps, warmup_command
 
 from hybrid_ray.model.parity import compare_backends
 
@@ -38,23 +38,12 @@ def test_fla_matches_the_twin_forward_and_backward():
     assert report.loss_fla == pytest.approx(report.loss_twin, rel=1e-3)
 
 
-@pytest.mark.gpu(budget_s=45)
+@pytest.mark.gpu(budget_s=30)
 @pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
 def test_training_steps_on_the_hot_path_lower_the_loss(strategy):
-    """setup_model + train_step as a Ray worker runs them (a process group of one), bf16, on a fixed batch. FSDP2's
-    step is the warm-up's; DDP (autocast over fp32 weights) compiles its own variants of a few kernels."""
-    from hybrid_ray.data import Batch
-    from hybrid_ray.train.loop import setup_model, train_step
-    from hybrid_ray.train.optim import build_optimizer
-    from hybrid_ray.train.parallelize import single_process_group
-
-    single_process_group(CUDA)
-    spec = run_spec(strategy)
-    model = setup_model(spec, CUDA)
-    optimizer = build_optimizer(model, spec.optim, CUDA)
-    ids = torch.randint(0, SPEC.vocab_size, (BATCH, SEQ), device=CUDA, generator=torch.Generator(CUDA).manual_seed(0))
-    batch = [Batch(ids, ids)]
-    losses = [train_step(model, optimizer, batch, 1e-3, spec, CUDA)[0].item() for _ in range(8)]
+    """setup_model + train_step as a Ray worker runs them (a process group of one), bf16 (FSDP2's bf16 compute
+    parameters; DDP's autocast over fp32 weights), 8 steps on a fixed batch."""
+    losses = train_steps(strategy, CUDA, 8)
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0] - 0.5, losses
 
 
