@@ -624,9 +624,20 @@ def collect(arms: list[Arm], seeds: int, sweep_dir: str, dataset: Any, *,
             status, reason = status_lib.trial_status(results, newest, outcome, stops.get(name), gone=gone)
             if status in (status_lib.FINISHED, status_lib.STOPPED):
                 status_lib.settle(run_dir, keep_checkpoints)
+            if results is None and status == status_lib.STOPPED:
+                results = _seen_by_asha(arm.spec, stops[name])
             row = report.trial_row(arm.id, arm.settings, seed, name, run_dir, results, numeric_value(arm))
             rows.append({**row, "status": status, "reason": reason})
     return rows
+
+
+def _seen_by_asha(spec: RunSpec, stop: dict[str, Any]) -> dict[str, Any]:
+    """What is known of a trial ASHA stopped before its first checkpoint: the evaluation ASHA judged it on (its
+    run folder holds no results; the table ranked it with none, though ASHA had compared its loss)."""
+    seen = {"step": stop.get("step"), "val_loss": stop.get("val_loss")}
+    return {"status": "stopped", "step": stop.get("step") or 0, "total_steps": spec.train.steps,
+            "params": count_params(spec.model), "attention_layers": spec.model.attn_layers, "best": seen,
+            "final": seen, "spec": spec.to_dict(), "history": [seen]}
 
 
 def _trained_seconds(run_dir: str) -> float:

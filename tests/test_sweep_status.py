@@ -92,3 +92,18 @@ def test_the_h100_study_s_default_judges_after_the_warm_up_and_an_explicit_early
     with pytest.raises(SpecError, match="--grace-period 1 lets ASHA stop trials at step 25, inside the 100-step"):
         grace_period(SweepOptions(grid=["attention_ratio"], grace_period=1), grid)
     assert grace_period(SweepOptions(grid=["attention_ratio"], grace_period=6), grid) == 6
+
+
+def test_a_trial_asha_stopped_before_its_first_checkpoint_is_ranked_by_the_loss_asha_judged(tmp_path):
+    """On the GPU study (checkpoints every 24 steps, evaluations every 12) six arms ASHA stopped at step 12 had no
+    results: the table showed '-' for them although ASHA had compared their validation loss."""
+    from hybrid_ray.grid import Arm
+    from hybrid_ray.tune import collect
+
+    spec = variant_spec("h100_hybrid_sparse", "tiny").with_overrides({"model.vocab_size": 320})
+    (tmp_path / "trials" / "attn0-s0").mkdir(parents=True)
+    (tmp_path / "trials" / "attn0-s0" / "spec.yaml").write_text(spec.to_yaml())  # every trial that started has one
+    sweep_status.record_stop(str(tmp_path), "attn0-s0", {"step": 12, "evaluations": 1, "val_loss": 2.92})
+    [row] = collect([Arm("attn0", {"attention_ratio": 0.0}, spec)], 1, str(tmp_path), None, outcomes={"attn0-s0": TERM})
+    assert row["status"] == "stopped by ASHA" and row["reason"] == "at step 12"
+    assert row["best"] == {"step": 12, "val_loss": 2.92} and row["params"] > 0 and row["stopped_at_step"] == 12
