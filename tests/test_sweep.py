@@ -150,6 +150,8 @@ def test_an_interrupted_or_killed_sweep_resumes_without_rerunning_trials_and_a_f
         last = again.stderr.strip().splitlines()[-1]
         assert last.startswith("error: 1 trial(s) of sweep ctrlc failed (lr0.0005-s0: ") and "No space left" in last
         assert "relaunching the same command retries them" in last
+        failed = next(line for line in again.stdout.splitlines() if "] failed    lr0.0005-s0: " in line)
+        assert "No space left on device" in failed and ": None" not in failed  # the console names the error
         clock = int(again.stdout.split("] started", 1)[0].rsplit("[", 1)[1].strip().rstrip("s"))
         assert clock < min(30, first_launch)  # the console's clock counts from this launch
         assert (finished / "results.json").read_bytes() == before  # not rerun
