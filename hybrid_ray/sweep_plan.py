@@ -5,6 +5,7 @@ storage path, from what its trials already hold. Pure functions: no Ray, no GPU.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import warnings
@@ -521,6 +522,14 @@ def check_disk(trials: dict[str, RunSpec], concurrent: int, path: str, *,
                     f"{gb(plan.free)} is free; {hint}free some space or use another --storage-path")
 
 
+def kernel_shape(spec: RunSpec) -> tuple:
+    """What decides which kernels a spec compiles: its model's widths and which layer kinds it has (not where they
+    sit), and the step's shape. Arms of a ratio sweep differ only in layout and, with --match-params, MLP width."""
+    model = dataclasses.replace(spec.model, attn_layers=[])
+    kinds = (bool(spec.model.attn_layers), len(spec.model.attn_layers) < spec.model.num_layers)
+    return (repr(model), kinds, spec.micro_batch_size, spec.data.seq_len, spec.data.packed, spec.train.precision)
+
+
 # --- the dry run ----------------------------------------------------------------------------------------------------
 
 def describe_sweep(arms: Sequence[Any], plans: Sequence[ResourcePlan], disk: DiskPlan | None,
@@ -548,11 +557,12 @@ def describe_sweep(arms: Sequence[Any], plans: Sequence[ResourcePlan], disk: Dis
         free = gb(disk.free) if disk.free is not None else "unknown (a URI)"
         lines.append(f"disk: need {gb(disk.need)} at the peak, {gb(disk.held)} held, {gb(disk.to_write)} to write, "
                      f"{free} free ({disk.describe()})")
-    shapes = sorted({(a.spec.model.intermediate_size, "gdn" in a.spec.model.layer_types(),
-                      bool(a.spec.model.attn_layers)) for a in arms})
-    mlps = sorted({s[0] for s in shapes})
+    shapes = {kernel_shape(a.spec): a.spec.model for a in arms}
+    mlps = sorted({m.intermediate_size for m in shapes.values()})
+    gdn = sum("gdn" in m.layer_types() for m in shapes.values())
+    attention = sum(bool(m.attn_layers) for m in shapes.values())
     lines.append(f"kernels: {len(shapes)} distinct shape(s) to compile: {len(mlps)} MLP width(s) "
                  f"({', '.join(map(str, mlps))}; FLA's SwiGLU kernels autotune per width), Gated DeltaNet in "
-                 f"{sum(s[1] for s in shapes)}, attention in {sum(s[2] for s in shapes)}; the rest is shared by arms "
+                 f"{gdn}, attention in {attention}; the rest is shared by arms "
                  f"of one hidden size")
     return "\n".join(lines)

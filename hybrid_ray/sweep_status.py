@@ -1,11 +1,11 @@
 """What each sweep trial ended as, honestly, and what an ended trial keeps on disk.
 
 A trial is finished (it ran all its steps), stopped by ASHA (only a trial that ASHA's own decision, recorded in the
-sweep's `asha_stops.json` as it was taken, stopped; never one that ran all its steps), failed (with the first line of
-its error), interrupted (Ctrl-C, SIGTERM or a lost node stopped it: Tune ends such a trial like one ASHA stopped, but
-saved it as running, so relaunching resumes it), not started, or removed (Tune ran it to its end, but its run folder was deleted since; Tune never runs an ended trial
-again, so under FIFO the sweep trains such trials in a new Tuner, and under ASHA, whose stops cannot be replayed, it
-reports them).
+sweep's `asha_stops.jsonl` as it was taken, stopped; never one that ran all its steps), failed (with the first line
+of its error), interrupted (Ctrl-C, SIGTERM or a lost node stopped it: Tune ends such a trial like one ASHA stopped,
+but saved it as running, so relaunching resumes it), not started, or removed (Tune ran it to its end, but its run
+folder was deleted since; Tune never runs an ended trial again, so under FIFO the sweep trains such trials in a new
+Tuner, and under ASHA, whose stops cannot be replayed, it reports them).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from hybrid_ray import runs, storage
+from hybrid_ray import storage
 from hybrid_ray.errors import HybridRayError, Interrupted, first_line, root_cause
 from hybrid_ray.train import checkpoint as ckpt_lib
 

@@ -49,7 +49,7 @@ class SweepOptions:
     grace_period: int | None = None  # evaluations before ASHA may stop a trial; None: grace_period() decides
     reduction_factor: int = 3
     max_concurrent: int | None = None  # None: as many trials as the cluster holds (sweep_plan.concurrency)
-    gpus_per_trial: float | None = None  # None: 1 per worker when the cluster has GPUs, else 0
+    gpus_per_trial: float | None = None  # None: as many trials a GPU as its memory holds (sweep_plan.plan)
     match_params: bool = False
     reference_arm: str | None = None  # --match-params REF; None: the arm without attention
     eval_tasks: list[str] = field(default_factory=list)  # downstream tasks scored on every finished trial
@@ -99,16 +99,21 @@ def grace_period(options: SweepOptions, arms: list[Arm]) -> int:
     ends, and at least a quarter of the run: during warm-up every arm's loss still falls with its learning rate, so
     a rung there ranks arms by how fast they warm up, not by what they learn (ASHA stopped the eventual winner at step
     25 of 200 on a 0.017 difference). An explicit --grace-period inside the warm-up is refused for the same reason."""
-    evals = [max(1, math.ceil(a.spec.train.steps / a.spec.train.eval_every)) for a in arms]
+    evals = max_evaluations(arms)
     after_warmup = max(math.ceil(a.spec.optim.warmup_steps / a.spec.train.eval_every) for a in arms)
     if options.grace_period is None:
-        return min(max(evals), max(1, after_warmup, math.ceil(max(evals) / 4)))
+        return min(evals, max(1, after_warmup, math.ceil(evals / 4)))
     if options.grace_period < after_warmup:
         spec = arms[0].spec
         raise SpecError(f"--grace-period {options.grace_period} lets ASHA stop trials at step "
                         f"{options.grace_period * spec.train.eval_every}, inside the {spec.optim.warmup_steps}-step "
                         f"learning-rate warm-up; use --grace-period {after_warmup} or more (or leave it out)")
-    return min(max(evals), options.grace_period)
+    return min(evals, options.grace_period)
+
+
+def max_evaluations(arms: list[Arm]) -> int:
+    """The evaluations of the longest arm: ASHA's time unit, so its max_t."""
+    return max(max(1, math.ceil(a.spec.train.steps / a.spec.train.eval_every)) for a in arms)
 
 
 @dataclass
@@ -402,8 +407,6 @@ def _planned_vocab(spec: RunSpec) -> int:
 
 def _cluster_to_plan(address: str | None, assume: Assumed) -> tuple[dict[str, float], int | None]:
     """(Ray resources, GPU memory in bytes) of the cluster a dry run plans for."""
-    import os
-
     if assume.gpus is not None:
         memory = int(assume.gpu_memory_gb * 1e9) if assume.gpu_memory_gb else None
         return {"CPU": float(max(1, assume.gpus) * assume.cpus_per_gpu), "GPU": float(assume.gpus)}, memory
@@ -422,8 +425,7 @@ def _cluster_to_plan(address: str | None, assume: Assumed) -> tuple[dict[str, fl
 def asha_line(options: SweepOptions, arms: list[Arm]) -> str:
     """What ASHA will do, in the run's steps: when it may first stop a trial and where its rungs are."""
     grace = grace_period(options, arms)
-    every = arms[0].spec.train.eval_every
-    max_evals = max(math.ceil(a.spec.train.steps / a.spec.train.eval_every) for a in arms)
+    every, max_evals = arms[0].spec.train.eval_every, max_evaluations(arms)
     rungs, milestone = [], grace
     while milestone < max_evals:
         rungs.append(milestone * every)
@@ -518,9 +520,9 @@ def _scheduler(options: SweepOptions, arms: list[Arm], sweep_dir: str) -> Any:
 
     if options.scheduler == "fifo":
         return FIFOScheduler()
-    max_evals = max(math.ceil(a.spec.train.steps / a.spec.train.eval_every) for a in arms)
     return RecordedASHA(
-        sweep_dir, options.keep_checkpoints, time_attr="evaluations", metric="val_loss", mode="min", max_t=max_evals,
+        sweep_dir, options.keep_checkpoints, time_attr="evaluations", metric="val_loss", mode="min",
+        max_t=max_evaluations(arms),
         grace_period=grace_period(options, arms), reduction_factor=options.reduction_factor,
         # a trial at its last evaluation ends by itself (results, model/, its placement group freed by Ray Train);
         # stopping it there would kill it before it writes them, and free its resources only through the dashboard

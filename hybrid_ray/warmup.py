@@ -20,6 +20,7 @@ import torch
 from hybrid_ray import kernels
 from hybrid_ray.errors import EnvironmentProblem
 from hybrid_ray.spec import RunSpec
+from hybrid_ray.sweep_plan import kernel_shape
 
 DECODE_PROMPTS = (8, 100)  # prompt lengths: a short prefill runs FLA's recurrent kernels, a longer one its chunked ones
 DECODE_TOKENS = 4
@@ -110,14 +111,6 @@ def warm_device(spec: RunSpec, device: torch.device, say: Callable[[str], None] 
 
     timed("scoring", score)
     return phases
-
-
-def kernel_shape(spec: RunSpec) -> tuple:
-    """What decides which kernels a spec compiles: its model's widths and which layer kinds it has (not where they
-    sit), and the step's shape. Arms of a ratio sweep differ only in layout and, with --match-params, MLP width."""
-    model = dataclasses.replace(spec.model, attn_layers=[])
-    kinds = (bool(spec.model.attn_layers), len(spec.model.attn_layers) < spec.model.num_layers)
-    return (repr(model), kinds, spec.micro_batch_size, spec.data.seq_len, spec.data.packed, spec.train.precision)
 
 
 def distinct_shapes(specs: list[RunSpec]) -> list[RunSpec]:

@@ -197,7 +197,8 @@ def test_warmup_of_the_parameter_matched_ratio_grid_compiles_each_kernel_shape_o
     """`hybrid-ray warmup --grid attention_ratio --match-params` at the H100 base size: the arms that share a kernel
     shape (the same MLP width and layer kinds) are warmed once, the mixed layouts (both layer kinds) first."""
     from hybrid_ray.variants import variant_spec
-    from hybrid_ray.warmup import distinct_shapes, grid_specs, kernel_shape
+    from hybrid_ray.sweep_plan import kernel_shape
+    from hybrid_ray.warmup import distinct_shapes, grid_specs
 
     base = variant_spec("h100_hybrid_sparse").with_overrides({"model.vocab_size": 50257, "train.batch_size": 16})
     arms = grid_specs(base, ["attention_ratio"], match_params=True)
