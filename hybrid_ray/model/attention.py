@@ -9,8 +9,34 @@ last W keys; (-1, -1) is unlimited. Causal masks align bottom-right (the last qu
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
+
+# Which kernel runs dense (unpacked) attention on CUDA: 'auto' (torch's SDPA picks), an SDPA backend chosen explicitly
+# ('flash', 'cudnn', 'efficient'), or 'triton' (FLA's parallel_attn). Speed only: outputs agree to bf16 rounding
+# (benchmarks/results/speed/NOTES.md, issue 39). Read once; the benchmarks switch it with `set_dense_kernel`.
+DENSE_KERNELS = ("auto", "flash", "cudnn", "efficient", "triton")
+_dense = {"kernel": os.environ.get("HYBRID_RAY_ATTENTION", "auto")}
+
+
+def set_dense_kernel(name: str) -> None:
+    """Choose the dense attention kernel on CUDA (one of DENSE_KERNELS)."""
+    if name not in DENSE_KERNELS:
+        raise ValueError(f"unknown attention kernel {name!r}; one of {', '.join(DENSE_KERNELS)}")
+    _dense["kernel"] = name
+
+
+def dense_kernel() -> str:
+    return _dense["kernel"]
+
+
+def _sdpa_backend(name: str):
+    from torch.nn.attention import SDPBackend
+
+    return {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+            "efficient": SDPBackend.EFFICIENT_ATTENTION}[name]
 
 
 def _mask(tq: int, tk: int, causal: bool, window: tuple[int, int], device: torch.device) -> torch.Tensor | None:
@@ -40,20 +66,36 @@ def flash_attn_func(
     window_size: tuple[int, int] = (-1, -1),
     **_: object,
 ) -> torch.Tensor:
-    """Dense attention on torch's scaled_dot_product_attention (flash / memory-efficient / math backends)."""
+    """Dense attention on torch's scaled_dot_product_attention (or FLA's Triton kernel, see DENSE_KERNELS)."""
     tq, tk = q.shape[1], k.shape[1]
+    kernel = _dense["kernel"] if q.is_cuda else "auto"
+    if kernel == "triton" and causal and tq == tk and dropout_p == 0.0 and window_size[1] <= 0:
+        from fla.ops.attn.parallel import parallel_attn
+
+        left = window_size[0]  # a window covering the whole sequence is plain causal (no masking work)
+        return parallel_attn(q, k, v, scale=softmax_scale, window_size=None if left < 0 or left >= tk - 1 else left + 1)
     mask = _mask(tq, tk, causal, tuple(window_size), q.device)
     plain_causal = causal and mask is None and tq == tk
-    o = F.scaled_dot_product_attention(
-        q.transpose(1, 2),
-        k.transpose(1, 2),
-        v.transpose(1, 2),
-        attn_mask=mask,
-        dropout_p=dropout_p,
-        is_causal=plain_causal,
-        scale=softmax_scale,
-        enable_gqa=q.shape[2] != k.shape[2],
-    )
+
+    def sdpa() -> torch.Tensor:
+        return F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=mask,
+            dropout_p=dropout_p,
+            is_causal=plain_causal,
+            scale=softmax_scale,
+            enable_gqa=q.shape[2] != k.shape[2],
+        )
+
+    if kernel in ("flash", "cudnn", "efficient"):
+        from torch.nn.attention import sdpa_kernel
+
+        with sdpa_kernel(_sdpa_backend(kernel)):
+            o = sdpa()
+    else:
+        o = sdpa()
     return o.transpose(1, 2)
 
 
