@@ -17,7 +17,7 @@ Without the cache each token recomputes the whole sequence, so its cost grows wi
 --no-cache-tokens tokens, and its cost for --decode-tokens tokens is estimated from single forwards at the first,
 middle and last length of that span (Simpson's rule over the per-token cost, which grows at most quadratically with
 the length). The eval questions are ARC-Easy's own file when --arc-file names one, else written locally in its layout
-(the hub is unreachable from the benchmark machines; the JSON says which), and scored by `hybrid_ray.evals.evaluate_task`
+(the hub is unreachable from the benchmark machines; the JSON says which), and scored by `hybrid_ray.evals.downstream.evaluate_task`
 through a saved model folder with the byte tokenizer (about 4x more tokens per question than GPT-2's tokenizer).
 --deadline-s skips what would start too late (each skipped part is named in the JSON, which is rewritten after every
 part); --narrow-autotuning keeps FLA's first autotuning configuration of each kernel (the scoring and no-cache figures
@@ -42,13 +42,13 @@ from typing import Any
 import torch
 
 from benchmarks.common import write_json
-from hybrid_ray import evals
+from hybrid_ray.evals import downstream as evals
 from hybrid_ray.data.tokenizer import ByteTokenizer
 from hybrid_ray.errors import first_line
-from hybrid_ray.generate import SamplingOptions, decode_reference, decode_timed, forward
+from hybrid_ray.inference.generate import SamplingOptions, decode_reference, decode_timed, forward
 from hybrid_ray.model import build_model, count_params, save_model
 from hybrid_ray.model.precision import autocast
-from hybrid_ray.variants import variant_spec
+from hybrid_ray.config.variants import variant_spec
 
 VARIANTS = ["h100_hybrid_sparse", "h100_deltanet", "h100_transformer"]
 GPT2_VOCAB = 50257

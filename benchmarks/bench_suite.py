@@ -25,7 +25,7 @@ import psutil
 # Ray's system processes, by a part of their command line (Ray renames a worker when it takes an actor)
 SYSTEM = ("gcs_server", "dashboard/dashboard.py", "dashboard/agent.py", "runtime_env/agent", "log_monitor",
           "monitor.py", "ray.util.client.server", "default_worker.py", "ray start", "hybrid-ray",
-          "hybrid_ray.fla_clone", "pytest", "from multiprocessing")
+          "hybrid_ray.jobs.fla_clone", "pytest", "from multiprocessing")
 XDIST_WORKER = "exec(eval(sys.stdin.readline()))"  # how pytest-xdist (execnet) starts a test process
 
 

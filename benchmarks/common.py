@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from hybrid_ray import kernels
+from hybrid_ray.node import kernels
 from hybrid_ray.data.loader import Batch
 from hybrid_ray.model import count_params, flops_per_token, peak_flops
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train.loop import setup_model, train_step
 from hybrid_ray.train.optim import build_optimizer
 from hybrid_ray.train.parallelize import single_process_group  # noqa: F401 (the benchmarks' import)
-from hybrid_ray.variants import REFERENCE_VOCAB, variant_spec
+from hybrid_ray.config.variants import REFERENCE_VOCAB, variant_spec
 
 if torch.cuda.is_available():  # every benchmark reads and fills the node's kernel cache (`hybrid-ray warmup` fills it)
     print(kernels.activate().line(), flush=True)

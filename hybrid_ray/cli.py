@@ -13,10 +13,10 @@ from typing import Any
 
 import click
 
-from hybrid_ray import jobspec
+from hybrid_ray.config import build as jobspec
 from hybrid_ray.errors import HybridRayError, SpecError
 from hybrid_ray.spec import FLAGS, Flag, RunSpec, TrainSpec, flag_overrides
-from hybrid_ray.variants import DEFAULT_PRESET, DEFAULT_VARIANT, PRESETS
+from hybrid_ray.config.variants import DEFAULT_PRESET, DEFAULT_VARIANT, PRESETS
 
 DEFAULT_STORAGE = RunSpec.storage_path
 
@@ -163,8 +163,9 @@ def sweep(address: str | None, verbose: bool, dry_run: bool, assume_gpus: int | 
 
     With --config of a sweep job file (jobs/*.yaml), its grid and settings apply unless flags give others.
     """
-    from hybrid_ray.tune import Assumed, SweepOptions, sweep_options
-    from hybrid_ray.tune import sweep as run_sweep
+    from hybrid_ray.sweep.options import SweepOptions, sweep_options
+    from hybrid_ray.sweep.plan import Assumed
+    from hybrid_ray.sweep.tuner import sweep as run_sweep
 
     assumed = {"gpus": assume_gpus, "gpu_memory_gb": assume_gpu_memory, "free_disk_gb": assume_free_disk}
     if not dry_run and any(v is not None for v in assumed.values()):
@@ -177,7 +178,7 @@ def sweep(address: str | None, verbose: bool, dry_run: bool, assume_gpus: int | 
     if options.get("keep") is None and spec.train.keep == TrainSpec().keep:
         spec = spec.with_overrides({"train.keep": 1})  # a sweep's trials keep their newest checkpoint only
     if dry_run:
-        from hybrid_ray.tune import dry_run as plan_only
+        from hybrid_ray.sweep.plan import dry_run as plan_only
 
         plan_only(spec, chosen, address=address, assume=Assumed(**assumed))
         return
@@ -193,7 +194,8 @@ def sweep(address: str | None, verbose: bool, dry_run: bool, assume_gpus: int | 
                             "runs: in the sweep folder when one sweep is compared, else in their storage path]")
 def compare(paths: tuple[str, ...], out: str | None) -> None:
     """Rank finished runs and sweeps (run folders, sweep folders, folders of runs) in one table and figure."""
-    from hybrid_ray import report, storage
+    from hybrid_ray import storage
+    from hybrid_ray.runs import report
 
     rows = report.comparison_rows(list(paths))
     folder = storage.normalize(out) if out else report.comparison_home(list(paths))
@@ -221,13 +223,13 @@ JOB_ADDRESS = click.option("--address", help="The cluster's dashboard, e.g. http
 def submit(address: str | None, fla_clone: str | None, no_check: bool, no_wait: bool, dry_run: bool,
            working_dir: str | None, excludes: tuple[str, ...], verbose: bool, what: tuple[str, ...]) -> int:
     """Run `hybrid-ray train|sweep ...` (after --) or a job file (jobs/NAME.yaml) as a Ray job on a cluster."""
-    from hybrid_ray import jobs
+    from hybrid_ray.jobs import submit as jobs
 
     _quiet_jobs(verbose)
     job = jobs.plan(list(what), fla=fla_clone, working_dir=working_dir, excludes=list(excludes))
     _parse_forwarded(job.args)
     if fla_clone and not no_check and not dry_run:
-        from hybrid_ray import fla_clone as clone
+        from hybrid_ray.jobs import fla_clone as clone
 
         click.echo(f"checking the FLA clone {fla_clone} against the pure-PyTorch twin on this machine...")
         report = clone.verify(fla_clone, reuse=True)
@@ -289,7 +291,7 @@ def jobs_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def jobs_list(address: str | None, as_json: bool) -> None:
     """Every job the cluster knows, oldest first."""
-    from hybrid_ray import jobs
+    from hybrid_ray.jobs import submit as jobs
 
     rows = jobs.list_jobs(address)
     if as_json:
@@ -305,7 +307,7 @@ def jobs_list(address: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Everything the job server knows of it, metadata included.")
 def jobs_status(address: str | None, job_id: str, as_json: bool) -> None:
     """A job's status and message."""
-    from hybrid_ray import jobs
+    from hybrid_ray.jobs import submit as jobs
 
     info = jobs.status(job_id, address)
     if as_json:
@@ -320,7 +322,7 @@ def jobs_status(address: str | None, job_id: str, as_json: bool) -> None:
 @click.option("--follow", is_flag=True, help="Stream until the job ends.")
 def jobs_logs(address: str | None, job_id: str, follow: bool) -> None:
     """A job's logs."""
-    from hybrid_ray import jobs
+    from hybrid_ray.jobs import submit as jobs
 
     final = jobs.logs(job_id, address, follow_logs=follow, echo=click.echo)
     click.echo(f"{job_id}: {final or jobs.status(job_id, address)['status']} "
@@ -332,7 +334,7 @@ def jobs_logs(address: str | None, job_id: str, follow: bool) -> None:
 @click.argument("job_id")
 def jobs_stop(address: str | None, job_id: str) -> None:
     """Stop a running job."""
-    from hybrid_ray import jobs
+    from hybrid_ray.jobs import submit as jobs
 
     click.echo(f"{job_id}: {jobs.stop(job_id, address)} ({jobs.job_url(jobs.dashboard_address(address), job_id)})")
 
@@ -377,7 +379,7 @@ def data_inspect(samples: int, chars: int, **options: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def variants(preset: str | None, as_json: bool) -> None:
     """List the named variants: attention layers, hyper-parameters and parameter counts (at the reference vocabulary)."""
-    from hybrid_ray.variants import variant_table
+    from hybrid_ray.config.variants import variant_table
 
     rows = variant_table(preset)
     if as_json:
@@ -408,7 +410,7 @@ def warmup(grid: tuple[str, ...], match_params: bool, **options: Any) -> None:
     the node's kernel cache; with --storage-path, also publish them there for a cluster's other nodes.
 
     Takes the flags `train` takes (the shapes come from them: give the same ones); with --grid, those of a sweep."""
-    from hybrid_ray.warmup import warmup as warm
+    from hybrid_ray.train.warmup import warmup as warm
 
     if match_params and not grid:
         raise SpecError("--match-params goes with --grid (the arms it sizes)")
@@ -428,7 +430,7 @@ def kernels_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def kernels_list(as_json: bool) -> None:
     """Every stack's cache on this node: entries, size, newest entry (* marks this node's stack)."""
-    from hybrid_ray import kernels
+    from hybrid_ray.node import kernels
 
     rows = kernels.list_caches()
     if as_json:
@@ -446,7 +448,7 @@ def kernels_list(as_json: bool) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 def kernels_export(file: str) -> None:
     """Write this stack's cache to FILE (.tar.xz, with a manifest naming the stack)."""
-    from hybrid_ray import kernels
+    from hybrid_ray.node import kernels
 
     manifest = kernels.export(file)
     click.echo(f"exported {manifest['entries']} entries for {manifest['key']} to {file}")
@@ -458,7 +460,7 @@ def kernels_export(file: str) -> None:
 @click.option("--force", is_flag=True, help="Install another stack's archive (under its own key) anyway.")
 def kernels_import(file: str, key: str | None, force: bool) -> None:
     """Add FILE's entries (an export, or a tarball of a Triton cache folder) to this node's cache."""
-    from hybrid_ray import kernels
+    from hybrid_ray.node import kernels
 
     key, added = kernels.import_(file, key=key, force=force)
     click.echo(f"imported {added} new entries for {key} into {kernels.root() / key}")
@@ -468,7 +470,7 @@ def kernels_import(file: str, key: str | None, force: bool) -> None:
 @click.option("--all", "all_stacks", is_flag=True, help="Every stack's cache, not only this node's stack.")
 def kernels_clear(all_stacks: bool) -> None:
     """Remove this stack's cached kernels (the next GPU command compiles them again)."""
-    from hybrid_ray import kernels
+    from hybrid_ray.node import kernels
 
     removed = kernels.clear(all_stacks)
     click.echo(f"removed {', '.join(removed)}" if removed else "nothing cached to remove")
@@ -482,10 +484,10 @@ def kernels_clear(all_stacks: bool) -> None:
 def verify(require_gpu: bool, fla_clone: str | None, as_json: bool) -> int:
     """Versions (hybrid-ray's commit too), FLA's origin, GPUs, attention kernel; non-zero when GPU training cannot
     work, or when --fla's clone does not match the twin."""
-    from hybrid_ray import env
+    from hybrid_ray.model import stack as env
 
     if fla_clone:
-        from hybrid_ray import fla_clone as clone
+        from hybrid_ray.jobs import fla_clone as clone
 
         report = clone.verify(fla_clone)
         click.echo(json.dumps(report, indent=2) if as_json else clone.format_report(report))
@@ -523,8 +525,8 @@ def generate(path: str, prompts: tuple[str, ...], prompts_file: str | None, back
     """Continue prompts with the model of a run folder (or a model folder), streaming a single prompt's tokens."""
     from pathlib import Path
 
-    from hybrid_ray.generate import SamplingOptions
-    from hybrid_ray.generate import generate as generate_text
+    from hybrid_ray.inference.generate import SamplingOptions
+    from hybrid_ray.inference.generate import generate as generate_text
     from hybrid_ray.startup import Startup, command_started
 
     startup = Startup(started=command_started())  # the command's imports so far (torch, the library) count as imports
@@ -577,7 +579,7 @@ def _seconds(seconds: float) -> str:
 def eval_command(path: str, task: str, data: str | None, limit: int | None, seq_len: int | None, backend: str,
                  address: str | None) -> None:
     """Score a run's model on a downstream task; the result goes into the run's eval/ folder and results.json."""
-    from hybrid_ray import evals
+    from hybrid_ray.evals import downstream as evals
     from hybrid_ray.startup import Startup, command_started
 
     startup = Startup(started=command_started())  # the command's imports so far count as imports
@@ -619,7 +621,7 @@ def runs_list(storage_path: str, as_json: bool) -> int:
     """Name, variant (or, for a run no variant names, its attention share and layers), status, step, best validation
     loss and path of every run; a damaged run is listed too, and an error line for it (exit code 1) says which file
     is damaged."""
-    from hybrid_ray.runs import list_runs
+    from hybrid_ray.runs.folders import list_runs
 
     rows = list_runs(storage_path)
     if as_json:
@@ -645,7 +647,7 @@ def runs_list(storage_path: str, as_json: bool) -> int:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def runs_rm(name: str, storage_path: str, yes: bool) -> None:
     """Delete a run: its checkpoints, results and model folder."""
-    from hybrid_ray.runs import remove_run
+    from hybrid_ray.runs.folders import remove_run
 
     if not yes:
         click.confirm(f"delete run {name!r} under {storage_path} with all its checkpoints?", abort=True)

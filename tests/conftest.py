@@ -35,7 +35,7 @@ if not HAS_CUDA:
     os.environ["TRITON_INTERPRET"] = "1"
 else:
     # the GPU tests compile into (and start warm from) the node's kernel cache, not the session's temporary one
-    from hybrid_ray import kernels  # noqa: E402
+    from hybrid_ray.node import kernels
 
     if "HYBRID_RAY_KERNEL_CACHE" not in os.environ:
         os.environ["HYBRID_RAY_CACHE"] = USER_CACHE or ""
@@ -87,14 +87,14 @@ class _GpuClock:
     def __init__(self):
         import gpu_support
 
-        from hybrid_ray import kernels
+        from hybrid_ray.node import kernels
 
         self.clock, self.folder = gpu_support.CompileClock, kernels.ensure_active().folder
         self.entries = kernels.count_entries(self.folder)
         self.compile, self.compiles, self.start = self.clock.seconds, self.clock.compiles, time.perf_counter()
 
     def record(self, name, budget, outcome):
-        from hybrid_ray import kernels
+        from hybrid_ray.node import kernels
 
         wall = time.perf_counter() - self.start
         compile_s = self.clock.seconds - self.compile

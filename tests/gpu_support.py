@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from hybrid_ray.spec import ModelSpec, RunSpec
-from hybrid_ray.variants import variant_spec
+from hybrid_ray.config.variants import variant_spec
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -115,7 +115,7 @@ def install_compile_clock() -> None:
 
 # ---- the session's warm-up -------------------------------------------------------------------------------------------
 
-# what the GPU tests run, in parts that compile apart: `hybrid-ray warmup`'s work on run_spec() (hybrid_ray.warmup's
+# what the GPU tests run, in parts that compile apart: `hybrid-ray warmup`'s work on run_spec() (hybrid_ray.train.warmup's
 # warm_device: the bf16 FSDP2 train step, evaluation, decoding, scoring), a DDP step (autocast over fp32 weights),
 # fp32 forward and backward through FLA's chunk kernels (the parity check), FLA's own decoding in fp32
 PARTS = ("train", "ddp", "parity", "decode")
@@ -144,11 +144,11 @@ def warm_part(name: str, device: Any) -> None:
     """Run one part of PARTS once on `device` (compiling what the kernel cache lacks)."""
     import torch
 
-    from hybrid_ray.generate import SamplingOptions, decode_reference
+    from hybrid_ray.inference.generate import SamplingOptions, decode_reference
     from hybrid_ray.model import build_model
 
     if name == "train":
-        from hybrid_ray.warmup import warm_device
+        from hybrid_ray.train.warmup import warm_device
 
         warm_device(run_spec(), device, say=lambda line: None)
     elif name == "ddp":

@@ -18,7 +18,7 @@ from hybrid_ray.train.evaluate import Evaluator
 from hybrid_ray.train.loop import DIVERGED_FILE, Divergence
 from hybrid_ray.train.metrics import MetricsLogger
 from hybrid_ray.train.optim import LRSchedule
-from hybrid_ray.variants import variant_spec
+from hybrid_ray.config.variants import variant_spec
 
 CPU = torch.device("cpu")
 SPEC = variant_spec("h100_hybrid_sparse", "tiny").with_overrides({

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 from ray.exceptions import RayTaskError
 
 from hybrid_ray.errors import DataError, SpecError, root_cause
-from hybrid_ray.sweep_status import error_line
+from hybrid_ray.sweep.status import error_line
 
 
 def test_the_error_under_rays_dual_class_is_the_one_reported():

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from hybrid_ray import evals
+from hybrid_ray.evals import downstream as evals
 from hybrid_ray.cli import main
 from hybrid_ray.data.tokenizer import ByteTokenizer
-from hybrid_ray.evals import Example, loglikelihoods, score, stderr
+from hybrid_ray.evals.downstream import Example, loglikelihoods, score, stderr
 from hybrid_ray.model import build_model, save_model
 from hybrid_ray.spec import ModelSpec
 
@@ -44,7 +44,7 @@ def test_scores_use_the_answer_tokens_only_and_match_a_hand_computation():
 
 def test_batched_scores_equal_scoring_each_pair_alone(run_dir):
     """Rows sorted by length and right-padded together score as each (context, answer) alone, however batched."""
-    from hybrid_ray.generate import load_for_inference
+    from hybrid_ray.inference.generate import load_for_inference
 
     model, tok, device = load_for_inference(str(run_dir))
     pairs = [(f"Question {i}: what is {'x' * i}?\nAnswer:", f" {'ab' * (i % 4 + 1)}") for i in range(9)]

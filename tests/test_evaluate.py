@@ -8,7 +8,7 @@ import torch
 
 from hybrid_ray.data import Batch, prepare
 from hybrid_ray.spec import DataSpec
-from hybrid_ray.train.evaluate import evaluate
+from hybrid_ray.evals.loss import evaluate
 
 CPU = torch.device("cpu")
 

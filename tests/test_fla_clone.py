@@ -1,4 +1,4 @@
-"""hybrid_ray.fla_clone without a cluster or kernels: finding a clone, what ships it, and how a worker tells that the
+"""hybrid_ray.jobs.fla_clone without a cluster or kernels: finding a clone, what ships it, and how a worker tells that the
 `fla` it imports is the clone that was shipped (a fake clone: a tiny `fla` package committed with `git init`)."""
 
 import json
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from hybrid_ray import fla_clone
+from hybrid_ray.jobs import fla_clone
 from hybrid_ray.errors import EnvironmentProblem
-from hybrid_ray.jobs import measure_upload
+from hybrid_ray.jobs.submit import measure_upload
 
 
 def fake_clone(folder: Path) -> Path:
@@ -31,7 +31,7 @@ def head(folder: Path) -> str:
 
 def imported_fla(pythonpath: Path, **env: str) -> dict:
     """fla_source() in a fresh process that imports `fla` from `pythonpath` first, as a Ray worker would."""
-    code = "import json; from hybrid_ray.fla_clone import fla_source; print(json.dumps(fla_source()))"
+    code = "import json; from hybrid_ray.node.fla_source import fla_source; print(json.dumps(fla_source()))"
     paths = [str(pythonpath), *filter(None, [os.environ.get("PYTHONPATH")])]
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(paths), **env})

@@ -5,7 +5,7 @@ import torch
 
 from hybrid_ray.cli import main
 from hybrid_ray.data.tokenizer import ByteTokenizer
-from hybrid_ray.generate import SamplingOptions, TextStream, decode, decode_reference, generate, next_tokens
+from hybrid_ray.inference.generate import SamplingOptions, TextStream, decode, decode_reference, generate, next_tokens
 from hybrid_ray.model import build_model, save_model
 from hybrid_ray.spec import ModelSpec
 
@@ -320,7 +320,7 @@ def test_generate_and_eval_import_nothing_of_ray(tmp_path):
                                "answerKey": "A"}))
     code = f"""
 import sys
-from hybrid_ray.generate import SamplingOptions, generate
+from hybrid_ray.inference.generate import SamplingOptions, generate
 generate({str(tmp_path / "m")!r}, ["x"], SamplingOptions(max_new_tokens=3))
 from hybrid_ray.cli import main
 assert main(["generate", {str(tmp_path / "m")!r}, "--max-new-tokens", "3"]) == 0

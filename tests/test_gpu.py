@@ -49,7 +49,7 @@ def test_training_steps_on_the_hot_path_lower_the_loss(strategy):
 
 @pytest.mark.gpu(budget_s=40)
 def test_a_second_process_after_warmup_starts_warm(tmp_path):
-    """The session's warm-up ran `hybrid-ray warmup`'s work (hybrid_ray.warmup.warm_device) on run_spec() in this
+    """The session's warm-up ran `hybrid-ray warmup`'s work (hybrid_ray.train.warmup.warm_device) on run_spec() in this
     process; `hybrid-ray warmup` of the same spec in a new process finds its kernels in the node's cache and starts in
     seconds."""
     config = tmp_path / "gpu-tests.json"

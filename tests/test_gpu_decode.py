@@ -6,7 +6,7 @@ import pytest
 import torch
 from gpu_support import DECODE_PROMPTS, DECODE_SPEC, DECODE_TOKENS
 
-from hybrid_ray.generate import SamplingOptions, decode, decode_reference
+from hybrid_ray.inference.generate import SamplingOptions, decode, decode_reference
 from hybrid_ray.model import build_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("gpu_kernels")]

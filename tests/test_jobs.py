@@ -13,7 +13,7 @@ import yaml
 from ray_procs import RAY, hybrid_ray, one_error_line, start_head, start_worker_node, user_env
 
 from hybrid_ray.cli import main
-from hybrid_ray.jobs import EXCLUDES, measure_upload
+from hybrid_ray.jobs.submit import EXCLUDES, measure_upload
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--steps", "4", "--log-every", "2", "--eval-every", "4", "--max-documents", "100", "--eval-tokens", "2048"]

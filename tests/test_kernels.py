@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_cli import assert_one_line_error, run
 
-from hybrid_ray import kernels
+from hybrid_ray.node import kernels
 
 STACK = {"triton": "3.7.1", "fla": "0.6.0", "torch": "2.11.0+cu130", "cuda": "13.0", "arch": "sm90"}
 KEY = kernels.stack_key(STACK)
@@ -178,7 +178,7 @@ def test_warmup_without_a_gpu_is_one_error_line(capsys, monkeypatch):
 
 def test_bench_warm_reads_warmups_phase_lines_and_splits_the_export(tmp_path):
     from benchmarks.bench_warm import parse_args, split_file, warmup_phases
-    from hybrid_ray.warmup import Phase
+    from hybrid_ray.train.warmup import Phase
 
     output = "\n".join(["kernels: none cached ...",
                         Phase("NVIDIA H200 (sm90)", "train step", 212.34, 311).line(),
@@ -196,9 +196,9 @@ def test_bench_warm_reads_warmups_phase_lines_and_splits_the_export(tmp_path):
 def test_warmup_of_the_parameter_matched_ratio_grid_compiles_each_kernel_shape_once():
     """`hybrid-ray warmup --grid attention_ratio --match-params` at the H100 base size: the arms that share a kernel
     shape (the same MLP width and layer kinds) are warmed once, the mixed layouts (both layer kinds) first."""
-    from hybrid_ray.variants import variant_spec
-    from hybrid_ray.sweep_plan import kernel_shape
-    from hybrid_ray.warmup import distinct_shapes, grid_specs
+    from hybrid_ray.config.variants import variant_spec
+    from hybrid_ray.train.plan import kernel_shape
+    from hybrid_ray.train.warmup import distinct_shapes, grid_specs
 
     base = variant_spec("h100_hybrid_sparse").with_overrides({"model.vocab_size": 50257, "train.batch_size": 16})
     arms = grid_specs(base, ["attention_ratio"], match_params=True)

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from hybrid_ray import runs
+from hybrid_ray.runs import folders as runs
 from hybrid_ray.cli import main
 from hybrid_ray.errors import HybridRayError, SpecError
-from hybrid_ray.variants import variant_spec
+from hybrid_ray.config.variants import variant_spec
 from test_checkpoint import write
 
 
@@ -194,7 +194,7 @@ def test_extending_a_run_that_does_not_exist_is_refused_and_writes_nothing(tmp_p
 def test_compare_writes_beside_the_compared_runs_not_into_the_current_folder(tmp_path, monkeypatch, capsys):
     """Issue 36: `compare` wrote comparison/ into the current folder (a git clone got an untracked folder). The
     README's command, under the user's default storage path, run from a clone."""
-    from hybrid_ray import report
+    from hybrid_ray.runs import report
 
     monkeypatch.setenv("HOME", str(tmp_path))
     clone = tmp_path / "clone"
@@ -232,7 +232,7 @@ def test_compare_writes_beside_the_compared_runs_not_into_the_current_folder(tmp
 def test_runs_list_names_a_ratio_sweep_trial_by_its_attention_layout(tmp_path, capsys):
     """Issue 36: the trials of a sweep over attention shares (no named variant) were listed with `-` as the variant."""
     from hybrid_ray.cli import build_spec
-    from hybrid_ray.grid import expand, parse_grid
+    from hybrid_ray.config.grid import expand, parse_grid
 
     base = build_spec(None, None, None, storage_path=str(tmp_path))  # the default tiny hybrid, 6 layers
     arms = expand(base, parse_grid(["attention_ratio=0,0.17,0.5,1"]))

@@ -56,7 +56,7 @@ def test_the_jobs_working_dir_holds_exactly_what_dry_run_lists(ray_head, tmp_pat
     dry_run = sorted(line.split()[1] for line in listed.stdout.splitlines() if line.startswith("  "))
     assert dry_run == ["configs/run.yaml", "keep.py"] and "upload: 2 files" in listed.stdout
     # the same plan, run by a script as a user would: the job lists the working_dir it got and prints HR_PROBE
-    script = ("import shlex, sys; from hybrid_ray import jobs\n"
+    script = ("import shlex, sys; from hybrid_ray.jobs import submit as jobs\n"
               f"plan = jobs.plan([{str(job_file)!r}], excludes=['secret.txt'])\n"
               f"plan.command = 'python -c ' + shlex.quote({LISTER!r})\n"
               f"done = jobs.submit(plan, address={ray_head.dashboard!r})\n"
@@ -118,7 +118,7 @@ def test_dry_run_with_a_clone_shows_its_commit_and_counts_its_files(tmp_path, ca
 
 
 def test_job_calls_wait_for_the_job_agent_then_give_up_in_one_line(monkeypatch):
-    from hybrid_ray import jobs
+    from hybrid_ray.jobs import submit as jobs
     from hybrid_ray.errors import ClusterError
 
     monkeypatch.setattr(jobs.time, "sleep", lambda s: None)

@@ -10,10 +10,11 @@ import pytest
 from ray_procs import HYBRID_RAY
 
 from hybrid_ray.cli import main
-from hybrid_ray.grid import RATIO_ARMS, expand, match_params, parse_grid
+from hybrid_ray.config.grid import RATIO_ARMS, expand, match_params, parse_grid
 from hybrid_ray.model import count_params
-from hybrid_ray.tune import SweepOptions, sweep
-from hybrid_ray.variants import REFERENCE_VOCAB, variant_spec
+from hybrid_ray.sweep.options import SweepOptions
+from hybrid_ray.sweep.tuner import sweep
+from hybrid_ray.config.variants import REFERENCE_VOCAB, variant_spec
 
 TINY = {"data.max_documents": 400, "model.num_layers": 2, "model.attn_layers": [1], "train.steps": 30,
         "train.eval_every": 10, "train.checkpoint_every": 10, "train.log_every": 5, "train.eval_tokens": 4096}
@@ -225,7 +226,8 @@ def test_the_grid_expanded_before_the_local_checks_is_the_grid_of_the_resolved_b
     resolved: the same arms, ids and specs (so grid.json, which a relaunch compares) as expanding the resolved base."""
     import dataclasses
 
-    from hybrid_ray.tune import SweepOptions, _on_resolved_base
+    from hybrid_ray.sweep.options import SweepOptions
+    from hybrid_ray.sweep.plan import on_resolved_base
 
     raw = variant_spec("h100_hybrid_sparse", "tiny").with_overrides({"storage_path": "~/sweeps"})
     resolved = dataclasses.replace(raw, storage_path="/abs/sweeps", model=raw.model.with_vocab(320))
@@ -233,5 +235,5 @@ def test_the_grid_expanded_before_the_local_checks_is_the_grid_of_the_resolved_b
                           (["model.vocab_size=512,1024"], False), (["variant=h100_deltanet,h100_transformer"], True)]:
         expected = expand(resolved, parse_grid(grid))
         expected = match_params(expected) if matched else expected
-        arms = _on_resolved_base(expand(raw, parse_grid(grid)), resolved, SweepOptions(grid=grid, match_params=matched))
+        arms = on_resolved_base(expand(raw, parse_grid(grid)), resolved, SweepOptions(grid=grid, match_params=matched))
         assert [(a.id, a.spec.to_dict()) for a in arms] == [(a.id, a.spec.to_dict()) for a in expected], grid

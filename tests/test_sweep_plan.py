@@ -9,15 +9,19 @@ import signal
 import pytest
 import torch
 
-from hybrid_ray import report, runs, sweep_plan, sweep_status
+from hybrid_ray.runs import report
+from hybrid_ray.runs import folders as runs
+from hybrid_ray.sweep import plan as sweep_plan
+from hybrid_ray.train import plan as run_plan
+from hybrid_ray.sweep import status as sweep_status
 from hybrid_ray.cli import main
 from hybrid_ray.errors import ClusterError
-from hybrid_ray.grid import expand, match_params, parse_grid
+from hybrid_ray.config.grid import expand, match_params, parse_grid
 from hybrid_ray.model import build_model, count_params
 from hybrid_ray.train import checkpoint as ckpt
 from hybrid_ray.train.checkpoint import TrainerState
-from hybrid_ray.tune import _Signals
-from hybrid_ray.variants import REFERENCE_VOCAB, variant_spec
+from hybrid_ray.sweep.tuner import _Signals
+from hybrid_ray.config.variants import REFERENCE_VOCAB, variant_spec
 
 TINY = variant_spec("h100_hybrid_sparse", "tiny").with_overrides(
     {"model.vocab_size": 8192, "model.num_layers": 2, "model.attn_layers": [1], "train.steps": 60,
@@ -27,20 +31,20 @@ TINY = variant_spec("h100_hybrid_sparse", "tiny").with_overrides(
 def test_concurrency_counts_the_trial_itself_and_its_workers():
     one_cpu = TINY.with_overrides({"scale.cpus_per_worker": 1})
     # the README's CPU sweep on a 2-core machine: two trials of 1 CPU + 0.01 do not fit, one does
-    footprint = sweep_plan.trial_footprint(one_cpu, 0.0)
+    footprint = run_plan.trial_footprint(one_cpu, 0.0)
     assert footprint["CPU"] == 1.01 and footprint["GPU"] == 0.0
     assert footprint["memory"] == 2.2e9 + 16 * count_params(one_cpu.model)["total"]
     # many cores, little memory: each run's workers and placement-group cleaner must fit the memory too
-    assert sweep_plan.concurrency(one_cpu, 0.0, {"CPU": 64.0, "memory": 3 * footprint["memory"]}, None) == 3
-    assert sweep_plan.concurrency(one_cpu, 0.0, {"CPU": 2.0}, None) == 1
-    assert sweep_plan.concurrency(one_cpu, 0.0, {"CPU": 4.0}, None) == 3
-    assert sweep_plan.concurrency(one_cpu, 0.0, {"CPU": 2.0}, 2) == 2  # --max-concurrent is the user's call
+    assert run_plan.concurrency(one_cpu, 0.0, {"CPU": 64.0, "memory": 3 * footprint["memory"]}, None) == 3
+    assert run_plan.concurrency(one_cpu, 0.0, {"CPU": 2.0}, None) == 1
+    assert run_plan.concurrency(one_cpu, 0.0, {"CPU": 4.0}, None) == 3
+    assert run_plan.concurrency(one_cpu, 0.0, {"CPU": 2.0}, 2) == 2  # --max-concurrent is the user's call
     # GPUs and CPUs both bound it: 0.25 GPU a trial packs 4 on one GPU only when the CPUs hold 4 trials too
-    assert sweep_plan.concurrency(one_cpu, 0.25, {"CPU": 16.0, "GPU": 1.0}, None) == 4
-    assert sweep_plan.concurrency(one_cpu, 0.25, {"CPU": 3.0, "GPU": 1.0}, None) == 2
-    assert sweep_plan.concurrency(one_cpu, 0.33, {"CPU": 16.0, "GPU": 1.0}, None) == 3
+    assert run_plan.concurrency(one_cpu, 0.25, {"CPU": 16.0, "GPU": 1.0}, None) == 4
+    assert run_plan.concurrency(one_cpu, 0.25, {"CPU": 3.0, "GPU": 1.0}, None) == 2
+    assert run_plan.concurrency(one_cpu, 0.33, {"CPU": 16.0, "GPU": 1.0}, None) == 3
     with pytest.raises(ClusterError, match=r"one trial holds 2.01 CPU .* the cluster has 2 CPU"):
-        sweep_plan.concurrency(TINY.with_overrides({"scale.cpus_per_worker": 2}), 0.0, {"CPU": 2.0}, None)
+        run_plan.concurrency(TINY.with_overrides({"scale.cpus_per_worker": 2}), 0.0, {"CPU": 2.0}, None)
 
 
 def test_the_checkpoint_size_rule_holds_against_a_real_checkpoint_and_the_h100_size(tmp_path):
@@ -117,27 +121,27 @@ def test_the_gpu_memory_model_holds_against_the_h100_measurements():
     for variant, strategy, workers, gib in measured:
         spec = variant_spec(variant).with_overrides({"model.vocab_size": REFERENCE_VOCAB, "scale.strategy": strategy,
                                                      "scale.num_workers": workers, "train.batch_size": 48 * workers})
-        memory = sweep_plan.gpu_memory(spec)
+        memory = run_plan.gpu_memory(spec)
         assert abs(memory.allocated / GIB / gib - 1) < 0.10, (variant, strategy, workers, memory.allocated / GIB, gib)
         assert memory.total > memory.allocated * 1.09  # the allocator's margin and the CUDA context on top
     # the trials at batch 16 x 1024 held 17-25 GiB each (nvidia-smi: the whole process)
     for arm in h100_arms(16):
-        assert 17 * 0.9 < sweep_plan.gpu_memory_bytes(arm.spec) / GIB < 25 * 1.1, arm.id
+        assert 17 * 0.9 < run_plan.gpu_memory_bytes(arm.spec) / GIB < 25 * 1.1, arm.id
     # parameter-matched arms with wider MLPs: the MLP's activations grow with its width
     narrow = variant_spec("h100_transformer").with_overrides({"model.vocab_size": 50257})
     wide = narrow.with_overrides({"model.mlp_size": 6168})
-    assert sweep_plan.gpu_memory(wide).activations > sweep_plan.gpu_memory(narrow).activations * 1.5
+    assert run_plan.gpu_memory(wide).activations > run_plan.gpu_memory(narrow).activations * 1.5
     # the micro batch, not the batch, sets the activations; fused-linear never builds the logits
     accumulated = narrow.with_overrides({"train.batch_size": 48, "train.micro_batch_size": 16})
-    assert sweep_plan.gpu_memory(accumulated) == sweep_plan.gpu_memory(narrow.with_overrides({"train.batch_size": 16}))
-    assert sweep_plan.gpu_memory(narrow.with_overrides({"train.loss_kernel": "fused-linear"})).logits < 1e9
+    assert run_plan.gpu_memory(accumulated) == run_plan.gpu_memory(narrow.with_overrides({"train.batch_size": 16}))
+    assert run_plan.gpu_memory(narrow.with_overrides({"train.loss_kernel": "fused-linear"})).logits < 1e9
 
 
 def test_the_13_arm_sweep_fits_one_80_gb_gpu_and_a_64_gb_disk(tmp_path, monkeypatch):
     arms = h100_arms(16)
     assert len(arms) == 13
     have = {"CPU": 16.0, "GPU": 1.0, "memory": 100e9}
-    plans = [sweep_plan.plan(a.spec, have, trial=True, gpu_memory=int(80e9), label=a.id) for a in arms]
+    plans = [run_plan.plan(a.spec, have, trial=True, gpu_memory=int(80e9), label=a.id) for a in arms]
     assert all(p.gpu_memory_need * p.per_gpu <= 80e9 for p in plans)
     assert plans[0].per_gpu == 3 and plans[-1].per_gpu == 4  # attn0 (GDN everywhere) is the largest
     concurrent = min(p.concurrent for p in plans)
@@ -201,38 +205,38 @@ def test_gpu_packing_fills_each_gpu_and_refuses_a_share_that_does_not_fit():
     arms = h100_arms(16)
     attn0 = arms[0].spec
     have = {"CPU": 16.0, "GPU": 1.0}
-    with pytest.raises(sweep_plan.GpuMemoryError) as e:
-        sweep_plan.plan(attn0, have, trial=True, gpus_per_trial=0.25, gpu_memory=int(80e9), label="attn0")
+    with pytest.raises(run_plan.GpuMemoryError) as e:
+        run_plan.plan(attn0, have, trial=True, gpus_per_trial=0.25, gpu_memory=int(80e9), label="attn0")
     message = str(e.value)
     assert e.value.exit_code == 2 and "\n" not in message
     assert message.startswith("--gpus-per-trial 0.25 puts 4 trials on each 80.0 GB GPU, but one trial of attn0 needs "
                               "about 24.9 GB at micro-batch 16 x 1024: use --gpus-per-trial 0.3333 (3 trials a GPU) "
                               "or --micro-batch-size 8"), message
     for share in (0.3333, 0.5):  # what it names, and a looser one, are taken as asked
-        p = sweep_plan.plan(attn0, have, trial=True, gpus_per_trial=share, gpu_memory=int(80e9))
+        p = run_plan.plan(attn0, have, trial=True, gpus_per_trial=share, gpu_memory=int(80e9))
         assert p.gpus_per_worker == share and p.concurrent == int(1 / share + 1e-6)
-    fits = sweep_plan.plan(attn0.with_overrides({"train.micro_batch_size": 8}), have, trial=True, gpus_per_trial=0.25,
+    fits = run_plan.plan(attn0.with_overrides({"train.micro_batch_size": 8}), have, trial=True, gpus_per_trial=0.25,
                            gpu_memory=int(80e9))
     assert fits.concurrent == 4
     # a trial that fits no GPU names the micro batch that does
-    with pytest.raises(sweep_plan.GpuMemoryError, match="more than a 24.0 GB GPU holds; use --micro-batch-size 8"):
-        sweep_plan.plan(attn0, have, trial=True, gpu_memory=int(24e9), label="attn0")
+    with pytest.raises(run_plan.GpuMemoryError, match="more than a 24.0 GB GPU holds; use --micro-batch-size 8"):
+        run_plan.plan(attn0, have, trial=True, gpu_memory=int(24e9), label="attn0")
     # without the GPU's memory: the old default, one GPU a worker, nothing checked
-    assert sweep_plan.plan(attn0, have, trial=True).gpus_per_worker == 1.0
-    assert sweep_plan.plan(attn0, have, trial=True, gpus_per_trial=0.25).gpus_per_worker == 0.25
+    assert run_plan.plan(attn0, have, trial=True).gpus_per_worker == 1.0
+    assert run_plan.plan(attn0, have, trial=True, gpus_per_trial=0.25).gpus_per_worker == 0.25
     # default packing: a trial per share of each GPU; more memory packs more
     for gpus in (1, 2, 4, 8):
         cluster = {"CPU": 64.0, "GPU": float(gpus)}
-        small = sweep_plan.plan(attn0, cluster, trial=True, gpu_memory=int(80e9))
-        large = sweep_plan.plan(attn0, cluster, trial=True, gpu_memory=int(141e9))
+        small = run_plan.plan(attn0, cluster, trial=True, gpu_memory=int(80e9))
+        large = run_plan.plan(attn0, cluster, trial=True, gpu_memory=int(141e9))
         assert (small.per_gpu, large.per_gpu) == (3, 5)
         assert (small.concurrent, large.concurrent) == (3 * gpus, 5 * gpus)
         assert small.gpu_memory_need * small.per_gpu <= 80e9 and large.gpu_memory_need * large.per_gpu <= 141e9
-        batch48 = sweep_plan.plan(h100_arms(48)[0].spec, cluster, trial=True, gpu_memory=int(80e9))
+        batch48 = run_plan.plan(h100_arms(48)[0].spec, cluster, trial=True, gpu_memory=int(80e9))
         assert batch48.gpus_per_worker == 1.0 and batch48.concurrent == gpus
     # two workers of one trial never share a GPU (NCCL refuses two ranks on one device)
     two = attn0.with_overrides({"scale.num_workers": 2})
-    p = sweep_plan.plan(two, {"CPU": 64.0, "GPU": 2.0}, trial=True, gpu_memory=int(80e9))
+    p = run_plan.plan(two, {"CPU": 64.0, "GPU": 2.0}, trial=True, gpu_memory=int(80e9))
     assert p.gpus_per_worker == 1.0 and p.holds["GPU"] == 2.0 and p.concurrent == 1
 
 

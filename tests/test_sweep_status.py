@@ -4,11 +4,12 @@ grace period never judges an arm inside its learning-rate warm-up."""
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from hybrid_ray import sweep_status
+from hybrid_ray.sweep import status as sweep_status
 from hybrid_ray.errors import Interrupted, SpecError
-from hybrid_ray.grid import expand, parse_grid
-from hybrid_ray.tune import RecordedASHA, SweepOptions, asha_line, grace_period
-from hybrid_ray.variants import variant_spec
+from hybrid_ray.config.grid import expand, parse_grid
+from hybrid_ray.sweep.asha import RecordedASHA, asha_line, grace_period
+from hybrid_ray.sweep.options import SweepOptions
+from hybrid_ray.config.variants import variant_spec
 
 FINISHED = {"status": "finished", "step": 60, "total_steps": 60}
 CUT = {"status": "stopped", "step": 20, "total_steps": 60}
@@ -97,8 +98,8 @@ def test_the_h100_study_s_default_judges_after_the_warm_up_and_an_explicit_early
 def test_a_trial_asha_stopped_before_its_first_checkpoint_is_ranked_by_the_loss_asha_judged(tmp_path):
     """On the GPU study (checkpoints every 24 steps, evaluations every 12) six arms ASHA stopped at step 12 had no
     results: the table showed '-' for them although ASHA had compared their validation loss."""
-    from hybrid_ray.grid import Arm
-    from hybrid_ray.tune import collect
+    from hybrid_ray.config.grid import Arm
+    from hybrid_ray.sweep.tuner import collect
 
     spec = variant_spec("h100_hybrid_sparse", "tiny").with_overrides({"model.vocab_size": 320})
     (tmp_path / "trials" / "attn0-s0").mkdir(parents=True)

@@ -4,7 +4,7 @@ import pytest
 
 from hybrid_ray.errors import SpecError
 from hybrid_ray.spec import RunSpec
-from hybrid_ray.variants import (
+from hybrid_ray.config.variants import (
     GRID_12, PRESETS, REFERENCE_VOCAB, VARIANTS, attention_layers, spread_layers, variant_spec,
 )
 

@@ -13,7 +13,6 @@ The folder is built under a temporary name and renamed into place when complete,
 from __future__ import annotations
 
 import datetime
-import fcntl
 import hashlib
 import json
 import os
@@ -23,7 +22,6 @@ import sys
 import tempfile
 from array import array
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -35,6 +33,7 @@ from hybrid_ray import storage
 from hybrid_ray.data.sources import iter_documents, source_identity
 from hybrid_ray.data.tokenizer import Tokenizer, get_tokenizer, tokenizer_identity
 from hybrid_ray.errors import DataError
+from hybrid_ray.node.cache import cache_root, locked
 from hybrid_ray.spec import DataSpec
 
 FORMAT_VERSION = 2
@@ -42,12 +41,6 @@ SHARD_FILES = tuple(f"{s}{ext}" for s in ("train", "val") for ext in (".bin", "_
 SPLITS = ("train", "val")
 _SPLIT_SALT = b"hybrid-ray/split/v1"  # changing it reshuffles which documents are held out
 _ENCODE_BATCH = 512
-
-
-def cache_root(spec: DataSpec | None = None) -> Path:
-    """spec.cache_dir, else $HYBRID_RAY_CACHE, else ~/.cache/hybrid-ray (the node's cache: shards, kernels)."""
-    root = (spec.cache_dir if spec else None) or os.environ.get("HYBRID_RAY_CACHE") or "~/.cache/hybrid-ray"
-    return Path(root).expanduser()
 
 
 def cache_key(spec: DataSpec) -> tuple[str, dict[str, Any]]:
@@ -103,7 +96,7 @@ def _build_once(final: Path, build: Any) -> Path:
     if _complete(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(final.parent / f".{final.name}.lock"):
+    with locked(final.parent / f".{final.name}.lock"):
         if _complete(final):  # another process finished it while we waited for the lock
             return final
         for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed process; we hold the lock
@@ -266,16 +259,6 @@ def _batched(items: Iterable[str], n: int) -> Iterator[list[str]]:
 
 def _complete(path: Path) -> bool:
     return (path / "manifest.json").is_file()
-
-
-@contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _dir_name(spec: DataSpec, key: str) -> str:

@@ -91,7 +91,7 @@ def build_model(
         raise SpecError("model.vocab_size is unresolved: it follows the tokenizer, so prepare the data first")
     backend = resolve_backend(backend, device)
     if backend == "fla":  # every FLA model (training, generate, eval, verify) compiles into the node's kernel cache
-        from hybrid_ray import kernels
+        from hybrid_ray.node import kernels
 
         kernels.ensure_active()
     model = _construct(spec, backend, fla_options)
@@ -184,7 +184,7 @@ def load_model(
     spec = read_model_spec(folder)
     backend = resolve_backend(backend, device)
     if backend == "fla":
-        from hybrid_ray import kernels
+        from hybrid_ray.node import kernels
         from hybrid_ray.model.fla import import_fla
 
         with startup.phase("imports"):

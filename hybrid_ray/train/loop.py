@@ -18,8 +18,9 @@ import torch
 import torch.nn as nn
 
 from hybrid_ray import data as data_lib
-from hybrid_ray import kernels, storage
-from hybrid_ray.env import runtime_versions
+from hybrid_ray import storage
+from hybrid_ray.node import kernels
+from hybrid_ray.model.stack import runtime_versions
 from hybrid_ray.errors import first_line
 from hybrid_ray.model import build_model, unwrap
 from hybrid_ray.model.build import resolve_backend

@@ -79,13 +79,6 @@ def mean_over_ranks(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def sum_over_ranks(values: torch.Tensor) -> torch.Tensor:
-    """In-place sum of a tensor over all ranks (a no-op for a single process)."""
-    if in_process_group():
-        dist.all_reduce(values)
-    return values
-
-
 def single_process_group(device: torch.device) -> None:
     """A process group of one, as a lone Ray Train worker has (FSDP2, the GPU default, needs one); no port needed."""
     if device.type == "cuda":

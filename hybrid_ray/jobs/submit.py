@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
-from hybrid_ray import cluster, fla_clone, jobspec, ray_compat
+from hybrid_ray import cluster, ray_compat
+from hybrid_ray.jobs import fla_clone
+from hybrid_ray.config import build as jobspec
 from hybrid_ray.errors import ClusterError, HybridRayError, SpecError, first_line
 
 UPLOAD_LIMIT = 100 * 2**20  # the job server refuses larger working_dir uploads

@@ -22,98 +22,30 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ray.tune import Callback
-from ray.tune.schedulers import ASHAScheduler
 
-from hybrid_ray import cluster, ray_compat, report, runs, storage, sweep_plan
-from hybrid_ray import sweep_status as status_lib
-from hybrid_ray.errors import HybridRayError, Interrupted, SpecError, suggest
-from hybrid_ray.grid import Arm, expand, match_params, numeric_value, parse_grid
+from hybrid_ray import cluster, ray_compat, storage
+from hybrid_ray.config.grid import Arm, expand, numeric_value, parse_grid
+from hybrid_ray.errors import HybridRayError, Interrupted, SpecError
 from hybrid_ray.model import count_params
+from hybrid_ray.runs import folders as runs
+from hybrid_ray.runs import report
 from hybrid_ray.spec import RunSpec
+from hybrid_ray.sweep import status as status_lib
+from hybrid_ray.sweep.asha import asha_line, grace_period, scheduler
+from hybrid_ray.sweep.options import SweepOptions
+from hybrid_ray.sweep.plan import on_resolved_base, plan_sweep
+from hybrid_ray.sweep.status import trial_name, trial_spec
 from hybrid_ray.train import checkpoint as ckpt_lib
 from hybrid_ray.train.launch import check_locally, finalize, share_data
+from hybrid_ray.train.plan import TRIAL_CPU, gb
 
 SWEEP_FILE = "sweep.json"
 GRID_FILE = "grid.json"
 FIGURE_FILE = "sweep.png"
-SCHEDULERS = ("asha", "fifo")
-
-
-@dataclass(kw_only=True)
-class SweepOptions:
-    """How to sweep; the base RunSpec says what each trial trains."""
-
-    grid: list[str]
-    seeds: int = 1
-    scheduler: str = "asha"
-    grace_period: int | None = None  # evaluations before ASHA may stop a trial; None: grace_period() decides
-    reduction_factor: int = 3
-    max_concurrent: int | None = None  # None: as many trials as the cluster holds (sweep_plan.concurrency)
-    gpus_per_trial: float | None = None  # None: as many trials a GPU as its memory holds (sweep_plan.plan)
-    match_params: bool = False
-    reference_arm: str | None = None  # --match-params REF; None: the arm without attention
-    eval_tasks: list[str] = field(default_factory=list)  # downstream tasks scored on every finished trial
-    eval_data: str | None = None  # their data when the hub is out of reach (one task)
-    keep_checkpoints: bool = False  # ended trials keep every checkpoint with its optimizer state
-
-    def __post_init__(self) -> None:
-        if self.seeds < 1:
-            raise SpecError(f"--seeds must be >= 1, got {self.seeds}")
-        if self.scheduler not in SCHEDULERS:
-            raise SpecError(f"unknown scheduler {self.scheduler!r}{suggest(self.scheduler, SCHEDULERS)}; use asha or fifo")
-        if (self.grace_period is not None and self.grace_period < 1) or self.reduction_factor < 2:
-            raise SpecError("--grace-period must be >= 1 and --reduction-factor >= 2")
-        if self.max_concurrent is not None and self.max_concurrent < 1:
-            raise SpecError("--max-concurrent must be >= 1")
-        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
-            raise SpecError("--gpus-per-trial must be >= 0")
-        from hybrid_ray.evals import TASKS
-
-        for task in self.eval_tasks:
-            if task not in TASKS or task == "perplexity":
-                raise SpecError(f"unknown eval task {task!r}{suggest(task, TASKS)}; a sweep scores arc_easy, "
-                                "arc_challenge, hellaswag or lambada")
-        if self.eval_data is not None and len(self.eval_tasks) != 1:
-            raise SpecError("--eval-data goes with exactly one --eval-task")
-
-
-def sweep_options(job: dict[str, Any], flags: dict[str, Any] | None = None) -> SweepOptions:
-    """SweepOptions from a job file's `sweep` section with the command line's flags on top (a flag that is None, or a
-    repeatable one given no times, is not given); unknown keys are one-line errors."""
-    given = {k: list(v) if isinstance(v, tuple) else v for k, v in (flags or {}).items() if v is not None and v != ()}
-    settings = {**job, **given}
-    known = [f.name for f in dataclasses.fields(SweepOptions)]
-    for key in settings:
-        if key not in known:
-            raise SpecError(f"unknown sweep setting {key!r}{suggest(key, known)}")
-    grid = settings.get("grid", [])
-    return SweepOptions(**{**settings, "grid": [grid] if isinstance(grid, str) else list(grid)})
 
 
 class SweepFailed(HybridRayError):
     """The sweep ended, but some of its trials failed: a script sees it in the exit code."""
-
-
-def grace_period(options: SweepOptions, arms: list[Arm]) -> int:
-    """Evaluations before ASHA may stop a trial. By default the first evaluation at or after the learning-rate warm-up
-    ends, and at least a quarter of the run: during warm-up every arm's loss still falls with its learning rate, so
-    a rung there ranks arms by how fast they warm up, not by what they learn (ASHA stopped the eventual winner at step
-    25 of 200 on a 0.017 difference). An explicit --grace-period inside the warm-up is refused for the same reason."""
-    evals = max_evaluations(arms)
-    after_warmup = max(math.ceil(a.spec.optim.warmup_steps / a.spec.train.eval_every) for a in arms)
-    if options.grace_period is None:
-        return min(evals, max(1, after_warmup, math.ceil(evals / 4)))
-    if options.grace_period < after_warmup:
-        spec = arms[0].spec
-        raise SpecError(f"--grace-period {options.grace_period} lets ASHA stop trials at step "
-                        f"{options.grace_period * spec.train.eval_every}, inside the {spec.optim.warmup_steps}-step "
-                        f"learning-rate warm-up; use --grace-period {after_warmup} or more (or leave it out)")
-    return min(evals, options.grace_period)
-
-
-def max_evaluations(arms: list[Arm]) -> int:
-    """The evaluations of the longest arm: ASHA's time unit, so its max_t."""
-    return max(max(1, math.ceil(a.spec.train.steps / a.spec.train.eval_every)) for a in arms)
 
 
 @dataclass
@@ -122,26 +54,6 @@ class SweepOutcome:
     rows: list[dict[str, Any]]  # one per trial, as in sweep.json
     table: str
     figure: str | None = field(default=None)
-
-
-def trial_name(arm_id: str, seed: int) -> str:
-    return f"{arm_id}-s{seed}"
-
-
-def trial_spec(arm_spec: RunSpec, arm_id: str, seed: int, trials_root: str) -> RunSpec:
-    """The run a trial trains: its arm's spec, named <arm>-s<seed> under the sweep's trials folder, seed + k."""
-    return arm_spec.with_overrides({"name": trial_name(arm_id, seed), "storage_path": trials_root,
-                                    "train.seed": arm_spec.train.seed + seed})
-
-
-def _on_resolved_base(arms: list[Arm], base: RunSpec, options: SweepOptions) -> list[Arm]:
-    """Arms expanded before check_locally, given what it resolved for the base: the normalized storage path and,
-    where the arm does not set its own, the tokenizer's vocabulary (so --match-params counts the embeddings)."""
-    arms = [dataclasses.replace(a, spec=dataclasses.replace(
-        a.spec, storage_path=base.storage_path,
-        model=a.spec.model if a.spec.model.vocab_size is not None else a.spec.model.with_vocab(base.model.vocab_size)))
-        for a in arms]
-    return match_params(arms, options.reference_arm) if options.match_params else arms
 
 
 def _grid_record(options: SweepOptions, arms: list[Arm]) -> dict[str, Any]:
@@ -250,7 +162,7 @@ def sweep(
     relaunch (`relaunch`, the command line, when given)."""
     arms = expand(base, parse_grid(options.grid))  # grid errors before anything else
     base, dataset = check_locally(base, address=address, extend_steps=0, until_step=None, progress=progress)
-    arms = _on_resolved_base(arms, base, options)
+    arms = on_resolved_base(arms, base, options)
     if options.scheduler == "asha":
         grace_period(options, arms)  # an ASHA rung inside the warm-up is refused before anything starts
     for arm in arms:
@@ -270,8 +182,8 @@ def sweep(
         print(f"{'resuming' if resumed else 'sweeping'} {base.name} on {where}: {len(arms)} arm(s) x {options.seeds} "
               f"seed(s) = {trials} trial(s), {concurrent} at a time, {options.scheduler.upper()}, {sizes} parameters",
               flush=True)
-        print(f"  sweep folder: {sweep_dir} (disk: {sweep_plan.gb(disk.to_write)} to write, up to "
-              f"{sweep_plan.gb(disk.need)} at the peak)", flush=True)
+        print(f"  sweep folder: {sweep_dir} (disk: {gb(disk.to_write)} to write, up to "
+              f"{gb(disk.need)} at the peak)", flush=True)
         if options.scheduler == "asha":
             print(f"  {asha_line(options, arms)}", flush=True)
         if not storage.is_uri(sweep_dir):
@@ -313,128 +225,6 @@ def sweep(
                           f"{'; ...' if len(failed) > 1 else ''}); the table says why, and relaunching the same "
                           "command retries them")
     return outcome
-
-
-@dataclass
-class SweepPlan:
-    """How a sweep sits on a cluster: its arms as their trials train them (GPU shares applied), each arm's resource
-    plan, trials at once, and the disk it still needs; the same plan for a launch, a relaunch and --dry-run."""
-
-    arms: list[Arm]
-    plans: list[sweep_plan.ResourcePlan]
-    concurrent: int
-    disk: sweep_plan.DiskPlan
-    gpu_memory: int | None
-    gpus: float
-    disk_bound: bool = False  # fewer trials at once than the cluster holds, because the disk holds no more
-
-    def describe(self, options: SweepOptions) -> str:
-        plans = [dataclasses.replace(p, concurrent=self.concurrent) for p in self.plans]
-        text = sweep_plan.describe_sweep(self.arms, plans, self.disk, self.gpu_memory, self.gpus, options.seeds)
-        if self.disk_bound:
-            text += (f"\n{self.concurrent} trial(s) at a time, not {min(p.concurrent for p in self.plans)}: the disk "
-                     "holds no more (--max-concurrent sets it)")
-        return text + (f"\n{asha_line(options, self.arms)}" if options.scheduler == "asha" else "")
-
-
-def plan_sweep(arms: list[Arm], options: SweepOptions, have: dict[str, float], gpu_memory: int | None,
-               sweep_dir: str, *, free: int | None = None, check: bool = True) -> SweepPlan:
-    """Size every arm on a cluster of `have` (GPUs of `gpu_memory` bytes; None: unknown), then the disk from what the
-    sweep's trials hold now (a relaunch needs only what remains to be written). `check`: refuse, in one line, a
-    packing or a disk that cannot hold the sweep; `free`: the free bytes to plan against (default: the storage's)."""
-    plans = [sweep_plan.plan(arm.spec, have, trial=True, gpus_per_trial=options.gpus_per_trial,
-                             max_concurrent=options.max_concurrent, gpu_memory=gpu_memory, label=arm.id)
-             for arm in arms]
-    arms = [dataclasses.replace(arm, spec=p.apply(arm.spec)) for arm, p in zip(arms, plans)]
-    concurrent = min(p.concurrent for p in plans)  # the largest arm bounds it
-    trials = {trial_name(a.id, seed): a.spec for a in arms for seed in range(options.seeds)}
-    on_disk = sweep_plan.trials_on_disk(sweep_dir, list(trials))
-    kwargs = {"on_disk": on_disk, "keep_checkpoints": options.keep_checkpoints}
-    free = free if free is not None else sweep_plan.free_bytes(sweep_dir)
-    fits = concurrent
-    if options.max_concurrent is None and free is not None:  # the default runs no more at once than the disk holds
-        while fits > 1 and sweep_plan.disk_plan(trials, fits, free, **kwargs).to_write > free:
-            fits -= 1
-    if check:
-        disk = sweep_plan.check_disk(trials, fits, sweep_dir, free=free, **kwargs)
-    else:
-        disk = sweep_plan.disk_plan(trials, fits, free, **kwargs)
-    return SweepPlan(arms, plans, fits, disk, gpu_memory, have.get("GPU", 0.0), disk_bound=fits < concurrent)
-
-
-@dataclass(frozen=True)
-class Assumed:
-    """The cluster a dry run plans for instead of the one at hand (None: what this machine or --address has)."""
-
-    gpus: int | None = None
-    gpu_memory_gb: float | None = None
-    free_disk_gb: float | None = None
-    cpus_per_gpu: int = 16  # a GPU node's cores per GPU (an H100 node: 16 a GPU)
-
-
-def dry_run(base: RunSpec, options: SweepOptions, *, address: str | None = None,
-            assume: Assumed = Assumed()) -> SweepPlan:
-    """Print the sweep's plan without training (or tokenizing): arms, parameters, MLP widths, GPU memory per trial
-    against its share, trials at once, disk, kernel shapes; then refuse, in one line, what would be refused at launch.
-    Plans for `assume` where given, else for the cluster at `address` (or $RAY_ADDRESS), else for this machine."""
-    arms = expand(base, parse_grid(options.grid))
-    base = dataclasses.replace(base, storage_path=storage.normalize(base.storage_path))
-    base = dataclasses.replace(base, model=base.model.with_vocab(_planned_vocab(base)))
-    arms = _on_resolved_base(arms, base, options)
-    if options.scheduler == "asha":
-        grace_period(options, arms)
-    have, memory = _cluster_to_plan(address, assume)
-    sweep_dir = storage.join(base.storage_path, base.name)
-    free = int(assume.free_disk_gb * 1e9) if assume.free_disk_gb is not None else None
-    planned = plan_sweep(arms, options, have, memory, sweep_dir, free=free, check=False)
-    print(planned.describe(options), flush=True)
-    plan_sweep(arms, options, have, memory, sweep_dir, free=free)  # the launch's refusals, after the plan
-    return planned
-
-
-def _planned_vocab(spec: RunSpec) -> int:
-    """The model vocabulary a launch would resolve, without tokenizing the corpus (a synthetic task is made, cheaply)."""
-    if spec.model.vocab_size is not None:
-        return spec.model.vocab_size
-    from hybrid_ray import data as data_lib
-
-    if spec.data.parsed.kind == "mqar":
-        return data_lib.prepare(spec.data).model_vocab_size
-    from hybrid_ray.data.tokenizer import get_tokenizer
-
-    return -(-get_tokenizer(spec.data.tokenizer).vocab_size // 64) * 64
-
-
-def _cluster_to_plan(address: str | None, assume: Assumed) -> tuple[dict[str, float], int | None]:
-    """(Ray resources, GPU memory in bytes) of the cluster a dry run plans for."""
-    if assume.gpus is not None:
-        memory = int(assume.gpu_memory_gb * 1e9) if assume.gpu_memory_gb else None
-        return {"CPU": float(max(1, assume.gpus) * assume.cpus_per_gpu), "GPU": float(assume.gpus)}, memory
-    if address or cluster.address_from_env():
-        cluster.connect(address)
-        have = cluster.resources()
-        memory = cluster.gpu_memory(have, local=cluster.node_count() == 1)
-    else:  # this machine, as a local Ray would see it, without starting one
-        cards = cluster.local_gpu_memory()
-        have, memory = {"CPU": float(os.cpu_count() or 1), "GPU": float(len(cards))}, (min(cards) if cards else None)
-    if assume.gpu_memory_gb:
-        memory = int(assume.gpu_memory_gb * 1e9)
-    return have, memory
-
-
-def asha_line(options: SweepOptions, arms: list[Arm]) -> str:
-    """What ASHA will do, in the run's steps: when it may first stop a trial and where its rungs are."""
-    grace = grace_period(options, arms)
-    every, max_evals = arms[0].spec.train.eval_every, max_evaluations(arms)
-    rungs, milestone = [], grace
-    while milestone < max_evals:
-        rungs.append(milestone * every)
-        milestone *= options.reduction_factor
-    how = "--grace-period" if options.grace_period is not None else "after the warm-up and a quarter of the run"
-    where = (f"rungs at step(s) {', '.join(map(str, rungs))}" if rungs else
-             "no rung before the last evaluation: it will stop no trial")
-    return (f"ASHA: no trial stopped before step {grace * every} ({grace} evaluation(s), {how}; warm-up "
-            f"{arms[0].spec.optim.warmup_steps} steps), keeps 1 in {options.reduction_factor}, {where}")
 
 
 def kernel_cache_for(sweep_dir: str) -> str | None:
@@ -486,49 +276,6 @@ def run_config(base: RunSpec, callbacks: list[Callback]) -> Any:
                           failure_config=tune.FailureConfig(**TRIAL_FAILURES))
 
 
-class RecordedASHA(ASHAScheduler):
-    """ASHA that records each of its decisions to stop a trial (which trial, at which step) in the sweep folder before
-    Tune acts on it. Tune ends a trial that Ctrl-C, SIGTERM or a lost node cut exactly as one ASHA stopped
-    (TERMINATED), so this record is the only honest source of "stopped by ASHA" (sweep_status.trial_status)."""
-
-    def __init__(self, sweep_dir: str, keep_checkpoints: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.sweep_dir, self.keep_checkpoints = sweep_dir, keep_checkpoints
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == self.STOP and result.get(self._time_attr, 0) >= self._max_t:
-            # ASHA's rungs go on past max_t: one there "stops" a trial at its last evaluation, which ends it anyway
-            # with its results written; stopping it would kill it before it writes them
-            return self.CONTINUE
-        if decision == self.STOP:
-            status_lib.record_stop(self.sweep_dir, trial_name(trial.config["arm"], trial.config["seed"]), result)
-        return decision
-
-    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-        super().on_trial_complete(tune_controller, trial, result)
-        name = trial_name(trial.config["arm"], trial.config["seed"])
-        if name in status_lib.read_stops(self.sweep_dir):
-            # free its optimizer state now, not at the sweep's end: the disk plan counts a stopped trial at what an
-            # ended one keeps (its report's checkpoint is complete by the time ASHA judged that report)
-            status_lib.settle(storage.join(self.sweep_dir, "trials", name), self.keep_checkpoints)
-
-
-def _scheduler(options: SweepOptions, arms: list[Arm], sweep_dir: str) -> Any:
-    """ASHA on the evaluation count (or FIFO), recording its stops in `sweep_dir`."""
-    from ray.tune.schedulers import FIFOScheduler
-
-    if options.scheduler == "fifo":
-        return FIFOScheduler()
-    return RecordedASHA(
-        sweep_dir, options.keep_checkpoints, time_attr="evaluations", metric="val_loss", mode="min",
-        max_t=max_evaluations(arms),
-        grace_period=grace_period(options, arms), reduction_factor=options.reduction_factor,
-        # a trial at its last evaluation ends by itself (results, model/, its placement group freed by Ray Train);
-        # stopping it there would kill it before it writes them, and free its resources only through the dashboard
-        stop_last_trials=False)
-
-
 def _new_tuner(trainable: Any, base: RunSpec, options: SweepOptions, arms: list[Arm], sweep_dir: str, concurrent: int,
                progress: bool) -> Any:
     """A new sweep's Tuner: every arm times every seed, `concurrent` at a time."""
@@ -539,7 +286,7 @@ def _new_tuner(trainable: Any, base: RunSpec, options: SweepOptions, arms: list[
     return tune.Tuner(
         trainable,
         param_space={"arm": tune.grid_search([a.id for a in arms]), "seed": tune.grid_search(list(range(options.seeds)))},
-        tune_config=tune.TuneConfig(scheduler=_scheduler(options, arms, sweep_dir), max_concurrent_trials=concurrent),
+        tune_config=tune.TuneConfig(scheduler=scheduler(options, arms, sweep_dir), max_concurrent_trials=concurrent),
         run_config=run_config(base, callbacks),
     )
 
@@ -554,7 +301,7 @@ def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep_dir: str, 
     trainable = tune.with_parameters(_trial, specs=specs, trials_root=trials_root, kernel_cache=kernel_cache_for(sweep_dir),
                                      data_origin=data_origin, keep_checkpoints=options.keep_checkpoints)
     # the trial itself only waits on its TorchTrainer, whose workers hold the CPUs and GPUs
-    trainable = tune.with_resources(trainable, {"CPU": sweep_plan.TRIAL_CPU})
+    trainable = tune.with_resources(trainable, {"CPU": TRIAL_CPU})
     path = storage.join(base.storage_path, base.name)
     with _Signals(verbose):
         try:
@@ -652,7 +399,7 @@ def _trained_seconds(run_dir: str) -> float:
 def evaluate_finished(rows: list[dict[str, Any]], options: SweepOptions, address: str | None,
                       progress: bool) -> list[dict[str, Any]]:
     """Score every finished trial on the sweep's eval tasks (Ray tasks, on GPUs when the cluster has them)."""
-    from hybrid_ray.evals import evaluate_on_cluster
+    from hybrid_ray.evals.downstream import evaluate_on_cluster
 
     finished = [r for r in rows if r["status"] == "finished"]
     for task in options.eval_tasks:

@@ -1,4 +1,4 @@
-"""What each sweep trial ended as, honestly, and what an ended trial keeps on disk.
+"""A sweep trial: its name and run, what it ended as, honestly, and what an ended trial keeps on disk.
 
 A trial is finished (it ran all its steps), stopped by ASHA (only a trial that ASHA's own decision, recorded in the
 sweep's `asha_stops.jsonl` as it was taken, stopped; never one that ran all its steps), failed (with the first line
@@ -16,6 +16,7 @@ from typing import Any
 
 from hybrid_ray import storage
 from hybrid_ray.errors import HybridRayError, Interrupted, first_line, root_cause
+from hybrid_ray.spec import RunSpec
 from hybrid_ray.train import checkpoint as ckpt_lib
 
 FINISHED = "finished"
@@ -127,3 +128,13 @@ def settle(run_dir: str, keep_checkpoints: bool) -> None:
     checkpoints, unless `keep_checkpoints`."""
     if not keep_checkpoints:
         ckpt_lib.prune(run_dir)
+
+
+def trial_name(arm_id: str, seed: int) -> str:
+    return f"{arm_id}-s{seed}"
+
+
+def trial_spec(arm_spec: RunSpec, arm_id: str, seed: int, trials_root: str) -> RunSpec:
+    """The run a trial trains: its arm's spec, named <arm>-s<seed> under the sweep's trials folder, seed + k."""
+    return arm_spec.with_overrides({"name": trial_name(arm_id, seed), "storage_path": trials_root,
+                                    "train.seed": arm_spec.train.seed + seed})

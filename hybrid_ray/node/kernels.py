@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hybrid_ray import storage
-from hybrid_ray.data.shards import _locked, cache_root
+from hybrid_ray.node.cache import cache_root, locked
 from hybrid_ray.errors import HybridRayError, first_line
 
 STORE_DIR = ".kernels"  # under a storage path
@@ -47,7 +47,7 @@ def probe() -> dict[str, str]:
 
     import torch
 
-    from hybrid_ray.fla_clone import fla_source
+    from hybrid_ray.node.fla_source import fla_source
 
     try:
         triton = version("triton")
@@ -165,7 +165,7 @@ def _merge(folder: Path, names: Iterable[str], read: Callable[[str], bytes]) -> 
             wanted.setdefault(entry, []).append(file)
     folder.mkdir(parents=True, exist_ok=True)
     changed = 0
-    with _locked(folder.parent / f".{folder.name}.lock"):
+    with locked(folder.parent / f".{folder.name}.lock"):
         for stale in folder.glob(".tmp-*"):  # left by a killed process; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
         for entry, files in sorted(wanted.items()):
@@ -277,7 +277,7 @@ def clear(all_stacks: bool = False) -> list[str]:
     for key in keys:
         folder = root() / key
         if folder.exists():
-            with _locked(root() / f".{key}.lock"):
+            with locked(root() / f".{key}.lock"):
                 shutil.rmtree(folder, ignore_errors=True)
             removed.append(key)
     return removed

@@ -8,7 +8,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from hybrid_ray import runs, storage
+from hybrid_ray import storage
+from hybrid_ray.runs import folders as runs
 from hybrid_ray.errors import HybridRayError
 
 PANELS = [

@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from hybrid_ray import runs, storage
+from hybrid_ray import storage
+from hybrid_ray.runs import folders as runs
 from hybrid_ray.data.hub import hub_available
 from hybrid_ray.errors import DataError, SpecError, first_line, suggest
 from hybrid_ray.model.precision import autocast
@@ -184,7 +185,7 @@ def loglikelihoods(model: torch.nn.Module, tokenizer: Any, device: torch.device,
     whether greedy decoding would produce exactly them, and how many there are. Rows of similar length are
     right-padded into batches (a causal model's earlier positions never see the padding); only the answer positions'
     logits are normalised, and each batch's scores come back to the host at once."""
-    from hybrid_ray.generate import forward
+    from hybrid_ray.inference.generate import forward
 
     encoded = []
     for context, continuation in pairs:
@@ -254,7 +255,7 @@ def perplexity(model: torch.nn.Module, tokenizer_folder: str, device: torch.devi
     tokenizer, saved in `tokenizer_folder` (the same blocks any model with this tokenizer is scored on)."""
     from hybrid_ray import data as data_lib
     from hybrid_ray.spec import DataSpec
-    from hybrid_ray.train.evaluate import evaluate
+    from hybrid_ray.evals.loss import evaluate
 
     dataset = data_lib.prepare(DataSpec(source=data, tokenizer=tokenizer_folder, seq_len=seq_len))
     batches = dataset.val_batches(seq_len=seq_len, micro_batch=8, rank=0, world_size=1)
@@ -267,7 +268,7 @@ def evaluate_task(path: str, task: str, *, data: str | None = None, limit: int |
                   seq_len: int | None = None, startup: Startup | None = None) -> dict[str, Any]:
     """Score the model of a run (or model folder) on a task; the result also goes into the run's eval/<task>.json and
     its results.json under "evals". `startup` times the phases of loading the model (the command prints them)."""
-    from hybrid_ray.generate import load_for_inference, model_dir, tokenizer_dir
+    from hybrid_ray.inference.generate import load_for_inference, model_dir, tokenizer_dir
 
     if task not in TASKS:
         raise SpecError(f"unknown task {task!r}{suggest(task, TASKS)}; choose one of {', '.join(TASKS)}")

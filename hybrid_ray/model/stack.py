@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from hybrid_ray.errors import first_line
-from hybrid_ray.fla_clone import fla_source, git_info
+from hybrid_ray.node.fla_source import fla_source, git_info
 
 # FLA 0.6 refuses (rightly: wrong gradients) the gated chunk backward on Hopper with Triton in [3.4.0, 3.7.1).
 HOPPER_BAD_TRITON = ((3, 4, 0), (3, 7, 1))
@@ -46,7 +46,7 @@ def _flash_attn() -> str | None:
 
 def hybrid_ray_source() -> dict[str, Any]:
     """hybrid-ray's own version, and its commit when it runs from a git checkout."""
-    package = Path(__file__).parent
+    package = Path(__file__).parents[1]
     info: dict[str, Any] = {"version": _version("hybrid-ray"), "path": str(package)}
     if (package.parent / ".git").exists():
         info.update({k: v for k, v in git_info(package).items() if k != "repo"})

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from hybrid_ray import kernels
+from hybrid_ray.node import kernels
 from hybrid_ray.errors import EnvironmentProblem
 from hybrid_ray.spec import RunSpec
-from hybrid_ray.sweep_plan import kernel_shape
+from hybrid_ray.train.plan import kernel_shape
 
 DECODE_PROMPTS = (8, 100)  # prompt lengths: a short prefill runs FLA's recurrent kernels, a longer one its chunked ones
 DECODE_TOKENS = 4
@@ -65,10 +65,10 @@ def warm_device(spec: RunSpec, device: torch.device, say: Callable[[str], None] 
                 training_only: bool = False) -> list[Phase]:
     """Run the spec's train step, evaluation forward, decoding and downstream scoring once on `device` (FLA backend),
     each timed, with the cache entries it added; `training_only`: the train step and evaluation alone."""
-    from hybrid_ray.generate import SamplingOptions, decode
+    from hybrid_ray.inference.generate import SamplingOptions, decode
     from hybrid_ray.model import build_model
     from hybrid_ray.model.precision import autocast
-    from hybrid_ray.train.evaluate import evaluate
+    from hybrid_ray.evals.loss import evaluate
     from hybrid_ray.train.loop import setup_model, train_step
     from hybrid_ray.train.optim import build_optimizer
     from hybrid_ray.train.parallelize import single_process_group
@@ -147,8 +147,8 @@ def _publish(storage_path: str | None, say: Callable[[str], None]) -> None:
 
 def grid_specs(spec: RunSpec, grid: list[str], match_params: bool = False) -> list[RunSpec]:
     """The arms of a sweep grid (as `hybrid-ray sweep` builds them from the same flags), one spec each."""
-    from hybrid_ray.grid import expand, parse_grid
-    from hybrid_ray.grid import match_params as matched
+    from hybrid_ray.config.grid import expand, parse_grid
+    from hybrid_ray.config.grid import match_params as matched
 
     arms = expand(spec, parse_grid(grid))
     return [a.spec for a in (matched(arms) if match_params else arms)]

@@ -1,0 +1,63 @@
+"""How to sweep (SweepOptions): the grid, seeds, the scheduler, packing, downstream evals; from a job file's `sweep`
+section with the command line's flags on top."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from hybrid_ray.errors import SpecError, suggest
+
+SCHEDULERS = ("asha", "fifo")
+
+
+@dataclass(kw_only=True)
+class SweepOptions:
+    """How to sweep; the base RunSpec says what each trial trains."""
+
+    grid: list[str]
+    seeds: int = 1
+    scheduler: str = "asha"
+    grace_period: int | None = None  # evaluations before ASHA may stop a trial; None: grace_period() decides
+    reduction_factor: int = 3
+    max_concurrent: int | None = None  # None: as many trials as the cluster holds (train/plan.py, concurrency)
+    gpus_per_trial: float | None = None  # None: as many trials a GPU as its memory holds (train/plan.py, plan)
+    match_params: bool = False
+    reference_arm: str | None = None  # --match-params REF; None: the arm without attention
+    eval_tasks: list[str] = field(default_factory=list)  # downstream tasks scored on every finished trial
+    eval_data: str | None = None  # their data when the hub is out of reach (one task)
+    keep_checkpoints: bool = False  # ended trials keep every checkpoint with its optimizer state
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise SpecError(f"--seeds must be >= 1, got {self.seeds}")
+        if self.scheduler not in SCHEDULERS:
+            raise SpecError(f"unknown scheduler {self.scheduler!r}{suggest(self.scheduler, SCHEDULERS)}; use asha or fifo")
+        if (self.grace_period is not None and self.grace_period < 1) or self.reduction_factor < 2:
+            raise SpecError("--grace-period must be >= 1 and --reduction-factor >= 2")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise SpecError("--max-concurrent must be >= 1")
+        if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
+            raise SpecError("--gpus-per-trial must be >= 0")
+        from hybrid_ray.evals.downstream import TASKS
+
+        for task in self.eval_tasks:
+            if task not in TASKS or task == "perplexity":
+                raise SpecError(f"unknown eval task {task!r}{suggest(task, TASKS)}; a sweep scores arc_easy, "
+                                "arc_challenge, hellaswag or lambada")
+        if self.eval_data is not None and len(self.eval_tasks) != 1:
+            raise SpecError("--eval-data goes with exactly one --eval-task")
+
+
+def sweep_options(job: dict[str, Any], flags: dict[str, Any] | None = None) -> SweepOptions:
+    """SweepOptions from a job file's `sweep` section with the command line's flags on top (a flag that is None, or a
+    repeatable one given no times, is not given); unknown keys are one-line errors."""
+    given = {k: list(v) if isinstance(v, tuple) else v for k, v in (flags or {}).items() if v is not None and v != ()}
+    settings = {**job, **given}
+    known = [f.name for f in dataclasses.fields(SweepOptions)]
+    for key in settings:
+        if key not in known:
+            raise SpecError(f"unknown sweep setting {key!r}{suggest(key, known)}")
+    grid = settings.get("grid", [])
+    return SweepOptions(**{**settings, "grid": [grid] if isinstance(grid, str) else list(grid)})
