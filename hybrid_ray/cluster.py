@@ -56,11 +56,10 @@ def authenticate(address: str) -> None:
     AuthenticationError at once, where ray.init retries it for ~20 s. Any other failure is left to ray.init."""
     if "://" in address:
         return  # a Ray Client address: its server authenticates
-    from ray._raylet import GcsClient
     from ray.exceptions import AuthenticationError
 
     try:
-        GcsClient(address=address)
+        ray_compat.check_gcs_token(address)
     except AuthenticationError:
         raise
     except Exception:

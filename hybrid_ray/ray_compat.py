@@ -1,5 +1,6 @@
-"""The one place that reaches into Ray's private modules (Ray 2.60): Train's report logger, the token-auth config,
-the trainer's default callbacks, Train's record of a run's checkpoints, Tune's trials and the job upload's file walk.
+"""The one place that reaches into Ray's private modules (Ray 2.60): Train's report logger, the token-auth config and
+the GCS client, the trainer's default callbacks, Train's record of a run's checkpoints, Tune's trials and the job
+upload's file walk.
 tests/test_ray_compat.py fails loudly when a Ray upgrade moves what this relies on."""
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ def use_token_if_available() -> None:
     (Ray 2.60 clients send it only in token mode, and `ray start` heads use token auth once a token exists)."""
     if "RAY_AUTH_MODE" not in os.environ and token_available():
         _refresh_auth_mode("token")
+
+
+def check_gcs_token(address: str) -> None:
+    """One call to the GCS at `address` (host:port): Ray's AuthenticationError at once when it refuses this machine's
+    token (the GCS client is private: ray._raylet)."""
+    from ray._raylet import GcsClient
+
+    GcsClient(address=address)
 
 
 def enable_token_auth() -> None:
