@@ -1,5 +1,5 @@
 """Every interaction with the Ray cluster itself: connect (or start a local one), authenticate, read its resources
-(sweep_plan.plan sizes a run against them)."""
+(train/plan.py sizes a run against them)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The node's kernel cache (hybrid_ray/kernels.py) on CPU: where it lives, keying by software stack, export/import,
+"""The node's kernel cache (hybrid_ray/node/kernels.py) on CPU: where it lives, keying by software stack, export/import,
 publish/pull between two nodes' folders through storage, concurrent writers, the console line, and the CLI."""
 
 import json

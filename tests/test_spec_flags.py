@@ -1,4 +1,4 @@
-"""One declaration per spec flag (spec.FLAGS), one spec builder (jobspec.build_spec), one ratio rule
+"""One declaration per spec flag (spec.FLAGS), one spec builder (config/build.py, build_spec), one ratio rule
 (variants.ratio_spec) and one sweep-settings merge (sweep.options.sweep_options). No Ray, no training."""
 
 import click

@@ -237,7 +237,7 @@ def _read_info(run_dir: str, name: str) -> RunInfo:
                    attention=layout_label(spec.get("model") or {}))
 
 
-SWEEP_TRIALS = "trials"  # a sweep folder holds its trials' run folders here (hybrid_ray/tune.py)
+SWEEP_TRIALS = "trials"  # a sweep folder holds its trials' run folders here (hybrid_ray/sweep/tuner.py)
 
 
 def run_dirs(storage_path: str) -> dict[str, str]:

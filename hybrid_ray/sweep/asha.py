@@ -56,7 +56,7 @@ def asha_line(options: SweepOptions, arms: list[Arm]) -> str:
 class RecordedASHA(ASHAScheduler):
     """ASHA that records each of its decisions to stop a trial (which trial, at which step) in the sweep folder before
     Tune acts on it. Tune ends a trial that Ctrl-C, SIGTERM or a lost node cut exactly as one ASHA stopped
-    (TERMINATED), so this record is the only honest source of "stopped by ASHA" (sweep_status.trial_status)."""
+    (TERMINATED), so this record is the only honest source of "stopped by ASHA" (status.trial_status)."""
 
     def __init__(self, sweep_dir: str, keep_checkpoints: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -229,7 +229,7 @@ def sweep(
 
 def kernel_cache_for(sweep_dir: str) -> str | None:
     """Where the trials share compiled kernels between nodes: the storage path holding the sweep (its `.kernels/`).
-    Each node's Triton reads its own copy, in the node's kernel cache (hybrid_ray/kernels.py)."""
+    Each node's Triton reads its own copy, in the node's kernel cache (hybrid_ray/node/kernels.py)."""
     return sweep_dir.rstrip("/").rsplit("/", 1)[0]
 
 
@@ -345,7 +345,7 @@ def trial_statuses(outcomes: dict[str, status_lib.TuneOutcome], sweep_dir: str) 
 
 
 def removed_trials(outcomes: dict[str, status_lib.TuneOutcome], sweep_dir: str) -> list[str]:
-    """The trials Tune ran to their end whose run folder was deleted since (see sweep_status.REMOVED)."""
+    """The trials Tune ran to their end whose run folder was deleted since (see status.REMOVED)."""
     return [name for name, (status, _) in trial_statuses(outcomes, sweep_dir).items() if status == status_lib.REMOVED]
 
 

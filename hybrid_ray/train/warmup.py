@@ -1,5 +1,5 @@
 """`hybrid-ray warmup`: compile and tune every kernel a run spec needs (train step, evaluation, decoding) on this
-node's GPUs, into the node's kernel cache (hybrid_ray/kernels.py), and optionally publish it for a cluster's nodes.
+node's GPUs, into the node's kernel cache (hybrid_ray/node/kernels.py), and optionally publish it for a cluster's nodes.
 
 One process per distinct GPU model (the same model compiles the same kernels): this one for the first, a spawned
 one, limited to its GPU, for each other.
