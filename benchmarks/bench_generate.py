@@ -42,13 +42,13 @@ from typing import Any
 import torch
 
 from benchmarks.common import write_json
-from hybrid_ray.evals import downstream as evals
+from hybrid_ray.config.variants import variant_spec
 from hybrid_ray.data.tokenizer import ByteTokenizer
 from hybrid_ray.errors import first_line
+from hybrid_ray.evals import downstream as evals
 from hybrid_ray.inference.generate import SamplingOptions, decode_reference, decode_timed, forward
 from hybrid_ray.model import build_model, count_params, save_model
 from hybrid_ray.model.precision import autocast
-from hybrid_ray.config.variants import variant_spec
 
 VARIANTS = ["h100_hybrid_sparse", "h100_deltanet", "h100_transformer"]
 GPT2_VOCAB = 50257

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import write_json
-from hybrid_ray.sweep import status as sweep_status
 from hybrid_ray.config.variants import variant_spec
+from hybrid_ray.sweep import status as sweep_status
 
 GPU_SIZE = {"model.vocab_size": 50304, "train.batch_size": 16, "train.steps": 48, "optim.warmup_steps": 12,
             "train.eval_every": 12, "train.eval_tokens": 65_536, "train.checkpoint_every": 24, "train.log_every": 4,

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import write_json
+from hybrid_ray.config.variants import variant_spec
 from hybrid_ray.runs import report
 from hybrid_ray.sweep.options import SweepOptions
 from hybrid_ray.sweep.tuner import sweep
-from hybrid_ray.config.variants import variant_spec
 
 GPU_SIZE = {"model.num_layers": 12, "model.attn_layers": [5, 11], "data.max_documents": 400,
             "data.seq_len": 256, "train.batch_size": 16, "train.steps": 240, "train.eval_every": 40,

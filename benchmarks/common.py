@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from hybrid_ray.node import kernels
 from hybrid_ray.data.loader import Batch
 from hybrid_ray.model import count_params, flops_per_token, peak_flops
+from hybrid_ray.node import kernels
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train.loop import setup_model, train_step
 from hybrid_ray.train.optim import build_optimizer

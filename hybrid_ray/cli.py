@@ -14,9 +14,9 @@ from typing import Any
 import click
 
 from hybrid_ray.config import build as jobspec
+from hybrid_ray.config.variants import DEFAULT_PRESET, DEFAULT_VARIANT, PRESETS
 from hybrid_ray.errors import HybridRayError, SpecError
 from hybrid_ray.spec import FLAGS, Flag, RunSpec, TrainSpec, flag_overrides
-from hybrid_ray.config.variants import DEFAULT_PRESET, DEFAULT_VARIANT, PRESETS
 
 DEFAULT_STORAGE = RunSpec.storage_path
 

@@ -16,8 +16,8 @@ import sys
 import time
 from typing import Any
 
-from hybrid_ray.spec import ModelSpec, RunSpec
 from hybrid_ray.config.variants import variant_spec
+from hybrid_ray.spec import ModelSpec, RunSpec
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from hybrid_ray.config.variants import variant_spec
 from hybrid_ray.data import Batch
 from hybrid_ray.model import build_model
 from hybrid_ray.train import checkpoint as ckpt
@@ -18,7 +19,6 @@ from hybrid_ray.train.evaluate import Evaluator
 from hybrid_ray.train.loop import DIVERGED_FILE, Divergence
 from hybrid_ray.train.metrics import MetricsLogger
 from hybrid_ray.train.optim import LRSchedule
-from hybrid_ray.config.variants import variant_spec
 
 CPU = torch.device("cpu")
 SPEC = variant_spec("h100_hybrid_sparse", "tiny").with_overrides({

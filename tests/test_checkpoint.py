@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from hybrid_ray.config.variants import variant_spec
 from hybrid_ray.errors import CheckpointError
-from hybrid_ray.storage import crc32
 from hybrid_ray.model import build_model
+from hybrid_ray.storage import crc32
 from hybrid_ray.train import checkpoint as ckpt
 from hybrid_ray.train.checkpoint import TrainerState
-from hybrid_ray.config.variants import variant_spec
 
 SPEC = variant_spec("h100_hybrid_sparse", "tiny").with_overrides({
     "model.vocab_size": 64, "model.num_layers": 2, "model.attn_layers": [1]})

@@ -145,8 +145,8 @@ def test_every_job_file_resolves_for_hybrid_ray_and_for_ray():
 
     from hybrid_ray.config import build as jobspec
     from hybrid_ray.config.grid import expand, parse_grid
-    from hybrid_ray.sweep.options import sweep_options
     from hybrid_ray.config.variants import VARIANTS
+    from hybrid_ray.sweep.options import sweep_options
 
     files = sorted(Path(__file__).parent.parent.joinpath("jobs").glob("*.yaml"))
     assert {f.stem for f in files} >= {"tiny_local", "ratio_ablation", "ratio_ablation_small", "lr_ablation",

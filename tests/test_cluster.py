@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from ray_procs import HYBRID_RAY, RAY, hybrid_ray, one_error_line, user_env
 
+from hybrid_ray.config.variants import variant_spec
 from hybrid_ray.runs import report
 from hybrid_ray.sweep import status as sweep_status
-from hybrid_ray.config.variants import variant_spec
 
 pytestmark = pytest.mark.slow
 SMALL = ["--steps", "4", "--log-every", "2", "--eval-every", "4", "--max-documents", "100"]

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from hybrid_ray.evals import downstream as evals
 from hybrid_ray.cli import main
 from hybrid_ray.data.tokenizer import ByteTokenizer
+from hybrid_ray.evals import downstream as evals
 from hybrid_ray.evals.downstream import Example, loglikelihoods, score, stderr
 from hybrid_ray.model import build_model, save_model
 from hybrid_ray.spec import ModelSpec

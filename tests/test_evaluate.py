@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from hybrid_ray.data import Batch, prepare
-from hybrid_ray.spec import DataSpec
 from hybrid_ray.evals.loss import evaluate
+from hybrid_ray.spec import DataSpec
 
 CPU = torch.device("cpu")
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from hybrid_ray.jobs import fla_clone
 from hybrid_ray.errors import EnvironmentProblem
+from hybrid_ray.jobs import fla_clone
 from hybrid_ray.jobs.submit import measure_upload
 
 

@@ -5,10 +5,10 @@ import dataclasses
 import pytest
 import torch
 
+from hybrid_ray.config.variants import REFERENCE_VOCAB, VARIANTS, variant_spec
 from hybrid_ray.model import build_model, count_params, flops_per_token, load_model, save_model
 from hybrid_ray.model.delta_rule import chunk_gated_delta_rule, recurrent_gated_delta_rule
 from hybrid_ray.spec import ModelSpec
-from hybrid_ray.config.variants import REFERENCE_VOCAB, VARIANTS, variant_spec
 
 TINY_GDN = ModelSpec(hidden_size=64, num_layers=1, num_heads=2, head_dim=32, vocab_size=100)
 TINY_HYBRID = ModelSpec(  # GQA, a window shorter than the sequence, value heads > key heads

@@ -4,10 +4,10 @@ import math
 
 import pytest
 
+from hybrid_ray.config.variants import variant_spec
 from hybrid_ray.model import build_model
 from hybrid_ray.spec import OptimSpec
 from hybrid_ray.train.optim import LRSchedule, param_groups
-from hybrid_ray.config.variants import variant_spec
 
 LR, FLOOR = 1e-3, 1e-4  # min_lr_ratio 0.1
 

@@ -3,12 +3,12 @@ neither retries a failed trial nor stops the others for it."""
 
 import pytest
 
-from hybrid_ray.train import plan as run_plan
-from hybrid_ray.sweep import tuner as tune_lib
+from hybrid_ray.config.variants import variant_spec
 from hybrid_ray.errors import ClusterError, SpecError
 from hybrid_ray.spec import RunSpec
+from hybrid_ray.sweep import tuner as tune_lib
+from hybrid_ray.train import plan as run_plan
 from hybrid_ray.train import launch
-from hybrid_ray.config.variants import variant_spec
 
 TINY = variant_spec("h100_hybrid_sparse", "tiny").with_overrides({"model.vocab_size": 8192, "model.num_layers": 2,
                                                                    "model.attn_layers": [1]})

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from hybrid_ray.runs import folders as runs
 from hybrid_ray.cli import main
-from hybrid_ray.errors import HybridRayError, SpecError
 from hybrid_ray.config.variants import variant_spec
+from hybrid_ray.errors import HybridRayError, SpecError
+from hybrid_ray.runs import folders as runs
 from test_checkpoint import write
 
 

@@ -5,13 +5,13 @@ import click
 import pytest
 import yaml
 
-from hybrid_ray.config import build as jobspec
 from hybrid_ray.cli import cli, main
-from hybrid_ray.errors import SpecError
+from hybrid_ray.config import build as jobspec
 from hybrid_ray.config.grid import expand, parse_grid
+from hybrid_ray.config.variants import ratio_label, ratio_spec, variant_spec
+from hybrid_ray.errors import SpecError
 from hybrid_ray.spec import FLAGS, RunSpec, flag_overrides
 from hybrid_ray.sweep.options import sweep_options
-from hybrid_ray.config.variants import ratio_label, ratio_spec, variant_spec
 
 # The CLI's flags, written out: a flag added, renamed or dropped must be a deliberate change (update this with the
 # README). Every command that builds a spec starts from --variant/--preset/--config/--attention-ratio.

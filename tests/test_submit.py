@@ -118,8 +118,8 @@ def test_dry_run_with_a_clone_shows_its_commit_and_counts_its_files(tmp_path, ca
 
 
 def test_job_calls_wait_for_the_job_agent_then_give_up_in_one_line(monkeypatch):
-    from hybrid_ray.jobs import submit as jobs
     from hybrid_ray.errors import ClusterError
+    from hybrid_ray.jobs import submit as jobs
 
     monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
     calls, said = [], []

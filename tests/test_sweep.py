@@ -11,10 +11,10 @@ from ray_procs import HYBRID_RAY
 
 from hybrid_ray.cli import main
 from hybrid_ray.config.grid import RATIO_ARMS, expand, match_params, parse_grid
+from hybrid_ray.config.variants import REFERENCE_VOCAB, variant_spec
 from hybrid_ray.model import count_params
 from hybrid_ray.sweep.options import SweepOptions
 from hybrid_ray.sweep.tuner import sweep
-from hybrid_ray.config.variants import REFERENCE_VOCAB, variant_spec
 
 TINY = {"data.max_documents": 400, "model.num_layers": 2, "model.attn_layers": [1], "train.steps": 30,
         "train.eval_every": 10, "train.checkpoint_every": 10, "train.log_every": 5, "train.eval_tokens": 4096}

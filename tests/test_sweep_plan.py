@@ -9,19 +9,19 @@ import signal
 import pytest
 import torch
 
+from hybrid_ray.cli import main
+from hybrid_ray.config.grid import expand, match_params, parse_grid
+from hybrid_ray.config.variants import REFERENCE_VOCAB, variant_spec
+from hybrid_ray.errors import ClusterError
+from hybrid_ray.model import build_model, count_params
 from hybrid_ray.runs import report
 from hybrid_ray.runs import folders as runs
 from hybrid_ray.sweep import plan as sweep_plan
-from hybrid_ray.train import plan as run_plan
 from hybrid_ray.sweep import status as sweep_status
-from hybrid_ray.cli import main
-from hybrid_ray.errors import ClusterError
-from hybrid_ray.config.grid import expand, match_params, parse_grid
-from hybrid_ray.model import build_model, count_params
+from hybrid_ray.sweep.tuner import _Signals
+from hybrid_ray.train import plan as run_plan
 from hybrid_ray.train import checkpoint as ckpt
 from hybrid_ray.train.checkpoint import TrainerState
-from hybrid_ray.sweep.tuner import _Signals
-from hybrid_ray.config.variants import REFERENCE_VOCAB, variant_spec
 
 TINY = variant_spec("h100_hybrid_sparse", "tiny").with_overrides(
     {"model.vocab_size": 8192, "model.num_layers": 2, "model.attn_layers": [1], "train.steps": 60,

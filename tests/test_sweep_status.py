@@ -4,12 +4,12 @@ grace period never judges an arm inside its learning-rate warm-up."""
 import pytest
 from ray.tune.schedulers import TrialScheduler
 
-from hybrid_ray.sweep import status as sweep_status
-from hybrid_ray.errors import Interrupted, SpecError
 from hybrid_ray.config.grid import expand, parse_grid
+from hybrid_ray.config.variants import variant_spec
+from hybrid_ray.errors import Interrupted, SpecError
+from hybrid_ray.sweep import status as sweep_status
 from hybrid_ray.sweep.asha import RecordedASHA, asha_line, grace_period
 from hybrid_ray.sweep.options import SweepOptions
-from hybrid_ray.config.variants import variant_spec
 
 FINISHED = {"status": "finished", "step": 60, "total_steps": 60}
 CUT = {"status": "stopped", "step": 20, "total_steps": 60}

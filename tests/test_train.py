@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from hybrid_ray.cli import main
+from hybrid_ray.config.variants import variant_spec
 from hybrid_ray.model import count_params
 from hybrid_ray.train import train
-from hybrid_ray.config.variants import variant_spec
 
 pytestmark = pytest.mark.slow
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hybrid_ray.config.variants import DEFAULT_PRESET, DEFAULT_VARIANT, ratio_spec, variant_spec
 from hybrid_ray.errors import SpecError, suggest
 from hybrid_ray.spec import RunSpec, read_yaml
-from hybrid_ray.config.variants import DEFAULT_PRESET, DEFAULT_VARIANT, ratio_spec, variant_spec
 
 KEY = "hybrid_ray"
 COMMANDS = ("train", "sweep")

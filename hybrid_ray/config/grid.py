@@ -13,10 +13,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from hybrid_ray.config.variants import VARIANTS, attention_layers, get_variant, ratio_label, ratio_spec
 from hybrid_ray.errors import SpecError, suggest
 from hybrid_ray.model.flops import count_params
 from hybrid_ray.spec import SECTIONS, RunSpec
-from hybrid_ray.config.variants import VARIANTS, attention_layers, get_variant, ratio_label, ratio_spec
 
 # The 13-arm ratio ablation: every named variant's layout, from pure DeltaNet to the transformer
 RATIO_ARMS = ["h100_deltanet", "h100_hybrid_8pct", "h100_hybrid_sparse", "h100_hybrid_25pct", "h100_hybrid_late",

@@ -21,10 +21,10 @@ from typing import Any
 import torch
 
 from hybrid_ray import storage
-from hybrid_ray.runs import folders as runs
 from hybrid_ray.data.hub import hub_available
 from hybrid_ray.errors import DataError, SpecError, first_line, suggest
 from hybrid_ray.model.precision import autocast
+from hybrid_ray.runs import folders as runs
 from hybrid_ray.startup import Startup
 
 # task -> (hub dataset, config, split)
@@ -254,8 +254,8 @@ def perplexity(model: torch.nn.Module, tokenizer_folder: str, device: torch.devi
     """Token-level loss and perplexity over the validation split of a data source, tokenized with the model's own
     tokenizer, saved in `tokenizer_folder` (the same blocks any model with this tokenizer is scored on)."""
     from hybrid_ray import data as data_lib
-    from hybrid_ray.spec import DataSpec
     from hybrid_ray.evals.loss import evaluate
+    from hybrid_ray.spec import DataSpec
 
     dataset = data_lib.prepare(DataSpec(source=data, tokenizer=tokenizer_folder, seq_len=seq_len))
     batches = dataset.val_batches(seq_len=seq_len, micro_batch=8, rank=0, world_size=1)

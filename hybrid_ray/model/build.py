@@ -15,8 +15,8 @@ from hybrid_ray.errors import CheckpointError, EnvironmentProblem, SpecError, fi
 from hybrid_ray.model.config import fla_config, spec_from_fla_config
 from hybrid_ray.model.fla import build_fla_model, fla_available
 from hybrid_ray.model.torch_ref import HybridForCausalLM
-from hybrid_ray.startup import Startup
 from hybrid_ray.spec import ModelSpec
+from hybrid_ray.startup import Startup
 
 BACKENDS = ("auto", "fla", "torch")
 WEIGHTS_FILE = "model.safetensors"
@@ -184,8 +184,8 @@ def load_model(
     spec = read_model_spec(folder)
     backend = resolve_backend(backend, device)
     if backend == "fla":
-        from hybrid_ray.node import kernels
         from hybrid_ray.model.fla import import_fla
+        from hybrid_ray.node import kernels
 
         with startup.phase("imports"):
             import_fla()

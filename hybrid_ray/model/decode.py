@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from hybrid_ray.spec import ModelSpec
 from hybrid_ray.model.precision import autocast, uses_bf16
+from hybrid_ray.spec import ModelSpec
 
 
 def model_spec(model: torch.nn.Module) -> ModelSpec:

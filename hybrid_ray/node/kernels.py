@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from hybrid_ray import storage
-from hybrid_ray.node.cache import cache_root, locked
 from hybrid_ray.errors import HybridRayError, first_line
+from hybrid_ray.node.cache import cache_root, locked
 
 STORE_DIR = ".kernels"  # under a storage path
 MANIFEST = "hybrid-ray-kernels.json"  # in an exported archive, beside its cache/ folder

@@ -19,13 +19,13 @@ import torch.nn as nn
 
 from hybrid_ray import data as data_lib
 from hybrid_ray import storage
-from hybrid_ray.node import kernels
-from hybrid_ray.model.stack import runtime_versions
 from hybrid_ray.errors import first_line
 from hybrid_ray.model import build_model, unwrap
 from hybrid_ray.model.build import resolve_backend
 from hybrid_ray.model.precision import autocast
 from hybrid_ray.model.speed import kernel_choices
+from hybrid_ray.model.stack import runtime_versions
+from hybrid_ray.node import kernels
 from hybrid_ray.ray_compat import quiet_report_logs
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train.cadence import report_due

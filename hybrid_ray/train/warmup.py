@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from hybrid_ray.node import kernels
 from hybrid_ray.errors import EnvironmentProblem
+from hybrid_ray.node import kernels
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train.plan import kernel_shape
 
@@ -65,10 +65,10 @@ def warm_device(spec: RunSpec, device: torch.device, say: Callable[[str], None] 
                 training_only: bool = False) -> list[Phase]:
     """Run the spec's train step, evaluation forward, decoding and downstream scoring once on `device` (FLA backend),
     each timed, with the cache entries it added; `training_only`: the train step and evaluation alone."""
+    from hybrid_ray.evals.loss import evaluate
     from hybrid_ray.inference.generate import SamplingOptions, decode
     from hybrid_ray.model import build_model
     from hybrid_ray.model.precision import autocast
-    from hybrid_ray.evals.loss import evaluate
     from hybrid_ray.train.loop import setup_model, train_step
     from hybrid_ray.train.optim import build_optimizer
     from hybrid_ray.train.parallelize import single_process_group
