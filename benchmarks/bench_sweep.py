@@ -28,7 +28,7 @@ from typing import Any
 
 from benchmarks.common import write_json
 from hybrid_ray.config.variants import variant_spec
-from hybrid_ray.runs import report
+from hybrid_ray.records import report
 from hybrid_ray.sweep.options import SweepOptions
 from hybrid_ray.sweep.tuner import sweep
 

@@ -195,7 +195,7 @@ def sweep(address: str | None, verbose: bool, dry_run: bool, assume_gpus: int | 
 def compare(paths: tuple[str, ...], out: str | None) -> None:
     """Rank finished runs and sweeps (run folders, sweep folders, folders of runs) in one table and figure."""
     from hybrid_ray import storage
-    from hybrid_ray.runs import report
+    from hybrid_ray.records import report
 
     rows = report.comparison_rows(list(paths))
     folder = storage.normalize(out) if out else report.comparison_home(list(paths))
@@ -621,7 +621,7 @@ def runs_list(storage_path: str, as_json: bool) -> int:
     """Name, variant (or, for a run no variant names, its attention share and layers), status, step, best validation
     loss and path of every run; a damaged run is listed too, and an error line for it (exit code 1) says which file
     is damaged."""
-    from hybrid_ray.runs.folders import list_runs
+    from hybrid_ray.records.folders import list_runs
 
     rows = list_runs(storage_path)
     if as_json:
@@ -647,7 +647,7 @@ def runs_list(storage_path: str, as_json: bool) -> int:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def runs_rm(name: str, storage_path: str, yes: bool) -> None:
     """Delete a run: its checkpoints, results and model folder."""
-    from hybrid_ray.runs.folders import remove_run
+    from hybrid_ray.records.folders import remove_run
 
     if not yes:
         click.confirm(f"delete run {name!r} under {storage_path} with all its checkpoints?", abort=True)

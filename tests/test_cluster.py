@@ -13,7 +13,7 @@ import pytest
 from ray_procs import HYBRID_RAY, RAY, hybrid_ray, one_error_line, user_env
 
 from hybrid_ray.config.variants import variant_spec
-from hybrid_ray.runs import report
+from hybrid_ray.records import report
 from hybrid_ray.sweep import status as sweep_status
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ import pytest
 from hybrid_ray.cli import main
 from hybrid_ray.config.variants import variant_spec
 from hybrid_ray.errors import HybridRayError, SpecError
-from hybrid_ray.runs import folders as runs
+from hybrid_ray.records import folders as runs
 from test_checkpoint import write
 
 
@@ -194,7 +194,7 @@ def test_extending_a_run_that_does_not_exist_is_refused_and_writes_nothing(tmp_p
 def test_compare_writes_beside_the_compared_runs_not_into_the_current_folder(tmp_path, monkeypatch, capsys):
     """Issue 36: `compare` wrote comparison/ into the current folder (a git clone got an untracked folder). The
     README's command, under the user's default storage path, run from a clone."""
-    from hybrid_ray.runs import report
+    from hybrid_ray.records import report
 
     monkeypatch.setenv("HOME", str(tmp_path))
     clone = tmp_path / "clone"

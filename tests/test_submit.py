@@ -93,6 +93,16 @@ def test_a_wrong_forwarded_command_fails_before_anything_is_sent(capsys):
     assert "nothing was submitted" in err[0]
 
 
+def test_the_upload_carries_every_module_of_the_package():
+    """A package named like a default exclude (`runs/`) was left out of the job's working_dir: its imports then failed
+    on the cluster, or silently took an installed copy's."""
+    from hybrid_ray.jobs.submit import measure_upload
+
+    uploaded = {name for name, _ in measure_upload(ROOT).files}
+    package = {str(p.relative_to(ROOT)) for p in (ROOT / "hybrid_ray").rglob("*.py")}
+    assert package - uploaded == set()
+
+
 def test_dry_run_with_a_clone_shows_its_commit_and_counts_its_files(tmp_path, capsys):
     clone = tmp_path / "clone"  # shaped like an FLA git clone (the dry run imports nothing from it)
     for name in ("fla/__init__.py", "fla/ops/gated_delta_rule/chunk.py", "README.md"):

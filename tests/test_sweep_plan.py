@@ -14,8 +14,8 @@ from hybrid_ray.config.grid import expand, match_params, parse_grid
 from hybrid_ray.config.variants import REFERENCE_VOCAB, variant_spec
 from hybrid_ray.errors import ClusterError
 from hybrid_ray.model import build_model, count_params
-from hybrid_ray.runs import report
-from hybrid_ray.runs import folders as runs
+from hybrid_ray.records import report
+from hybrid_ray.records import folders as runs
 from hybrid_ray.sweep import plan as sweep_plan
 from hybrid_ray.sweep import status as sweep_status
 from hybrid_ray.sweep.tuner import _Signals

@@ -24,7 +24,7 @@ from hybrid_ray import storage
 from hybrid_ray.data.hub import hub_available
 from hybrid_ray.errors import DataError, SpecError, first_line, suggest
 from hybrid_ray.model.precision import autocast
-from hybrid_ray.runs import folders as runs
+from hybrid_ray.records import folders as runs
 from hybrid_ray.startup import Startup
 
 # task -> (hub dataset, config, split)

@@ -179,7 +179,7 @@ def trials_on_disk(sweep_dir: str, trial_names: Sequence[str]) -> dict[str, tupl
     counts as not ended (sized at its peak: never under). Trials without a folder are left out; URIs: {}."""
     if storage.is_uri(sweep_dir):
         return {}
-    from hybrid_ray.runs import folders as runs  # (runs reads spec files: only when there is a local folder to read)
+    from hybrid_ray.records import folders as runs  # (runs reads spec files: only when there is a local folder to read)
 
     out = {}
     for name in trial_names:

@@ -27,8 +27,8 @@ from hybrid_ray import cluster, ray_compat, storage
 from hybrid_ray.config.grid import Arm, expand, numeric_value, parse_grid
 from hybrid_ray.errors import HybridRayError, Interrupted, SpecError
 from hybrid_ray.model import count_params
-from hybrid_ray.runs import folders as runs
-from hybrid_ray.runs import report
+from hybrid_ray.records import folders as runs
+from hybrid_ray.records import report
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.sweep import status as status_lib
 from hybrid_ray.sweep.asha import asha_line, grace_period, scheduler

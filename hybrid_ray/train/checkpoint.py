@@ -36,8 +36,8 @@ from hybrid_ray import ray_compat, storage
 from hybrid_ray.errors import CheckpointError, first_line
 from hybrid_ray.model import unwrap
 from hybrid_ray.model.build import WEIGHTS_FILE, load_state, save_model
-from hybrid_ray.runs import folders as runs
-from hybrid_ray.runs.folders import list_checkpoints, newest_step, step_of  # noqa: F401 (the names are the run layout's)
+from hybrid_ray.records import folders as runs
+from hybrid_ray.records.folders import list_checkpoints, newest_step, step_of  # noqa: F401 (the names are the run layout's)
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train.cadence import Every
 from hybrid_ray.train.parallelize import in_process_group

@@ -24,8 +24,8 @@ from hybrid_ray import data as data_lib
 from hybrid_ray.errors import HybridRayError, Interrupted, SpecError, first_line, root_cause
 from hybrid_ray.model import count_params, flops_per_token
 from hybrid_ray.model.build import check_backend
-from hybrid_ray.runs import folders as runs
-from hybrid_ray.runs.report import plot_runs, summarize
+from hybrid_ray.records import folders as runs
+from hybrid_ray.records.report import plot_runs, summarize
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train import plan as run_plan
 from hybrid_ray.train import checkpoint as ckpt_lib

@@ -10,7 +10,7 @@ from typing import Any
 
 from hybrid_ray import storage
 from hybrid_ray.errors import HybridRayError
-from hybrid_ray.runs import folders as runs
+from hybrid_ray.records import folders as runs
 
 PANELS = [
     ("loss", [("loss", "train"), ("val_loss", "validation")]),
