@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 # Which kernel runs dense (unpacked) attention on CUDA: 'auto' (torch's SDPA picks), an SDPA backend chosen explicitly
-# ('flash', 'cudnn', 'efficient'), or 'triton' (FLA's parallel_attn). Speed only: outputs agree to bf16 rounding
-# (benchmarks/results/speed/NOTES.md, issue 39). Read once; the benchmarks switch it with `set_dense_kernel`.
+# ('flash', 'cudnn', 'efficient'), or 'triton' (FLA's parallel_attn). Speed only: outputs agree to bf16 rounding.
+# 'auto' (torch 2.11 picks cuDNN) was the fastest on an H100 (benchmarks/results/speed/NOTES.md, issue 39). Read once;
+# the benchmarks switch it with `set_dense_kernel`.
 DENSE_KERNELS = ("auto", "flash", "cudnn", "efficient", "triton")
 _dense = {"kernel": os.environ.get("HYBRID_RAY_ATTENTION", "auto")}
 
