@@ -68,3 +68,17 @@ def test_every_fla_model_tunes_its_swiglu_kernels_over_four_configurations_not_t
 
     for kernel in (ops.swiglu_fwd_kernel, ops.swiglu_fwdbwd_kernel.fn):  # the second under @triton.heuristics
         assert [(c.kwargs["B"], c.num_warps) for c in kernel.configs] == list(SWIGLU_CONFIGS)
+
+
+def test_verify_says_which_convolution_auto_runs_and_how_to_get_the_cuda_one():
+    from hybrid_ray.model import stack
+
+    info = stack.collect()
+    info["gpus"] = [{"name": "NVIDIA H100 80GB HBM3", "capability": "9.0", "memory_gib": 79.1}]
+    info["causal_conv1d"] = None
+    line = next(l for l in stack.format_report(info).splitlines() if l.startswith("causal-conv1d"))
+    assert "FLA Triton kernels under --conv-backend auto" in line and "'hybrid-ray[cuda]'" in line
+    info["causal_conv1d"] = "1.7.0"
+    line = next(l for l in stack.format_report(info).splitlines() if l.startswith("causal-conv1d"))
+    assert line.startswith("causal-conv1d 1.7.0") and "its CUDA kernels" in line and "pip install" not in line
+    assert stack.collect()["conv_kernel"] == ("causal-conv1d CUDA" if causal_conv1d_installed() else "FLA Triton")
