@@ -195,11 +195,13 @@ def sweep(address: str | None, verbose: bool, dry_run: bool, assume_gpus: int | 
 def compare(paths: tuple[str, ...], out: str | None) -> None:
     """Rank finished runs and sweeps (run folders, sweep folders, folders of runs) in one table and figure."""
     from hybrid_ray import storage
+    from hybrid_ray.layout import ComparisonLayout
     from hybrid_ray.records import report
 
     rows = report.comparison_rows(list(paths))
     folder = storage.normalize(out) if out else report.comparison_home(list(paths))
-    table, figure = report.write_comparison(folder, rows, "comparison", "comparison.json", "comparison.png")
+    written = ComparisonLayout(folder)
+    table, figure = report.write_comparison(rows, "comparison", written.results, written.figure)
     click.echo(table)
     click.echo(f"results: {folder}" + (f" (figure: {figure})" if figure else ""))
 

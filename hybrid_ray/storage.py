@@ -34,6 +34,16 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts]) if is_uri(base) else str(Path(base, *parts))
 
 
+def parent(path: str) -> str:
+    """The folder that holds `path`."""
+    return path.rstrip("/").rsplit("/", 1)[0] if is_uri(path) else str(Path(path).parent)
+
+
+def name(path: str) -> str:
+    """The last part of `path`."""
+    return path.rstrip("/").rsplit("/", 1)[-1]
+
+
 def _fs(path: str) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(path) if is_uri(path) else (pafs.LocalFileSystem(), path)

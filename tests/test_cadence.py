@@ -11,12 +11,13 @@ import torch
 
 from hybrid_ray.config.variants import variant_spec
 from hybrid_ray.data import Batch
+from hybrid_ray.layout import DIVERGED_FILE, RunLayout
 from hybrid_ray.model import build_model
 from hybrid_ray.train import checkpoint as ckpt
 from hybrid_ray.train.cadence import Every, report_due
 from hybrid_ray.train.checkpoint import Checkpointer, TrainerState
 from hybrid_ray.train.evaluate import Evaluator
-from hybrid_ray.train.loop import DIVERGED_FILE, Divergence
+from hybrid_ray.train.loop import Divergence
 from hybrid_ray.train.metrics import MetricsLogger
 from hybrid_ray.train.optim import LRSchedule
 
@@ -134,7 +135,7 @@ def test_the_checkpointer_saves_its_components_state_dicts_without_touching_the_
 def test_a_divergence_stops_at_its_first_bad_step_and_records_it(tmp_path):
     spec = SPEC.with_overrides({"storage_path": str(tmp_path), "name": "run"})
     schedule = LRSchedule.from_spec(spec.optim, 20)
-    divergence = Divergence(CPU, spec, rank=0)
+    divergence = Divergence(CPU, RunLayout.of(spec).diverged, rank=0)
     divergence.track(1, torch.tensor(1.0), torch.tensor(1.0))
     assert not divergence.stop(schedule) and not (tmp_path / "run" / DIVERGED_FILE).exists()
     divergence.track(2, torch.tensor(float("nan")), torch.tensor(1.0))

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from hybrid_ray.config.variants import variant_spec
+from hybrid_ray import layout
 from hybrid_ray.errors import CheckpointError
 from hybrid_ray.model import build_model
+from hybrid_ray.records import folders as runs
 from hybrid_ray.storage import crc32
 from hybrid_ray.train import checkpoint as ckpt
 from hybrid_ray.train.checkpoint import TrainerState
@@ -127,17 +129,17 @@ def test_verify_wants_every_rank_and_matching_files(tmp_path):
 
 
 def test_folder_names_never_reuse_an_existing_folder():
-    assert ckpt.folder_name(20) == "checkpoint_00000020"
+    assert layout.checkpoint_name(20) == "checkpoint_00000020"
     taken = {"checkpoint_00000020", "checkpoint_00000020-1"}
-    assert ckpt.folder_name(20, taken) == "checkpoint_00000020-2"
-    assert ckpt.step_of("checkpoint_00000020-2") == 20 and ckpt.step_of("checkpoint_manager_snapshot.json") is None
+    assert layout.checkpoint_name(20, taken) == "checkpoint_00000020-2"
+    assert layout.step_of("checkpoint_00000020-2") == 20 and layout.step_of("checkpoint_manager_snapshot.json") is None
 
 
 def test_latest_orders_by_step_then_suffix(tmp_path):
     for name in ("checkpoint_00000010", "checkpoint_00000020", "checkpoint_00000020-1"):
         write(tmp_path / name)
     (tmp_path / "checkpoint_manager_snapshot.json").write_text("{}")  # Ray's own file: not a checkpoint
-    assert ckpt.list_checkpoints(str(tmp_path)) == ["checkpoint_00000010", "checkpoint_00000020", "checkpoint_00000020-1"]
+    assert runs.list_checkpoints(str(tmp_path)) == ["checkpoint_00000010", "checkpoint_00000020", "checkpoint_00000020-1"]
     assert ckpt.latest(str(tmp_path)).endswith("checkpoint_00000020-1")
 
 
@@ -146,11 +148,11 @@ def write_ray_record(run, steps):
     import ray
 
     def result(step):
-        return {"version": 0, "checkpoint_dir_name": ckpt.folder_name(step), "metrics": {"step": step}}
+        return {"version": 0, "checkpoint_dir_name": layout.checkpoint_name(step), "metrics": {"step": step}}
 
     for step in steps:
-        write(run / ckpt.folder_name(step), step=step)
-    (run / ckpt.RAY_RECORD).write_text(json.dumps({
+        write(run / layout.checkpoint_name(step), step=step)
+    (run / layout.RAY_RECORD).write_text(json.dumps({
         "ray_version": ray.__version__, "checkpoint_results": [result(s) for s in steps],
         "checkpoint_report_indices": list(range(len(steps))), "latest_checkpoint_result": result(steps[-1]),
         "pending_training_results": [], "pending_validation_specs": [], "current_report_index": len(steps),
@@ -177,20 +179,20 @@ def test_a_checkpoint_folder_deleted_by_hand_leaves_rays_record_of_the_run(tmp_p
     run = tmp_path / "run"
     write_ray_record(run, [10, 20, 30])
     ray_loads(run)
-    before = (run / ckpt.RAY_RECORD).read_bytes()
-    assert ckpt.forget_deleted(str(run), ckpt.list_checkpoints(str(run))) == []  # nothing deleted: nothing to forget
-    assert (run / ckpt.RAY_RECORD).read_bytes() == before
+    before = (run / layout.RAY_RECORD).read_bytes()
+    assert ckpt.forget_deleted(str(run), runs.list_checkpoints(str(run))) == []  # nothing deleted: nothing to forget
+    assert (run / layout.RAY_RECORD).read_bytes() == before
     for step in (10, 30):
-        shutil.rmtree(run / ckpt.folder_name(step))
+        shutil.rmtree(run / layout.checkpoint_name(step))
     with pytest.raises(CheckpointManagerInitializationError, match="does not exist anymore"):
         ray_loads(run)
     newest, known = ckpt.at_launch(SPEC, str(run))
-    assert newest == str(run / ckpt.folder_name(20)) and known == [ckpt.folder_name(20)]
+    assert newest == str(run / layout.checkpoint_name(20)) and known == [layout.checkpoint_name(20)]
     ray_loads(run)
-    record = json.loads((run / ckpt.RAY_RECORD).read_text())
-    assert [r["checkpoint_dir_name"] for r in record["checkpoint_results"]] == [ckpt.folder_name(20)]
+    record = json.loads((run / layout.RAY_RECORD).read_text())
+    assert [r["checkpoint_dir_name"] for r in record["checkpoint_results"]] == [layout.checkpoint_name(20)]
     assert record["checkpoint_report_indices"] == [1] and record["current_report_index"] == 3
-    assert record["latest_checkpoint_result"]["checkpoint_dir_name"] == ckpt.folder_name(20)
+    assert record["latest_checkpoint_result"]["checkpoint_dir_name"] == layout.checkpoint_name(20)
 
 
 def test_a_damaged_record_of_ray_is_set_aside_with_a_warning_and_the_run_resumes(tmp_path):
@@ -200,23 +202,23 @@ def test_a_damaged_record_of_ray_is_set_aside_with_a_warning_and_the_run_resumes
 
     run = tmp_path / "run"
     write_ray_record(run, [10, 20])
-    good = (run / ckpt.RAY_RECORD).read_bytes()
+    good = (run / layout.RAY_RECORD).read_bytes()
     cut = good[:100]
-    (run / ckpt.RAY_RECORD).write_bytes(cut)
+    (run / layout.RAY_RECORD).write_bytes(cut)
     with pytest.raises(CheckpointManagerInitializationError, match="Unterminated string"):
         ray_loads(run)
-    (run / (ckpt.RAY_RECORD + ".damaged")).write_bytes(b"an earlier one")  # never overwritten
+    (run / (layout.RAY_RECORD + ".damaged")).write_bytes(b"an earlier one")  # never overwritten
     with pytest.warns(UserWarning, match="record of run .* was damaged .not JSON: Unterminated string") as warned:
         newest, known = ckpt.at_launch(SPEC, str(run))
-    aside = run / (ckpt.RAY_RECORD + ".damaged-1")
+    aside = run / (layout.RAY_RECORD + ".damaged-1")
     assert str(aside) in str(warned[0].message) and "--keep counts only" in str(warned[0].message)
-    assert newest == str(run / ckpt.folder_name(20)) and known == [ckpt.folder_name(10), ckpt.folder_name(20)]
-    assert aside.read_bytes() == cut and (run / (ckpt.RAY_RECORD + ".damaged")).read_bytes() == b"an earlier one"
-    assert not (run / ckpt.RAY_RECORD).exists()
+    assert newest == str(run / layout.checkpoint_name(20)) and known == [layout.checkpoint_name(10), layout.checkpoint_name(20)]
+    assert aside.read_bytes() == cut and (run / (layout.RAY_RECORD + ".damaged")).read_bytes() == b"an earlier one"
+    assert not (run / layout.RAY_RECORD).exists()
     ray_loads(run)
-    (run / ckpt.RAY_RECORD).write_bytes(good)  # a readable record is left where it is
+    (run / layout.RAY_RECORD).write_bytes(good)  # a readable record is left where it is
     ckpt.at_launch(SPEC, str(run))
-    assert (run / ckpt.RAY_RECORD).read_bytes() == good
+    assert (run / layout.RAY_RECORD).read_bytes() == good
 
 
 def _unlisted_latest(record):
@@ -234,14 +236,14 @@ def test_a_record_of_ray_in_a_shape_ray_cannot_load_is_set_aside_too(tmp_path, d
     inside Ray's controller, as an ActorDiedError; at launch it is set aside like a cut record, naming what is wrong."""
     run = tmp_path / "run"
     write_ray_record(run, [10, 20])
-    record = json.loads((run / ckpt.RAY_RECORD).read_text())
+    record = json.loads((run / layout.RAY_RECORD).read_text())
     damage(record)
-    (run / ckpt.RAY_RECORD).write_text(json.dumps(record))
+    (run / layout.RAY_RECORD).write_text(json.dumps(record))
     with pytest.raises(Exception):  # noqa: B017 (Ray's own error differs by damage: what matters is that it refuses)
         ray_loads(run)
     with pytest.warns(UserWarning, match="record of run .* was damaged") as warned:
         newest, _ = ckpt.at_launch(SPEC, str(run))
     assert problem in str(warned[0].message) and "\n" not in str(warned[0].message)
-    assert newest == str(run / ckpt.folder_name(20)) and not (run / ckpt.RAY_RECORD).exists()
-    assert json.loads((run / (ckpt.RAY_RECORD + ".damaged")).read_text()) == record  # kept byte for byte
+    assert newest == str(run / layout.checkpoint_name(20)) and not (run / layout.RAY_RECORD).exists()
+    assert json.loads((run / (layout.RAY_RECORD + ".damaged")).read_text()) == record  # kept byte for byte
     ray_loads(run)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from test_cli import assert_one_line_error, run
 
+from hybrid_ray import layout
 from hybrid_ray.node import kernels
 
 STACK = {"triton": "3.7.1", "fla": "0.6.0", "torch": "2.11.0+cu130", "cuda": "13.0", "arch": "sm90"}
@@ -117,7 +118,7 @@ def test_publish_and_pull_between_two_nodes_through_storage(node, tmp_path, monk
     node_a = kernels.activate().folder
     fake_entries(node_a)
     assert kernels.publish(store) == 3 and kernels.publish(store) == 0
-    assert (tmp_path / "storage" / kernels.STORE_DIR / KEY / "AENTRY" / "kernel0.cubin").exists()
+    assert (tmp_path / "storage" / layout.KERNEL_STORE / KEY / "AENTRY" / "kernel0.cubin").exists()
 
     monkeypatch.setenv("HYBRID_RAY_CACHE", str(tmp_path / "node-b"))
     status = kernels.activate(store)  # a worker on node B: pulls before its first step

@@ -9,6 +9,7 @@ import signal
 import pytest
 import torch
 
+from hybrid_ray import layout
 from hybrid_ray.cli import main
 from hybrid_ray.config.grid import expand, match_params, parse_grid
 from hybrid_ray.config.variants import REFERENCE_VOCAB, variant_spec
@@ -189,7 +190,7 @@ def test_trials_on_disk_reads_sizes_and_which_trials_ended(tmp_path):
     trials = tmp_path / "trials"
     for name, steps in (("settled-s0", (10, 20)), ("running-s0", (10,)), ("finished-s0", (10,))):
         for step in steps:
-            write(trials / name / ckpt.folder_name(step), step=step)
+            write(trials / name / layout.checkpoint_name(step), step=step)
     (trials / "empty-s0").mkdir()
     sweep_status.settle(str(trials / "settled-s0"), keep_checkpoints=False)
     runs.write_results(str(trials / "finished-s0"), {"status": "finished", "step": 10, "total_steps": 10})
@@ -275,11 +276,11 @@ def test_an_ended_trial_keeps_the_newest_weights_and_drops_optimizer_state(tmp_p
     from test_checkpoint import write
 
     for step in (10, 20):
-        write(tmp_path / ckpt.folder_name(step), step=step)
+        write(tmp_path / layout.checkpoint_name(step), step=step)
     sweep_status.settle(str(tmp_path), keep_checkpoints=True)
     assert len(ckpt.list_checkpoints(str(tmp_path))) == 2
     sweep_status.settle(str(tmp_path), keep_checkpoints=False)
-    newest = tmp_path / ckpt.folder_name(20)
+    newest = tmp_path / layout.checkpoint_name(20)
     assert ckpt.list_checkpoints(str(tmp_path)) == [newest.name]
     assert not (newest / ckpt.OPTIMIZER_FILE).exists() and (newest / "model.safetensors").exists()
     assert ckpt.latest(str(tmp_path)) == str(newest)  # it still verifies (generate and eval load it)

@@ -23,6 +23,7 @@ import torch
 from hybrid_ray import storage
 from hybrid_ray.data.hub import hub_available
 from hybrid_ray.errors import DataError, SpecError, first_line, suggest
+from hybrid_ray.layout import RunLayout
 from hybrid_ray.model.precision import autocast
 from hybrid_ray.records import folders as runs
 from hybrid_ray.startup import Startup
@@ -35,7 +36,6 @@ HUB = {
     "lambada": ("EleutherAI/lambada_openai", "default", "test"),
 }
 TASKS = (*HUB, "perplexity")
-EVAL_DIR = "eval"
 MAX_CONTEXT = 2048  # tokens kept of a long context (from its end)
 BATCH = 16  # rows per scoring batch on a CPU
 BATCH_TOKENS_CPU = 4096  # padded tokens per scoring batch
@@ -292,7 +292,7 @@ def evaluate_task(path: str, task: str, *, data: str | None = None, limit: int |
         result = {"task": task, "examples": len(examples), **scored, "seconds": round(seconds, 3),
                   "examples_per_s": round(len(examples) / max(seconds, 1e-9), 2)}
     if run is not None:
-        storage.write_bytes(storage.join(path, EVAL_DIR, f"{task}.json"), runs.dumps(result).encode())
+        storage.write_bytes(RunLayout(path).eval(task), runs.dumps(result).encode())
         runs.write_results(path, {**run, "evals": {**run.get("evals", {}), task: result}})
     return result
 

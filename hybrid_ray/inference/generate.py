@@ -18,6 +18,7 @@ from hybrid_ray import storage
 from hybrid_ray.data import load_tokenizer
 from hybrid_ray.data.tokenizer import saved_in
 from hybrid_ray.errors import CheckpointError, SpecError
+from hybrid_ray.layout import RunLayout
 from hybrid_ray.model import load_model
 from hybrid_ray.model.precision import autocast
 from hybrid_ray.startup import Startup
@@ -69,7 +70,7 @@ class Generation:
 
 def model_dir(path: str) -> str:
     """Accept a run folder (uses its model/), a checkpoint folder, or a model folder."""
-    for candidate in (storage.join(path, "model"), path):
+    for candidate in (RunLayout(path).model, path):
         if Path(candidate, "config.json").exists():
             return candidate
     raise CheckpointError(f"no model found in {path}: expected config.json there or in {path}/model")
@@ -78,7 +79,7 @@ def model_dir(path: str) -> str:
 def tokenizer_dir(folder: str) -> str:
     """Where a model folder's tokenizer is: the folder itself, or for a checkpoint folder (which holds none) its run's
     model/ folder."""
-    run_model = str(Path(folder).parent / "model")
+    run_model = RunLayout(storage.parent(folder)).model
     return run_model if not saved_in(folder) and saved_in(run_model) else folder
 
 

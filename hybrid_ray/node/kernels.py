@@ -28,9 +28,9 @@ from typing import Any
 
 from hybrid_ray import storage
 from hybrid_ray.errors import HybridRayError, first_line
+from hybrid_ray.layout import kernel_store
 from hybrid_ray.node.cache import cache_root, locked
 
-STORE_DIR = ".kernels"  # under a storage path
 MANIFEST = "hybrid-ray-kernels.json"  # in an exported archive, beside its cache/ folder
 ARCHIVE_DIR = "cache"  # the top folder of an archive, as in a tarball of ~/.triton/cache
 _GROUP = "__grp__"  # Triton's index of one compiled kernel's files, by absolute path: rewritten wherever they land
@@ -193,7 +193,7 @@ def _merge(folder: Path, names: Iterable[str], read: Callable[[str], bytes]) -> 
 def publish(storage_path: str, stack: dict[str, str] | None = None) -> int:
     """Copy the entry files this node has and `<storage_path>/.kernels/<key>/` lacks; returns the entries touched."""
     st = status(stack)
-    store = storage.join(storage_path, STORE_DIR, st.key)
+    store = kernel_store(storage_path, st.key)
     missing = sorted(set(entry_files(st.folder)) - set(storage.tree_sizes(store)), key=lambda n: _GROUP in n)
     for name in missing:
         storage.write_bytes(storage.join(store, *name.split("/")), (st.folder / name).read_bytes())
@@ -203,7 +203,7 @@ def publish(storage_path: str, stack: dict[str, str] | None = None) -> int:
 def pull(storage_path: str, stack: dict[str, str] | None = None) -> int:
     """Copy the entry files `<storage_path>/.kernels/<key>/` has and this node lacks; returns the entries touched."""
     st = status(stack)
-    store = storage.join(storage_path, STORE_DIR, st.key)
+    store = kernel_store(storage_path, st.key)
     missing = set(storage.tree_sizes(store)) - set(entry_files(st.folder))
     return _merge(st.folder, missing, lambda name: storage.read_bytes(storage.join(store, *name.split("/")))) \
         if missing else 0

@@ -1,9 +1,8 @@
-"""Run folders: their layout, results.json (strict JSON), listing and removing runs.
+"""Run folders: what their files hold (results.json in strict JSON, spec.yaml), listing and removing runs. Where
+each file lies is hybrid_ray/layout.py's (RunLayout).
 
-A run lives in `<storage_path>/<name>/`:
     spec.yaml            what the run is (relaunching the same name must not change it once a checkpoint exists)
-    checkpoint_*/        checkpoint_<step>[-N]: their names are part of this layout (below); everything that reads
-                         or writes one is train/checkpoint.py
+    checkpoint_*/        everything that reads or writes one is train/checkpoint.py
     results.json         spec, parameters, metric history, best/final validation, tokens, time, versions
     launches.json        how many launches trained (interrupted ones too; results.json's `launches` copies it)
     curves.png, tensorboard/, model/ (a Hugging Face-style folder), diverged.json (when the loss stopped being finite)
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shlex
 import warnings
 from dataclasses import dataclass
@@ -23,15 +21,9 @@ import yaml
 
 from hybrid_ray import storage
 from hybrid_ray.errors import HybridRayError, SpecError, first_line, suggest
+from hybrid_ray.layout import SweepLayout, RunLayout, checkpoint_order, is_checkpoint, step_of
 from hybrid_ray.spec import RunSpec
 
-SPEC_FILE = "spec.yaml"
-RESULTS_FILE = "results.json"
-LAUNCHES_FILE = "launches.json"
-CURVES_FILE = "curves.png"
-MODEL_DIR = "model"
-CHECKPOINT_PREFIX = "checkpoint_"
-_CHECKPOINT = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)(?:-(\d+))?$")
 # Settings that may change between launches of one run (hardware, cadence); everything else defines the run.
 MUTABLE = {"storage_path", "scale", "train.eval_every", "train.log_every", "train.checkpoint_every", "train.keep",
            "train.micro_batch_size", "train.compile", "train.eval_tokens", "data.cache_dir"}
@@ -65,13 +57,13 @@ def read_json(path: str) -> dict[str, Any]:
 
 
 def read_results(run_dir: str) -> dict[str, Any] | None:
-    path = storage.join(run_dir, RESULTS_FILE)
+    path = RunLayout(run_dir).results
     return read_json(path) if storage.exists(path) else None
 
 
 def read_spec(run_dir: str) -> dict[str, Any]:
     """A run's spec.yaml as a mapping; a damaged file is one HybridRayError naming it."""
-    path = storage.join(run_dir, SPEC_FILE)
+    path = RunLayout(run_dir).spec
     try:
         spec = yaml.safe_load(storage.read_bytes(path))
     except yaml.YAMLError as e:
@@ -86,8 +78,8 @@ def set_aside_damaged(run_dir: str) -> list[str]:
     with a warning: every launch writes them again, so the run resumes instead of failing once it has trained (or a
     sweep at its end). Returns where they went."""
     moved = []
-    for name, lost in ((RESULTS_FILE, "the run's wall time"), (LAUNCHES_FILE, "the count of launches")):
-        path = storage.join(run_dir, name)
+    run = RunLayout(run_dir)
+    for path, lost in ((run.results, "the run's wall time"), (run.launches, "the count of launches")):
         try:
             if storage.exists(path):
                 read_json(path)
@@ -98,12 +90,12 @@ def set_aside_damaged(run_dir: str) -> list[str]:
 
 
 def write_results(run_dir: str, results: dict[str, Any]) -> None:
-    storage.write_bytes(storage.join(run_dir, RESULTS_FILE), dumps(results).encode())
+    storage.write_bytes(RunLayout(run_dir).results, dumps(results).encode())
 
 
 def launch_count(run_dir: str) -> int:
     """Launches of a run that trained (see count_launch); runs from before launches.json carry it in results.json."""
-    path = storage.join(run_dir, LAUNCHES_FILE)
+    path = RunLayout(run_dir).launches
     if storage.exists(path):
         return int(read_json(path).get("launches", 0))
     return int((read_results(run_dir) or {}).get("launches", 0))
@@ -113,25 +105,13 @@ def count_launch(run_dir: str) -> int:
     """Record one more launch that trained. Kept beside results.json because an interrupted launch writes no results
     but still counts."""
     count = launch_count(run_dir) + 1
-    storage.write_bytes(storage.join(run_dir, LAUNCHES_FILE), dumps({"launches": count}).encode())
+    storage.write_bytes(RunLayout(run_dir).launches, dumps({"launches": count}).encode())
     return count
-
-
-def step_of(name: str) -> int | None:
-    """The step of a checkpoint folder's name (None: not a checkpoint folder)."""
-    match = _CHECKPOINT.match(name)
-    return int(match.group(1)) if match else None
-
-
-def _order(name: str) -> tuple[int, int]:
-    match = _CHECKPOINT.match(name)
-    assert match is not None
-    return int(match.group(1)), int(match.group(2) or 0)
 
 
 def list_checkpoints(run_dir: str) -> list[str]:
     """The run's checkpoint folder names, oldest first."""
-    return sorted((n for n in storage.list_dirs(run_dir) if _CHECKPOINT.match(n)), key=_order)
+    return sorted((n for n in storage.list_dirs(run_dir) if is_checkpoint(n)), key=checkpoint_order)
 
 
 def newest_step(run_dir: str) -> int | None:
@@ -165,13 +145,13 @@ def check_same_run(previous: dict, spec: RunSpec, spec_path: str) -> None:
 def claim(run_dir: str, spec: RunSpec) -> bool:
     """Record the spec of a new run, or check a relaunch against it. A run with no checkpoint yet (it failed before
     its first) takes the new settings. Returns True when the run already has checkpoints to resume from."""
-    spec_path = storage.join(run_dir, SPEC_FILE)
+    spec_path = RunLayout(run_dir).spec
     has_checkpoints = bool(list_checkpoints(run_dir))
     if storage.exists(spec_path) and has_checkpoints:
         try:
             previous = read_spec(run_dir)
         except HybridRayError as e:
-            results = storage.join(run_dir, RESULTS_FILE)
+            results = RunLayout(run_dir).results
             how = f"--config {results} (its spec)" if storage.exists(results) else "the arguments that started it"
             raise HybridRayError(f"{e}; to resume the run from its checkpoints, move that file aside and relaunch with "
                                  f"{how}") from e
@@ -237,21 +217,19 @@ def _read_info(run_dir: str, name: str) -> RunInfo:
                    attention=layout_label(spec.get("model") or {}))
 
 
-SWEEP_TRIALS = "trials"  # a sweep folder holds its trials' run folders here (hybrid_ray/sweep/tuner.py)
-
-
 def run_dirs(storage_path: str) -> dict[str, str]:
     """Every run folder under a storage path (folders holding a spec.yaml) by name, read no further; a sweep's trials
     are named `<sweep>/<trial>`."""
     root = storage.normalize(storage_path)
     found = {}
     for name in storage.list_dirs(root):
-        if storage.exists(storage.join(root, name, SPEC_FILE)):
-            found[name] = storage.join(root, name)
+        run = RunLayout(storage.join(root, name))
+        if storage.exists(run.spec):
+            found[name] = run.dir
             continue
-        trials = storage.join(root, name, SWEEP_TRIALS)
-        found |= {f"{name}/{t}": storage.join(trials, t) for t in storage.list_dirs(trials)
-                  if storage.exists(storage.join(trials, t, SPEC_FILE))}
+        sweep = SweepLayout(root, name)
+        trials = {t: sweep.trial(t) for t in storage.list_dirs(sweep.trials)}
+        found |= {f"{name}/{t}": trial.dir for t, trial in trials.items() if storage.exists(trial.spec)}
     return found
 
 

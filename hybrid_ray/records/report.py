@@ -10,6 +10,7 @@ from typing import Any
 
 from hybrid_ray import storage
 from hybrid_ray.errors import HybridRayError
+from hybrid_ray.layout import RunLayout, SweepLayout, comparison_dir
 from hybrid_ray.records import folders as runs
 
 PANELS = [
@@ -223,16 +224,16 @@ def plot_sweep(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
     plt.close(fig)
 
 
-def write_comparison(folder: str, rows: list[dict[str, Any]], title: str, json_name: str, figure_name: str
+def write_comparison(rows: list[dict[str, Any]], title: str, json_path: str, figure_path: str
                      ) -> tuple[str, str | None]:
-    """Write the rows (strict JSON) and their figure into `folder` (local or URI); returns (table, figure path)."""
-    storage.write_bytes(storage.join(folder, json_name), runs.dumps({"trials": rows}).encode())
+    """Write the rows (strict JSON) and their figure (local or URI paths); returns (table, figure path or None)."""
+    storage.write_bytes(json_path, runs.dumps({"trials": rows}).encode())
     figure = None
     if any(r.get("history") for r in rows):
         with tempfile.TemporaryDirectory() as tmp:
-            local = str(Path(tmp, figure_name))
+            local = str(Path(tmp, storage.name(figure_path)))
             plot_sweep(rows, local, title=title)
-            figure = storage.join(folder, figure_name)
+            figure = figure_path
             storage.write_bytes(figure, Path(local).read_bytes())
     return ranked_table(rows), figure
 
@@ -249,7 +250,7 @@ def _run_row(run_dir: str, results: dict[str, Any]) -> dict[str, Any]:
 
 def _sweep_rows(path: str) -> list[dict[str, Any]]:
     """A sweep folder's trials from its sweep.json ([] when `path` is not a sweep folder)."""
-    sweep = storage.join(path, "sweep.json")
+    sweep = SweepLayout.at(path).results
     return runs.read_json(sweep).get("trials") or [] if storage.exists(sweep) else []
 
 
@@ -285,15 +286,8 @@ def comparison_rows(paths: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-COMPARISON_DIR = "comparison"
-
-
-def _parent(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[0] if storage.is_uri(path) else str(Path(path).parent)
-
-
 def _is_sweep(path: str) -> bool:
-    return storage.exists(storage.join(path, "sweep.json")) or storage.exists(storage.join(path, "grid.json"))
+    return SweepLayout.at(path).exists()
 
 
 def comparison_home(paths: list[str]) -> str:
@@ -303,14 +297,19 @@ def comparison_home(paths: list[str]) -> str:
     homes = []
     for path in map(storage.normalize, paths):
         if _is_sweep(path):
-            homes.append(path if len(paths) == 1 else _parent(path))
-        elif storage.exists(storage.join(path, runs.RESULTS_FILE)):
-            parent = _parent(path)  # a run's storage path, or a sweep's trials/ folder
-            homes.append(_parent(parent) if parent.rsplit("/", 1)[-1] == runs.SWEEP_TRIALS and _is_sweep(_parent(parent))
-                         else parent)
-        elif path.rstrip("/").rsplit("/", 1)[-1] == runs.SWEEP_TRIALS and _is_sweep(_parent(path)):
-            homes.append(_parent(path))
+            homes.append(path if len(paths) == 1 else storage.parent(path))
+        elif storage.exists(RunLayout(path).results):
+            parent = storage.parent(path)  # a run's storage path, or a sweep's trials/ folder
+            homes.append(storage.parent(parent) if _is_trials(parent) else parent)
+        elif _is_trials(path):
+            homes.append(storage.parent(path))
         else:
             homes.append(path)  # a folder of runs and sweeps
-    return storage.join(homes[0], COMPARISON_DIR)
+    return comparison_dir(homes[0])
+
+
+def _is_trials(path: str) -> bool:
+    """Whether `path` is a sweep's trials/ folder."""
+    sweep = SweepLayout.at(storage.parent(path))
+    return sweep.trials == path.rstrip("/") and sweep.exists()
 

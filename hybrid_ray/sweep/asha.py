@@ -8,9 +8,9 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler
 
-from hybrid_ray import storage
 from hybrid_ray.config.grid import Arm
 from hybrid_ray.errors import SpecError
+from hybrid_ray.layout import SweepLayout
 from hybrid_ray.sweep import status as status_lib
 from hybrid_ray.sweep.options import SweepOptions
 from hybrid_ray.sweep.status import trial_name
@@ -78,7 +78,7 @@ class RecordedASHA(ASHAScheduler):
         if name in status_lib.read_stops(self.sweep_dir):
             # free its optimizer state now, not at the sweep's end: the disk plan counts a stopped trial at what an
             # ended one keeps (its report's checkpoint is complete by the time ASHA judged that report)
-            status_lib.settle(storage.join(self.sweep_dir, "trials", name), self.keep_checkpoints)
+            status_lib.settle(SweepLayout.at(self.sweep_dir).trial(name).dir, self.keep_checkpoints)
 
 
 def scheduler(options: SweepOptions, arms: list[Arm], sweep_dir: str) -> Any:

@@ -17,6 +17,7 @@ from typing import Any
 from hybrid_ray import cluster, storage
 from hybrid_ray.config.grid import Arm, expand, match_params, parse_grid
 from hybrid_ray.errors import HybridRayError
+from hybrid_ray.layout import SweepLayout
 from hybrid_ray.model import count_params
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.sweep.asha import asha_line, grace_period
@@ -183,7 +184,7 @@ def trials_on_disk(sweep_dir: str, trial_names: Sequence[str]) -> dict[str, tupl
 
     out = {}
     for name in trial_names:
-        folder = Path(sweep_dir) / "trials" / name
+        folder = Path(SweepLayout.at(sweep_dir).trial(name).dir)
         if not folder.is_dir():
             continue
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
@@ -371,7 +372,7 @@ def dry_run(base: RunSpec, options: SweepOptions, *, address: str | None = None,
     if options.scheduler == "asha":
         grace_period(options, arms)
     have, memory = _cluster_to_plan(address, assume)
-    sweep_dir = storage.join(base.storage_path, base.name)
+    sweep_dir = SweepLayout.of(base).dir
     free = int(assume.free_disk_gb * 1e9) if assume.free_disk_gb is not None else None
     planned = plan_sweep(arms, options, have, memory, sweep_dir, free=free, check=False)
     print(planned.describe(options), flush=True)

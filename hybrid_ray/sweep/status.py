@@ -16,6 +16,7 @@ from typing import Any
 
 from hybrid_ray import storage
 from hybrid_ray.errors import HybridRayError, Interrupted, first_line, root_cause
+from hybrid_ray.layout import SweepLayout
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train import checkpoint as ckpt_lib
 
@@ -26,10 +27,7 @@ INTERRUPTED = "interrupted"
 NOT_STARTED = "not started"
 REMOVED = "removed"
 ENDED = (FINISHED, STOPPED, FAILED, REMOVED)
-# In the sweep folder, a line per decision: {"trial", "step", "evaluations", "val_loss"}. Not *.json: Tune copies
-# every top-level .json of its experiment folder (the sweep folder) to its staging folder when it restores a sweep,
-# and back at its end, which put back the first launch's record over the relaunch's decisions.
-ASHA_FILE = "asha_stops.jsonl"
+# ASHA's record (layout.SweepLayout.asha_stops): a line per decision, {"trial", "step", "evaluations", "val_loss"}
 
 
 @dataclass
@@ -76,7 +74,7 @@ def _exception_line(line: str) -> bool:
 def read_stops(sweep_dir: str) -> dict[str, dict[str, Any]]:
     """ASHA's decisions so far: the trials it stopped, each with the step and evaluation it stopped at (a line that
     a full disk cut short is skipped)."""
-    path = storage.join(sweep_dir, ASHA_FILE)
+    path = SweepLayout.at(sweep_dir).asha_stops
     if not storage.exists(path):
         return {}
     stops = {}
@@ -91,7 +89,7 @@ def read_stops(sweep_dir: str) -> dict[str, dict[str, Any]]:
 
 def record_stop(sweep_dir: str, name: str, result: dict[str, Any]) -> None:
     """Add ASHA's decision to stop trial `name` on `result` (its report) to the sweep's record, before Tune acts on it."""
-    path = storage.join(sweep_dir, ASHA_FILE)
+    path = SweepLayout.at(sweep_dir).asha_stops
     line = json.dumps({"trial": name, "step": result.get("step"), "evaluations": result.get("evaluations"),
                        "val_loss": result.get("val_loss")})
     before = storage.read_bytes(path) if storage.exists(path) else b""

@@ -26,6 +26,7 @@ from ray.tune import Callback
 from hybrid_ray import cluster, ray_compat, storage
 from hybrid_ray.config.grid import Arm, expand, numeric_value, parse_grid
 from hybrid_ray.errors import HybridRayError, Interrupted, SpecError
+from hybrid_ray.layout import RunLayout, SweepLayout
 from hybrid_ray.model import count_params
 from hybrid_ray.records import folders as runs
 from hybrid_ray.records import report
@@ -39,9 +40,6 @@ from hybrid_ray.train import checkpoint as ckpt_lib
 from hybrid_ray.train.launch import check_locally, finalize, share_data
 from hybrid_ray.train.plan import TRIAL_CPU, gb
 
-SWEEP_FILE = "sweep.json"
-GRID_FILE = "grid.json"
-FIGURE_FILE = "sweep.png"
 
 
 class SweepFailed(HybridRayError):
@@ -63,9 +61,9 @@ def _grid_record(options: SweepOptions, arms: list[Arm]) -> dict[str, Any]:
             "arms": {a.id: a.spec.to_dict() for a in arms}}
 
 
-def _claim(sweep_dir: str, record: dict[str, Any]) -> bool:
+def _claim(sweep: SweepLayout, record: dict[str, Any]) -> bool:
     """Record a new sweep's grid, or check a relaunch against it; True when the sweep existed."""
-    path = storage.join(sweep_dir, GRID_FILE)
+    path = sweep.grid
     if not storage.exists(path):
         storage.write_bytes(path, runs.dumps(record).encode())
         return False
@@ -73,29 +71,30 @@ def _claim(sweep_dir: str, record: dict[str, Any]) -> bool:
     if previous != json.loads(runs.dumps(record)):
         changed = sorted(set(previous["arms"]) ^ set(record["arms"])) or sorted(
             k for k in previous["options"] if previous["options"][k] != record["options"].get(k))
-        raise SpecError(f"sweep {sweep_dir.rsplit('/', 1)[-1]!r} already exists with another grid "
+        raise SpecError(f"sweep {sweep.name!r} already exists with another grid "
                         f"(differs in: {', '.join(map(str, changed[:4])) or 'the arms specs'}); relaunch it unchanged "
                         "to resume it, or pick a new --name")
     return True
 
 
-def _trial(config: dict[str, Any], specs: dict[str, dict], trials_root: str, kernel_cache: str | None,
-           data_origin: str | None, keep_checkpoints: bool = False) -> None:
+def _trial(config: dict[str, Any], specs: dict[str, dict], sweep: SweepLayout, data_origin: str | None,
+           keep_checkpoints: bool = False) -> None:
     """A Tune trial: one train() run of an arm and seed, reporting to Tune through Ray Train's callback."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from hybrid_ray.train import train
 
-    spec = trial_spec(RunSpec.from_dict(specs[config["arm"]]), config["arm"], config["seed"], trials_root)
-    runs.set_aside_damaged(storage.join(trials_root, spec.name))
-    done = runs.read_results(storage.join(trials_root, spec.name)) or {}
+    spec = trial_spec(RunSpec.from_dict(specs[config["arm"]]), config["arm"], config["seed"], sweep.trials)
+    run = sweep.trial(spec.name)
+    runs.set_aside_damaged(run.dir)
+    done = runs.read_results(run.dir) or {}
     if done.get("status") == "finished" and done.get("total_steps") == spec.train.steps:
         # finished before the sweep was interrupted (and Tune's own record of it was lost): report, do not retrain
         evaluations = sum("val_loss" in r for r in done.get("history", []))
         tune.report({**(done.get("final") or {}), "step": done["step"], "evaluations": evaluations, "evaluated": False})
         return
-    outcome = train(spec, callbacks=[TuneReportCallback()], progress=False, kernel_cache=kernel_cache,
+    outcome = train(spec, callbacks=[TuneReportCallback()], progress=False, kernel_cache=sweep.storage_path,
                     data_origin=data_origin)
     if outcome.finished:
         status_lib.settle(outcome.run_dir, keep_checkpoints)  # free its disk now, not at the sweep's end
@@ -168,13 +167,14 @@ def sweep(
     for arm in arms:
         if arm.spec.data != base.data:
             check_locally(arm.spec, address=address, extend_steps=0, until_step=None, progress=progress)
-    sweep_dir = storage.join(base.storage_path, base.name)  # made by _claim: a refused sweep leaves no folder behind
+    sweep = SweepLayout.of(base)  # its folder is made by _claim: a refused sweep leaves no folder behind
 
     where = cluster.connect(address, verbose=verbose)
     have = cluster.resources()
-    planned = plan_sweep(arms, options, have, cluster.gpu_memory(have, local=cluster.node_count() == 1), sweep_dir)
+    planned = plan_sweep(arms, options, have, cluster.gpu_memory(have, local=cluster.node_count() == 1),
+                         sweep.dir)
     arms, concurrent, disk = planned.arms, planned.concurrent, planned.disk
-    resumed = _claim(sweep_dir, _grid_record(options, arms))
+    resumed = _claim(sweep, _grid_record(options, arms))
     trials = len(arms) * options.seeds
     if progress:
         counts = sorted({count_params(a.spec.model)["total"] for a in arms})
@@ -182,29 +182,29 @@ def sweep(
         print(f"{'resuming' if resumed else 'sweeping'} {base.name} on {where}: {len(arms)} arm(s) x {options.seeds} "
               f"seed(s) = {trials} trial(s), {concurrent} at a time, {options.scheduler.upper()}, {sizes} parameters",
               flush=True)
-        print(f"  sweep folder: {sweep_dir} (disk: {gb(disk.to_write)} to write, up to "
+        print(f"  sweep folder: {sweep.dir} (disk: {gb(disk.to_write)} to write, up to "
               f"{gb(disk.need)} at the peak)", flush=True)
         if options.scheduler == "asha":
             print(f"  {asha_line(options, arms)}", flush=True)
-        if not storage.is_uri(sweep_dir):
-            print(f"  watch: tensorboard --logdir {storage.join(sweep_dir, 'trials')}", flush=True)
+        if not storage.is_uri(sweep.dir):
+            print(f"  watch: tensorboard --logdir {sweep.trials}", flush=True)
         if dashboard := cluster.dashboard_url():
             print(f"  Ray dashboard: {dashboard}", flush=True)
 
     started = time.time()
     origin = share_data(base, dataset)
-    outcomes, interrupted = _fit(base, options, arms, sweep_dir, concurrent, resumed, progress, verbose, origin)
+    outcomes, interrupted = _fit(base, options, arms, sweep, concurrent, resumed, progress, verbose, origin)
     rerun = not interrupted and options.scheduler != "asha"  # ASHA's stops cannot be replayed in a new Tuner
-    removed = removed_trials(outcomes, sweep_dir) if rerun else []
+    removed = removed_trials(outcomes, sweep.dir) if rerun else []
     if removed:
         # Tune never runs an ended trial again: a new Tuner over the grid trains them (the others only report)
         if progress:
             print(f"training again the trial(s) whose run folder was deleted: {', '.join(removed)}", flush=True)
-        outcomes, interrupted = _fit(base, options, arms, sweep_dir, concurrent, False, progress, verbose, origin)
-    rows = collect(arms, options.seeds, sweep_dir, dataset, outcomes=outcomes, keep_checkpoints=options.keep_checkpoints)
+        outcomes, interrupted = _fit(base, options, arms, sweep, concurrent, False, progress, verbose, origin)
+    rows = collect(arms, options.seeds, sweep.dir, dataset, outcomes=outcomes, keep_checkpoints=options.keep_checkpoints)
     if options.eval_tasks and not interrupted:
         rows = evaluate_finished(rows, options, address, progress)
-    outcome = write_outputs(sweep_dir, rows, title=base.name)
+    outcome = write_outputs(sweep, rows, title=base.name)
     counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
     if interrupted or not all(r["status"] in status_lib.ENDED for r in rows):
@@ -225,12 +225,6 @@ def sweep(
                           f"{'; ...' if len(failed) > 1 else ''}); the table says why, and relaunching the same "
                           "command retries them")
     return outcome
-
-
-def kernel_cache_for(sweep_dir: str) -> str | None:
-    """Where the trials share compiled kernels between nodes: the storage path holding the sweep (its `.kernels/`).
-    Each node's Triton reads its own copy, in the node's kernel cache (hybrid_ray/node/kernels.py)."""
-    return sweep_dir.rstrip("/").rsplit("/", 1)[0]
 
 
 class _Signals:
@@ -276,40 +270,38 @@ def run_config(base: RunSpec, callbacks: list[Callback]) -> Any:
                           failure_config=tune.FailureConfig(**TRIAL_FAILURES))
 
 
-def _new_tuner(trainable: Any, base: RunSpec, options: SweepOptions, arms: list[Arm], sweep_dir: str, concurrent: int,
+def _new_tuner(trainable: Any, base: RunSpec, options: SweepOptions, arms: list[Arm], sweep: SweepLayout, concurrent: int,
                progress: bool) -> Any:
     """A new sweep's Tuner: every arm times every seed, `concurrent` at a time."""
     from ray import tune
 
     steps = {arm.id: arm.spec.train.steps for arm in arms}
-    callbacks = [Console(len(arms) * options.seeds, steps, sweep_dir)] if progress else []
+    callbacks = [Console(len(arms) * options.seeds, steps, sweep.dir)] if progress else []
     return tune.Tuner(
         trainable,
         param_space={"arm": tune.grid_search([a.id for a in arms]), "seed": tune.grid_search(list(range(options.seeds)))},
-        tune_config=tune.TuneConfig(scheduler=scheduler(options, arms, sweep_dir), max_concurrent_trials=concurrent),
+        tune_config=tune.TuneConfig(scheduler=scheduler(options, arms, sweep.dir), max_concurrent_trials=concurrent),
         run_config=run_config(base, callbacks),
     )
 
 
-def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep_dir: str, concurrent: int, resumed: bool,
+def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep: SweepLayout, concurrent: int, resumed: bool,
          progress: bool, verbose: bool, data_origin: str | None) -> tuple[dict[str, status_lib.TuneOutcome], bool]:
     """Run the Tuner; returns Tune's outcome of every trial it knows, by trial name, and whether it was interrupted."""
     from ray import tune
 
     specs = {arm.id: arm.spec.to_dict() for arm in arms}
-    trials_root = storage.join(sweep_dir, "trials")
-    trainable = tune.with_parameters(_trial, specs=specs, trials_root=trials_root, kernel_cache=kernel_cache_for(sweep_dir),
-                                     data_origin=data_origin, keep_checkpoints=options.keep_checkpoints)
+    trainable = tune.with_parameters(_trial, specs=specs, sweep=sweep, data_origin=data_origin,
+                                     keep_checkpoints=options.keep_checkpoints)
     # the trial itself only waits on its TorchTrainer, whose workers hold the CPUs and GPUs
     trainable = tune.with_resources(trainable, {"CPU": TRIAL_CPU})
-    path = storage.join(base.storage_path, base.name)
     with _Signals(verbose):
         try:
-            if resumed and tune.Tuner.can_restore(path):
+            if resumed and tune.Tuner.can_restore(sweep.dir):
                 # Tune kept the first launch's settings (scheduler, concurrency, run config) in the sweep folder
-                tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+                tuner = tune.Tuner.restore(sweep.dir, trainable, resume_unfinished=True, resume_errored=True)
             else:
-                tuner = _new_tuner(trainable, base, options, arms, sweep_dir, concurrent, progress)
+                tuner = _new_tuner(trainable, base, options, arms, sweep, concurrent, progress)
             grid = tuner.fit()
         except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's handler was in place
             return {}, True
@@ -321,7 +313,7 @@ def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep_dir: str, 
             seconds=(trial.last_result or {}).get("time_total_s"))
     # Tune ends the trials it cuts on Ctrl-C as TERMINATED (and saves them as running, to resume): with nothing left
     # pending, only the trials' own state shows that the sweep was interrupted
-    statuses = trial_statuses(outcomes, sweep_dir)
+    statuses = trial_statuses(outcomes, sweep.dir)
     interrupted = any(s in (status_lib.INTERRUPTED, status_lib.NOT_STARTED) for s, _ in statuses.values())
     return outcomes, interrupted
 
@@ -330,8 +322,8 @@ def _on_disk(run_dir: str) -> tuple[dict[str, Any] | None, int | None, bool]:
     """A trial's results.json (one that cannot be read is set aside: it is written again from the newest checkpoint),
     its newest checkpoint's step, and whether its run folder is gone (no spec.yaml)."""
     runs.set_aside_damaged(run_dir)
-    gone = not storage.exists(storage.join(run_dir, runs.SPEC_FILE))
-    return runs.read_results(run_dir), ckpt_lib.newest_step(run_dir), gone
+    gone = not storage.exists(RunLayout(run_dir).spec)
+    return runs.read_results(run_dir), runs.newest_step(run_dir), gone
 
 
 def trial_statuses(outcomes: dict[str, status_lib.TuneOutcome], sweep_dir: str) -> dict[str, tuple[str, str | None]]:
@@ -339,7 +331,7 @@ def trial_statuses(outcomes: dict[str, status_lib.TuneOutcome], sweep_dir: str) 
     stops = status_lib.read_stops(sweep_dir)
     statuses = {}
     for name, outcome in outcomes.items():
-        results, newest, gone = _on_disk(storage.join(sweep_dir, "trials", name))
+        results, newest, gone = _on_disk(SweepLayout.at(sweep_dir).trial(name).dir)
         statuses[name] = status_lib.trial_status(results, newest, outcome, stops.get(name), gone=gone)
     return statuses
 
@@ -356,16 +348,17 @@ def collect(arms: list[Arm], seeds: int, sweep_dir: str, dataset: Any, *,
     gets its results.json written now, from its newest checkpoint, so it keeps its results like any other run. Only
     trials that ended for good (finished, stopped by ASHA) drop their optimizer state: an interrupted one resumes."""
     outcomes = outcomes or {}
+    sweep = SweepLayout.at(sweep_dir)
     stops = status_lib.read_stops(sweep_dir)
     rows = []
     for arm in arms:
         for seed in range(seeds):
             name = trial_name(arm.id, seed)
-            run_dir = storage.join(sweep_dir, "trials", name)
+            run_dir = sweep.trial(name).dir
             results, newest, gone = _on_disk(run_dir)
             outcome = outcomes.get(name)
             if newest is not None and (results is None or results.get("step", 0) < newest):
-                spec = trial_spec(arm.spec, arm.id, seed, storage.join(sweep_dir, "trials"))
+                spec = trial_spec(arm.spec, arm.id, seed, sweep.trials)
                 wall = outcome.seconds if outcome is not None and outcome.seconds else 0.0
                 if runs.launch_count(run_dir) == 0:  # cut before its train() could count the launch that trained it
                     runs.count_launch(run_dir)
@@ -411,7 +404,7 @@ def evaluate_finished(rows: list[dict[str, Any]], options: SweepOptions, address
     return rows
 
 
-def write_outputs(sweep_dir: str, rows: list[dict[str, Any]], title: str) -> SweepOutcome:
+def write_outputs(sweep: SweepLayout, rows: list[dict[str, Any]], title: str) -> SweepOutcome:
     """sweep.json, sweep.png and the ranked table."""
-    table, figure = report.write_comparison(sweep_dir, rows, title, SWEEP_FILE, FIGURE_FILE)
-    return SweepOutcome(sweep_dir=sweep_dir, rows=rows, table=table, figure=figure)
+    table, figure = report.write_comparison(rows, title, sweep.results, sweep.figure)
+    return SweepOutcome(sweep_dir=sweep.dir, rows=rows, table=table, figure=figure)

@@ -34,10 +34,11 @@ import torch.nn as nn
 
 from hybrid_ray import ray_compat, storage
 from hybrid_ray.errors import CheckpointError, first_line
+from hybrid_ray.layout import RunLayout, checkpoint_name, step_of
 from hybrid_ray.model import unwrap
 from hybrid_ray.model.build import WEIGHTS_FILE, load_state, save_model
 from hybrid_ray.records import folders as runs
-from hybrid_ray.records.folders import list_checkpoints, newest_step, step_of  # noqa: F401 (the names are the run layout's)
+from hybrid_ray.records.folders import list_checkpoints
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train.cadence import Every
 from hybrid_ray.train.parallelize import in_process_group
@@ -84,22 +85,14 @@ class Restored:
     rng: dict[str, Any] | None
 
 
-# --- names and the run's checkpoints ------------------------------------------------------------------------------
-
-def folder_name(step: int, taken: set[str] | frozenset[str] = frozenset()) -> str:
-    """`checkpoint_<step>`, with a `-N` suffix when a folder of that name exists (a broken checkpoint is never
-    overwritten in place: Ray would later delete the shared folder when it evicts the broken entry)."""
-    name, n = f"{runs.CHECKPOINT_PREFIX}{step:08d}", 0
-    while (candidate := name if n == 0 else f"{name}-{n}") in taken:
-        n += 1
-    return candidate
+# --- the run's checkpoints --------------------------------------------------------------------------------------
 
 
 def newest_good(run_dir: str) -> tuple[str | None, list[CheckpointError]]:
     """The newest checkpoint of a run that verifies (None when there is none), and why each newer one was skipped."""
     skipped = []
     for name in reversed(list_checkpoints(run_dir)):
-        path = storage.join(run_dir, name)
+        path = RunLayout(run_dir).checkpoint(name)
         try:
             verify(path)
             return path, skipped
@@ -120,7 +113,7 @@ def latest(run_dir: str) -> str | None:
 def resume_point(run_dir: str) -> int | None:
     """The step a relaunch would continue from (the newest good checkpoint's), or None."""
     path = latest(run_dir)
-    return step_of(path.rstrip("/").rsplit("/", 1)[-1]) if path else None
+    return step_of(storage.name(path)) if path else None
 
 
 def at_launch(spec: RunSpec, run_dir: str) -> tuple[str | None, list[str]]:
@@ -145,7 +138,6 @@ def at_launch(spec: RunSpec, run_dir: str) -> tuple[str | None, list[str]]:
 
 
 # Ray Train's record of a run's checkpoints (Ray 2.60), in the run folder: what its retention (--keep) counts
-RAY_RECORD = "checkpoint_manager_snapshot.json"
 _RECORDED_NAMES = ("validated_checkpoint_dir_names", "timed_out_validation_checkpoint_dir_names",
                    "failed_validation_checkpoint_dir_names")
 
@@ -154,7 +146,7 @@ def set_aside_damaged_record(run_dir: str) -> tuple[str, str] | None:
     """Move Ray's record of the run aside when Ray could not load it (a write a full disk cut short, a hand edit, a
     record an older Ray wrote in another shape): Ray would refuse the relaunch from inside its controller; it starts
     a new one instead. Returns (where the damaged record now is, what is wrong with it), or None."""
-    path = storage.join(run_dir, RAY_RECORD)
+    path = RunLayout(run_dir).ray_record
     if not storage.exists(path):
         return None
     problem = ray_compat.run_record_problem(storage.read_bytes(path))
@@ -166,7 +158,7 @@ def forget_deleted(run_dir: str, folders: list[str]) -> list[str]:
     refuses to relaunch ("a corrupted run directory"); `folders`: the run's checkpoint folders on disk. Returns the
     names dropped. Runs resume from the folders on disk (at_launch), never from Ray's record; at_launch has already
     set aside a record that Ray cannot load."""
-    path = storage.join(run_dir, RAY_RECORD)
+    path = RunLayout(run_dir).ray_record
     if not storage.exists(path):
         return []
     on_disk = set(folders)
@@ -202,7 +194,7 @@ def prune(run_dir: str) -> None:
     if newest is None:
         return
     for name in names:
-        path = storage.join(run_dir, name)
+        path = RunLayout(run_dir).checkpoint(name)
         if path != newest:
             storage.remove_dir(path)
     if not weights_only(newest):
@@ -444,7 +436,7 @@ class Checkpointer:
         folder for Ray to upload; returns (that folder, the checkpoint's name in the run folder)."""
         state = dataclasses.replace(state, **{name: c.state_dict() for name, c in self.components.items()})
         folder = write(self.model, self.optimizer, state, self.spec, self.rank, self.world_size)
-        return folder, folder_name(state.step, set(self.known))
+        return folder, checkpoint_name(state.step, set(self.known))
 
     def restore(self, resume_from: str | None) -> TrainerState | None:
         """Continue a run: from the checkpoint Ray hands a restarted worker group when it was written during this

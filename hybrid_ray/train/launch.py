@@ -22,6 +22,7 @@ from typing import Any
 from hybrid_ray import cluster, ray_compat, storage
 from hybrid_ray import data as data_lib
 from hybrid_ray.errors import HybridRayError, Interrupted, SpecError, first_line, root_cause
+from hybrid_ray.layout import RunLayout, data_store, step_of
 from hybrid_ray.model import count_params, flops_per_token
 from hybrid_ray.model.build import check_backend
 from hybrid_ray.records import folders as runs
@@ -29,7 +30,7 @@ from hybrid_ray.records.report import plot_runs, summarize
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train import plan as run_plan
 from hybrid_ray.train import checkpoint as ckpt_lib
-from hybrid_ray.train.loop import DIVERGED_FILE, LaunchOptions, train_loop_per_worker
+from hybrid_ray.train.loop import LaunchOptions, train_loop_per_worker
 
 
 class TrainingError(HybridRayError):
@@ -142,7 +143,7 @@ def share_data(spec: RunSpec, dataset: Any, nodes: int | None = None) -> str | N
     node."""
     if dataset.path is None or (cluster.node_count() if nodes is None else nodes) < 2:
         return None
-    return data_lib.publish(dataset.path, storage.join(spec.storage_path, ".data"))
+    return data_lib.publish(dataset.path, data_store(spec.storage_path))
 
 
 def _failure(error: BaseException, run_dir: str) -> HybridRayError:
@@ -179,7 +180,8 @@ def train(
         check_extendable(spec)
     spec, dataset = check_locally(spec, address=address, extend_steps=extend_steps, until_step=until_step,
                                   progress=progress, data_origin=data_origin)
-    run_dir = storage.join(spec.storage_path, spec.name)
+    run = RunLayout.of(spec)
+    run_dir = run.dir
     runs.claim(run_dir, spec)
     runs.set_aside_damaged(run_dir)
     resume_from, known = ckpt_lib.at_launch(spec, run_dir)
@@ -204,15 +206,16 @@ def train(
               f"{'GPU' if use_gpu else 'CPU'}, {count_params(spec.model)['total'] / 1e6:.1f}M parameters", flush=True)
         print(f"  run folder: {run_dir}", flush=True)
         if not storage.is_uri(run_dir):
-            print(f"  watch: tensorboard --logdir {storage.join(run_dir, 'tensorboard')}", flush=True)
+            print(f"  watch: tensorboard --logdir {run.tensorboard}", flush=True)
         if dashboard := cluster.dashboard_url():
             print(f"  Ray dashboard: {dashboard}", flush=True)
 
-    storage.delete_file(storage.join(run_dir, DIVERGED_FILE))
+    storage.delete_file(run.diverged)
     launch = LaunchOptions(
+        run_dir=run_dir,
         extend_steps=extend_steps,
         until_step=until_step,
-        tensorboard_dir=None if storage.is_uri(run_dir) else storage.join(run_dir, "tensorboard"),
+        tensorboard_dir=None if storage.is_uri(run_dir) else run.tensorboard,
         resume_from=resume_from,
         known_checkpoints=known,
         kernel_store=kernel_store,
@@ -245,10 +248,10 @@ def check_extendable(spec: RunSpec) -> None:
     checkpoint) there is nothing to extend, and training it anyway ran a schedule whose learning rate only rose.
     Checked before anything is written."""
     root = storage.normalize(spec.storage_path)
-    run_dir = storage.join(root, spec.name)
-    if runs.list_checkpoints(run_dir):
+    run = RunLayout(storage.join(root, spec.name))
+    if runs.list_checkpoints(run.dir):
         return
-    what = (f"run {spec.name} under {root} has no checkpoint yet" if storage.exists(storage.join(run_dir, runs.SPEC_FILE))
+    what = (f"run {spec.name} under {root} has no checkpoint yet" if storage.exists(run.spec)
             else f"there is no run {spec.name} under {root}")
     raise SpecError(f"--extend-steps lengthens a run that has trained: {what}, so there is nothing to extend; "
                     "train it without --extend-steps (--steps sets its length)")
@@ -266,8 +269,8 @@ def _already_done(spec: RunSpec, run_dir: str, dataset: Any, step: int) -> Train
 def _trained(run_dir: str, start: int, known: list[str]) -> bool:
     """Whether this launch, which started at step `start` with the checkpoint folders `known`, trained: it wrote a
     checkpoint past that step (a new folder: a broken one of the same step stays), or it stopped at a diverging step."""
-    new = set(ckpt_lib.list_checkpoints(run_dir)) - set(known)
-    return any(ckpt_lib.step_of(name) > start for name in new) or storage.exists(storage.join(run_dir, DIVERGED_FILE))
+    new = set(runs.list_checkpoints(run_dir)) - set(known)
+    return any(step_of(name) > start for name in new) or storage.exists(RunLayout(run_dir).diverged)
 
 
 def _fit(spec: RunSpec, launch: LaunchOptions, scaling: Any, use_gpu: bool, callbacks: list | None) -> None:
@@ -307,8 +310,9 @@ def _fit(spec: RunSpec, launch: LaunchOptions, scaling: Any, use_gpu: bool, call
 
 def finalize(spec: RunSpec, run_dir: str, dataset: Any, wall_s: float) -> TrainOutcome:
     """Write results.json, curves.png and the model folder from the newest good checkpoint."""
+    run = RunLayout(run_dir)
     checkpoint = ckpt_lib.latest(run_dir)
-    diverged_path = storage.join(run_dir, DIVERGED_FILE)
+    diverged_path = run.diverged
     diverged = json.loads(storage.read_bytes(diverged_path)) if storage.exists(diverged_path) else None
     if checkpoint is None and diverged is None:
         raise TrainingError(f"run {spec.name} produced no checkpoint")
@@ -317,10 +321,10 @@ def finalize(spec: RunSpec, run_dir: str, dataset: Any, wall_s: float) -> TrainO
     state = ckpt_lib.TrainerState(total_steps=spec.train.steps)
     with tempfile.TemporaryDirectory(prefix="hybrid-ray-final-") as tmp:
         if checkpoint is not None:
-            model_dir = Path(tmp, runs.MODEL_DIR)
+            model_dir = Path(tmp, storage.name(run.model))
             state = ckpt_lib.export_model(checkpoint, model_dir)
             dataset.tokenizer.save(model_dir)
-            storage.copy_dir(str(model_dir), storage.join(run_dir, runs.MODEL_DIR))
+            storage.copy_dir(str(model_dir), run.model)
         status = "finished" if state.step >= state.total_steps else "stopped"
         results.update({
             "status": "diverged" if diverged else status,
@@ -341,13 +345,13 @@ def finalize(spec: RunSpec, run_dir: str, dataset: Any, wall_s: float) -> TrainO
             "versions": state.env,
             "data": {k: dataset.manifest.get(k) for k in ("source", "tokenizer", "vocab_size", "splits") if k in dataset.manifest},
             "checkpoint": checkpoint,
-            "model_dir": storage.join(run_dir, runs.MODEL_DIR) if checkpoint else None,
+            "model_dir": run.model if checkpoint else None,
             "history": state.history,
         })
         if diverged:
             results["diverged"] = diverged
         runs.write_results(run_dir, results)
-        curves = Path(tmp, runs.CURVES_FILE)
+        curves = Path(tmp, storage.name(run.curves))
         plot_runs({spec.name: state.history}, str(curves), title=f"{spec.name} ({spec.variant or 'custom'})")
-        storage.write_bytes(storage.join(run_dir, runs.CURVES_FILE), curves.read_bytes())
+        storage.write_bytes(run.curves, curves.read_bytes())
     return TrainOutcome(run_dir=run_dir, results=results)

@@ -20,6 +20,7 @@ import torch.nn as nn
 from hybrid_ray import data as data_lib
 from hybrid_ray import storage
 from hybrid_ray.errors import first_line
+from hybrid_ray.layout import RunLayout
 from hybrid_ray.model import build_model, unwrap
 from hybrid_ray.model.build import resolve_backend
 from hybrid_ray.model.precision import autocast
@@ -35,13 +36,11 @@ from hybrid_ray.train.metrics import MetricsLogger, say
 from hybrid_ray.train.optim import LRSchedule, build_optimizer
 from hybrid_ray.train.parallelize import gradient_sync, in_process_group, parallelize, resolve_strategy
 
-DIVERGED_FILE = "diverged.json"  # rank 0 writes it into the run folder when the loss stops being finite
-
-
 @dataclass
 class LaunchOptions:
     """Per-launch settings that are not part of the run's identity."""
 
+    run_dir: str  # the run folder (layout.RunLayout)
     extend_steps: int = 0  # lengthen a (finished) run by this many steps, without an LR jump
     until_step: int | None = None  # stop this launch at this step (with a checkpoint); the run stays resumable
     tensorboard_dir: str | None = None
@@ -95,9 +94,9 @@ class Divergence:
 
     NONE = 2**62
 
-    def __init__(self, device: torch.device, spec: RunSpec, rank: int):
+    def __init__(self, device: torch.device, path: str, rank: int):
         self.first = torch.full((), self.NONE, dtype=torch.long, device=device)
-        self.path, self.rank = storage.join(spec.storage_path, spec.name, DIVERGED_FILE), rank
+        self.path, self.rank = path, rank  # rank 0 records the step and LR in `path` (layout.RunLayout.diverged)
 
     def track(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
         finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
@@ -231,7 +230,7 @@ def train_loop_per_worker(config: dict) -> None:
     state = checkpointer.restore(launch.resume_from) or TrainerState(total_steps=spec.train.steps)
     stop_at, first_step = _start(state, schedule, spec, launch, model, worker), state.step
     metrics = MetricsLogger(spec, device, worker.rank, worker.world, launch.tensorboard_dir, launch.echo)
-    divergence = Divergence(device, spec, worker.rank)
+    divergence = Divergence(device, RunLayout(launch.run_dir).diverged, worker.rank)
     while state.step < stop_at:
         started = time.perf_counter()
         lr = schedule.lr_at(state.step)

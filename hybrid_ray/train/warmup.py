@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from hybrid_ray.errors import EnvironmentProblem
+from hybrid_ray.layout import kernel_store
 from hybrid_ray.node import kernels
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train.plan import kernel_shape
@@ -142,7 +143,7 @@ def _warm_all(specs: list[RunSpec], device: torch.device, say: Callable[[str], N
 
 def _publish(storage_path: str | None, say: Callable[[str], None]) -> None:
     if storage_path:
-        say(f"published {kernels.publish(storage_path)} cache entries to {storage_path}/{kernels.STORE_DIR}")
+        say(f"published {kernels.publish(storage_path)} cache entries to {kernel_store(storage_path)}")
 
 
 def grid_specs(spec: RunSpec, grid: list[str], match_params: bool = False) -> list[RunSpec]:
