@@ -1,0 +1,164 @@
+"""Recall probes (recall.py) and significance between arms (significance.py): an oracle that copies from its context
+scores 1.0, random weights score about chance, shares over ranks add up; the t distribution against known values."""
+
+import dataclasses
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from hybrid_ray import recall
+from hybrid_ray.data import prepare
+from hybrid_ray.data.loader import IGNORE
+from hybrid_ray.data.synthetic import MQARConfig, make_example
+from hybrid_ray.model import build_model
+from hybrid_ray.significance import against_best, betainc, t_cdf, welch
+from hybrid_ray.spec import DataSpec
+from hybrid_ray.variants import variant_spec
+
+CPU = torch.device("cpu")
+
+
+class LookupOracle(torch.nn.Module):
+    """Predicts the token that followed the latest earlier occurrence of the current token: MQAR's answer, read
+    from the context."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, input_ids: torch.Tensor, **_) -> SimpleNamespace:
+        rows, length = input_ids.shape
+        logits = torch.zeros(rows, length, self.vocab)
+        for r in range(rows):
+            last: dict[int, int] = {}
+            for j, token in enumerate(input_ids[r].tolist()):
+                if token in last:
+                    logits[r, j, input_ids[r, last[token] + 1]] = 1.0
+                last[token] = j
+        return SimpleNamespace(logits=logits)
+
+
+class CopyOracle(torch.nn.Module):
+    """Predicts the token `distance` positions back from the next one: a repeated span, copied from the context."""
+
+    def __init__(self, vocab: int, distance: int):
+        super().__init__()
+        self.vocab, self.distance = vocab, distance
+
+    def forward(self, input_ids: torch.Tensor, **_) -> SimpleNamespace:
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        logits[:, self.distance - 1:].scatter_(-1, input_ids[:, :input_ids.shape[1] - self.distance + 1, None], 1.0)
+        return SimpleNamespace(logits=logits)
+
+
+@pytest.fixture(scope="module")
+def text_dataset(tmp_path_factory):
+    """A small English-like text data set with a validation split (byte tokenizer)."""
+    folder = tmp_path_factory.mktemp("text")
+    words = ("the model reads a long sequence of words and must recall what it saw before in the same context "
+             "while the state of a recurrent layer holds only a summary of it").split()
+    for d in range(40):
+        line = " ".join(words[(d * 7 + i * 3) % len(words)] for i in range(300))
+        (folder / f"doc{d:02d}.txt").write_text(f"document {d}: {line}\n")
+    return prepare(DataSpec(source=str(folder), seq_len=128))
+
+
+def tiny_model(variant: str, vocab: int, seed: int = 0) -> torch.nn.Module:
+    spec = variant_spec(variant, "tiny")
+    return build_model(dataclasses.replace(spec.model, vocab_size=vocab), "torch", device=CPU, seed=seed)
+
+
+def test_mqar_settings_hold_the_examples_with_a_gap():
+    probe = recall.MQARProbe(pairs=(4, 16, 64), lengths=(0.25, 0.5, 1.0), examples=3)
+    got = recall.mqar_settings(probe, seq_len=128, vocab_size=257)
+    # 64 pairs need 256 tokens: more than the longest context here
+    assert [s.name for s in got] == ["mqar_p4_l32", "mqar_p4_l64", "mqar_p16_l64",
+                                     "mqar_p4_l128", "mqar_p16_l128"]
+    s = got[-1]
+    cfg = MQARConfig(pairs=16, vocab=256, val_examples=3)
+    ids, labels = make_example(cfg, "val", 2)
+    assert s.ids.shape == (3, 128) and s.info["chance"] == pytest.approx(1 / 128)
+    assert s.ids[2, :32].tolist() == ids[:32].tolist() and s.ids[2, 96:].tolist() == ids[32:].tolist()
+    assert (s.ids[2, 32:96] == 0).all() and (s.labels[2, :97] == IGNORE).all()
+    assert s.labels[2, 97::2].tolist() == labels[33::2].tolist()
+    # the run's vocabulary bounds the ids; a vocabulary too small for the keys leaves a setting out
+    small = recall.mqar_settings(probe, seq_len=128, vocab_size=20)
+    assert [s.name for s in small] == ["mqar_p4_l32", "mqar_p4_l64", "mqar_p4_l128"] and small[0].ids.max() < 20
+
+
+def test_copy_settings_repeat_validation_text(text_dataset):
+    got = recall.copy_settings(recall.CopyProbe(span=16, examples=4), text_dataset, seq_len=128)
+    assert [s.name for s in got] == ["copy_d16_l32", "copy_d48_l64", "copy_d112_l128"]
+    s = got[-1]
+    assert torch.equal(s.ids[:, :16], s.ids[:, 112:]) and s.ids.shape == (4, 128)
+    assert ((s.labels != IGNORE).sum(-1) == 15).all() and ((s.baseline != IGNORE).sum(-1) == 15).all()
+    # the same validation blocks every time
+    again = recall.copy_settings(recall.CopyProbe(span=16, examples=4), text_dataset, seq_len=128)[-1]
+    assert torch.equal(again.ids, s.ids)
+    mqar = prepare(DataSpec(source="mqar?pairs=8&vocab=64&train_examples=64&val_examples=16"))
+    assert all(s.info["probe"] == "mqar" for s in recall.settings(recall.RecallProbes(), mqar, 128))
+
+
+def test_an_oracle_that_copies_from_its_context_scores_one(text_dataset):
+    probes = recall.RecallProbes(mqar=recall.MQARProbe(examples=4), copy=recall.CopyProbe(examples=4))
+    out = recall.score_recall(LookupOracle(320), text_dataset, CPU, seq_len=128, probes=probes)
+    assert len(out["settings"]) == 8
+    for name, r in out["settings"].items():
+        if r["probe"] == "mqar":
+            assert (r["accuracy"], r["stderr"], r["examples"]) == (1.0, 0.0, 4), name
+    assert out["mqar"] == 1.0 and out["mqar_stderr"] == 0.0
+    for s in recall.settings(probes, text_dataset, 128):
+        if s.info["probe"] == "copy":
+            n, total, squares, baseline = recall.score_setting(CopyOracle(320, s.info["distance"]), s, CPU).tolist()
+            assert (n, total, squares) == (4, 4, 4), s.name
+            assert baseline < 4  # the first occurrence has nothing to copy from
+
+
+def test_random_weights_score_about_chance(text_dataset):
+    probes = recall.RecallProbes(mqar=recall.MQARProbe(examples=16), copy=recall.CopyProbe(examples=16))
+    out = recall.score_recall(tiny_model("h100_hybrid_sparse", 320), text_dataset, CPU, seq_len=128, probes=probes)
+    mqar = [r for r in out["settings"].values() if r["probe"] == "mqar"]
+    assert [r["examples"] for r in mqar] == [16] * 5 and len(out["settings"]) == 8
+    # chance is 1/128 for MQAR's values; an untrained model's argmax is spread over all 320 ids
+    assert all(r["accuracy"] <= 0.05 for r in out["settings"].values()), out["settings"]
+    assert out["mqar"] < 3 * mqar[0]["chance"] and out["copy"] < 0.05
+    assert all(0 < r["stderr"] < 0.05 or r["accuracy"] == 0 for r in out["settings"].values())
+
+
+def test_rank_shares_add_up_to_the_whole():
+    """Each rank scores its contiguous share (a rank whose share ran out still makes its forward passes)."""
+    model = tiny_model("h100_transformer", 256)
+    setting = recall.mqar_settings(recall.MQARProbe(pairs=(4,), lengths=(0.5,), examples=5), 128, 256)[0]
+    whole = recall.score_setting(model, setting, CPU, tokens=128)
+    parts = [recall.score_setting(model, setting, CPU, tokens=128, rank=r, world_size=4) for r in range(4)]
+    assert [int(p[0]) for p in parts] == [2, 2, 1, 0]
+    assert torch.allclose(sum(parts), whole) and int(whole[0]) == 5
+
+
+def test_t_distribution_against_known_values():
+    assert t_cdf(12.7062, 1) == pytest.approx(0.5 + math.atan(12.7062) / math.pi, abs=1e-12)  # Cauchy
+    assert t_cdf(1.3, 2) == pytest.approx(0.5 + 1.3 / (2 * math.sqrt(2 + 1.3 ** 2)), abs=1e-12)
+    # two-sided 5% and 1% critical values of the t tables
+    for t, df, p in ((2.570582, 5, 0.975), (2.228139, 10, 0.975), (2.042272, 30, 0.975), (5.840909, 3, 0.995)):
+        assert t_cdf(t, df) == pytest.approx(p, abs=1e-7)
+        assert t_cdf(-t, df) == pytest.approx(1 - p, abs=1e-7)
+    assert t_cdf(1.959964, 1e7) == pytest.approx(0.975, abs=1e-6) and t_cdf(0, 3) == 0.5
+    assert betainc(2, 3, 0.4) == pytest.approx(0.5248, abs=1e-12)  # 1 - (0.6^4 + 4 * 0.4 * 0.6^3)
+
+
+def test_welch_and_verdicts():
+    # Wikipedia's Welch's t-test example 1: t = -2.46, df = 24.99, p = 0.021
+    a = [27.5, 21.0, 19.0, 23.6, 17.0, 17.9, 16.9, 20.1, 21.9, 22.6, 23.1, 19.6, 19.0, 21.7, 21.4]
+    b = [27.1, 22.0, 20.8, 23.4, 23.4, 23.5, 25.8, 22.0, 24.8, 20.2, 21.9, 22.1, 22.9, 20.5, 24.4]
+    test = welch(a, b)
+    assert (round(test.t, 2), round(test.df, 2), round(test.p, 3)) == (-2.46, 24.99, 0.021)
+    verdicts = against_best({"17%": [3.90, 3.95], "8%": [3.90, 3.95], "0%": [4.50, 4.51], "one seed": [3.0],
+                             "none": []}, higher_is_better=False)
+    assert {k: v.label for k, v in verdicts.items()} == {"17%": "best", "8%": "within noise", "0%": "worse",
+                                                        "one seed": "no claim"}
+    assert str(verdicts["8%"]) == "within noise (p=1)" and verdicts["0%"].p < 0.05
+    assert against_best({"a": [0.5, 0.6], "b": [0.5, 0.6, 0.55]}, higher_is_better=True)["a"].label in ("best", "within noise")
+    with pytest.raises(ValueError, match=">= 2"):
+        welch([1.0], [1.0, 2.0])
