@@ -569,7 +569,8 @@ def _seconds(seconds: float) -> str:
 
 @cli.command("eval")
 @click.argument("path")
-@click.option("--task", required=True, help="arc_easy | arc_challenge | hellaswag | lambada | perplexity")
+@click.option("--task", required=True,
+              help="arc_easy | arc_challenge | hellaswag | lambada | perplexity | recall (the recall probes, README)")
 @click.option("--data", help="Task data: a JSON/JSONL/parquet file or folder in the Hugging Face hub's layout or as the "
                              "task's authors distribute it (AI2's ARC-*.jsonl, Rowan's hellaswag_*.jsonl) [default: the "
                              "Hugging Face hub]; for perplexity, any data source (file, folder, glob, stdlib, hf:...).")
@@ -592,7 +593,12 @@ def eval_command(path: str, task: str, data: str | None, limit: int | None, seq_
     else:
         result = evals.evaluate_task(path, task, data=data, limit=limit, backend=backend, seq_len=seq_len,
                                      startup=startup)
-    if task == "perplexity":
+    if task == "recall":
+        for name, r in result["settings"].items():
+            click.echo(f"  {name:<18} acc {r['accuracy']:.4f} ± {r['stderr']:.4f} ({r['examples']} examples)")
+        click.echo(f"recall: score {result['score']:.4f} ± {result['score_stderr']:.4f} over "
+                   f"{len(result['settings'])} settings in {result['seconds']:.2f} s")
+    elif task == "perplexity":
         click.echo(f"perplexity {result['perplexity']:.3f} (loss {result['loss']:.4f}) over {result['tokens']:,} tokens "
                    f"of {result['data']}")
     else:

@@ -168,7 +168,7 @@ def score_setting(model: torch.nn.Module, setting: Setting, device: torch.device
         if len(acc) > 1:
             sums[3] += (weight * acc[1]).sum()
     if world_size > 1:
-        from hybrid_ray.train.parallelize import sum_over_ranks
+        from hybrid_ray.evals.loss import sum_over_ranks
 
         sum_over_ranks(sums)
     return sums

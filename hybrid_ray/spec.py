@@ -219,6 +219,7 @@ class TrainSpec:
     micro_batch_size: int | None = None  # per worker per forward; None: batch_size // num_workers
     eval_every: int = 100
     eval_tokens: int = 262_144  # validation tokens per evaluation, spread over the split; the run's end scores all
+    eval_recall: bool | None = None  # the recall probes (recall.py) at each evaluation; None: on in sweeps, off alone
     log_every: int = 10
     checkpoint_every: int = 100
     keep: int = 3
@@ -435,6 +436,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("train.eval_every", "Steps between evaluations. [default: the preset's]"),
     Flag("train.eval_tokens", "Validation tokens per evaluation, spread over the split; the last one scores the full "
                               "split."),
+    Flag("train.eval_recall", "In-context recall probes (MQAR, copy of validation text) at each evaluation. "
+                              "[default: on for a sweep's trials, off for a single run]"),
     Flag("train.log_every", "[default: 10]"),
     Flag("train.checkpoint_every", "[default: the preset's]"),
     Flag("train.keep", "Checkpoints to keep. [default: 3; a sweep's trials: 1]"),

@@ -15,7 +15,7 @@ from hybrid_ray.data.synthetic import MQARConfig, make_example
 from hybrid_ray.model import build_model
 from hybrid_ray.significance import against_best, betainc, t_cdf, welch
 from hybrid_ray.spec import DataSpec
-from hybrid_ray.variants import variant_spec
+from hybrid_ray.config.variants import variant_spec
 
 CPU = torch.device("cpu")
 
@@ -162,3 +162,73 @@ def test_welch_and_verdicts():
     assert against_best({"a": [0.5, 0.6], "b": [0.5, 0.6, 0.55]}, higher_is_better=True)["a"].label in ("best", "within noise")
     with pytest.raises(ValueError, match=">= 2"):
         welch([1.0], [1.0, 2.0])
+
+
+def sweep_row(arm, seed, loss, recall, value):
+    final = {"val_loss": loss, **({"val_recall": recall} if recall is not None else {})}
+    return {"arm": arm, "seed": seed, "status": "finished", "value": value, "settings": {"attention_ratio": value},
+            "best": final, "final": final, "params": 1e6, "tokens_seen": 1000, "evals": {},
+            "history": [{"step": 10, "time_s": 1.0, **final}]}
+
+
+def test_the_sweep_table_and_figure_show_recall_and_significance(tmp_path):
+    from hybrid_ray.records import report
+
+    rows = [sweep_row("attn17", 0, 3.90, 0.60, 0.17), sweep_row("attn17", 1, 3.95, 0.62, 0.17),
+            sweep_row("attn8", 0, 3.90, 0.40, 0.08), sweep_row("attn8", 1, 3.95, 0.41, 0.08),
+            sweep_row("attn0", 0, 4.50, 0.10, 0.0), sweep_row("attn0", 1, 4.51, 0.11, 0.0),
+            sweep_row("attn50", 0, 3.70, 0.70, 0.5)]
+    table, figure = report.write_comparison(str(tmp_path), rows, "ratio", "sweep.json", "sweep.png")
+    lines = {line.split()[1]: line for line in table.splitlines()[1:-1]}
+    assert "recall" in table.splitlines()[0] and "recall vs best" in table.splitlines()[0]
+    assert "0.610 ± 0.014" in lines["attn17"] and "0.405 ± 0.007" in lines["attn8"]
+    # identical seeds' losses: within noise; a clear gap: worse; one seed: no claim, however good
+    assert "best" in lines["attn17"] and "within noise (p=1)" in lines["attn8"]
+    assert lines["attn0"].count("worse") == 2 and lines["attn50"].count("no claim") == 2
+    assert "Welch's t-test" in table.splitlines()[-1]
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    width = int.from_bytes((tmp_path / "sweep.png").read_bytes()[16:20], "big")
+    no_recall = [sweep_row(r["arm"], r["seed"], r["final"]["val_loss"], None, r["value"]) for r in rows]
+    report.write_comparison(str(tmp_path / "plain"), no_recall, "ratio", "sweep.json", "sweep.png")
+    assert width > int.from_bytes((tmp_path / "plain" / "sweep.png").read_bytes()[16:20], "big")  # a fourth panel
+    assert "recall" not in report.ranked_table(no_recall).splitlines()[0]
+
+
+def test_sweep_trials_take_the_probes_unless_turned_off():
+    from hybrid_ray.sweep.status import trial_spec
+
+    spec = variant_spec("h100_hybrid_sparse", "tiny")
+    assert spec.train.eval_recall is None  # a single run: off unless asked
+    assert trial_spec(spec, "a", 0, "/tmp/t").train.eval_recall is True
+    off = spec.with_overrides({"train.eval_recall": False})
+    assert trial_spec(off, "a", 0, "/tmp/t").train.eval_recall is False
+
+
+@pytest.mark.slow
+def test_a_run_scores_recall_at_each_evaluation_and_eval_scores_it_alone(ray_session, tmp_path, capsys):
+    """Two DDP workers split the probes; `eval --task recall` of the finished run (one process) gets the same."""
+    import json
+
+    from test_train import small_spec
+
+    from hybrid_ray.cli import main
+    from hybrid_ray.train import train
+
+    train(small_spec(tmp_path, "probed", **{"train.steps": 10, "train.eval_every": 5, "train.eval_recall": True,
+                                             "optim.warmup_steps": 2}), progress=False)
+    results = json.loads((tmp_path / "probed" / "results.json").read_text())
+    evals = [r for r in results["history"] if "val_loss" in r]
+    assert [r["step"] for r in evals] == [5, 10]
+    for record in evals:
+        assert 0 <= record["val_recall"] <= 1 and record["val_recall_stderr"] > 0
+        assert len(record["recall_settings"]) == 8 and record["recall_seconds"] > 0
+    assert results["final"]["val_recall"] == evals[-1]["val_recall"]
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "probed"), "--task", "recall"]) == 0
+    out = capsys.readouterr().out
+    assert "mqar_p16_l128" in out and "copy_d112_l128" in out and "recall: score" in out
+    alone = json.loads((tmp_path / "probed" / "results.json").read_text())["evals"]["recall"]
+    assert alone["score"] == pytest.approx(evals[-1]["val_recall"], abs=0.005)
+    assert alone["settings"]["mqar_p4_l32"]["examples"] == 32
+    assert main(["compare", str(tmp_path / "probed"), "--out", str(tmp_path / "cmp")]) == 0
+    assert "recall" in capsys.readouterr().out.splitlines()[0]

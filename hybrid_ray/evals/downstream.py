@@ -35,7 +35,7 @@ HUB = {
     "hellaswag": ("Rowan/hellaswag", None, "validation"),
     "lambada": ("EleutherAI/lambada_openai", "default", "test"),
 }
-TASKS = (*HUB, "perplexity")
+TASKS = (*HUB, "perplexity", "recall")
 MAX_CONTEXT = 2048  # tokens kept of a long context (from its end)
 BATCH = 16  # rows per scoring batch on a CPU
 BATCH_TOKENS_CPU = 4096  # padded tokens per scoring batch
@@ -264,6 +264,22 @@ def perplexity(model: torch.nn.Module, tokenizer_folder: str, device: torch.devi
             "tokens": metrics["val_tokens"], "data": data}
 
 
+def recall_of_run(path: str, run: dict[str, Any] | None, backend: str, seq_len: int | None,
+                  startup: Startup | None) -> dict[str, Any]:
+    """The recall probes (recall.py) on a run's model, over its own data's validation split."""
+    from hybrid_ray import data as data_lib
+    from hybrid_ray import recall
+    from hybrid_ray.inference.generate import load_for_inference
+    from hybrid_ray.spec import RunSpec
+
+    if run is None or not run.get("spec"):
+        raise SpecError(f"--task recall needs a run folder (its spec names the data the copy probe reads): {path}")
+    spec = RunSpec.from_dict(run["spec"])
+    dataset = data_lib.prepare(spec.data)
+    model, _, device = load_for_inference(path, backend, startup)
+    return recall.score_recall(model, dataset, device, seq_len=seq_len or spec.data.seq_len)
+
+
 def evaluate_task(path: str, task: str, *, data: str | None = None, limit: int | None = None, backend: str = "auto",
                   seq_len: int | None = None, startup: Startup | None = None) -> dict[str, Any]:
     """Score the model of a run (or model folder) on a task; the result also goes into the run's eval/<task>.json and
@@ -282,6 +298,8 @@ def evaluate_task(path: str, task: str, *, data: str | None = None, limit: int |
         model, _, device = load_for_inference(path, backend, startup)
         seq_len = seq_len or ((run or {}).get("spec", {}).get("data", {}).get("seq_len")) or 1024
         result = {"task": task, **perplexity(model, tokenizer_dir(folder), device, data, seq_len)}
+    elif task == "recall":
+        result = {"task": task, **recall_of_run(path, run, backend, seq_len, startup)}
     else:
         examples = load_examples(task, data, limit)
         model, tokenizer, device = load_for_inference(path, backend, startup)

@@ -12,6 +12,7 @@ from hybrid_ray import storage
 from hybrid_ray.errors import HybridRayError
 from hybrid_ray.layout import RunLayout, SweepLayout, comparison_dir
 from hybrid_ray.records import folders as runs
+from hybrid_ray.significance import METHOD, against_best
 
 PANELS = [
     ("loss", [("loss", "train"), ("val_loss", "validation")]),
@@ -127,12 +128,13 @@ def arm_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for arm, members in arms.items():
         losses = [m["best"]["val_loss"] for m in members if (m.get("best") or {}).get("val_loss") is not None]
         accs = [m["best"]["val_accuracy"] for m in members if (m.get("best") or {}).get("val_accuracy") is not None]
+        recalls = [_recall(m) for m in members if _recall(m) is not None]
         loss, loss_std = _mean_std(losses) if losses else (math.inf, 0.0)
         acc, acc_std = _mean_std(accs) if accs else (math.nan, 0.0)
         complete = all(m["status"] == "finished" for m in members)
         scores = {}
-        for task in sorted({t for m in members for t in (m.get("evals") or {})}):
-            values = [m["evals"][task]["acc"] for m in members if task in (m.get("evals") or {})]
+        for task in sorted({t for m in members for t, r in (m.get("evals") or {}).items() if "acc" in r}):
+            values = [m["evals"][task]["acc"] for m in members if "acc" in (m.get("evals") or {}).get(task, {})]
             scores[task] = _mean_std(values)
         out.append({
             "arm": arm, "value": members[0]["value"], "seeds": len(members), "complete": complete,
@@ -142,18 +144,34 @@ def arm_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "best_val_accuracy": acc, "best_val_accuracy_std": acc_std, "params": members[0].get("params"),
             "tokens_seen": max((m.get("tokens_seen") or 0) for m in members),
             "stopped_at_step": max((m.get("stopped_at_step") or 0) for m in members) or None,
-            "evals": scores,
+            "evals": scores, "losses": losses, "recalls": recalls,
+            "recall": _mean_std(recalls) if recalls else None,
         })
+    for key, metric, higher in (("loss_vs_best", "losses", False), ("recall_vs_best", "recalls", True)):
+        verdicts = against_best({a["arm"]: a[metric] for a in out if a["complete"]}, higher_is_better=higher)
+        for arm in out:
+            arm[key] = str(verdicts[arm["arm"]]) if arm["arm"] in verdicts else None
     return sorted(out, key=lambda a: (not a["complete"], a["best_val_loss"]))
 
 
+def _recall(row: dict[str, Any]) -> float | None:
+    """A trial's recall score: its last evaluation's (the end of the run), else its best evaluation's."""
+    for record in (row.get("final") or {}, row.get("best") or {}):
+        if record.get("val_recall") is not None:
+            return record["val_recall"]
+    return None
+
+
 def ranked_table(rows: list[dict[str, Any]]) -> str:
-    """The terminal table: arms ranked by mean best validation loss over seeds (± std), parameters and tokens seen;
-    arms that did not run to the end are marked."""
+    """The terminal table: arms ranked by mean best validation loss over seeds (± std), parameters and tokens seen,
+    the recall score (± std over seeds) and whether each arm's loss and recall differ from the best arm's by more
+    than the seed noise (significance.METHOD, named under the table); arms that did not run to the end are marked."""
     summary = arm_summary(rows)
     tasks = sorted({t for arm in summary for t in arm["evals"]})
+    with_recall = any(arm["recall"] for arm in summary)
     lines = [f"{'rank':>4}  {'arm':<28}{'best val loss':>19}{'val acc':>9}{'params':>10}{'tokens':>10}{'seeds':>6}"
-             + "".join(f"{task:>16}" for task in tasks) + "  note"]
+             + (f"{'recall':>16}" if with_recall else "") + "".join(f"{task:>16}" for task in tasks)
+             + f"  {'loss vs best':<24}" + (f"{'recall vs best':<24}" if with_recall else "") + "note"]
     for i, arm in enumerate(summary, 1):
         loss = "-" if not math.isfinite(arm["best_val_loss"]) else f"{arm['best_val_loss']:.4f}" + (
             f" ± {arm['best_val_loss_std']:.4f}" if arm["scored_seeds"] > 1 else "")
@@ -164,7 +182,15 @@ def ranked_table(rows: list[dict[str, Any]]) -> str:
         note = "" if arm["complete"] else "; ".join(arm["reasons"]) or ", ".join(arm["statuses"])
         scores = "".join(f"{arm['evals'][t][0]:>9.3f} ± {arm['evals'][t][1]:.3f}" if t in arm["evals"] else f"{'-':>16}"
                          for t in tasks)
-        lines.append(f"{i:>4}  {arm['arm']:<28}{loss:>19}{acc:>9}{params:>10}{tokens:>10}{seeds:>6}{scores}  {note}")
+        recall = ""
+        if with_recall:
+            recall = f"{'-':>16}" if not arm["recall"] else (f"{arm['recall'][0]:>9.3f} ± {arm['recall'][1]:.3f}"
+                                                            if len(arm["recalls"]) > 1 else f"{arm['recall'][0]:>16.3f}")
+        verdicts = f"{arm['loss_vs_best'] or '-':<24}" + (f"{arm['recall_vs_best'] or '-':<24}" if with_recall else "")
+        lines.append(f"{i:>4}  {arm['arm']:<28}{loss:>19}{acc:>9}{params:>10}{tokens:>10}{seeds:>6}{recall}{scores}"
+                     f"  {verdicts}{note}".rstrip())
+    lines.append(f"vs best: {METHOD}, each arm against the best of the arms with >= 2 seeds that ran to the end"
+                 + ("; recall: the mean accuracy of the recall probes at the run's end (README)" if with_recall else ""))
     return "\n".join(lines)
 
 
@@ -186,7 +212,10 @@ def plot_sweep(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (curves, by_value, by_time) = plt.subplots(1, 3, figsize=(17, 5))
+    with_recall = any((r.get("final") or {}).get("val_recall") is not None for r in rows)
+    fig, axes = plt.subplots(1, 4 if with_recall else 3, figsize=(22 if with_recall else 17, 5))
+    curves, by_value, by_time = axes[0], axes[1], axes[-1]
+    recall_panel = axes[2] if with_recall else None
     colors = plt.get_cmap("viridis")
     summary = arm_summary(rows)
     order = {a["arm"]: i for i, a in enumerate(sorted(summary, key=lambda a: (a["value"] is None, a["value"] or 0, a["arm"])))}
@@ -207,16 +236,25 @@ def plot_sweep(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
         by_value.errorbar(positions[arm["arm"]], arm["best_val_loss"], yerr=arm["best_val_loss_std"], fmt="o",
                           capsize=3, color=colors(order[arm["arm"]] / max(len(order) - 1, 1)),
                           mfc="white" if not arm["complete"] else None)
+        if recall_panel is not None and arm["recall"]:
+            recall_panel.errorbar(positions[arm["arm"]], arm["recall"][0], yerr=arm["recall"][1], fmt="s", capsize=3,
+                                  color=colors(order[arm["arm"]] / max(len(order) - 1, 1)),
+                                  mfc="white" if not arm["complete"] else None)
     swept = next(iter(rows[0]["settings"]), "arm") if rows else "arm"
-    if ticks:  # a categorical axis: label the arms
-        by_value.set_xticks(list(ticks.values()), list(ticks), rotation=60, fontsize=7)
-    elif swept == "lr":
-        by_value.set_xscale("log")
+    for ax in (by_value, recall_panel):
+        if ax is None:
+            continue
+        if ticks:  # a categorical axis: label the arms
+            ax.set_xticks(list(ticks.values()), list(ticks), rotation=60, fontsize=7)
+        elif swept == "lr":
+            ax.set_xscale("log")
     curves.set(title="validation loss", xlabel="step", ylabel="val loss")
     by_value.set(title="best validation loss (mean ± std over seeds)", xlabel=swept, ylabel="best val loss")
     by_time.set(title="validation loss against training time", xlabel="training seconds", ylabel="val loss")
+    if recall_panel is not None:
+        recall_panel.set(title="recall at the end (mean ± std over seeds)", xlabel=swept, ylabel="recall score")
     curves.legend(fontsize=6, ncol=2)
-    for ax in (curves, by_value, by_time):
+    for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()

@@ -43,7 +43,7 @@ class SweepOptions:
         from hybrid_ray.evals.downstream import TASKS
 
         for task in self.eval_tasks:
-            if task not in TASKS or task == "perplexity":
+            if task not in TASKS or task in ("perplexity", "recall"):  # a trial scores recall itself
                 raise SpecError(f"unknown eval task {task!r}{suggest(task, TASKS)}; a sweep scores arc_easy, "
                                 "arc_challenge, hellaswag or lambada")
         if self.eval_data is not None and len(self.eval_tasks) != 1:

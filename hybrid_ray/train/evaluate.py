@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hybrid_ray import recall
 from hybrid_ray.evals.loss import evaluate
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train.cadence import Every
@@ -24,6 +25,8 @@ class Evaluator:
         self.dataset, self.model, self.device, self.layout = dataset, model, device, layout
         self.precision = spec.train.precision
         self.sample = dataset.val_batches(max_tokens=spec.train.eval_tokens, **layout)
+        # the probes' examples are made once: every evaluation scores the same ones
+        self.recall = recall.settings(recall.RecallProbes(), dataset, spec.data.seq_len) if spec.train.eval_recall else []
 
     def should_evaluate(self, step: int, last: bool) -> bool:
         return self.every.due(step, last)
@@ -32,5 +35,21 @@ class Evaluator:
         """Evaluate now (a collective: every rank calls it at the same steps); returns the evaluation's record."""
         final = last and state.step == state.total_steps  # the end of the run: score the full split
         batches = self.dataset.val_batches(**self.layout) if final else self.sample
-        return {"step": state.step, **evaluate(self.model, batches, self.device, self.precision, self.dataset.task),
-                "val_split": "full" if final else "sample", "time_s": state.train_seconds}
+        out = {"step": state.step, **evaluate(self.model, batches, self.device, self.precision, self.dataset.task),
+               "val_split": "full" if final else "sample", "time_s": state.train_seconds}
+        if self.recall:
+            out.update(recall_record(recall.score_recall(
+                self.model, self.dataset, self.device, seq_len=self.layout["seq_len"], precision=self.precision,
+                tokens=self.layout["micro_batch"] * self.layout["seq_len"], rank=self.layout["rank"],
+                world_size=self.layout["world_size"], prepared=self.recall)))
+        return out
+
+
+def recall_record(result: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation record's recall entries: the summary numbers as val_recall* (so the best and final evaluations
+    carry them), the per-setting accuracies under recall_settings, the probes' seconds."""
+    out = {f"val_recall{'' if key == 'score' else '_' + key.removeprefix('score_')}": result[key]
+           for key in ("score", "score_stderr", "mqar", "mqar_stderr", "copy", "copy_stderr") if result[key] is not None}
+    return {**out, "recall_settings": {name: {"accuracy": r["accuracy"], "stderr": r["stderr"]}
+                                       for name, r in result["settings"].items()},
+            "recall_seconds": result["seconds"]}

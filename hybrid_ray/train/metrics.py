@@ -87,7 +87,8 @@ def progress_line(record: dict, total_steps: int, eta_s: float | None) -> str:
 def eval_line(record: dict) -> str:
     return (f"eval step {record['step']}: val_loss {record['val_loss']:.4f} | val_acc {record['val_accuracy']:.4f}"
             f" | val_ppl {record['val_perplexity']:.2f} | {record['val_tokens']:,} {record['val_split']}"
-            " validation tokens")
+            " validation tokens" + (f" | recall {record['val_recall']:.3f} ± {record['val_recall_stderr']:.3f}"
+                                    if "val_recall" in record else ""))
 
 
 def say(line: str) -> None:
