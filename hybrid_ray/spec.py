@@ -219,7 +219,7 @@ class TrainSpec:
     micro_batch_size: int | None = None  # per worker per forward; None: batch_size // num_workers
     eval_every: int = 100
     eval_tokens: int = 262_144  # validation tokens per evaluation, spread over the split; the run's end scores all
-    eval_recall: bool | None = None  # the recall probes (recall.py) at each evaluation; None: on in sweeps, off alone
+    eval_recall: bool | None = None  # the recall probes (evals/recall.py) at each evaluation; None: on in sweeps, off alone
     log_every: int = 10
     checkpoint_every: int = 100
     keep: int = 3

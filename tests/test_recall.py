@@ -1,5 +1,6 @@
-"""Recall probes (recall.py) and significance between arms (significance.py): an oracle that copies from its context
-scores 1.0, random weights score about chance, shares over ranks add up; the t distribution against known values."""
+"""Recall probes (evals/recall.py) and significance between arms (records/significance.py): an oracle that copies from
+its context scores 1.0, random weights score about chance, shares over ranks add up; the t distribution against known
+values; the table, figure, flag and `eval --task recall` through a real run."""
 
 import dataclasses
 import math
@@ -8,14 +9,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hybrid_ray import recall
+from hybrid_ray.config.variants import variant_spec
 from hybrid_ray.data import prepare
 from hybrid_ray.data.loader import IGNORE
 from hybrid_ray.data.synthetic import MQARConfig, make_example
+from hybrid_ray.evals import recall
 from hybrid_ray.model import build_model
-from hybrid_ray.significance import against_best, betainc, t_cdf, welch
+from hybrid_ray.records.significance import against_best, betainc, t_cdf, welch
 from hybrid_ray.spec import DataSpec
-from hybrid_ray.config.variants import variant_spec
 
 CPU = torch.device("cpu")
 
@@ -117,14 +118,14 @@ def test_an_oracle_that_copies_from_its_context_scores_one(text_dataset):
 
 
 def test_random_weights_score_about_chance(text_dataset):
-    probes = recall.RecallProbes(mqar=recall.MQARProbe(examples=16), copy=recall.CopyProbe(examples=16))
+    probes = recall.RecallProbes(mqar=recall.MQARProbe(examples=8), copy=recall.CopyProbe(examples=8))
     out = recall.score_recall(tiny_model("h100_hybrid_sparse", 320), text_dataset, CPU, seq_len=128, probes=probes)
     mqar = [r for r in out["settings"].values() if r["probe"] == "mqar"]
-    assert [r["examples"] for r in mqar] == [16] * 5 and len(out["settings"]) == 8
+    assert [r["examples"] for r in mqar] == [8] * 5 and len(out["settings"]) == 8
     # chance is 1/128 for MQAR's values; an untrained model's argmax is spread over all 320 ids
     assert all(r["accuracy"] <= 0.05 for r in out["settings"].values()), out["settings"]
     assert out["mqar"] < 3 * mqar[0]["chance"] and out["copy"] < 0.05
-    assert all(0 < r["stderr"] < 0.05 or r["accuracy"] == 0 for r in out["settings"].values())
+    assert all(0 < r["stderr"] < 0.1 or r["accuracy"] == 0 for r in out["settings"].values())
 
 
 def test_rank_shares_add_up_to_the_whole():

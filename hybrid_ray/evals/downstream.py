@@ -266,9 +266,9 @@ def perplexity(model: torch.nn.Module, tokenizer_folder: str, device: torch.devi
 
 def recall_of_run(path: str, run: dict[str, Any] | None, backend: str, seq_len: int | None,
                   startup: Startup | None) -> dict[str, Any]:
-    """The recall probes (recall.py) on a run's model, over its own data's validation split."""
+    """The recall probes (evals/recall.py) on a run's model, over its own data's validation split."""
     from hybrid_ray import data as data_lib
-    from hybrid_ray import recall
+    from hybrid_ray.evals import recall
     from hybrid_ray.inference.generate import load_for_inference
     from hybrid_ray.spec import RunSpec
 

@@ -12,7 +12,7 @@ from hybrid_ray import storage
 from hybrid_ray.errors import HybridRayError
 from hybrid_ray.layout import RunLayout, SweepLayout, comparison_dir
 from hybrid_ray.records import folders as runs
-from hybrid_ray.significance import METHOD, against_best
+from hybrid_ray.records.significance import METHOD, against_best
 
 PANELS = [
     ("loss", [("loss", "train"), ("val_loss", "validation")]),

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hybrid_ray import recall
+from hybrid_ray.evals import recall
 from hybrid_ray.evals.loss import evaluate
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train.cadence import Every
