@@ -132,7 +132,7 @@ def test_train_flag_set_is_pinned():
         "--max-documents", "--packed", "--vocab-size", "--num-heads", "--head-dim", "--steps", "--lr", "--batch-size", "--micro-batch-size", "--num-workers",
         "--gpus-per-worker", "--cpus-per-worker", "--strategy", "--backend", "--compile", "--conv-backend", "--loss-kernel",
         "--max-failures",
-        "--eval-every", "--eval-tokens", "--log-every", "--checkpoint-every", "--keep", "--seed", "--name", "--storage-path",
+        "--eval-every", "--eval-tokens", "--eval-recall", "--log-every", "--checkpoint-every", "--keep", "--seed", "--name", "--storage-path",
         "--address", "--verbose", "--extend-steps", "--until-step", "--dry-run",
     ])
 

@@ -19,7 +19,7 @@ START = ["--variant", "--preset", "--config", "--attention-ratio"]
 DATA = ["--data", "--tokenizer", "--seq-len", "--max-documents", "--packed", "--no-packed", "--vocab-size"]
 RUN = ["--num-heads", "--head-dim", "--steps", "--lr", "--batch-size", "--micro-batch-size", "--num-workers", "--gpus-per-worker", "--cpus-per-worker",
        "--strategy", "--backend", "--compile", "--no-compile", "--conv-backend", "--loss-kernel", "--max-failures", "--eval-every", "--eval-tokens",
-       "--log-every", "--checkpoint-every", "--keep", "--seed", "--name", "--storage-path"]
+       "--eval-recall", "--no-eval-recall", "--log-every", "--checkpoint-every", "--keep", "--seed", "--name", "--storage-path"]
 CLUSTER = ["--address", "--verbose"]
 FLAG_SETS = {
     "train": [*START, *DATA, *RUN, *CLUSTER, "--extend-steps", "--until-step", "--dry-run"],
@@ -56,7 +56,7 @@ def test_every_spec_flag_sets_its_field(capsys):
         "scale.cpus_per_worker": ("2", 2.0), "scale.strategy": ("ddp", "ddp"), "scale.backend": ("torch", "torch"),
         "train.compile": (None, True), "train.conv_backend": ("triton", "triton"),
         "train.loss_kernel": ("fused-linear", "fused-linear"), "scale.max_failures": ("1", 1), "train.eval_every": ("3", 3),
-        "train.eval_tokens": ("100", 100), "train.log_every": ("2", 2), "train.checkpoint_every": ("4", 4),
+        "train.eval_tokens": ("100", 100), "train.eval_recall": (None, True), "train.log_every": ("2", 2), "train.checkpoint_every": ("4", 4),
         "train.keep": ("2", 2), "train.seed": ("5", 5), "name": ("flagged", "flagged"), "storage_path": ("/tmp/x", "/tmp/x"),
     }
     assert sorted(values) == sorted(f.key for f in FLAGS)  # a new flag needs a case here

@@ -1,5 +1,5 @@
 """Validation during training (Evaluator): when it is due, which blocks, and what it records; the loss itself is
-evals/loss.py's `evaluate`."""
+evals/loss.py's `evaluate`, the recall probes (with `train.eval_recall`) evals/recall.py's `score_recall`."""
 
 from __future__ import annotations
 
