@@ -179,7 +179,7 @@ def test_the_sweep_table_and_figure_show_recall_and_significance(tmp_path):
             sweep_row("attn8", 0, 3.90, 0.40, 0.08), sweep_row("attn8", 1, 3.95, 0.41, 0.08),
             sweep_row("attn0", 0, 4.50, 0.10, 0.0), sweep_row("attn0", 1, 4.51, 0.11, 0.0),
             sweep_row("attn50", 0, 3.70, 0.70, 0.5)]
-    table, figure = report.write_comparison(str(tmp_path), rows, "ratio", "sweep.json", "sweep.png")
+    table, figure = report.write_comparison(rows, "ratio", str(tmp_path / "sweep.json"), str(tmp_path / "sweep.png"))
     lines = {line.split()[1]: line for line in table.splitlines()[1:-1]}
     assert "recall" in table.splitlines()[0] and "recall vs best" in table.splitlines()[0]
     assert "0.610 ± 0.014" in lines["attn17"] and "0.405 ± 0.007" in lines["attn8"]
@@ -190,7 +190,8 @@ def test_the_sweep_table_and_figure_show_recall_and_significance(tmp_path):
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     width = int.from_bytes((tmp_path / "sweep.png").read_bytes()[16:20], "big")
     no_recall = [sweep_row(r["arm"], r["seed"], r["final"]["val_loss"], None, r["value"]) for r in rows]
-    report.write_comparison(str(tmp_path / "plain"), no_recall, "ratio", "sweep.json", "sweep.png")
+    (tmp_path / "plain").mkdir()
+    report.write_comparison(no_recall, "ratio", str(tmp_path / "plain" / "sweep.json"), str(tmp_path / "plain" / "sweep.png"))
     assert width > int.from_bytes((tmp_path / "plain" / "sweep.png").read_bytes()[16:20], "big")  # a fourth panel
     assert "recall" not in report.ranked_table(no_recall).splitlines()[0]
 
