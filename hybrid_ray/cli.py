@@ -16,7 +16,7 @@ import click
 from hybrid_ray.config import build as jobspec
 from hybrid_ray.config.variants import DEFAULT_PRESET, DEFAULT_VARIANT, PRESETS
 from hybrid_ray.errors import HybridRayError, SpecError
-from hybrid_ray.spec import FLAGS, Flag, RunSpec, TrainSpec, flag_overrides
+from hybrid_ray.spec import FLAGS, Flag, RunSpec, flag_overrides
 
 DEFAULT_STORAGE = RunSpec.storage_path
 
@@ -30,6 +30,13 @@ def build_spec(
 ) -> RunSpec:
     """The run spec of a command's options: jobspec.build_spec with the spec flags (spec.FLAGS) as overrides."""
     return jobspec.build_spec(config=config, variant=variant, preset=preset, attention_ratio=attention_ratio,
+                              overrides=flag_overrides(flags))
+
+
+def sweep_base(config: str | None, variant: str | None, preset: str | None, attention_ratio: float | None = None,
+               **flags: Any) -> RunSpec:
+    """A sweep's base spec from its command's options: jobspec.sweep_base with the spec flags as overrides."""
+    return jobspec.sweep_base(config=config, variant=variant, preset=preset, attention_ratio=attention_ratio,
                               overrides=flag_overrides(flags))
 
 
@@ -172,11 +179,7 @@ def sweep(address: str | None, verbose: bool, dry_run: bool, assume_gpus: int | 
         raise SpecError("--assume-gpus, --assume-gpu-memory and --assume-free-disk go with --dry-run")
     flags = {f.name: options.pop(f.name) for f in dataclasses.fields(SweepOptions) if f.name in options}
     chosen = sweep_options(jobspec.load(options["config"]).sweep if options.get("config") else {}, flags)
-    spec = build_spec(**options)
-    if options.get("name") is None and not options.get("config"):
-        spec = spec.with_overrides({"name": f"sweep-{spec.name}"})
-    if options.get("keep") is None and spec.train.keep == TrainSpec().keep:
-        spec = spec.with_overrides({"train.keep": 1})  # a sweep's trials keep their newest checkpoint only
+    spec = sweep_base(**options)
     if dry_run:
         from hybrid_ray.sweep.plan import dry_run as plan_only
 

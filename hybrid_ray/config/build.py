@@ -13,7 +13,9 @@
 Ray ignores the `hybrid_ray` key (no runtime_env plugin has that name). A plain run spec (the schema of
 results.json's `spec`) works wherever a job file does.
 
-`build_spec` is the one way a run spec is made from these (the CLI's options, a job file's section).
+The one spec builder: `build_spec` makes a run spec from the CLI's options or a job file's section, `sweep_base`
+adds what a sweep's base spec changes by default, and `arm_spec` moves a spec along one grid axis (config/grid.py
+expands a grid with it).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hybrid_ray.config.variants import DEFAULT_PRESET, DEFAULT_VARIANT, ratio_spec, variant_spec
+from hybrid_ray.config.variants import DEFAULT_PRESET, DEFAULT_VARIANT, ratio_spec, variant_spec, with_variant
 from hybrid_ray.errors import SpecError, suggest
-from hybrid_ray.spec import RunSpec, read_yaml
+from hybrid_ray.spec import RunSpec, TrainSpec, read_yaml
 
 KEY = "hybrid_ray"
 COMMANDS = ("train", "sweep")
@@ -100,3 +102,30 @@ def build_spec(*, config: str | Path | None = None, variant: str | None = None, 
         del overrides["model.vocab_size"]
         spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, vocab_size=None))
     return spec.with_overrides(overrides)
+
+
+def sweep_base(*, config: str | Path | None = None, variant: str | None = None, preset: str | None = None,
+               attention_ratio: float | None = None, overrides: dict[str, Any] | None = None) -> RunSpec:
+    """A sweep's base spec: build_spec's, named `sweep-<name>` unless the overrides or a config file name it, and
+    keeping only each trial's newest checkpoint unless the overrides or the spec set train.keep."""
+    overrides = dict(overrides or {})
+    spec = build_spec(config=config, variant=variant, preset=preset, attention_ratio=attention_ratio,
+                      overrides=overrides)
+    if overrides.get("name") is None and not config:
+        spec = spec.with_overrides({"name": f"sweep-{spec.name}"})
+    if overrides.get("train.keep") is None and spec.train.keep == TrainSpec().keep:
+        spec = spec.with_overrides({"train.keep": 1})  # a sweep's trials keep their newest checkpoint only
+    return spec
+
+
+def arm_spec(base: RunSpec, axis: str, value: Any) -> RunSpec:
+    """`base` moved along one grid axis (attention_ratio, variant, lr or a dotted spec field) to `value`."""
+    if axis == "variant":
+        return with_variant(base, value)
+    if axis == "attention_ratio":
+        # an arm keeps the sweep's name (its id carries the label), and is a named variant only when the value names one
+        return dataclasses.replace(ratio_spec(value, base), name=base.name,
+                                   variant=value if isinstance(value, str) else None)
+    if axis == "lr":
+        return base.with_overrides({"optim.lr": value})
+    return base.with_overrides({axis: value})

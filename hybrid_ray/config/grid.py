@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from hybrid_ray.config.variants import VARIANTS, attention_layers, get_variant, ratio_label, ratio_spec
+from hybrid_ray.config.build import arm_spec
+from hybrid_ray.config.variants import VARIANTS, attention_layers, get_variant, ratio_label
 from hybrid_ray.errors import SpecError, suggest
 from hybrid_ray.model.flops import count_params
 from hybrid_ray.spec import SECTIONS, RunSpec
@@ -107,24 +108,13 @@ def parse_grid(texts: list[str]) -> list[Axis]:
     return axes
 
 
-def _apply(spec: RunSpec, axis: Axis, value: Any) -> RunSpec:
-    if axis.name in ("attention_ratio", "variant"):
-        # an arm keeps the sweep's name (its id carries the label), and is a named variant only when the value names one
-        arm = dataclasses.replace(ratio_spec(value, spec), name=spec.name,
-                                  variant=value if isinstance(value, str) else None)
-        return arm.with_overrides({"optim.lr": get_variant(value).lr}) if axis.name == "variant" else arm
-    if axis.name == "lr":
-        return spec.with_overrides({"optim.lr": value})
-    return spec.with_overrides({axis.name: value})
-
-
 def expand(base: RunSpec, axes: list[Axis]) -> list[Arm]:
     """The product of the axes, one Arm per point, in grid order."""
     arms = []
     for point in itertools.product(*(axis.values for axis in axes)):
         spec = base
         for axis, value in zip(axes, point):
-            spec = _apply(spec, axis, value)
+            spec = arm_spec(spec, axis.name, value)
         arm_id = "-".join(axis.label(value) for axis, value in zip(axes, point))
         arms.append(Arm(arm_id, {axis.name: value for axis, value in zip(axes, point)}, spec))
     ids = [a.id for a in arms]

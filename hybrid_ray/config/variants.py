@@ -210,6 +210,13 @@ def variant_spec(variant: str = DEFAULT_VARIANT, preset: str | None = None) -> R
     return RunSpec(name=name, variant=variant, model=model, data=data, optim=optim, train=train)
 
 
+def with_variant(base: RunSpec, variant: str) -> RunSpec:
+    """`base` turned into a named variant at its own size: the variant's attention layout at base's depth and the
+    variant's learning rate (a `--grid variant=...` arm); base's name stays."""
+    arm = dataclasses.replace(ratio_spec(variant, base), name=base.name, variant=variant)
+    return arm.with_overrides({"optim.lr": get_variant(variant).lr})
+
+
 def ratio_label(value: float | str) -> str:
     """`attnNN` for an attention share, or for a named variant's share (`attn33late` for the late layout): the suffix
     of an --attention-ratio run's name and a ratio sweep's arm id."""
