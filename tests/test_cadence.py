@@ -15,10 +15,10 @@ from hybrid_ray.layout import DIVERGED_FILE, RunLayout
 from hybrid_ray.model import build_model
 from hybrid_ray.train import checkpoint as ckpt
 from hybrid_ray.train.cadence import Every, report_due
-from hybrid_ray.train.checkpoint import Checkpointer, TrainerState
-from hybrid_ray.train.evaluate import Evaluator
+from hybrid_ray.train.checkpoint import Checkpointer, SaveConfig, TrainerState
+from hybrid_ray.train.evaluate import EvalConfig, Evaluator
 from hybrid_ray.train.loop import Divergence
-from hybrid_ray.train.metrics import MetricsLogger
+from hybrid_ray.train.metrics import LogConfig, MetricsLogger
 from hybrid_ray.train.optim import LRSchedule
 
 CPU = torch.device("cpu")
@@ -42,7 +42,7 @@ def test_reports_happen_at_saves_and_evaluations_only():
 
 
 def test_the_metrics_logger_averages_its_window_and_shows_only_on_rank_0(tmp_path, capsys):
-    logger = MetricsLogger(SPEC, CPU, rank=0, world_size=1, tensorboard_dir=str(tmp_path / "tb"), echo=True)
+    logger = MetricsLogger(LogConfig.from_spec(SPEC), CPU, rank=0, world_size=1, tensorboard_dir=str(tmp_path / "tb"), echo=True)
     assert [s for s in range(1, 12) if logger.should_log(s, last=s == 11)] == [5, 10, 11]
     state = TrainerState(step=2, total_steps=10, tokens_seen=2 * logger.tokens_per_step, train_seconds=4.0)
     logger.add(torch.tensor(1.0))
@@ -62,7 +62,7 @@ def test_the_metrics_logger_averages_its_window_and_shows_only_on_rank_0(tmp_pat
     assert out[1] == "eval step 2: val_loss 1.5000 | val_acc 0.5000 | val_ppl 4.48 | 1,000 sample validation tokens"
     logger.close()
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))  # rank 0's TensorBoard
-    other = MetricsLogger(SPEC, CPU, rank=1, world_size=2, tensorboard_dir=str(tmp_path / "tb1"), echo=True)
+    other = MetricsLogger(LogConfig.from_spec(SPEC), CPU, rank=1, world_size=2, tensorboard_dir=str(tmp_path / "tb1"), echo=True)
     other.write(state, record)
     other.close()
     assert capsys.readouterr().out == "" and not (tmp_path / "tb1").exists() and len(state.history) == 2
@@ -89,7 +89,7 @@ class Splits:
 
 
 def test_the_evaluator_scores_its_sample_and_the_whole_split_at_the_runs_end():
-    evaluator = Evaluator(SPEC, Splits(), Uniform(), CPU, layout={})
+    evaluator = Evaluator(EvalConfig.from_spec(SPEC), Splits(), Uniform(), CPU, layout={})
     assert [s for s in range(1, 26) if evaluator.should_evaluate(s, last=s == 25)] == [10, 20, 25]
     mid = evaluator.run(TrainerState(step=10, total_steps=30, train_seconds=2.0), last=True)  # --until-step 10
     assert (mid["step"], mid["val_split"], mid["val_tokens"], mid["time_s"]) == (10, "sample", 2, 2.0)
@@ -115,7 +115,7 @@ def test_the_checkpointer_saves_its_components_state_dicts_without_touching_the_
     schedule, loader = LRSchedule.from_spec(SPEC.optim, 20), Counter()
     schedule.extend(10, 30, SPEC.optim)
     loader.count = 10
-    checkpointer = Checkpointer(SPEC, model, optimizer, {"schedule": schedule, "loader": loader}, rank=0,
+    checkpointer = Checkpointer(SaveConfig.from_spec(SPEC), model, optimizer, {"schedule": schedule, "loader": loader}, rank=0,
                                 world_size=1, known=["checkpoint_00000010"])
     assert [s for s in range(1, 16) if checkpointer.should_save(s, last=s == 15)] == [7, 14, 15]
     state = TrainerState(step=10, total_steps=30)
@@ -145,7 +145,7 @@ def test_a_divergence_stops_at_its_first_bad_step_and_records_it(tmp_path):
 
 
 def test_a_launchs_compiling_first_step_is_not_throughput(capsys):
-    logger = MetricsLogger(SPEC, CPU, rank=0, world_size=1, tensorboard_dir=None, echo=True)
+    logger = MetricsLogger(LogConfig.from_spec(SPEC), CPU, rank=0, world_size=1, tensorboard_dir=None, echo=True)
     state = TrainerState(step=1, total_steps=10, tokens_seen=logger.tokens_per_step)
     before = time.perf_counter()
     logger.add(torch.tensor(2.0), timed=False)  # the loop's first step of a launch: the clock restarts after it

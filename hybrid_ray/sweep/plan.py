@@ -105,7 +105,7 @@ class TrialDisk:
     checkpoint: int  # one checkpoint with its optimizer state
     kept: int  # checkpoints it keeps while it runs
     model_dir: int
-    ended: int  # what it keeps once it ended (status.settle)
+    ended: int  # what it keeps once it ended (train/checkpoint.py, settle)
     peak: int  # the most it holds while it runs: its kept checkpoints, one more being written, model/ at its end
 
 
@@ -176,7 +176,7 @@ def free_bytes(path: str) -> int | None:
 def trials_on_disk(sweep_dir: str, trial_names: Sequence[str]) -> dict[str, tuple[int, bool]]:
     """What each trial of the sweep holds now under `<sweep_dir>/trials/<name>`: (bytes, ended). A trial has ended
     when its results.json says it finished all its steps, or when every one of its checkpoints is weights only (only
-    status.settle, on an ended trial, drops optimizer state); a trial ASHA stopped that was not settled yet
+    checkpoint.settle, on an ended trial, drops optimizer state); a trial ASHA stopped that was not settled yet
     counts as not ended (sized at its peak: never under). Trials without a folder are left out; URIs: {}."""
     if storage.is_uri(sweep_dir):
         return {}

@@ -1,4 +1,4 @@
-"""A sweep trial: its name and run, what it ended as, honestly, and what an ended trial keeps on disk.
+"""A sweep trial: its name and run, and what it ended as, honestly (what an ended trial keeps: train/checkpoint.py).
 
 A trial is finished (it ran all its steps), stopped by ASHA (only a trial that ASHA's own decision, recorded in the
 sweep's `asha_stops.jsonl` as it was taken, stopped; never one that ran all its steps), failed (with the first line
@@ -18,7 +18,6 @@ from hybrid_ray import storage
 from hybrid_ray.errors import HybridRayError, Interrupted, first_line, root_cause
 from hybrid_ray.layout import SweepLayout
 from hybrid_ray.spec import RunSpec
-from hybrid_ray.train import checkpoint as ckpt_lib
 
 FINISHED = "finished"
 STOPPED = "stopped by ASHA"
@@ -119,13 +118,6 @@ def trial_status(results: dict[str, Any] | None, newest_step: int | None, outcom
     if newest_step is None and results is None:
         return NOT_STARTED, None
     return INTERRUPTED, f"at step {step}; relaunch to resume"
-
-
-def settle(run_dir: str, keep_checkpoints: bool) -> None:
-    """What an ended trial keeps: model/ and its newest checkpoint's weights, without optimizer state or older
-    checkpoints, unless `keep_checkpoints`."""
-    if not keep_checkpoints:
-        ckpt_lib.prune(run_dir)
 
 
 def trial_name(arm_id: str, seed: int) -> str:

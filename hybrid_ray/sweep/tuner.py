@@ -97,7 +97,7 @@ def _trial(config: dict[str, Any], specs: dict[str, dict], sweep: SweepLayout, d
     outcome = train(spec, callbacks=[TuneReportCallback()], progress=False, kernel_cache=sweep.storage_path,
                     data_origin=data_origin)
     if outcome.finished:
-        status_lib.settle(outcome.run_dir, keep_checkpoints)  # free its disk now, not at the sweep's end
+        ckpt_lib.settle(outcome.run_dir, keep_checkpoints)  # free its disk now, not at the sweep's end
 
 
 class Console(Callback):
@@ -365,7 +365,7 @@ def collect(arms: list[Arm], seeds: int, sweep_dir: str, dataset: Any, *,
                 results = finalize(spec, run_dir, dataset, wall or _trained_seconds(run_dir)).results
             status, reason = status_lib.trial_status(results, newest, outcome, stops.get(name), gone=gone)
             if status in (status_lib.FINISHED, status_lib.STOPPED):
-                status_lib.settle(run_dir, keep_checkpoints)
+                ckpt_lib.settle(run_dir, keep_checkpoints)
             if results is None and status == status_lib.STOPPED:
                 results = _seen_by_asha(arm.spec, stops[name])
             row = report.trial_row(arm.id, arm.settings, seed, name, run_dir, results, numeric_value(arm))

@@ -186,6 +186,23 @@ def forget_deleted(run_dir: str, folders: list[str]) -> list[str]:
     return gone
 
 
+# --- retention: the one place that decides what a run keeps of its checkpoints -----------------------------------
+
+def while_training(spec: RunSpec) -> Any:
+    """Ray Train's CheckpointConfig of a launch: it keeps the newest `train.keep` checkpoints, deleting older ones as
+    it registers new ones."""
+    from ray.train import CheckpointConfig
+
+    return CheckpointConfig(num_to_keep=spec.train.keep)
+
+
+def settle(run_dir: str, keep_checkpoints: bool) -> None:
+    """What an ended sweep trial keeps: model/ and its newest checkpoint's weights, without optimizer state or older
+    checkpoints, unless `keep_checkpoints`."""
+    if not keep_checkpoints:
+        prune(run_dir)
+
+
 def prune(run_dir: str) -> None:
     """Keep only the newest good checkpoint of a run, weights only (what an ended sweep trial keeps); nothing when
     the run has no good checkpoint."""
@@ -415,6 +432,16 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+@dataclass(frozen=True)
+class SaveConfig:
+    every: int  # train.checkpoint_every
+    spec: RunSpec  # what every checkpoint records of the run (its state file, the model's config)
+
+    @classmethod
+    def from_spec(cls, spec: RunSpec) -> SaveConfig:
+        return cls(spec.train.checkpoint_every, spec)
+
+
 class Checkpointer:
     """A worker's checkpoints: when one is due, writing this rank's part, and restoring a run.
 
@@ -422,10 +449,10 @@ class Checkpointer:
     and given it back by `load_state_dict()` on restore.
     """
 
-    def __init__(self, spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimizer,
+    def __init__(self, config: SaveConfig, model: nn.Module, optimizer: torch.optim.Optimizer,
                  components: dict[str, Stateful], rank: int, world_size: int, known: list[str]):
-        self.every = Every(spec.train.checkpoint_every)
-        self.spec, self.model, self.optimizer, self.components = spec, model, optimizer, components
+        self.every = Every(config.every)
+        self.spec, self.model, self.optimizer, self.components = config.spec, model, optimizer, components
         self.rank, self.world_size, self.known = rank, world_size, known
 
     def should_save(self, step: int, last: bool) -> bool:

@@ -3,6 +3,7 @@ evals/loss.py's `evaluate`, the recall probes (with `train.eval_recall`) evals/r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,17 +17,31 @@ if TYPE_CHECKING:
     from hybrid_ray.train.checkpoint import TrainerState
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int  # train.eval_every
+    sample_tokens: int  # train.eval_tokens: the sample scored at each evaluation but the run's last
+    precision: str
+    recall: bool  # train.eval_recall: score the recall probes at each evaluation
+    seq_len: int  # the probes' context
+
+    @classmethod
+    def from_spec(cls, spec: RunSpec) -> EvalConfig:
+        return cls(spec.train.eval_every, spec.train.eval_tokens, spec.train.precision, spec.train.eval_recall,
+                   spec.data.seq_len)
+
+
 class Evaluator:
     """Validation during training: due every `eval_every` steps and at a launch's last step; scores a sample of the
     validation split (`eval_tokens`, the same blocks every time), or the whole split at the end of the run."""
 
-    def __init__(self, spec: RunSpec, dataset: Any, model: torch.nn.Module, device: torch.device, layout: dict):
-        self.every = Every(spec.train.eval_every)
+    def __init__(self, config: EvalConfig, dataset: Any, model: torch.nn.Module, device: torch.device, layout: dict):
+        self.every = Every(config.every)
         self.dataset, self.model, self.device, self.layout = dataset, model, device, layout
-        self.precision = spec.train.precision
-        self.sample = dataset.val_batches(max_tokens=spec.train.eval_tokens, **layout)
+        self.precision = config.precision
+        self.sample = dataset.val_batches(max_tokens=config.sample_tokens, **layout)
         # the probes' examples are made once: every evaluation scores the same ones
-        self.recall = recall.settings(recall.RecallProbes(), dataset, spec.data.seq_len) if spec.train.eval_recall else []
+        self.recall = recall.settings(recall.RecallProbes(), dataset, config.seq_len) if config.recall else []
 
     def should_evaluate(self, step: int, last: bool) -> bool:
         return self.every.due(step, last)

@@ -274,7 +274,7 @@ def _trained(run_dir: str, start: int, known: list[str]) -> bool:
 
 
 def _fit(spec: RunSpec, launch: LaunchOptions, scaling: Any, use_gpu: bool, callbacks: list | None) -> None:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchConfig
     from ray.train.v2.api.config import LoggingConfig
 
@@ -289,7 +289,7 @@ def _fit(spec: RunSpec, launch: LaunchOptions, scaling: Any, use_gpu: bool, call
             name=spec.name,
             storage_path=spec.storage_path,
             failure_config=FailureConfig(max_failures=spec.scale.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=spec.train.keep),
+            checkpoint_config=ckpt_lib.while_training(spec),
             callbacks=callbacks,
             logging_config=LoggingConfig(log_level="WARNING"),
         ),

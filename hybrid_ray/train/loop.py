@@ -30,9 +30,9 @@ from hybrid_ray.node import kernels
 from hybrid_ray.ray_compat import quiet_report_logs
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train.cadence import report_due
-from hybrid_ray.train.checkpoint import Checkpointer, TrainerState
-from hybrid_ray.train.evaluate import Evaluator
-from hybrid_ray.train.metrics import MetricsLogger, say
+from hybrid_ray.train.checkpoint import Checkpointer, SaveConfig, TrainerState
+from hybrid_ray.train.evaluate import EvalConfig, Evaluator
+from hybrid_ray.train.metrics import LogConfig, MetricsLogger, say
 from hybrid_ray.train.optim import LRSchedule, build_optimizer
 from hybrid_ray.train.parallelize import gradient_sync, in_process_group, parallelize, resolve_strategy
 
@@ -223,13 +223,13 @@ def train_loop_per_worker(config: dict) -> None:
     model = setup_model(spec, device)
     optimizer = build_optimizer(model, spec.optim, device)
     loader = dataset.train_loader(global_batch=spec.train.batch_size, seed=spec.train.seed, **layout)
-    evaluator = Evaluator(spec, dataset, model, device, layout)
+    evaluator = Evaluator(EvalConfig.from_spec(spec), dataset, model, device, layout)
     schedule = LRSchedule.from_spec(spec.optim, spec.train.steps)
-    checkpointer = Checkpointer(spec, model, optimizer, {"schedule": schedule, "loader": loader}, worker.rank,
+    checkpointer = Checkpointer(SaveConfig.from_spec(spec), model, optimizer, {"schedule": schedule, "loader": loader}, worker.rank,
                                 worker.world, launch.known_checkpoints)
     state = checkpointer.restore(launch.resume_from) or TrainerState(total_steps=spec.train.steps)
     stop_at, first_step = _start(state, schedule, spec, launch, model, worker), state.step
-    metrics = MetricsLogger(spec, device, worker.rank, worker.world, launch.tensorboard_dir, launch.echo)
+    metrics = MetricsLogger(LogConfig.from_spec(spec), device, worker.rank, worker.world, launch.tensorboard_dir, launch.echo)
     divergence = Divergence(device, RunLayout(launch.run_dir).diverged, worker.rank)
     while state.step < stop_at:
         started = time.perf_counter()

@@ -123,16 +123,28 @@ class TensorBoard:
             self.writer.close()
 
 
+@dataclass(frozen=True)
+class LogConfig:
+    every: int  # train.log_every
+    tokens_per_step: int  # the global batch's tokens
+    flops_per_token: float  # of the model at the run's sequence length, for the MFU
+
+    @classmethod
+    def from_spec(cls, spec: RunSpec) -> LogConfig:
+        return cls(spec.train.log_every, spec.train.batch_size * spec.data.seq_len,
+                   flops_per_token(spec.model, spec.data.seq_len))
+
+
 class MetricsLogger:
     """A worker's training metrics: the loss since the last log record (kept on the device: no sync per step), the
     throughput clock, and the records of the run's history, which rank 0 also writes to TensorBoard and (with
     `echo`) to the console."""
 
-    def __init__(self, spec: RunSpec, device: torch.device, rank: int, world_size: int, tensorboard_dir: str | None,
+    def __init__(self, config: LogConfig, device: torch.device, rank: int, world_size: int, tensorboard_dir: str | None,
                  echo: bool):
-        self.every = Every(spec.train.log_every)
-        self.tokens_per_step = spec.train.batch_size * spec.data.seq_len
-        self.meter = Throughput(flops_per_token(spec.model, spec.data.seq_len), device, world_size)
+        self.every = Every(config.every)
+        self.tokens_per_step = config.tokens_per_step
+        self.meter = Throughput(config.flops_per_token, device, world_size)
         self.board = TensorBoard(tensorboard_dir, rank)
         self.device, self.world_size, self.echo = device, world_size, echo and rank == 0
         self.window_loss, self.window_steps = torch.zeros((), device=device), 0
