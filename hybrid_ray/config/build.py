@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hybrid_ray.config.variants import DEFAULT_PRESET, DEFAULT_VARIANT, ratio_spec, variant_spec, with_variant
+from hybrid_ray.config.variants import DEFAULT_PRESET, DEFAULT_VARIANT, ratio_spec, variant_spec, with_attention
 from hybrid_ray.errors import SpecError, suggest
 from hybrid_ray.spec import RunSpec, TrainSpec, read_yaml
 
@@ -120,12 +120,8 @@ def sweep_base(*, config: str | Path | None = None, variant: str | None = None, 
 
 def arm_spec(base: RunSpec, axis: str, value: Any) -> RunSpec:
     """`base` moved along one grid axis (attention_ratio, variant, lr or a dotted spec field) to `value`."""
-    if axis == "variant":
-        return with_variant(base, value)
-    if axis == "attention_ratio":
-        # an arm keeps the sweep's name (its id carries the label), and is a named variant only when the value names one
-        return dataclasses.replace(ratio_spec(value, base), name=base.name,
-                                   variant=value if isinstance(value, str) else None)
+    if axis in ("attention_ratio", "variant"):
+        return with_attention(base, value, variant_lr=axis == "variant")
     if axis == "lr":
         return base.with_overrides({"optim.lr": value})
     return base.with_overrides({axis: value})

@@ -210,11 +210,15 @@ def variant_spec(variant: str = DEFAULT_VARIANT, preset: str | None = None) -> R
     return RunSpec(name=name, variant=variant, model=model, data=data, optim=optim, train=train)
 
 
-def with_variant(base: RunSpec, variant: str) -> RunSpec:
-    """`base` turned into a named variant at its own size: the variant's attention layout at base's depth and the
-    variant's learning rate (a `--grid variant=...` arm); base's name stays."""
-    arm = dataclasses.replace(ratio_spec(variant, base), name=base.name, variant=variant)
-    return arm.with_overrides({"optim.lr": get_variant(variant).lr})
+def with_attention(base: RunSpec, value: float | str, variant_lr: bool = False) -> RunSpec:
+    """A grid arm of `base` with the attention layers of a share, or of a named variant's layout, at base's depth: it
+    keeps base's name (the arm id carries the label), is a named variant only when `value` names one, and with
+    `variant_lr` (a `--grid variant=...` arm) takes that variant's learning rate."""
+    named = value if isinstance(value, str) else None
+    arm = dataclasses.replace(ratio_spec(value, base), name=base.name, variant=named)
+    if variant_lr:
+        arm = dataclasses.replace(arm, optim=dataclasses.replace(arm.optim, lr=get_variant(value).lr))
+    return arm
 
 
 def ratio_label(value: float | str) -> str:
