@@ -21,3 +21,59 @@ def test_explicit_strategy_is_kept(strategy):
 def test_unknown_strategies_fail():
     with pytest.raises(SpecError, match="scale.strategy must be one of auto, ddp, fsdp"):
         RunSpec.from_dict({"scale": {"strategy": "zero3"}})
+
+
+@pytest.fixture
+def one_rank_group():
+    """A gloo process group of one in this test process (as a lone Ray Train worker has), removed afterwards."""
+    import torch.distributed as dist
+
+    from hybrid_ray.train.parallelize import single_process_group
+
+    single_process_group(torch.device("cpu"))
+    yield
+    dist.destroy_process_group()
+
+
+def test_shard_local_optimizer_and_clip_match_torch_under_fsdp2(one_rank_group):
+    """The optimizer and the gradient clip on each rank's local shards (no DTensor dispatch, the transformer arm's
+    host time) give torch's numbers: the same norms and weights after three clipped steps of a tiny FSDP2 model."""
+    from torch.distributed.fsdp import fully_shard
+
+    from hybrid_ray.config.variants import variant_spec
+    from hybrid_ray.model import build_model
+    from hybrid_ray.train.optim import ShardLocalAdamW, build_optimizer, param_groups
+    from hybrid_ray.train.parallelize import clip_grad_norm, reshard_after_forward
+
+    assert reshard_after_forward(1) is False and reshard_after_forward(2) is True
+    spec = variant_spec("h100_hybrid_sparse").with_overrides({
+        "scale.backend": "torch", "model.hidden_size": 32, "model.num_heads": 2, "model.head_dim": 16,
+        "model.attn_num_heads": 2, "model.vocab_size": 64, "model.num_layers": 2, "model.attn_layers": [1]})
+    ids = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
+    runs = []
+    for local in (True, False):
+        model = build_model(spec.model, "torch", device=torch.device("cpu"), seed=0)
+        for block in model.model.layers:
+            fully_shard(block, reshard_after_forward=reshard_after_forward(1))
+        fully_shard(model)
+        if local:
+            optimizer = build_optimizer(model, spec.optim, torch.device("cpu"))
+            assert isinstance(optimizer, ShardLocalAdamW)
+        else:
+            optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=spec.optim.lr, betas=(0.9, 0.95))
+        norms = []
+        for _ in range(3):
+            model(input_ids=ids, labels=ids).loss.backward()
+            if local:
+                norms.append(clip_grad_norm(model.parameters(), 0.5).item())
+            else:
+                norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5).full_tensor().item())
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        state = {k: v.full_tensor() for k, v in model.state_dict().items()}
+        runs.append((norms, state, type(next(iter(optimizer.state.values()))["exp_avg"]).__name__))
+    (norms, state, moment_type), (torch_norms, torch_state, _) = runs
+    assert norms == torch_norms and norms[0] > 0.5  # the clip acted
+    assert moment_type == "DTensor"  # the optimizer state (what checkpoints hold) is unchanged
+    for name, value in state.items():
+        torch.testing.assert_close(value, torch_state[name], rtol=0, atol=0, msg=name)

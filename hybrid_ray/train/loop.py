@@ -34,7 +34,8 @@ from hybrid_ray.train.checkpoint import Checkpointer, SaveConfig, TrainerState
 from hybrid_ray.train.evaluate import EvalConfig, Evaluator
 from hybrid_ray.train.metrics import LogConfig, MetricsLogger, say
 from hybrid_ray.train.optim import LRSchedule, build_optimizer
-from hybrid_ray.train.parallelize import gradient_sync, in_process_group, parallelize, resolve_strategy
+from hybrid_ray.train.parallelize import (clip_grad_norm, gradient_sync, in_process_group, parallelize,
+                                          resolve_strategy)
 
 @dataclass
 class LaunchOptions:
@@ -80,9 +81,7 @@ def train_step(
             loss.backward()
         loss_sum += loss.detach()
     clip = spec.optim.grad_clip if spec.optim.grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns the norm as a DTensor
-        grad_norm = grad_norm.full_tensor()
+    grad_norm = clip_grad_norm(model.parameters(), clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss_sum, grad_norm
