@@ -37,10 +37,9 @@ def inputs(batch: int, seq: int, heads: int, dim: int, device: torch.device) -> 
     k = torch.nn.functional.normalize(randn(batch, seq, heads, dim).float(), dim=-1).to(torch.bfloat16)
     decay = -0.05 * torch.rand(batch, chunks, 64, heads, generator=gen, device=device)
     g = decay.cumsum(2).reshape(batch, seq, heads).contiguous()
-    return {"q": q, "k": k, "v": randn(batch, seq, heads, dim, scale=0.1), "do": randn(batch, seq, heads, dim, scale=0.1),
-            "dv": randn(batch, seq, heads, dim, scale=0.1), "w": randn(batch, seq, heads, dim, scale=0.1),
-            "h": randn(batch, chunks, heads, dim, dim, scale=0.1), "dh": randn(batch, chunks, heads, dim, dim, scale=0.1),
-            "g": g}
+    token, state = (batch, seq, heads, dim), (batch, chunks, heads, dim, dim)
+    return {"q": q, "k": k, "g": g, **{name: randn(*token, scale=0.1) for name in ("v", "do", "dv", "w")},
+            **{name: randn(*state, scale=0.1) for name in ("h", "dh")}}
 
 
 def launch(x: dict[str, torch.Tensor], bk: int, bv: int) -> tuple[torch.Tensor, ...]:
@@ -108,8 +107,9 @@ def main() -> None:
     start = time.perf_counter()
     reference = fla_call(x)  # FLA's own tiles and its tuned (or cached) choice
     chosen = tuner.cache.get(next(iter(tuner.cache), None))
+    first_call_s = time.perf_counter() - start
     emit({"config": "fla", "chosen": str(chosen), "space": [str(c) for c in fla_space],
-          "ms": round(do_bench(lambda: fla_call(x), warmup=25, rep=200), 3), "first_call_s": round(time.perf_counter() - start, 1)})
+          "ms": round(do_bench(lambda: fla_call(x), warmup=25, rep=200), 3), "first_call_s": round(first_call_s, 1)})
     rows = []
     for bk, bv, warps, stages in CANDIDATES:
         if time.perf_counter() - start > args.budget_s:

@@ -8,9 +8,10 @@ compute, fp32 master weights), `compile` (torch.compile per block), `triton` / `
 kernels: FLA's Triton, causal-conv1d's CUDA), `flce` (fused linear cross-entropy), `gluonce` (FLA's Gluon
 cross-entropy, FLA_CE_GLUON=1), `hd128` (a different model: 2x the Gated DeltaNet heads at half the head dim, the same
 parameter count), `attn_auto` / `attn_flash` / `attn_cudnn` / `attn_efficient` / `attn_triton` (the dense attention
-kernel of FLA's attention layers, `hybrid_ray.model.attention.DENSE_KERNELS`; none named: the default), `reshard` (FSDP2
-frees each block's gathered parameters after its forward also on one GPU, as before issue 39) and `dtensoropt` (AdamW
-and the gradient clip dispatched on DTensors, as before issue 39). Each setting
+kernel of FLA's attention layers, `hybrid_ray.model.attention.DENSE_KERNELS`; none named: the default),
+`noreshard` (on one GPU, FSDP2 keeps each block's gathered parameters from forward to backward) and `shardlocal`
+(AdamW and the gradient clip on the local shards, not DTensors): `hybrid_ray.train.parallelize.HostWork`, off by
+default. Each setting
 runs the same loop as
 `hybrid-ray train` (setup_model + train_step, batch 48 x 1024, random tokens) without Ray, and one JSON line per
 result goes to --out-dir/speed.jsonl. --profile writes the top CUDA kernels of two steps there too; --launch measures
@@ -28,15 +29,14 @@ from pathlib import Path
 
 import torch
 
-import benchmarks.common as common
 from benchmarks.common import bench_spec, hot_path, single_process_group, step_times, time_training
 from hybrid_ray.model import attention
-from hybrid_ray.train import loop, optim, parallelize
 from hybrid_ray.spec import RunSpec
+from hybrid_ray.train import parallelize
 
 
 ATTN_PARTS = {f"attn_{k}": k for k in attention.DENSE_KERNELS}
-PARTS = {"ddp", "fsdp", "compile", "triton", "cuda", "flce", "gluonce", "hd128", "reshard", "dtensoropt", *ATTN_PARTS}
+PARTS = {"ddp", "fsdp", "compile", "triton", "cuda", "flce", "gluonce", "hd128", "noreshard", "shardlocal", *ATTN_PARTS}
 DEFAULT_ATTENTION = attention.dense_kernel()
 
 
@@ -58,32 +58,13 @@ def spec_for(variant: str, setting: str, batch: int | None = None) -> RunSpec:
 
 
 def set_env(setting: str) -> None:
-    """Settings read at each call: FLA's from the environment, the attention kernel from hybrid-ray's switch."""
+    """Settings read at each call: FLA's from the environment, the attention kernel and the host work from hybrid-ray's
+    switches."""
     parts = setting.split("+")
     os.environ["FLA_CE_GLUON"] = "1" if "gluonce" in parts else "0"
     attention.set_dense_kernel(next((ATTN_PARTS[p] for p in parts if p in ATTN_PARTS), DEFAULT_ATTENTION))
-    set_host_levers(reshard="reshard" in parts, dtensor_optimizer="dtensoropt" in parts)
-
-
-_DEFAULTS = {"reshard": parallelize.reshard_after_forward, "build": common.build_optimizer,
-             "clip": loop.clip_grad_norm}
-
-
-def _torch_clip(parameters, max_norm: float) -> torch.Tensor:
-    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-
-
-def _dtensor_adamw(model: torch.nn.Module, spec, device: torch.device) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(optim.param_groups(model, spec.weight_decay), lr=spec.lr, betas=(spec.beta1, spec.beta2),
-                             eps=spec.eps, fused=device.type == "cuda")
-
-
-def set_host_levers(reshard: bool, dtensor_optimizer: bool) -> None:
-    """Put back the step's host work as it was before issue 39 (for the A/B), or keep today's."""
-    parallelize.reshard_after_forward = (lambda world: True) if reshard else _DEFAULTS["reshard"]
-    common.build_optimizer = _dtensor_adamw if dtensor_optimizer else _DEFAULTS["build"]
-    loop.clip_grad_norm = _torch_clip if dtensor_optimizer else _DEFAULTS["clip"]
+    parallelize.HOST_WORK = parallelize.HostWork(one_rank_keeps_gathered="noreshard" in parts,
+                                                 shard_local_step="shardlocal" in parts)
 
 
 def _busy(intervals: list[tuple[float, float]]) -> tuple[float, list[float]]:

@@ -35,17 +35,22 @@ def one_rank_group():
     dist.destroy_process_group()
 
 
-def test_shard_local_optimizer_and_clip_match_torch_under_fsdp2(one_rank_group):
-    """The optimizer and the gradient clip on each rank's local shards (no DTensor dispatch, the transformer arm's
-    host time) give torch's numbers: the same norms and weights after three clipped steps of a tiny FSDP2 model."""
+def test_shard_local_optimizer_and_clip_match_torch_under_fsdp2(one_rank_group, monkeypatch):
+    """The host-work cuts of issue 39 (off by default) are exact: AdamW and the gradient clip on each rank's local
+    shards give torch's numbers bit for bit on one rank (norms and weights after three clipped steps of a tiny FSDP2
+    model whose blocks keep their gathered parameters), and the optimizer state stays DTensors (checkpoints)."""
     from torch.distributed.fsdp import fully_shard
 
     from hybrid_ray.config.variants import variant_spec
     from hybrid_ray.model import build_model
-    from hybrid_ray.train.optim import ShardLocalAdamW, build_optimizer, param_groups
-    from hybrid_ray.train.parallelize import clip_grad_norm, reshard_after_forward
+    from hybrid_ray.train import parallelize
+    from hybrid_ray.train.optim import ShardLocalAdamW, build_optimizer
 
-    assert reshard_after_forward(1) is False and reshard_after_forward(2) is True
+    assert parallelize.HOST_WORK == parallelize.HostWork()  # off by default
+    assert parallelize.reshard_after_forward(1) is True and type(build_optimizer(
+        torch.nn.Linear(2, 2), variant_spec().optim, torch.device("cpu"))) is torch.optim.AdamW
+    monkeypatch.setattr(parallelize, "HOST_WORK", parallelize.HostWork(True, True))
+    assert parallelize.reshard_after_forward(1) is False and parallelize.reshard_after_forward(2) is True
     spec = variant_spec("h100_hybrid_sparse").with_overrides({
         "scale.backend": "torch", "model.hidden_size": 32, "model.num_heads": 2, "model.head_dim": 16,
         "model.attn_num_heads": 2, "model.vocab_size": 64, "model.num_layers": 2, "model.attn_layers": [1]})
@@ -54,18 +59,17 @@ def test_shard_local_optimizer_and_clip_match_torch_under_fsdp2(one_rank_group):
     for local in (True, False):
         model = build_model(spec.model, "torch", device=torch.device("cpu"), seed=0)
         for block in model.model.layers:
-            fully_shard(block, reshard_after_forward=reshard_after_forward(1))
+            fully_shard(block, reshard_after_forward=parallelize.reshard_after_forward(1))
         fully_shard(model)
-        if local:
-            optimizer = build_optimizer(model, spec.optim, torch.device("cpu"))
-            assert isinstance(optimizer, ShardLocalAdamW)
-        else:
-            optimizer = torch.optim.AdamW(param_groups(model, 0.1), lr=spec.optim.lr, betas=(0.9, 0.95))
+        optimizer = build_optimizer(model, spec.optim, torch.device("cpu"))
+        if not local:
+            optimizer = torch.optim.AdamW(optimizer.param_groups, lr=spec.optim.lr, betas=(0.9, 0.95))
+        assert isinstance(optimizer, ShardLocalAdamW) == local
         norms = []
         for _ in range(3):
             model(input_ids=ids, labels=ids).loss.backward()
             if local:
-                norms.append(clip_grad_norm(model.parameters(), 0.5).item())
+                norms.append(parallelize.clip_grad_norm(model.parameters(), 0.5).item())
             else:
                 norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5).full_tensor().item())
             optimizer.step()
@@ -74,6 +78,6 @@ def test_shard_local_optimizer_and_clip_match_torch_under_fsdp2(one_rank_group):
         runs.append((norms, state, type(next(iter(optimizer.state.values()))["exp_avg"]).__name__))
     (norms, state, moment_type), (torch_norms, torch_state, _) = runs
     assert norms == torch_norms and norms[0] > 0.5  # the clip acted
-    assert moment_type == "DTensor"  # the optimizer state (what checkpoints hold) is unchanged
+    assert moment_type == "DTensor"
     for name, value in state.items():
         torch.testing.assert_close(value, torch_state[name], rtol=0, atol=0, msg=name)

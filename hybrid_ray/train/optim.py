@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from hybrid_ray.spec import OptimSpec
+from hybrid_ray.train import parallelize
 
 NO_DECAY_SUFFIXES = ("A_log", "dt_bias", "bias")
 
@@ -32,7 +33,7 @@ class ShardLocalAdamW(torch.optim.AdamW):
 
     AdamW is elementwise, so the shard's update is the DTensor's update: the same fused kernel on the same numbers,
     without DTensor's dispatch of the step (host time, which bounds the transformer arm's step on an H100). The state
-    stays DTensors, so checkpoints do not change.
+    stays DTensors, so checkpoints do not change. Used when train/parallelize.py's HOST_WORK.shard_local_step is on.
     """
 
     def _init_group(self, group, *lists):  # noqa: D102 (its arguments are torch's, which moved between versions)
@@ -44,7 +45,8 @@ class ShardLocalAdamW(torch.optim.AdamW):
 
 
 def build_optimizer(model: nn.Module, spec: OptimSpec, device: torch.device) -> torch.optim.Optimizer:
-    return ShardLocalAdamW(
+    adamw = ShardLocalAdamW if parallelize.HOST_WORK.shard_local_step else torch.optim.AdamW
+    return adamw(
         param_groups(model, spec.weight_decay),
         lr=spec.lr,
         betas=(spec.beta1, spec.beta2),

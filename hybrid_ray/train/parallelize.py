@@ -1,15 +1,15 @@
 """Parallelism on a worker: the DDP / FSDP2 choice and wrapping, gradient sync, reductions over ranks.
 
 Under FSDP2 the bf16 rule (model/precision.py) sets the `MixedPrecisionPolicy`: bf16 compute parameters with fp32
-master weights and fp32 gradient reduction. Gradient clipping works on each rank's shard of the gradients
-(`clip_grad_norm`), as the optimizer does (train/optim.py): the transformer arm's step is bound by host time on an
-H100, and DTensor's dispatch of each foreach op is host time (benchmarks/results/speed/NOTES.md).
+master weights and fp32 gradient reduction. `HOST_WORK` holds two exact ways to cut the FSDP2 step's host time (the
+transformer arm's step is host-bound on an H100), off until an H100 A/B shows a win (benchmarks/results/speed/NOTES.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -18,6 +18,23 @@ import torch.nn as nn
 from hybrid_ray.model.precision import uses_bf16
 from hybrid_ray.model.speed import apply_kernel_options
 from hybrid_ray.spec import RunSpec
+
+
+@dataclass
+class HostWork:
+    """Exact cuts of the FSDP2 step's host work (issue 39); measured on CPUs only so far, hence off.
+
+    `one_rank_keeps_gathered`: on one rank, keep each block's gathered bf16 parameters from its forward to its backward
+    (nothing is sharded there; 0.3-0.6 GB at the H100 base size) instead of gathering them again.
+    `shard_local_step`: AdamW (train/optim.py ShardLocalAdamW) and the gradient clip on each rank's local shards,
+    without DTensor's dispatch of every foreach op.
+    """
+
+    one_rank_keeps_gathered: bool = False
+    shard_local_step: bool = False
+
+
+HOST_WORK = HostWork()
 
 
 def in_process_group() -> bool:
@@ -67,26 +84,30 @@ def parallelize(model: nn.Module, spec: RunSpec, device: torch.device) -> nn.Mod
 
 def reshard_after_forward(world_size: int) -> bool:
     """Whether FSDP2 frees a block's gathered bf16 parameters after its forward and gathers them again for its
-    backward: across ranks that saves memory; on one rank nothing is sharded, so keeping them (0.3-0.6 GB at the H100
-    base size) only saves the second gather's launches."""
-    return world_size > 1
+    backward: across ranks that saves memory; on one rank it only costs a second gather (see HostWork)."""
+    return world_size > 1 or not HOST_WORK.one_rank_keeps_gathered
 
 
 def _all_sharded(grads: list[torch.Tensor]) -> bool:
     from torch.distributed.tensor import DTensor, Shard
 
-    return bool(grads) and all(isinstance(g, DTensor) and all(isinstance(p, Shard) for p in g.placements) for g in grads)
+    return bool(grads) and all(isinstance(g, DTensor) and all(isinstance(p, Shard) for p in g.placements)
+                               for g in grads)
 
 
-def clip_grad_norm(parameters: Iterable[nn.Parameter], max_norm: float) -> torch.Tensor:
+def clip_grad_norm(
+    parameters: Iterable[nn.Parameter], max_norm: float, shard_local: bool | None = None
+) -> torch.Tensor:
     """`torch.nn.utils.clip_grad_norm_` (2-norm, `max_norm` may be inf): the total norm before clipping, as a tensor.
 
-    FSDP2's gradients are sharded DTensors: the norm is taken over each rank's local shard and the squares summed over
-    ranks, the same number (bit for bit on one rank) without DTensor's dispatch of every foreach op.
+    With `shard_local` (default: HOST_WORK.shard_local_step) and FSDP2's sharded DTensor gradients, the norm is taken
+    over each rank's local shard and the squares summed over ranks: the same number (bit for bit on one rank) without
+    DTensor's dispatch of every foreach op.
     """
     params = list(parameters)
     grads = [p.grad for p in params if p.grad is not None]
-    if not _all_sharded(grads):
+    local_step = HOST_WORK.shard_local_step if shard_local is None else shard_local
+    if not (local_step and _all_sharded(grads)):
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
     local = [g._local_tensor for g in grads]
