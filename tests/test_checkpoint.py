@@ -110,7 +110,7 @@ def test_a_write_that_fails_part_way_leaves_nothing_resume_picks_up(tmp_path, mo
     monkeypatch.undo()
     assert not (run / "checkpoint_00000020" / "manifest_rank0.json").exists()
     with pytest.warns(UserWarning, match="checkpoint_00000020 is incomplete: manifest_rank0.json is missing"):
-        assert ckpt.latest(str(run)) == str(run / "checkpoint_00000010")
+        assert ckpt.CheckpointManager(layout.RunLayout(str(run))).latest() == str(run / "checkpoint_00000010")
 
 
 def test_verify_wants_every_rank_and_matching_files(tmp_path):
@@ -140,7 +140,7 @@ def test_latest_orders_by_step_then_suffix(tmp_path):
         write(tmp_path / name)
     (tmp_path / "checkpoint_manager_snapshot.json").write_text("{}")  # Ray's own file: not a checkpoint
     assert runs.list_checkpoints(str(tmp_path)) == ["checkpoint_00000010", "checkpoint_00000020", "checkpoint_00000020-1"]
-    assert ckpt.latest(str(tmp_path)).endswith("checkpoint_00000020-1")
+    assert ckpt.CheckpointManager(layout.RunLayout(str(tmp_path))).latest().endswith("checkpoint_00000020-1")
 
 
 def write_ray_record(run, steps):
@@ -158,6 +158,28 @@ def write_ray_record(run, steps):
         "pending_training_results": [], "pending_validation_specs": [], "current_report_index": len(steps),
         "validated_checkpoint_dir_names": [], "timed_out_validation_checkpoint_dir_names": [],
         "failed_validation_checkpoint_dir_names": []}))
+
+
+def test_the_run_keeps_its_newest_checkpoints_and_ray_deletes_none(tmp_path):
+    """While a run trains, its CheckpointManager keeps the newest `train.keep` of the checkpoints Ray's record listed
+    at launch and those written since (a folder Ray never recorded, as after a damaged record, is left alone); Ray's
+    own manager keeps every checkpoint."""
+    run = tmp_path / "run"
+    for step in (10, 20, 30, 40, 50):
+        (run / layout.checkpoint_name(step)).mkdir(parents=True)
+    manager = ckpt.CheckpointManager(layout.RunLayout(str(run)), keep=2)
+    known = [layout.checkpoint_name(s) for s in (10, 20, 30)]
+    gone = manager.keep_newest(layout.checkpoint_name(50), counted=known[:2], known=known)
+    assert gone == [layout.checkpoint_name(10), layout.checkpoint_name(20)]
+    assert runs.list_checkpoints(str(run)) == [layout.checkpoint_name(s) for s in (30, 40, 50)]
+    assert manager.keep_newest(layout.checkpoint_name(50), counted=known[:2], known=known) == []
+    assert ckpt.CheckpointManager.ray_config().num_to_keep is None
+
+
+def at_launch(run):
+    """(the newest good checkpoint, every checkpoint folder) that a launch of the run finds."""
+    resume = ckpt.CheckpointManager(layout.RunLayout(str(run))).at_launch(SPEC.name, SPEC.storage_path)
+    return resume.checkpoint, resume.known
 
 
 def ray_loads(run):
@@ -180,13 +202,13 @@ def test_a_checkpoint_folder_deleted_by_hand_leaves_rays_record_of_the_run(tmp_p
     write_ray_record(run, [10, 20, 30])
     ray_loads(run)
     before = (run / layout.RAY_RECORD).read_bytes()
-    assert ckpt.forget_deleted(str(run), runs.list_checkpoints(str(run))) == []  # nothing deleted: nothing to forget
+    assert ckpt.CheckpointManager(layout.RunLayout(str(run))).forget_deleted(runs.list_checkpoints(str(run))) == []  # nothing deleted: nothing to forget
     assert (run / layout.RAY_RECORD).read_bytes() == before
     for step in (10, 30):
         shutil.rmtree(run / layout.checkpoint_name(step))
     with pytest.raises(CheckpointManagerInitializationError, match="does not exist anymore"):
         ray_loads(run)
-    newest, known = ckpt.at_launch(SPEC, str(run))
+    newest, known = at_launch(run)
     assert newest == str(run / layout.checkpoint_name(20)) and known == [layout.checkpoint_name(20)]
     ray_loads(run)
     record = json.loads((run / layout.RAY_RECORD).read_text())
@@ -209,7 +231,7 @@ def test_a_damaged_record_of_ray_is_set_aside_with_a_warning_and_the_run_resumes
         ray_loads(run)
     (run / (layout.RAY_RECORD + ".damaged")).write_bytes(b"an earlier one")  # never overwritten
     with pytest.warns(UserWarning, match="record of run .* was damaged .not JSON: Unterminated string") as warned:
-        newest, known = ckpt.at_launch(SPEC, str(run))
+        newest, known = at_launch(run)
     aside = run / (layout.RAY_RECORD + ".damaged-1")
     assert str(aside) in str(warned[0].message) and "--keep counts only" in str(warned[0].message)
     assert newest == str(run / layout.checkpoint_name(20)) and known == [layout.checkpoint_name(10), layout.checkpoint_name(20)]
@@ -217,7 +239,7 @@ def test_a_damaged_record_of_ray_is_set_aside_with_a_warning_and_the_run_resumes
     assert not (run / layout.RAY_RECORD).exists()
     ray_loads(run)
     (run / layout.RAY_RECORD).write_bytes(good)  # a readable record is left where it is
-    ckpt.at_launch(SPEC, str(run))
+    at_launch(run)
     assert (run / layout.RAY_RECORD).read_bytes() == good
 
 
@@ -242,7 +264,7 @@ def test_a_record_of_ray_in_a_shape_ray_cannot_load_is_set_aside_too(tmp_path, d
     with pytest.raises(Exception):  # noqa: B017 (Ray's own error differs by damage: what matters is that it refuses)
         ray_loads(run)
     with pytest.warns(UserWarning, match="record of run .* was damaged") as warned:
-        newest, _ = ckpt.at_launch(SPEC, str(run))
+        newest, _ = at_launch(run)
     assert problem in str(warned[0].message) and "\n" not in str(warned[0].message)
     assert newest == str(run / layout.checkpoint_name(20)) and not (run / layout.RAY_RECORD).exists()
     assert json.loads((run / (layout.RAY_RECORD + ".damaged")).read_text()) == record  # kept byte for byte

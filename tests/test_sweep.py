@@ -168,9 +168,10 @@ def test_an_interrupted_or_killed_sweep_resumes_without_rerunning_trials_and_a_f
         assert "0/1" in line and "failed" in line and "No space left on device" in line
         kept = trials / "lr0.0005-s0" / "checkpoint_00000010"  # what it wrote before the disk filled is kept
         assert (kept / "optimizer.pt").exists()
+        from hybrid_ray.layout import RunLayout
         from hybrid_ray.train import checkpoint as ckpt
 
-        assert ckpt.latest(str(trials / "lr0.0005-s0")) == str(kept)
+        assert ckpt.CheckpointManager(RunLayout(str(trials / "lr0.0005-s0"))).latest() == str(kept)
     finally:
         plan.unlink(missing_ok=True)
 

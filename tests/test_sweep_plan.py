@@ -191,7 +191,7 @@ def test_trials_on_disk_reads_sizes_and_which_trials_ended(tmp_path):
         for step in steps:
             write(trials / name / layout.checkpoint_name(step), step=step)
     (trials / "empty-s0").mkdir()
-    ckpt.settle(str(trials / "settled-s0"), keep_checkpoints=False)
+    ckpt.CheckpointManager(layout.RunLayout(str(trials / "settled-s0"))).settle(keep_checkpoints=False)
     runs.write_results(str(trials / "finished-s0"), {"status": "finished", "step": 10, "total_steps": 10})
     found = sweep_plan.trials_on_disk(str(tmp_path), ["settled-s0", "running-s0", "finished-s0", "empty-s0", "gone-s0"])
     assert set(found) == {"settled-s0", "running-s0", "finished-s0", "empty-s0"}
@@ -276,13 +276,13 @@ def test_an_ended_trial_keeps_the_newest_weights_and_drops_optimizer_state(tmp_p
 
     for step in (10, 20):
         write(tmp_path / layout.checkpoint_name(step), step=step)
-    ckpt.settle(str(tmp_path), keep_checkpoints=True)
+    ckpt.CheckpointManager(layout.RunLayout(str(tmp_path))).settle(keep_checkpoints=True)
     assert len(ckpt.list_checkpoints(str(tmp_path))) == 2
-    ckpt.settle(str(tmp_path), keep_checkpoints=False)
+    ckpt.CheckpointManager(layout.RunLayout(str(tmp_path))).settle(keep_checkpoints=False)
     newest = tmp_path / layout.checkpoint_name(20)
     assert ckpt.list_checkpoints(str(tmp_path)) == [newest.name]
     assert not (newest / ckpt.OPTIMIZER_FILE).exists() and (newest / "model.safetensors").exists()
-    assert ckpt.latest(str(tmp_path)) == str(newest)  # it still verifies (generate and eval load it)
+    assert ckpt.CheckpointManager(layout.RunLayout(str(tmp_path))).latest() == str(newest)  # it still verifies (generate and eval load it)
     with pytest.raises(Exception, match="holds weights only .* --keep-checkpoints"):
         ckpt.load(newest, 0)
 

@@ -14,7 +14,7 @@ from hybrid_ray.layout import SweepLayout
 from hybrid_ray.sweep import status as status_lib
 from hybrid_ray.sweep.options import SweepOptions
 from hybrid_ray.sweep.status import trial_name
-from hybrid_ray.train import checkpoint as ckpt_lib
+from hybrid_ray.train.checkpoint import CheckpointManager
 
 
 def grace_period(options: SweepOptions, arms: list[Arm]) -> int:
@@ -79,7 +79,7 @@ class RecordedASHA(ASHAScheduler):
         if name in status_lib.read_stops(self.sweep_dir):
             # free its optimizer state now, not at the sweep's end: the disk plan counts a stopped trial at what an
             # ended one keeps (its report's checkpoint is complete by the time ASHA judged that report)
-            ckpt_lib.settle(SweepLayout.at(self.sweep_dir).trial(name).dir, self.keep_checkpoints)
+            CheckpointManager(SweepLayout.at(self.sweep_dir).trial(name)).settle(self.keep_checkpoints)
 
 
 def scheduler(options: SweepOptions, arms: list[Arm], sweep_dir: str) -> Any:

@@ -36,7 +36,7 @@ from hybrid_ray.sweep.asha import asha_line, grace_period, scheduler
 from hybrid_ray.sweep.options import SweepOptions
 from hybrid_ray.sweep.plan import on_resolved_base, plan_sweep
 from hybrid_ray.sweep.status import trial_name, trial_spec
-from hybrid_ray.train import checkpoint as ckpt_lib
+from hybrid_ray.train.checkpoint import CheckpointManager, read_state
 from hybrid_ray.train.launch import check_locally, finalize, share_data
 from hybrid_ray.train.plan import TRIAL_CPU, gb
 
@@ -97,7 +97,7 @@ def _trial(config: dict[str, Any], specs: dict[str, dict], sweep: SweepLayout, d
     outcome = train(spec, callbacks=[TuneReportCallback()], progress=False, kernel_cache=sweep.storage_path,
                     data_origin=data_origin)
     if outcome.finished:
-        ckpt_lib.settle(outcome.run_dir, keep_checkpoints)  # free its disk now, not at the sweep's end
+        CheckpointManager(RunLayout(outcome.run_dir)).settle(keep_checkpoints)  # free its disk now, not at the sweep's end
 
 
 class Console(Callback):
@@ -365,7 +365,7 @@ def collect(arms: list[Arm], seeds: int, sweep_dir: str, dataset: Any, *,
                 results = finalize(spec, run_dir, dataset, wall or _trained_seconds(run_dir)).results
             status, reason = status_lib.trial_status(results, newest, outcome, stops.get(name), gone=gone)
             if status in (status_lib.FINISHED, status_lib.STOPPED):
-                ckpt_lib.settle(run_dir, keep_checkpoints)
+                CheckpointManager(RunLayout(run_dir)).settle(keep_checkpoints)
             if results is None and status == status_lib.STOPPED:
                 results = _seen_by_asha(arm.spec, stops[name])
             row = report.trial_row(arm.id, arm.settings, seed, name, run_dir, results, numeric_value(arm))
@@ -384,8 +384,8 @@ def _seen_by_asha(spec: RunSpec, stop: dict[str, Any]) -> dict[str, Any]:
 
 def _trained_seconds(run_dir: str) -> float:
     """Wall seconds a trial's checkpoints account for (training and compiling), when Tune recorded none for it."""
-    newest = ckpt_lib.latest(run_dir)
-    state = ckpt_lib.read_state(newest) if newest else None
+    newest = CheckpointManager(RunLayout(run_dir)).latest()
+    state = read_state(newest) if newest else None
     return (state.train_seconds + state.compile_seconds) if state else 0.0
 
 

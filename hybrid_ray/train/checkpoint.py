@@ -1,5 +1,6 @@
-"""Checkpoints, the only module that reads or writes them: the trainer state, what each rank writes (the worker's
-Checkpointer), how a run resumes, which checkpoint is the latest good one, and what a finished run exports.
+"""Checkpoints, the only module that reads or writes them: the trainer state, what each rank writes and restores (the
+worker's Checkpointer), and the run's checkpoints on the driver (the CheckpointManager: where a launch resumes, what
+the run keeps while it trains and once it has ended, the latest good one), and what a finished run exports.
 
 Layout of one checkpoint folder (Ray Train merges the ranks' local folders into it):
     config.json, model.safetensors   rank 0: the model, a Hugging Face-style folder that `generate` can load
@@ -31,14 +32,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.nn as nn
+from ray.train import UserCallback
 
 from hybrid_ray import ray_compat, storage
 from hybrid_ray.errors import CheckpointError, first_line
 from hybrid_ray.layout import RunLayout, checkpoint_name, step_of
 from hybrid_ray.model import unwrap
 from hybrid_ray.model.build import WEIGHTS_FILE, load_state, save_model
-from hybrid_ray.records import folders as runs
-from hybrid_ray.records.folders import list_checkpoints
+from hybrid_ray.records.folders import list_checkpoints, rm_command
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train.cadence import Every
 from hybrid_ray.train.parallelize import in_process_group
@@ -85,137 +86,189 @@ class Restored:
     rng: dict[str, Any] | None
 
 
-# --- the run's checkpoints --------------------------------------------------------------------------------------
+# --- the run's checkpoints: one owner of resume and retention -----------------------------------------------------
 
-
-def newest_good(run_dir: str) -> tuple[str | None, list[CheckpointError]]:
-    """The newest checkpoint of a run that verifies (None when there is none), and why each newer one was skipped."""
-    skipped = []
-    for name in reversed(list_checkpoints(run_dir)):
-        path = RunLayout(run_dir).checkpoint(name)
-        try:
-            verify(path)
-            return path, skipped
-        except CheckpointError as e:
-            skipped.append(e)
-    return None, skipped
-
-
-def latest(run_dir: str) -> str | None:
-    """The newest checkpoint of a run that verifies; newer broken ones are skipped with a warning naming them (and
-    left in place: Ray's own record of the run still lists them)."""
-    path, skipped = newest_good(run_dir)
-    for error in skipped:
-        warnings.warn(f"{error}; skipping it for an older checkpoint")
-    return path
-
-
-def resume_point(run_dir: str) -> int | None:
-    """The step a relaunch would continue from (the newest good checkpoint's), or None."""
-    path = latest(run_dir)
-    return step_of(storage.name(path)) if path else None
-
-
-def at_launch(spec: RunSpec, run_dir: str) -> tuple[str | None, list[str]]:
-    """(the newest good checkpoint, every checkpoint folder name) at launch. A run whose checkpoints are all damaged
-    is refused rather than silently started over."""
-    known = list_checkpoints(run_dir)
-    damaged = set_aside_damaged_record(run_dir)
-    if damaged:
-        aside, problem = damaged
-        warnings.warn(f"Ray Train's record of run {spec.name} was damaged ({problem}) and is kept as {aside}; the run "
-                      "resumes from its checkpoint folders, and --keep counts only the checkpoints written from now on")
-    forget_deleted(run_dir, known)
-    newest, skipped = newest_good(run_dir)
-    if known and newest is None:
-        raise CheckpointError(f"every checkpoint of run {spec.name} is damaged (newest: {skipped[0]}); remove the run "
-                              f"with `{runs.rm_command(spec.storage_path, spec.name)}` to start it over")
-    for error in skipped:
-        warnings.warn(f"{error}; skipping it for an older checkpoint")
-    if newest is not None:
-        check_pickles(newest)
-    return newest, known
-
-
-# Ray Train's record of a run's checkpoints (Ray 2.60), in the run folder: what its retention (--keep) counts
+# Ray Train's record of a run's checkpoints (Ray 2.60), in the run folder
 _RECORDED_NAMES = ("validated_checkpoint_dir_names", "timed_out_validation_checkpoint_dir_names",
                    "failed_validation_checkpoint_dir_names")
 
 
-def set_aside_damaged_record(run_dir: str) -> tuple[str, str] | None:
-    """Move Ray's record of the run aside when Ray could not load it (a write a full disk cut short, a hand edit, a
-    record an older Ray wrote in another shape): Ray would refuse the relaunch from inside its controller; it starts
-    a new one instead. Returns (where the damaged record now is, what is wrong with it), or None."""
-    path = RunLayout(run_dir).ray_record
-    if not storage.exists(path):
-        return None
-    problem = ray_compat.run_record_problem(storage.read_bytes(path))
-    return None if problem is None else (storage.move_aside(path), problem)
+@dataclass(frozen=True)
+class Resume:
+    """Where a launch starts: the newest good checkpoint (None: from scratch), every checkpoint folder at launch, and
+    those of them that count toward `train.keep` (the ones Ray's record lists, as Ray's own retention counted)."""
+
+    checkpoint: str | None
+    known: list[str]
+    counted: list[str]
 
 
-def forget_deleted(run_dir: str, folders: list[str]) -> list[str]:
-    """Drop the checkpoint folders deleted by hand (to free a disk) from Ray's record of the run, which Ray otherwise
-    refuses to relaunch ("a corrupted run directory"); `folders`: the run's checkpoint folders on disk. Returns the
-    names dropped. Runs resume from the folders on disk (at_launch), never from Ray's record; at_launch has already
-    set aside a record that Ray cannot load."""
-    path = RunLayout(run_dir).ray_record
-    if not storage.exists(path):
-        return []
-    on_disk = set(folders)
-    try:
-        record = json.loads(storage.read_bytes(path))
-        results = record["checkpoint_results"]
-        gone = [r["checkpoint_dir_name"] for r in results if r["checkpoint_dir_name"] not in on_disk]
-    except (ValueError, KeyError, TypeError):
-        return []
-    if not gone:
-        return []
-    kept = [i for i, r in enumerate(results) if r["checkpoint_dir_name"] in on_disk]
-    record["checkpoint_results"] = [results[i] for i in kept]
-    record["checkpoint_report_indices"] = [record["checkpoint_report_indices"][i] for i in kept]
-    latest_result = record.get("latest_checkpoint_result")
-    if latest_result and latest_result["checkpoint_dir_name"] not in on_disk:
-        record["latest_checkpoint_result"] = record["checkpoint_results"][-1] if kept else None
-    pending = [i for i, r in enumerate(record.get("pending_training_results", []))
-               if r["checkpoint_dir_name"] in on_disk]
-    for key in ("pending_training_results", "pending_validation_specs"):
-        record[key] = [record[key][i] for i in pending]
-    for key in _RECORDED_NAMES:
-        record[key] = [name for name in record.get(key, []) if name in on_disk]
-    storage.write_bytes(path, json.dumps(record).encode())
-    return gone
+class CheckpointManager:
+    """A run's checkpoints on the driver, the one owner of their lifecycle: where a launch resumes from (`at_launch`),
+    what the run keeps while it trains (the newest `keep`: `retention`, run by Ray Train's controller after each
+    checkpoint it registers; Ray's own manager keeps every checkpoint, `ray_config`) and once it has ended (`settle`,
+    `prune`), and which checkpoint is the newest good one (`latest`). The workers' side is the Checkpointer."""
+
+    def __init__(self, run: RunLayout, keep: int | None = None):
+        self.run, self.keep = run, keep
+
+    def names(self) -> list[str]:
+        """The run's checkpoint folders, oldest first."""
+        return list_checkpoints(self.run.dir)
+
+    def newest_good(self) -> tuple[str | None, list[CheckpointError]]:
+        """The newest checkpoint that verifies (None when there is none), and why each newer one was skipped."""
+        skipped = []
+        for name in reversed(self.names()):
+            path = self.run.checkpoint(name)
+            try:
+                verify(path)
+                return path, skipped
+            except CheckpointError as e:
+                skipped.append(e)
+        return None, skipped
+
+    def latest(self) -> str | None:
+        """The newest checkpoint that verifies; newer broken ones are skipped with a warning naming them (and left in
+        place: Ray's own record of the run still lists them)."""
+        path, skipped = self.newest_good()
+        for error in skipped:
+            warnings.warn(f"{error}; skipping it for an older checkpoint")
+        return path
+
+    def resume_point(self) -> int | None:
+        """The step a relaunch would continue from (the newest good checkpoint's), or None."""
+        path = self.latest()
+        return step_of(storage.name(path)) if path else None
+
+    def at_launch(self, name: str, storage_path: str) -> Resume:
+        """Where this launch resumes, after mending Ray's record of the run so that Ray relaunches it. A run whose
+        checkpoints are all damaged is refused rather than silently started over."""
+        known = self.names()
+        damaged = self.set_aside_damaged_record()
+        if damaged:
+            aside, problem = damaged
+            warnings.warn(f"Ray Train's record of run {name} was damaged ({problem}) and is kept as {aside}; the run "
+                          "resumes from its checkpoint folders, and --keep counts only the checkpoints written from now "
+                          "on")
+        self.forget_deleted(known)
+        newest, skipped = self.newest_good()
+        if known and newest is None:
+            raise CheckpointError(f"every checkpoint of run {name} is damaged (newest: {skipped[0]}); remove the run "
+                                  f"with `{rm_command(storage_path, name)}` to start it over")
+        for error in skipped:
+            warnings.warn(f"{error}; skipping it for an older checkpoint")
+        if newest is not None:
+            check_pickles(newest)
+        return Resume(newest, known, self.recorded())
+
+    def recorded(self) -> list[str]:
+        """The checkpoint folders Ray's record of the run lists (none without a readable record)."""
+        path = self.run.ray_record
+        if not storage.exists(path):
+            return []
+        try:
+            return [r["checkpoint_dir_name"] for r in json.loads(storage.read_bytes(path))["checkpoint_results"]]
+        except (ValueError, KeyError, TypeError):
+            return []
+
+    def set_aside_damaged_record(self) -> tuple[str, str] | None:
+        """Move Ray's record of the run aside when Ray could not load it (a write a full disk cut short, a hand edit,
+        a record an older Ray wrote in another shape): Ray would refuse the relaunch from inside its controller; it
+        starts a new one instead. Returns (where the damaged record now is, what is wrong with it), or None."""
+        path = self.run.ray_record
+        if not storage.exists(path):
+            return None
+        problem = ray_compat.run_record_problem(storage.read_bytes(path))
+        return None if problem is None else (storage.move_aside(path), problem)
+
+    def forget_deleted(self, folders: list[str]) -> list[str]:
+        """Drop the checkpoint folders deleted since Ray recorded them (by hand, to free a disk, or by `retention`)
+        from Ray's record of the run, which Ray otherwise refuses to relaunch ("a corrupted run directory");
+        `folders`: the run's checkpoint folders on disk. Returns the names dropped. Runs resume from the folders on
+        disk (at_launch), never from Ray's record; at_launch has already set aside a record that Ray cannot load."""
+        path = self.run.ray_record
+        if not storage.exists(path):
+            return []
+        on_disk = set(folders)
+        try:
+            record = json.loads(storage.read_bytes(path))
+            results = record["checkpoint_results"]
+            gone = [r["checkpoint_dir_name"] for r in results if r["checkpoint_dir_name"] not in on_disk]
+        except (ValueError, KeyError, TypeError):
+            return []
+        if not gone:
+            return []
+        kept = [i for i, r in enumerate(results) if r["checkpoint_dir_name"] in on_disk]
+        record["checkpoint_results"] = [results[i] for i in kept]
+        record["checkpoint_report_indices"] = [record["checkpoint_report_indices"][i] for i in kept]
+        latest_result = record.get("latest_checkpoint_result")
+        if latest_result and latest_result["checkpoint_dir_name"] not in on_disk:
+            record["latest_checkpoint_result"] = record["checkpoint_results"][-1] if kept else None
+        pending = [i for i, r in enumerate(record.get("pending_training_results", []))
+                   if r["checkpoint_dir_name"] in on_disk]
+        for key in ("pending_training_results", "pending_validation_specs"):
+            record[key] = [record[key][i] for i in pending]
+        for key in _RECORDED_NAMES:
+            record[key] = [name for name in record.get(key, []) if name in on_disk]
+        storage.write_bytes(path, json.dumps(record).encode())
+        return gone
+
+    # --- retention: what the run keeps ---
+
+    @staticmethod
+    def ray_config() -> Any:
+        """Ray Train's CheckpointConfig of a launch: Ray keeps every checkpoint it registers; `retention` decides."""
+        from ray.train import CheckpointConfig
+
+        return CheckpointConfig(num_to_keep=None)
+
+    def retention(self, resume: Resume) -> KeepNewest:
+        """The Ray Train callback that keeps the newest `keep` checkpoints while the run trains."""
+        assert self.keep is not None
+        return KeepNewest(self, resume.counted, resume.known)
+
+    def keep_newest(self, written: str, counted: list[str], known: list[str]) -> list[str]:
+        """After `written` was saved: delete the checkpoints beyond the newest `keep` of those that count (the ones
+        `counted` at launch and every one written since, never `written` itself). Returns the names deleted."""
+        on_disk = self.names()
+        counts = [n for n in on_disk if n in set(counted) or n not in set(known)]
+        gone = [n for n in counts[:-self.keep] if n != written] if len(counts) > self.keep else []
+        for name in gone:
+            storage.remove_dir(self.run.checkpoint(name))
+        return gone
+
+    def settle(self, keep_checkpoints: bool) -> None:
+        """What an ended sweep trial keeps: model/ and its newest checkpoint's weights, without optimizer state or
+        older checkpoints, unless `keep_checkpoints`."""
+        if not keep_checkpoints:
+            self.prune()
+
+    def prune(self) -> None:
+        """Keep only the newest good checkpoint of a run, weights only (what an ended sweep trial keeps); nothing when
+        the run has no good checkpoint."""
+        names = self.names()
+        newest = self.latest()
+        if newest is None:
+            return
+        for name in names:
+            path = self.run.checkpoint(name)
+            if path != newest:
+                storage.remove_dir(path)
+        if not weights_only(newest):
+            drop_optimizer(newest)
 
 
-# --- retention: the one place that decides what a run keeps of its checkpoints -----------------------------------
+class KeepNewest(UserCallback):
+    """Run by Ray Train's controller after every report: once a checkpoint is registered (uploaded), the run's
+    CheckpointManager deletes what `train.keep` no longer keeps."""
 
-def while_training(spec: RunSpec) -> Any:
-    """Ray Train's CheckpointConfig of a launch: it keeps the newest `train.keep` checkpoints, deleting older ones as
-    it registers new ones."""
-    from ray.train import CheckpointConfig
+    def __init__(self, manager: CheckpointManager, counted: list[str], known: list[str]):
+        self.manager, self.counted, self.known = manager, counted, known
 
-    return CheckpointConfig(num_to_keep=spec.train.keep)
-
-
-def settle(run_dir: str, keep_checkpoints: bool) -> None:
-    """What an ended sweep trial keeps: model/ and its newest checkpoint's weights, without optimizer state or older
-    checkpoints, unless `keep_checkpoints`."""
-    if not keep_checkpoints:
-        prune(run_dir)
-
-
-def prune(run_dir: str) -> None:
-    """Keep only the newest good checkpoint of a run, weights only (what an ended sweep trial keeps); nothing when
-    the run has no good checkpoint."""
-    names = list_checkpoints(run_dir)
-    newest = latest(run_dir)
-    if newest is None:
-        return
-    for name in names:
-        path = RunLayout(run_dir).checkpoint(name)
-        if path != newest:
-            storage.remove_dir(path)
-    if not weights_only(newest):
-        drop_optimizer(newest)
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if checkpoint is not None:
+            self.manager.keep_newest(storage.name(checkpoint.path), self.counted, self.known)
 
 
 # --- RNG state, as tensors and numbers ---------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from hybrid_ray.records.report import plot_runs, summarize
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.train import plan as run_plan
 from hybrid_ray.train import checkpoint as ckpt_lib
+from hybrid_ray.train.checkpoint import CheckpointManager
 from hybrid_ray.train.loop import LaunchOptions, train_loop_per_worker
 
 
@@ -152,7 +153,7 @@ def _failure(error: BaseException, run_dir: str) -> HybridRayError:
         return cause
     if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
         return TrainingError(f"no space left on device while writing {cause.filename or 'the run'}; free some space "
-                             f"and relaunch the same command to resume from {ckpt_lib.latest(run_dir) or 'scratch'}")
+                             f"and relaunch the same command to resume from {CheckpointManager(RunLayout(run_dir)).latest() or 'scratch'}")
     return TrainingError(f"training failed: {type(cause).__name__}: {first_line(cause)}")
 
 
@@ -184,8 +185,9 @@ def train(
     run_dir = run.dir
     runs.claim(run_dir, spec)
     runs.set_aside_damaged(run_dir)
-    resume_from, known = ckpt_lib.at_launch(spec, run_dir)
-    reached = ckpt_lib.read_state(resume_from) if resume_from else None
+    checkpoints = CheckpointManager(run, spec.train.keep)
+    resume = checkpoints.at_launch(spec.name, spec.storage_path)
+    reached = ckpt_lib.read_state(resume.checkpoint) if resume.checkpoint else None
     if until_step is not None:
         last = (reached.total_steps if reached else spec.train.steps) + extend_steps
         if until_step > last:
@@ -216,23 +218,23 @@ def train(
         extend_steps=extend_steps,
         until_step=until_step,
         tensorboard_dir=None if storage.is_uri(run_dir) else run.tensorboard,
-        resume_from=resume_from,
-        known_checkpoints=known,
+        resume_from=resume.checkpoint,
+        known_checkpoints=resume.known,
         kernel_store=kernel_store,
         echo=progress,
         data_origin=data_origin,
     )
     try:
-        _fit(spec, launch, scaling, use_gpu, callbacks)
+        _fit(spec, launch, scaling, use_gpu, [*(callbacks or []), checkpoints.retention(resume)])
     except KeyboardInterrupt:
-        step = ckpt_lib.resume_point(run_dir)
+        step = checkpoints.resume_point()
         if step is None:
             raise Interrupted("interrupted before the first checkpoint; relaunch the same command to start again") from None
         raise Interrupted(f"interrupted at step {step} (the newest checkpoint); relaunch the same command to resume") from None
     except Exception as e:
         raise _failure(e, run_dir) from e
     finally:
-        if _trained(run_dir, reached.step if reached else 0, known):
+        if _trained(run_dir, reached.step if reached else 0, resume.known):
             runs.count_launch(run_dir)
     outcome = finalize(spec, run_dir, dataset, time.time() - started)
     if outcome.results["status"] == "diverged":
@@ -289,7 +291,7 @@ def _fit(spec: RunSpec, launch: LaunchOptions, scaling: Any, use_gpu: bool, call
             name=spec.name,
             storage_path=spec.storage_path,
             failure_config=FailureConfig(max_failures=spec.scale.max_failures),
-            checkpoint_config=ckpt_lib.while_training(spec),
+            checkpoint_config=CheckpointManager.ray_config(),
             callbacks=callbacks,
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
@@ -311,7 +313,7 @@ def _fit(spec: RunSpec, launch: LaunchOptions, scaling: Any, use_gpu: bool, call
 def finalize(spec: RunSpec, run_dir: str, dataset: Any, wall_s: float) -> TrainOutcome:
     """Write results.json, curves.png and the model folder from the newest good checkpoint."""
     run = RunLayout(run_dir)
-    checkpoint = ckpt_lib.latest(run_dir)
+    checkpoint = CheckpointManager(run).latest()
     diverged_path = run.diverged
     diverged = json.loads(storage.read_bytes(diverged_path)) if storage.exists(diverged_path) else None
     if checkpoint is None and diverged is None:
