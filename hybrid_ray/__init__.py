@@ -1,0 +1,38 @@
+"""hybrid-ray: train and compare hybrid Gated DeltaNet / softmax-attention language models on Ray.
+
+    import hybrid_ray as hr
+    spec = hr.build_spec(variant="h100_hybrid_sparse", preset="tiny", overrides={"storage_path": "/tmp/runs"})
+    outcome = hr.train.train(spec)                        # Ray Train; relaunching the same name resumes
+    hr.sweep.sweep(hr.sweep_base(preset="tiny"), hr.SweepOptions(grid=["attention_ratio=0,0.5"]))
+    hr.generate(outcome.run_dir, ["def main("], hr.SamplingOptions())
+    hr.evaluate_task(outcome.run_dir, "recall")
+
+`train` and `sweep` are packages (train/, sweep/) whose face exports the function of their name: a top-level
+function of that name would be replaced by the package as soon as anything in it is imported. The other names are
+imported on first use (PEP 562): `import hybrid_ray` loads neither Ray nor torch, and `generate` or `evaluate_task`
+never import Ray.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "RunSpec": "spec",
+    "build_spec": "config.build", "sweep_base": "config.build",
+    "variant_spec": "config.variants",
+    "TrainOutcome": "train.launch",
+    "SweepOptions": "sweep.options",
+    "generate": "inference.generate", "SamplingOptions": "inference.generate",
+    "evaluate_task": "evals.downstream",
+    "list_runs": "records.folders",
+    "RunLayout": "layout", "SweepLayout": "layout",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

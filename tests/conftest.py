@@ -215,7 +215,8 @@ def ray_session():
     import ray
     from ray_procs import free_port, short_tmpdir
 
-    from hybrid_ray import cluster, ray_compat
+    from hybrid_ray import ray_compat
+    from hybrid_ray.jobs import cluster
 
     temp = short_tmpdir()
     # as `hybrid-ray` starts its local Ray: a new one (never another Ray of this machine), every process pinned to it

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
-from hybrid_ray import cluster, ray_compat
+from hybrid_ray import ray_compat
 from hybrid_ray.config import build as jobspec
 from hybrid_ray.errors import ClusterError, HybridRayError, SpecError, first_line
-from hybrid_ray.jobs import fla_clone
+from hybrid_ray.jobs import cluster, fla_clone
 
 UPLOAD_LIMIT = 100 * 2**20  # the job server refuses larger working_dir uploads
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"

@@ -23,9 +23,10 @@ from typing import Any
 
 from ray.tune import Callback
 
-from hybrid_ray import cluster, ray_compat, storage
+from hybrid_ray import ray_compat, storage
 from hybrid_ray.config.grid import Arm, expand, numeric_value, parse_grid
 from hybrid_ray.errors import HybridRayError, Interrupted, SpecError
+from hybrid_ray.jobs import cluster
 from hybrid_ray.layout import RunLayout, SweepLayout
 from hybrid_ray.model import count_params
 from hybrid_ray.records import folders as runs

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hybrid_ray import cluster, ray_compat, storage
+from hybrid_ray import ray_compat, storage
 from hybrid_ray import data as data_lib
 from hybrid_ray.errors import HybridRayError, Interrupted, SpecError, first_line, root_cause
+from hybrid_ray.jobs import cluster
 from hybrid_ray.layout import RunLayout, data_store, step_of
 from hybrid_ray.model import count_params, flops_per_token
 from hybrid_ray.model.build import check_backend
