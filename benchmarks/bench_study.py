@@ -38,7 +38,8 @@ from typing import Any
 
 from benchmarks.common import write_json
 from hybrid_ray.config.variants import variant_spec
-from hybrid_ray.sweep import status as sweep_status
+from hybrid_ray.layout import SweepLayout
+from hybrid_ray.sweep import status
 
 GPU_SIZE = {"model.vocab_size": 50304, "train.batch_size": 16, "train.steps": 48, "optim.warmup_steps": 12,
             "train.eval_every": 12, "train.eval_tokens": 65_536, "train.checkpoint_every": 24, "train.log_every": 4,
@@ -87,7 +88,7 @@ def interrupt_when_ready(cmd: list[str], sweep: Path, log: Path, limit: float) -
 
 def _progress(sweep: Path) -> tuple[list[str], list[str]]:
     """Trials that ended (finished or stopped by ASHA) and trials running with a checkpoint."""
-    stops = sweep_status.read_stops(str(sweep))
+    stops = status.read_stops(SweepLayout.at(str(sweep)))
     ended, running = [], []
     for trial in sorted((sweep / "trials").glob("*-s*")):
         results = trial / "results.json"
@@ -191,7 +192,7 @@ def main() -> None:
     with open(out / "launch2.log", "w") as log:
         relaunch = subprocess.run(command(args, config, storage), stdout=log, stderr=subprocess.STDOUT, text=True)
     final = rows(sweep)
-    stops = sweep_status.read_stops(str(sweep))
+    stops = status.read_stops(SweepLayout.at(str(sweep)))
     arms = arm_entries(sweep, first_launch, plan_memory)
     interrupted = [n for n, r in after_cut.items() if r["status"] in ("interrupted", "not started")]
     firsts = sorted((a["first_step_s"] for a in arms if a["first_step_s"] is not None), reverse=True)

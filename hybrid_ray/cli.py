@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from hybrid_ray.config import build as jobspec
+from hybrid_ray.config import build
 from hybrid_ray.config.variants import DEFAULT_PRESET, DEFAULT_VARIANT, PRESETS
 from hybrid_ray.errors import HybridRayError, SpecError
 from hybrid_ray.spec import FLAGS, Flag, RunSpec, flag_overrides
@@ -28,15 +28,15 @@ def build_spec(
     attention_ratio: float | None = None,
     **flags: Any,
 ) -> RunSpec:
-    """The run spec of a command's options: jobspec.build_spec with the spec flags (spec.FLAGS) as overrides."""
-    return jobspec.build_spec(config=config, variant=variant, preset=preset, attention_ratio=attention_ratio,
+    """The run spec of a command's options: build.build_spec with the spec flags (spec.FLAGS) as overrides."""
+    return build.build_spec(config=config, variant=variant, preset=preset, attention_ratio=attention_ratio,
                               overrides=flag_overrides(flags))
 
 
 def sweep_base(config: str | None, variant: str | None, preset: str | None, attention_ratio: float | None = None,
                **flags: Any) -> RunSpec:
-    """A sweep's base spec from its command's options: jobspec.sweep_base with the spec flags as overrides."""
-    return jobspec.sweep_base(config=config, variant=variant, preset=preset, attention_ratio=attention_ratio,
+    """A sweep's base spec from its command's options: build.sweep_base with the spec flags as overrides."""
+    return build.sweep_base(config=config, variant=variant, preset=preset, attention_ratio=attention_ratio,
                               overrides=flag_overrides(flags))
 
 
@@ -127,7 +127,7 @@ def train(address: str | None, verbose: bool, extend_steps: int, until_step: int
 
 def refuse_sweep_file(config: str) -> None:
     """`train --config` of a sweep job file (`command: sweep`) would train one run of the base spec, not the grid."""
-    if jobspec.load(config).command == "sweep":
+    if build.load(config).command == "sweep":
         raise SpecError(f"{config} is a sweep job file (command: sweep), which `train` would run as one run of its "
                         f"base spec: run it with `hybrid-ray sweep --config {shlex.quote(config)}`")
 
@@ -178,7 +178,7 @@ def sweep(address: str | None, verbose: bool, dry_run: bool, assume_gpus: int | 
     if not dry_run and any(v is not None for v in assumed.values()):
         raise SpecError("--assume-gpus, --assume-gpu-memory and --assume-free-disk go with --dry-run")
     flags = {f.name: options.pop(f.name) for f in dataclasses.fields(SweepOptions) if f.name in options}
-    chosen = sweep_options(jobspec.load(options["config"]).sweep if options.get("config") else {}, flags)
+    chosen = sweep_options(build.load(options["config"]).sweep if options.get("config") else {}, flags)
     spec = sweep_base(**options)
     if dry_run:
         from hybrid_ray.sweep.plan import dry_run as plan_only
@@ -228,29 +228,29 @@ JOB_ADDRESS = click.option("--address", help="The cluster's dashboard, e.g. http
 def submit(address: str | None, fla_clone: str | None, no_check: bool, no_wait: bool, dry_run: bool,
            working_dir: str | None, excludes: tuple[str, ...], verbose: bool, what: tuple[str, ...]) -> int:
     """Run `hybrid-ray train|sweep ...` (after --) or a job file (jobs/NAME.yaml) as a Ray job on a cluster."""
-    from hybrid_ray.jobs import submit as jobs
+    from hybrid_ray.jobs import submit
 
     _quiet_jobs(verbose)
-    job = jobs.plan(list(what), fla=fla_clone, working_dir=working_dir, excludes=list(excludes))
+    job = submit.plan(list(what), fla=fla_clone, working_dir=working_dir, excludes=list(excludes))
     _parse_forwarded(job.args)
     if fla_clone and not no_check and not dry_run:
-        from hybrid_ray.jobs import fla_clone as clone
+        from hybrid_ray.jobs.fla_clone import verdict, verify
 
         click.echo(f"checking the FLA clone {fla_clone} against the pure-PyTorch twin on this machine...")
-        report = clone.verify(fla_clone, reuse=True)
+        report = verify(fla_clone, reuse=True)
         if not report["passed"]:
             raise HybridRayError(f"the FLA in {fla_clone} does not match the twin: {report['failures'][0]} "
                                  "(nothing was submitted; --no-check skips this)")
         again = " (an earlier check of the same sources, torch, triton and device)" if report.get("reused") else ""
-        click.echo(f"FLA clone {clone.verdict(report)}{again}")
+        click.echo(f"FLA clone {verdict(report)}{again}")
     elif fla_clone:
         click.echo(f"FLA clone not checked ({'--dry-run' if dry_run else '--no-check'})")
-    outcome = jobs.submit(job, address=address, wait=not no_wait, dry_run=dry_run, echo=click.echo, verbose=verbose)
+    outcome = submit.submit(job, address=address, wait=not no_wait, dry_run=dry_run, echo=click.echo, verbose=verbose)
     if outcome.status is not None:
         ran = ("" if not outcome.python or outcome.status == "SUCCEEDED" else
                "; there is no `python` on the head's PATH" if outcome.python == "none" else
                f"; it ran {outcome.python}, the first `python` on the head's PATH")
-        click.echo(f"job {outcome.job_id}: {outcome.status} ({jobs.job_url(outcome.dashboard, outcome.job_id)}){ran}")
+        click.echo(f"job {outcome.job_id}: {outcome.status} ({submit.job_url(outcome.dashboard, outcome.job_id)}){ran}")
         return 0 if outcome.status == "SUCCEEDED" else 1
     return 0
 
@@ -296,9 +296,9 @@ def jobs_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def jobs_list(address: str | None, as_json: bool) -> None:
     """Every job the cluster knows, oldest first."""
-    from hybrid_ray.jobs import submit as jobs
+    from hybrid_ray.jobs import submit
 
-    rows = jobs.list_jobs(address)
+    rows = submit.list_jobs(address)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -312,9 +312,9 @@ def jobs_list(address: str | None, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Everything the job server knows of it, metadata included.")
 def jobs_status(address: str | None, job_id: str, as_json: bool) -> None:
     """A job's status and message."""
-    from hybrid_ray.jobs import submit as jobs
+    from hybrid_ray.jobs import submit
 
-    info = jobs.status(job_id, address)
+    info = submit.status(job_id, address)
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return
@@ -327,11 +327,11 @@ def jobs_status(address: str | None, job_id: str, as_json: bool) -> None:
 @click.option("--follow", is_flag=True, help="Stream until the job ends.")
 def jobs_logs(address: str | None, job_id: str, follow: bool) -> None:
     """A job's logs."""
-    from hybrid_ray.jobs import submit as jobs
+    from hybrid_ray.jobs import submit
 
-    final = jobs.logs(job_id, address, follow_logs=follow, echo=click.echo)
-    click.echo(f"{job_id}: {final or jobs.status(job_id, address)['status']} "
-               f"({jobs.job_url(jobs.dashboard_address(address), job_id)})")
+    final = submit.logs(job_id, address, follow_logs=follow, echo=click.echo)
+    click.echo(f"{job_id}: {final or submit.status(job_id, address)['status']} "
+               f"({submit.job_url(submit.dashboard_address(address), job_id)})")
 
 
 @jobs_group.command("stop")
@@ -339,9 +339,9 @@ def jobs_logs(address: str | None, job_id: str, follow: bool) -> None:
 @click.argument("job_id")
 def jobs_stop(address: str | None, job_id: str) -> None:
     """Stop a running job."""
-    from hybrid_ray.jobs import submit as jobs
+    from hybrid_ray.jobs import submit
 
-    click.echo(f"{job_id}: {jobs.stop(job_id, address)} ({jobs.job_url(jobs.dashboard_address(address), job_id)})")
+    click.echo(f"{job_id}: {submit.stop(job_id, address)} ({submit.job_url(submit.dashboard_address(address), job_id)})")
 
 
 @cli.group()
@@ -489,19 +489,19 @@ def kernels_clear(all_stacks: bool) -> None:
 def verify(require_gpu: bool, fla_clone: str | None, as_json: bool) -> int:
     """Versions (hybrid-ray's commit too), FLA's origin, GPUs, attention kernel; non-zero when GPU training cannot
     work, or when --fla's clone does not match the twin."""
-    from hybrid_ray.model import stack as env
+    from hybrid_ray.model import stack
 
     if fla_clone:
-        from hybrid_ray.jobs import fla_clone as clone
+        from hybrid_ray.jobs.fla_clone import format_report, verify
 
-        report = clone.verify(fla_clone)
-        click.echo(json.dumps(report, indent=2) if as_json else clone.format_report(report))
+        report = verify(fla_clone)
+        click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
         if not report["passed"]:
             click.echo(f"error: the FLA in {fla_clone} does not match the twin: {report['failures'][0]}", err=True)
             return 1
         return 0
-    info = env.collect()
-    click.echo(json.dumps(info, indent=2) if as_json else env.format_report(info))
+    info = stack.collect()
+    click.echo(json.dumps(info, indent=2) if as_json else stack.format_report(info))
     if info["problems"] or (require_gpu and not info["gpus"]):
         reason = info["problems"][0] if info["problems"] else "no CUDA GPU on this machine"
         click.echo(f"error: GPU training cannot work here: {reason}", err=True)
@@ -585,16 +585,16 @@ def _seconds(seconds: float) -> str:
 def eval_command(path: str, task: str, data: str | None, limit: int | None, seq_len: int | None, backend: str,
                  address: str | None) -> None:
     """Score a run's model on a downstream task; the result goes into the run's eval/ folder and results.json."""
-    from hybrid_ray.evals import downstream as evals
+    from hybrid_ray.evals import downstream
     from hybrid_ray.startup import Startup, command_started
 
     startup = Startup(started=command_started())  # the command's imports so far count as imports
 
     if address:
-        (result,) = evals.evaluate_on_cluster([path], task, address=address, data=data, limit=limit, seq_len=seq_len)
+        (result,) = downstream.evaluate_on_cluster([path], task, address=address, data=data, limit=limit, seq_len=seq_len)
         startup = None  # loaded on a worker of the cluster: no start-up of this process to tell
     else:
-        result = evals.evaluate_task(path, task, data=data, limit=limit, backend=backend, seq_len=seq_len,
+        result = downstream.evaluate_task(path, task, data=data, limit=limit, backend=backend, seq_len=seq_len,
                                      startup=startup)
     if task == "recall":
         for name, r in result["settings"].items():

@@ -29,6 +29,7 @@ KERNEL_STORE = ".kernels"
 DIVERGED_FILE = "diverged.json"  # rank 0 writes it when the loss stops being finite
 RAY_RECORD = "checkpoint_manager_snapshot.json"  # Ray Train's record of a run's checkpoints (its CheckpointManager)
 MODEL_DIR = "model"  # also the folder `generate` and `eval` load, in a run folder or on its own
+OPTIMIZER_FILE = "optimizer.pt"  # in a checkpoint folder: what a finished sweep trial drops (train/checkpoint.py)
 
 
 def step_of(name: str) -> int | None:
@@ -84,9 +85,14 @@ class RunLayout:
     dir: str
 
     @classmethod
+    def named(cls, storage_path: str, name: str) -> RunLayout:
+        """The run `name` under a storage path: `<storage_path>/<name>`."""
+        return cls(storage.join(storage_path, name))
+
+    @classmethod
     def of(cls, spec) -> RunLayout:
-        """The folder of the run a spec names: `<spec.storage_path>/<spec.name>`."""
-        return cls(storage.join(spec.storage_path, spec.name))
+        """The folder of the run a spec names."""
+        return cls.named(spec.storage_path, spec.name)
 
     def file(self, name: str) -> str:
         return storage.join(self.dir, name)
@@ -129,6 +135,10 @@ class RunLayout:
 
     def checkpoint(self, name: str) -> str:
         return self.file(name)
+
+    def optimizer(self, checkpoint: str) -> str:
+        """The optimizer state in the checkpoint folder `checkpoint` (a name)."""
+        return storage.join(self.checkpoint(checkpoint), OPTIMIZER_FILE)
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,10 @@ import torch
 
 from hybrid_ray.config.variants import variant_spec
 from hybrid_ray import layout
+from hybrid_ray.layout import RunLayout
 from hybrid_ray.errors import CheckpointError
 from hybrid_ray.model import build_model
-from hybrid_ray.records import folders as runs
+from hybrid_ray.records import folders
 from hybrid_ray.storage import crc32
 from hybrid_ray.train import checkpoint as ckpt
 from hybrid_ray.train.checkpoint import TrainerState
@@ -139,7 +140,7 @@ def test_latest_orders_by_step_then_suffix(tmp_path):
     for name in ("checkpoint_00000010", "checkpoint_00000020", "checkpoint_00000020-1"):
         write(tmp_path / name)
     (tmp_path / "checkpoint_manager_snapshot.json").write_text("{}")  # Ray's own file: not a checkpoint
-    assert runs.list_checkpoints(str(tmp_path)) == ["checkpoint_00000010", "checkpoint_00000020", "checkpoint_00000020-1"]
+    assert folders.list_checkpoints(RunLayout(str(tmp_path))) == ["checkpoint_00000010", "checkpoint_00000020", "checkpoint_00000020-1"]
     assert ckpt.CheckpointManager(layout.RunLayout(str(tmp_path))).latest().endswith("checkpoint_00000020-1")
 
 
@@ -171,7 +172,7 @@ def test_the_run_keeps_its_newest_checkpoints_and_ray_deletes_none(tmp_path):
     known = [layout.checkpoint_name(s) for s in (10, 20, 30)]
     gone = manager.keep_newest(layout.checkpoint_name(50), counted=known[:2], known=known)
     assert gone == [layout.checkpoint_name(10), layout.checkpoint_name(20)]
-    assert runs.list_checkpoints(str(run)) == [layout.checkpoint_name(s) for s in (30, 40, 50)]
+    assert folders.list_checkpoints(RunLayout(str(run))) == [layout.checkpoint_name(s) for s in (30, 40, 50)]
     assert manager.keep_newest(layout.checkpoint_name(50), counted=known[:2], known=known) == []
     assert ckpt.CheckpointManager.ray_config().num_to_keep is None
 
@@ -202,7 +203,7 @@ def test_a_checkpoint_folder_deleted_by_hand_leaves_rays_record_of_the_run(tmp_p
     write_ray_record(run, [10, 20, 30])
     ray_loads(run)
     before = (run / layout.RAY_RECORD).read_bytes()
-    assert ckpt.CheckpointManager(layout.RunLayout(str(run))).forget_deleted(runs.list_checkpoints(str(run))) == []  # nothing deleted: nothing to forget
+    assert ckpt.CheckpointManager(layout.RunLayout(str(run))).forget_deleted(folders.list_checkpoints(RunLayout(str(run)))) == []  # nothing deleted: nothing to forget
     assert (run / layout.RAY_RECORD).read_bytes() == before
     for step in (10, 30):
         shutil.rmtree(run / layout.checkpoint_name(step))

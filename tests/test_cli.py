@@ -143,7 +143,7 @@ def test_every_job_file_resolves_for_hybrid_ray_and_for_ray():
 
     from ray.runtime_env import RuntimeEnv
 
-    from hybrid_ray.config import build as jobspec
+    from hybrid_ray.config import build
     from hybrid_ray.config.grid import expand, parse_grid
     from hybrid_ray.config.variants import VARIANTS
     from hybrid_ray.sweep.options import sweep_options
@@ -152,14 +152,14 @@ def test_every_job_file_resolves_for_hybrid_ray_and_for_ray():
     assert {f.stem for f in files} >= {"tiny_local", "ratio_ablation", "ratio_ablation_small", "lr_ablation",
                                         "lr_ablation_small", "exp7_hybrid_sparse"}
     for path in files:
-        job = jobspec.load(path)
+        job = build.load(path)
         assert job.spec.variant in VARIANTS, path
         RuntimeEnv(**job.runtime_env)  # what `ray job submit --runtime-env` builds from the same file
         assert job.runtime_env["working_dir"] == "." and ".env*" in job.runtime_env["excludes"]
         if job.command == "sweep":
             options = sweep_options(job.sweep)
             assert expand(job.spec, parse_grid(options.grid)), path
-    ratio = jobspec.load(files[[f.stem for f in files].index("ratio_ablation")])
+    ratio = build.load(files[[f.stem for f in files].index("ratio_ablation")])
     assert len(expand(ratio.spec, parse_grid(sweep_options(ratio.sweep).grid))) == 13
     assert ratio.spec.model.hidden_size == 768 and ratio.spec.train.batch_size == 48  # the original H100 size
 

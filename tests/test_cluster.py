@@ -13,8 +13,9 @@ import pytest
 from ray_procs import HYBRID_RAY, RAY, hybrid_ray, one_error_line, user_env
 
 from hybrid_ray.config.variants import variant_spec
+from hybrid_ray.layout import SweepLayout
 from hybrid_ray.records import report
-from hybrid_ray.sweep import status as sweep_status
+from hybrid_ray.sweep import status
 
 pytestmark = pytest.mark.slow
 SMALL = ["--steps", "4", "--log-every", "2", "--eval-every", "4", "--max-documents", "100"]
@@ -66,7 +67,7 @@ def test_an_asha_ratio_sweep_beside_a_running_head_stops_weak_arms_frees_their_t
 
     def running() -> list[Path]:
         """Trials ASHA did not stop that have a checkpoint but no results yet."""
-        stops = sweep_status.read_stops(str(sweep))
+        stops = status.read_stops(SweepLayout.at(str(sweep)))
         return [t for t in trials.glob("*-s0") if stops and t.name not in stops and not (t / "results.json").exists()
                 and list(t.glob("checkpoint_0*/manifest_rank0.json"))]
 
@@ -82,7 +83,7 @@ def test_an_asha_ratio_sweep_beside_a_running_head_stops_weak_arms_frees_their_t
     rows = {r["name"]: r for r in json.loads((sweep / "sweep.json").read_text())["trials"]}
     assert rows[cut]["status"] == "interrupted", rows[cut]  # not "stopped by ASHA"
     assert list((trials / cut).glob("checkpoint_0*/optimizer.pt"))  # nothing it needs to resume was pruned
-    stops = sweep_status.read_stops(str(sweep))
+    stops = status.read_stops(SweepLayout.at(str(sweep)))
     assert {n for n, r in rows.items() if r["status"] == "stopped by ASHA"} == set(stops)
 
     result = hybrid_ray(*args[1:], env=ray_head.env, timeout=600)  # the relaunch finishes every arm
@@ -97,7 +98,7 @@ def test_an_asha_ratio_sweep_beside_a_running_head_stops_weak_arms_frees_their_t
     rows = json.loads((tmp_path / "asha" / "sweep.json").read_text())["trials"]
     assert len(rows) == 4 and {r["arm"] for r in rows} == {"attn0", "attn25", "attn50", "attn100"}
     assert all(r["status"] in ("finished", "stopped by ASHA") for r in rows), rows
-    assert {r["name"] for r in rows if r["status"] == "stopped by ASHA"} == set(sweep_status.read_stops(str(sweep)))
+    assert {r["name"] for r in rows if r["status"] == "stopped by ASHA"} == set(status.read_stops(SweepLayout.at(str(sweep))))
     resumed = json.loads((trials / cut / "results.json").read_text())
     assert resumed["resumed_at"] and resumed["launches"] == 2  # the cut trial went on from its checkpoint
     reference = next(r["params"] for r in rows if r["arm"] == "attn0")

@@ -6,7 +6,7 @@ import pytest
 from hybrid_ray.config.variants import variant_spec
 from hybrid_ray.errors import ClusterError, SpecError
 from hybrid_ray.spec import RunSpec
-from hybrid_ray.sweep import tuner as tune_lib
+from hybrid_ray.sweep import tuner
 from hybrid_ray.train import plan as run_plan
 from hybrid_ray.train import launch
 
@@ -84,7 +84,7 @@ def test_a_failed_trial_is_not_retried_the_others_go_on_and_a_relaunch_resumes_i
 
     base = RunSpec(name="failures", storage_path=str(tmp_path))
     trainable = tune.with_resources(trial, {"CPU": run_plan.TRIAL_CPU})
-    config = tune_lib.run_config(base, [])
+    config = tuner.run_config(base, [])
     assert (config.failure_config.max_failures, config.failure_config.fail_fast) == (0, False)
     tune.Tuner(trainable, param_space={"x": tune.grid_search([0, 1, 2])},
                tune_config=tune.TuneConfig(max_concurrent_trials=1), run_config=config).fit()

@@ -7,7 +7,8 @@ import pytest
 from hybrid_ray.cli import main
 from hybrid_ray.config.variants import variant_spec
 from hybrid_ray.errors import HybridRayError, SpecError
-from hybrid_ray.records import folders as runs
+from hybrid_ray.layout import RunLayout
+from hybrid_ray.records import folders
 from test_checkpoint import write
 
 
@@ -17,22 +18,22 @@ def spec(tmp_path, **overrides):
 
 def test_a_run_without_checkpoints_takes_new_settings_and_one_with_them_does_not(tmp_path):
     run_dir = str(tmp_path / "h100_hybrid_sparse-tiny")
-    assert runs.claim(run_dir, spec(tmp_path)) is False
-    assert runs.claim(run_dir, spec(tmp_path, **{"train.steps": 300})) is False  # it failed before its first checkpoint
+    assert folders.claim(RunLayout(run_dir), spec(tmp_path)) is False
+    assert folders.claim(RunLayout(run_dir), spec(tmp_path, **{"train.steps": 300})) is False  # it failed before its first checkpoint
     assert "steps: 300" in (tmp_path / "h100_hybrid_sparse-tiny" / "spec.yaml").read_text()
     write(tmp_path / "h100_hybrid_sparse-tiny" / "checkpoint_00000010")
     with pytest.raises(SpecError, match="already exists with train.steps=300 \\(now 200\\)") as refused:
-        runs.claim(run_dir, spec(tmp_path))
+        folders.claim(RunLayout(run_dir), spec(tmp_path))
     assert f"--config {run_dir}/spec.yaml repeats its spec" in str(refused.value)
-    assert runs.claim(run_dir, spec(tmp_path, **{"train.steps": 300, "scale.num_workers": 2})) is True  # hardware may change
+    assert folders.claim(RunLayout(run_dir), spec(tmp_path, **{"train.steps": 300, "scale.num_workers": 2})) is True  # hardware may change
 
 
 def test_runs_list_and_rm(tmp_path, capsys):
-    runs.claim(str(tmp_path / "fresh"), spec(tmp_path, name="fresh"))
-    runs.claim(str(tmp_path / "going"), spec(tmp_path, name="going"))
+    folders.claim(RunLayout(str(tmp_path / "fresh")), spec(tmp_path, name="fresh"))
+    folders.claim(RunLayout(str(tmp_path / "going")), spec(tmp_path, name="going"))
     write(tmp_path / "going" / "checkpoint_00000010")
-    runs.claim(str(tmp_path / "done"), spec(tmp_path, name="done"))
-    runs.write_results(str(tmp_path / "done"), {"status": "finished", "step": 200, "total_steps": 200,
+    folders.claim(RunLayout(str(tmp_path / "done")), spec(tmp_path, name="done"))
+    folders.write_results(RunLayout(str(tmp_path / "done")), {"status": "finished", "step": 200, "total_steps": 200,
                                                 "spec": {"variant": "h100_hybrid_sparse"},
                                                 "best": {"step": 150, "val_loss": 2.25}})
     (tmp_path / "not-a-run").mkdir()
@@ -53,7 +54,7 @@ def test_runs_list_and_rm(tmp_path, capsys):
 
 
 def test_results_are_strict_json(tmp_path):
-    runs.write_results(str(tmp_path), {"final": {"val_loss": float("nan")}, "history": [{"loss": float("inf")}]})
+    folders.write_results(RunLayout(str(tmp_path)), {"final": {"val_loss": float("nan")}, "history": [{"loss": float("inf")}]})
     text = (tmp_path / "results.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"final": {"val_loss": None}, "history": [{"loss": None}]}
@@ -83,48 +84,48 @@ def test_a_damaged_spec_or_results_file_is_one_line(tmp_path, capsys, content):
 
 def test_damaged_files_a_launch_writes_again_are_kept_aside(tmp_path):
     run_dir = tmp_path / "run"
-    runs.claim(str(run_dir), spec(tmp_path, name="run"))
-    assert runs.set_aside_damaged(str(run_dir)) == []  # none there yet
-    runs.write_results(str(run_dir), {"status": "stopped", "step": 10})
-    runs.count_launch(str(run_dir))
-    assert runs.set_aside_damaged(str(run_dir)) == []  # readable: left where they are
+    folders.claim(RunLayout(str(run_dir)), spec(tmp_path, name="run"))
+    assert folders.set_aside_damaged(RunLayout(str(run_dir))) == []  # none there yet
+    folders.write_results(RunLayout(str(run_dir)), {"status": "stopped", "step": 10})
+    folders.count_launch(RunLayout(str(run_dir)))
+    assert folders.set_aside_damaged(RunLayout(str(run_dir))) == []  # readable: left where they are
     (run_dir / "results.json").write_bytes(b'{"status": "fin')  # cut short by a full disk
     (run_dir / "launches.json").write_bytes(b"[]")
     (run_dir / "results.json.damaged").write_bytes(b"an earlier one")
     with pytest.warns(UserWarning) as warned:
-        moved = runs.set_aside_damaged(str(run_dir))
+        moved = folders.set_aside_damaged(RunLayout(str(run_dir)))
     assert moved == [str(run_dir / "results.json.damaged-1"), str(run_dir / "launches.json.damaged")]
     assert "wall time starts over" in str(warned[0].message) and "launches starts over" in str(warned[1].message)
     assert (run_dir / "results.json.damaged-1").read_bytes() == b'{"status": "fin'
     assert (run_dir / "results.json.damaged").read_bytes() == b"an earlier one"
-    assert runs.read_results(str(run_dir)) is None and runs.launch_count(str(run_dir)) == 0
+    assert folders.read_results(RunLayout(str(run_dir))) is None and folders.launch_count(RunLayout(str(run_dir))) == 0
 
 
 def test_a_damaged_spec_on_relaunch_says_how_to_resume(tmp_path):
     run_dir = tmp_path / "h100_hybrid_sparse-tiny"
-    runs.claim(str(run_dir), spec(tmp_path))
+    folders.claim(RunLayout(str(run_dir)), spec(tmp_path))
     write(run_dir / "checkpoint_00000010")
-    runs.write_results(str(run_dir), {"status": "stopped", "step": 10, "spec": spec(tmp_path).to_dict()})
+    folders.write_results(RunLayout(str(run_dir)), {"status": "stopped", "step": 10, "spec": spec(tmp_path).to_dict()})
     (run_dir / "spec.yaml").write_bytes(bytes(range(128, 256)))
     with pytest.raises(HybridRayError, match="spec.yaml is damaged") as refused:
-        runs.claim(str(run_dir), spec(tmp_path))
+        folders.claim(RunLayout(str(run_dir)), spec(tmp_path))
     assert f"move that file aside and relaunch with --config {run_dir / 'results.json'}" in str(refused.value)
     (run_dir / "spec.yaml").rename(run_dir / "spec.yaml.damaged")
     from hybrid_ray.spec import RunSpec
 
-    relaunched = RunSpec.from_dict(runs.read_results(str(run_dir))["spec"])
-    assert runs.claim(str(run_dir), relaunched) is True  # resumes from its checkpoint, its spec written again
-    assert runs.read_spec(str(run_dir)) == relaunched.to_dict()
+    relaunched = RunSpec.from_dict(folders.read_results(RunLayout(str(run_dir)))["spec"])
+    assert folders.claim(RunLayout(str(run_dir)), relaunched) is True  # resumes from its checkpoint, its spec written again
+    assert folders.read_spec(RunLayout(str(run_dir))) == relaunched.to_dict()
 
 
 def test_a_damaged_run_is_listed_beside_the_others_and_can_be_removed(tmp_path, capsys):
     """One damaged run no longer hides every other run from `runs list` or `compare`, nor blocks `runs rm` (of itself
     too)."""
-    runs.claim(str(tmp_path / "done"), spec(tmp_path, name="done"))
-    runs.write_results(str(tmp_path / "done"), {"status": "finished", "step": 200, "total_steps": 200,
+    folders.claim(RunLayout(str(tmp_path / "done")), spec(tmp_path, name="done"))
+    folders.write_results(RunLayout(str(tmp_path / "done")), {"status": "finished", "step": 200, "total_steps": 200,
                                                 "best": {"step": 200, "val_loss": 2.25}})
     for name, file in (("cut", "results.json"), ("garbled", "spec.yaml")):
-        runs.claim(str(tmp_path / name), spec(tmp_path, name=name))
+        folders.claim(RunLayout(str(tmp_path / name)), spec(tmp_path, name=name))
         (tmp_path / name / file).write_bytes(b"{" if file == "results.json" else bytes(range(128, 256)))
     assert main(["runs", "list", "--storage-path", str(tmp_path)]) == 1
     out, err = capsys.readouterr()
@@ -155,7 +156,7 @@ def test_the_damaged_run_hint_removes_that_run_and_no_other(tmp_path, monkeypatc
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     default, other = tmp_path / "home" / "hybrid-ray-runs", tmp_path / "other"
     for root in (default, other):
-        runs.claim(str(root / "longjob"), build_spec(None, None, None, name="longjob", storage_path=str(root),
+        folders.claim(RunLayout(str(root / "longjob")), build_spec(None, None, None, name="longjob", storage_path=str(root),
                                                              vocab_size="320"))  # what the byte tokenizer resolves
         write(root / "longjob" / "checkpoint_00000010")
     weights = other / "longjob" / "checkpoint_00000010" / "model.safetensors"
@@ -167,7 +168,7 @@ def test_the_damaged_run_hint_removes_that_run_and_no_other(tmp_path, monkeypatc
     assert hint == f"hybrid-ray runs rm longjob --storage-path {other}"
     assert main([*shlex.split(hint)[1:], "--yes"]) == 0
     assert not (other / "longjob").exists() and (default / "longjob" / "checkpoint_00000010").exists()
-    assert runs.rm_command(str(default), "longjob") == runs.rm_command("~/hybrid-ray-runs/", "longjob") == \
+    assert folders.rm_command(str(default), "longjob") == folders.rm_command("~/hybrid-ray-runs/", "longjob") == \
         "hybrid-ray runs rm longjob"
 
 
@@ -182,7 +183,7 @@ def test_extending_a_run_that_does_not_exist_is_refused_and_writes_nothing(tmp_p
     assert f"there is no run b18 under {default}" in err[0] and "nothing to extend" in err[0]
     assert not default.exists()
     # a run that failed before its first checkpoint has nothing to extend either; its spec.yaml stays as it was
-    runs.claim(str(default / "b18"), spec(default, name="b18"))
+    folders.claim(RunLayout(str(default / "b18")), spec(default, name="b18"))
     before = (default / "b18" / "spec.yaml").read_bytes()
     assert main(["train", "--extend-steps", "100", "--name", "b18"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -203,12 +204,12 @@ def test_compare_writes_beside_the_compared_runs_not_into_the_current_folder(tmp
     root = tmp_path / "hybrid-ray-runs"
     finished = {"status": "finished", "step": 200, "total_steps": 200, "spec": {"variant": "h100_hybrid_sparse"},
                 "best": {"step": 200, "val_loss": 2.25}}
-    runs.claim(str(root / "run-B"), spec(root, name="run-B"))
-    runs.write_results(str(root / "run-B"), {**finished, "name": "run-B"})
+    folders.claim(RunLayout(str(root / "run-B")), spec(root, name="run-B"))
+    folders.write_results(RunLayout(str(root / "run-B")), {**finished, "name": "run-B"})
     trial = root / "sweep-A" / "trials" / "attn17-s0"
-    runs.claim(str(trial), spec(root, name="attn17-s0"))
-    runs.write_results(str(trial), {**finished, "name": "attn17-s0"})
-    (root / "sweep-A" / "sweep.json").write_text(json.dumps({"trials": [report._run_row(str(trial), finished)]}))
+    folders.claim(RunLayout(str(trial)), spec(root, name="attn17-s0"))
+    folders.write_results(RunLayout(str(trial)), {**finished, "name": "attn17-s0"})
+    (root / "sweep-A" / "sweep.json").write_text(json.dumps({"trials": [report._run_row(RunLayout(str(trial)), finished)]}))
 
     def compare(*paths, out=None):
         assert main(["compare", *map(str, paths), *(["--out", out] if out else [])]) == 0
@@ -238,10 +239,10 @@ def test_runs_list_names_a_ratio_sweep_trial_by_its_attention_layout(tmp_path, c
     arms = expand(base, parse_grid(["attention_ratio=0,0.17,0.5,1"]))
     trials = tmp_path / "sweep-shares" / "trials"
     for arm in arms:
-        runs.claim(str(trials / f"{arm.id}-s0"), arm.spec.with_overrides({"name": f"{arm.id}-s0"}))
-    runs.write_results(str(trials / "attn50-s0"), {"status": "finished", "step": 200, "total_steps": 200,
+        folders.claim(RunLayout(str(trials / f"{arm.id}-s0")), arm.spec.with_overrides({"name": f"{arm.id}-s0"}))
+    folders.write_results(RunLayout(str(trials / "attn50-s0")), {"status": "finished", "step": 200, "total_steps": 200,
                                                    "spec": arms[2].spec.to_dict(), "best": {"step": 200, "val_loss": 2.5}})
-    runs.claim(str(tmp_path / "named"), spec(tmp_path, name="named"))
+    folders.claim(RunLayout(str(tmp_path / "named")), spec(tmp_path, name="named"))
     assert main(["runs", "list", "--storage-path", str(tmp_path)]) == 0
     shown = {line.split()[0]: line[32:58].strip() for line in capsys.readouterr().out.splitlines()[1:]}
     assert shown == {"named": "h100_hybrid_sparse", "sweep-shares/attn0-s0": "attn0%",
@@ -250,4 +251,4 @@ def test_runs_list_names_a_ratio_sweep_trial_by_its_attention_layout(tmp_path, c
     assert main(["runs", "list", "--storage-path", str(tmp_path), "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["sweep-shares/attn17-s0"]["variant"] is None and rows["sweep-shares/attn17-s0"]["attention"] == "attn17% [5]"
-    assert runs.layout_label({"attn_layers": [1, 2, 3, 4, 5, 6, 7, 8, 10, 11], "num_layers": 12}) == "attn83% [1-8,10,11]"
+    assert folders.layout_label({"attn_layers": [1, 2, 3, 4, 5, 6, 7, 8, 10, 11], "num_layers": 12}) == "attn83% [1-8,10,11]"

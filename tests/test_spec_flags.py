@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from hybrid_ray.cli import cli, main
-from hybrid_ray.config import build as jobspec
+from hybrid_ray.config import build
 from hybrid_ray.config.grid import expand, parse_grid
 from hybrid_ray.config.variants import ratio_label, ratio_spec, variant_spec
 from hybrid_ray.errors import SpecError
@@ -71,21 +71,21 @@ def test_every_spec_flag_sets_its_field(capsys):
 
 
 def test_build_spec_is_the_builder_of_the_cli_and_of_job_files(tmp_path):
-    tiny = jobspec.build_spec()
+    tiny = build.build_spec()
     assert tiny == variant_spec("h100_hybrid_sparse", "tiny")  # nothing given: the tiny default hybrid
-    assert jobspec.build_spec(overrides=flag_overrides({"steps": 9, "lr": None, "vocab_size": "auto"})) == \
+    assert build.build_spec(overrides=flag_overrides({"steps": 9, "lr": None, "vocab_size": "auto"})) == \
         tiny.with_overrides({"train.steps": 9})
-    pinned = jobspec.build_spec(overrides={"model.vocab_size": 320})
+    pinned = build.build_spec(overrides={"model.vocab_size": 320})
     assert pinned.model.vocab_size == 320
-    assert jobspec.build_spec(config=_save(tmp_path, pinned), overrides={"model.vocab_size": "auto"}).model.vocab_size is None
+    assert build.build_spec(config=_save(tmp_path, pinned), overrides={"model.vocab_size": "auto"}).model.vocab_size is None
     job = tmp_path / "job.yaml"
     job.write_text(yaml.safe_dump({"hybrid_ray": {"variant": "h100_deltanet", "preset": "small", "name": "j",
                                                   "overrides": {"train.steps": 3}}}))
-    assert jobspec.load(job).spec == jobspec.build_spec(variant="h100_deltanet", preset="small",
+    assert build.load(job).spec == build.build_spec(variant="h100_deltanet", preset="small",
                                                         overrides={"train.steps": 3, "name": "j"})
-    assert jobspec.build_spec(config=job, attention_ratio=0.5).name == "j-attn50"
+    assert build.build_spec(config=job, attention_ratio=0.5).name == "j-attn50"
     with pytest.raises(SpecError, match="--config already defines the run"):
-        jobspec.build_spec(config=job, variant="h100_deltanet")
+        build.build_spec(config=job, variant="h100_deltanet")
 
 
 def _save(tmp_path, spec: RunSpec) -> str:

@@ -56,10 +56,10 @@ def test_the_jobs_working_dir_holds_exactly_what_dry_run_lists(ray_head, tmp_pat
     dry_run = sorted(line.split()[1] for line in listed.stdout.splitlines() if line.startswith("  "))
     assert dry_run == ["configs/run.yaml", "keep.py"] and "upload: 2 files" in listed.stdout
     # the same plan, run by a script as a user would: the job lists the working_dir it got and prints HR_PROBE
-    script = ("import shlex, sys; from hybrid_ray.jobs import submit as jobs\n"
-              f"plan = jobs.plan([{str(job_file)!r}], excludes=['secret.txt'])\n"
+    script = ("import shlex, sys; from hybrid_ray.jobs import submit\n"
+              f"plan = submit.plan([{str(job_file)!r}], excludes=['secret.txt'])\n"
               f"plan.command = 'python -c ' + shlex.quote({LISTER!r})\n"
-              f"done = jobs.submit(plan, address={ray_head.dashboard!r})\n"
+              f"done = submit.submit(plan, address={ray_head.dashboard!r})\n"
               "sys.exit(done.status != 'SUCCEEDED')\n")
     result = subprocess.run([sys.executable, "-c", script], env=ray_head.env, capture_output=True, text=True,
                             timeout=600, cwd=str(tmp_path))
@@ -129,9 +129,9 @@ def test_dry_run_with_a_clone_shows_its_commit_and_counts_its_files(tmp_path, ca
 
 def test_job_calls_wait_for_the_job_agent_then_give_up_in_one_line(monkeypatch):
     from hybrid_ray.errors import ClusterError
-    from hybrid_ray.jobs import submit as jobs
+    from hybrid_ray.jobs import submit
 
-    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    monkeypatch.setattr(submit.time, "sleep", lambda s: None)
     calls, said = [], []
 
     def submit_job():
@@ -141,7 +141,7 @@ def test_job_calls_wait_for_the_job_agent_then_give_up_in_one_line(monkeypatch):
                                "again later..")
         return "raysubmit_1"
 
-    assert jobs._with_agent(submit_job, "http://head:8265", said.append) == "raysubmit_1"
+    assert submit._with_agent(submit_job, "http://head:8265", said.append) == "raysubmit_1"
     assert len(calls) == 3 and len(said) == 1 and said[0].startswith("waiting for the job agent of http://head:8265")
     def fails(message):
         def call():
@@ -149,6 +149,6 @@ def test_job_calls_wait_for_the_job_agent_then_give_up_in_one_line(monkeypatch):
         return call
 
     with pytest.raises(ClusterError, match="still has no job agent after 0 s: see dashboard_agent.log"):
-        jobs._with_agent(fails("No available agent to submit job"), "http://head:8265", said.append, timeout=0)
+        submit._with_agent(fails("No available agent to submit job"), "http://head:8265", said.append, timeout=0)
     with pytest.raises(RuntimeError, match="401"):  # any other failure is not waited on
-        jobs._with_agent(fails("401 Unauthorized"), "http://head:8265", said.append)
+        submit._with_agent(fails("401 Unauthorized"), "http://head:8265", said.append)

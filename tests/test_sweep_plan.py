@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from hybrid_ray import layout
+from hybrid_ray.layout import RunLayout, SweepLayout
 from hybrid_ray.cli import main
 from hybrid_ray.config.grid import expand, match_params, parse_grid
 from hybrid_ray.config.variants import REFERENCE_VOCAB, variant_spec
 from hybrid_ray.errors import ClusterError
 from hybrid_ray.model import build_model, count_params
 from hybrid_ray.records import report
-from hybrid_ray.records import folders as runs
+from hybrid_ray.records import folders
 from hybrid_ray.sweep import plan as sweep_plan
 from hybrid_ray.sweep.tuner import _Signals
 from hybrid_ray.train import plan as run_plan
@@ -99,7 +100,7 @@ def test_the_disk_plan_refuses_with_the_numbers_and_the_flags_that_fit(tmp_path,
     monkeypatch.setattr(sweep_plan, "free_bytes", lambda path: None)  # a bucket: a warning, not a refusal
     with pytest.warns(UserWarning, match="check that the bucket has room"):
         sweep_plan.check_disk(three_seeds(specs), 3, "s3://bucket/sweeps")
-    assert sweep_plan.trials_on_disk("s3://bucket/sweeps", ["t0"]) == {}
+    assert sweep_plan.trials_on_disk(SweepLayout.at("s3://bucket/sweeps"), ["t0"]) == {}
 
 
 def h100_arms(batch: int = 16, **overrides) -> list:
@@ -192,8 +193,8 @@ def test_trials_on_disk_reads_sizes_and_which_trials_ended(tmp_path):
             write(trials / name / layout.checkpoint_name(step), step=step)
     (trials / "empty-s0").mkdir()
     ckpt.CheckpointManager(layout.RunLayout(str(trials / "settled-s0"))).settle(keep_checkpoints=False)
-    runs.write_results(str(trials / "finished-s0"), {"status": "finished", "step": 10, "total_steps": 10})
-    found = sweep_plan.trials_on_disk(str(tmp_path), ["settled-s0", "running-s0", "finished-s0", "empty-s0", "gone-s0"])
+    folders.write_results(RunLayout(str(trials / "finished-s0")), {"status": "finished", "step": 10, "total_steps": 10})
+    found = sweep_plan.trials_on_disk(SweepLayout.at(str(tmp_path)), ["settled-s0", "running-s0", "finished-s0", "empty-s0", "gone-s0"])
     assert set(found) == {"settled-s0", "running-s0", "finished-s0", "empty-s0"}
     assert found["settled-s0"][1] and found["finished-s0"][1]
     assert not found["running-s0"][1] and found["empty-s0"] == (0, False)  # no checkpoint yet: not ended
@@ -277,10 +278,10 @@ def test_an_ended_trial_keeps_the_newest_weights_and_drops_optimizer_state(tmp_p
     for step in (10, 20):
         write(tmp_path / layout.checkpoint_name(step), step=step)
     ckpt.CheckpointManager(layout.RunLayout(str(tmp_path))).settle(keep_checkpoints=True)
-    assert len(ckpt.list_checkpoints(str(tmp_path))) == 2
+    assert len(ckpt.list_checkpoints(RunLayout(str(tmp_path)))) == 2
     ckpt.CheckpointManager(layout.RunLayout(str(tmp_path))).settle(keep_checkpoints=False)
     newest = tmp_path / layout.checkpoint_name(20)
-    assert ckpt.list_checkpoints(str(tmp_path)) == [newest.name]
+    assert ckpt.list_checkpoints(RunLayout(str(tmp_path))) == [newest.name]
     assert not (newest / ckpt.OPTIMIZER_FILE).exists() and (newest / "model.safetensors").exists()
     assert ckpt.CheckpointManager(layout.RunLayout(str(tmp_path))).latest() == str(newest)  # it still verifies (generate and eval load it)
     with pytest.raises(Exception, match="holds weights only .* --keep-checkpoints"):
@@ -337,18 +338,18 @@ def test_runs_list_and_compare_include_sweep_folders(tmp_path, capsys):
     trial = tmp_path / "sw" / "trials" / "attn0-s0"
     trial.mkdir(parents=True)
     (trial / "spec.yaml").write_text(TINY.with_overrides({"name": "attn0-s0"}).to_yaml())
-    runs.write_results(str(trial), results)
+    folders.write_results(RunLayout(str(trial)), results)
     (tmp_path / "sw" / "sweep.json").write_text(json.dumps({"trials": [report.trial_row(
-        "attn0", {"attention_ratio": 0.0}, 0, "attn0-s0", str(trial), results, 0.0)]}))
+        "attn0", {"attention_ratio": 0.0}, 0, "attn0-s0", RunLayout(str(trial)), results, 0.0)]}))
     single = tmp_path / "single"
     single.mkdir()
     (single / "spec.yaml").write_text(TINY.with_overrides({"name": "single"}).to_yaml())
-    runs.write_results(str(single), {**results, "name": "single"})
-    assert [r.name for r in runs.list_runs(str(tmp_path))] == ["single", "sw/attn0-s0"]
+    folders.write_results(RunLayout(str(single)), {**results, "name": "single"})
+    assert [r.name for r in folders.list_runs(str(tmp_path))] == ["single", "sw/attn0-s0"]
     assert main(["runs", "list", "--storage-path", str(tmp_path)]) == 0
     assert "sw/attn0-s0" in capsys.readouterr().out
     assert sorted(r["name"] for r in report.comparison_rows([str(tmp_path)])) == ["attn0-s0", "single"]
-    assert runs.remove_run(str(tmp_path), "sw/attn0-s0") == str(trial) and not trial.exists()
+    assert folders.remove_run(str(tmp_path), "sw/attn0-s0") == str(trial) and not trial.exists()
 
 
 STUDY = ["sweep", "--preset", "h100", "--batch-size", "16", "--vocab-size", "50257", "--grid", "attention_ratio",

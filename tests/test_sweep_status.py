@@ -7,54 +7,55 @@ from ray.tune.schedulers import TrialScheduler
 from hybrid_ray.config.grid import expand, parse_grid
 from hybrid_ray.config.variants import variant_spec
 from hybrid_ray.errors import Interrupted, SpecError
-from hybrid_ray.sweep import status as sweep_status
+from hybrid_ray.layout import SweepLayout
+from hybrid_ray.sweep import status
 from hybrid_ray.sweep.asha import RecordedASHA, asha_line, grace_period
 from hybrid_ray.sweep.options import SweepOptions
 
 FINISHED = {"status": "finished", "step": 60, "total_steps": 60}
 CUT = {"status": "stopped", "step": 20, "total_steps": 60}
-TERM = sweep_status.TuneOutcome("TERMINATED", seconds=12.0)
+TERM = status.TuneOutcome("TERMINATED", seconds=12.0)
 
 
 def test_only_asha_s_record_makes_a_trial_stopped_by_asha():
     stop = {"step": 20, "evaluations": 2, "val_loss": 3.1}
-    assert sweep_status.trial_status(FINISHED, 60, TERM) == ("finished", None)
-    assert sweep_status.trial_status(FINISHED, 60, TERM, stop) == ("finished", None)  # ran all its steps: not ASHA
-    assert sweep_status.trial_status(CUT, 20, TERM, stop) == ("stopped by ASHA", "at step 20")
+    assert status.trial_status(FINISHED, 60, TERM) == ("finished", None)
+    assert status.trial_status(FINISHED, 60, TERM, stop) == ("finished", None)  # ran all its steps: not ASHA
+    assert status.trial_status(CUT, 20, TERM, stop) == ("stopped by ASHA", "at step 20")
     # Ctrl-C: Tune ends the running trials as TERMINATED, like ASHA's stops; without ASHA's record they resume
-    assert sweep_status.trial_status(CUT, 20, TERM) == ("interrupted", "at step 20; relaunch to resume")
-    assert sweep_status.trial_status(None, None, TERM)[0] == "not started"  # cut before its first checkpoint
-    assert sweep_status.trial_status(CUT, 20, sweep_status.TuneOutcome("RUNNING"))[0] == "interrupted"
-    assert sweep_status.trial_status(CUT, 20, sweep_status.TuneOutcome("ERROR", "boom")) == ("failed", "boom")
+    assert status.trial_status(CUT, 20, TERM) == ("interrupted", "at step 20; relaunch to resume")
+    assert status.trial_status(None, None, TERM)[0] == "not started"  # cut before its first checkpoint
+    assert status.trial_status(CUT, 20, status.TuneOutcome("RUNNING"))[0] == "interrupted"
+    assert status.trial_status(CUT, 20, status.TuneOutcome("ERROR", "boom")) == ("failed", "boom")
     # Ctrl-C that reached the trial's own process is an interruption, not a failure
-    cut = sweep_status.TuneOutcome("ERROR", "interrupted at step 20", interrupted=True)
-    assert sweep_status.trial_status(CUT, 20, cut)[0] == "interrupted"
-    assert sweep_status.is_interruption(Interrupted("interrupted at step 20"))
-    assert sweep_status.trial_status(None, None, sweep_status.TuneOutcome("PENDING")) == ("not started", None)
+    cut = status.TuneOutcome("ERROR", "interrupted at step 20", interrupted=True)
+    assert status.trial_status(CUT, 20, cut)[0] == "interrupted"
+    assert status.is_interruption(Interrupted("interrupted at step 20"))
+    assert status.trial_status(None, None, status.TuneOutcome("PENDING")) == ("not started", None)
     # ended and reported, then its run folder deleted (`runs rm`): Tune will not run it again
-    status, reason = sweep_status.trial_status(None, None, TERM, gone=True)
-    assert status == "removed" and status in sweep_status.ENDED
+    state, reason = status.trial_status(None, None, TERM, gone=True)
+    assert state == "removed" and state in status.ENDED
     assert reason.startswith("after it finished (its run folder is gone)") and "relaunch the sweep" in reason
-    status, reason = sweep_status.trial_status(None, None, TERM, stop, gone=True)
-    assert status == "removed" and "a sweep under a new --name" in reason
+    state, reason = status.trial_status(None, None, TERM, stop, gone=True)
+    assert state == "removed" and "a sweep under a new --name" in reason
     # cut before it wrote anything (no report to Tune): not a removed trial
-    assert sweep_status.trial_status(None, None, sweep_status.TuneOutcome("TERMINATED"), gone=True)[0] == "not started"
+    assert status.trial_status(None, None, status.TuneOutcome("TERMINATED"), gone=True)[0] == "not started"
 
 
 def test_asha_records_its_stops_as_it_decides_them(tmp_path, monkeypatch):
     decisions = iter([TrialScheduler.CONTINUE, TrialScheduler.STOP])
     monkeypatch.setattr("ray.tune.schedulers.ASHAScheduler.on_trial_result", lambda *a: next(decisions))
-    asha = RecordedASHA(str(tmp_path), time_attr="evaluations", metric="val_loss", mode="min", max_t=8)
+    asha = RecordedASHA(SweepLayout.at(str(tmp_path)), time_attr="evaluations", metric="val_loss", mode="min", max_t=8)
     trial = type("T", (), {"config": {"arm": "attn17", "seed": 1}})()
     assert asha.on_trial_result(None, trial, {"step": 25, "evaluations": 1, "val_loss": 4.0}) == "CONTINUE"
-    assert sweep_status.read_stops(str(tmp_path)) == {}
+    assert status.read_stops(SweepLayout.at(str(tmp_path))) == {}
     assert asha.on_trial_result(None, trial, {"step": 50, "evaluations": 2, "val_loss": 3.9}) == "STOP"
-    assert sweep_status.read_stops(str(tmp_path)) == {"attn17-s1": {"step": 50, "evaluations": 2, "val_loss": 3.9}}
+    assert status.read_stops(SweepLayout.at(str(tmp_path))) == {"attn17-s1": {"step": 50, "evaluations": 2, "val_loss": 3.9}}
     # a rung at the last evaluation (ASHA's rungs go on past max_t) stops nothing: the trial ends by itself
     monkeypatch.setattr("ray.tune.schedulers.ASHAScheduler.on_trial_result", lambda *a: TrialScheduler.STOP)
     other = type("T", (), {"config": {"arm": "attn0", "seed": 0}})()
     assert asha.on_trial_result(None, other, {"step": 200, "evaluations": 8, "val_loss": 4.2}) == "CONTINUE"
-    assert "attn0-s0" not in sweep_status.read_stops(str(tmp_path))
+    assert "attn0-s0" not in status.read_stops(SweepLayout.at(str(tmp_path)))
 
 
 def test_a_cuda_out_of_memory_error_is_one_line():
@@ -64,7 +65,7 @@ def test_a_cuda_out_of_memory_error_is_one_line():
             "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of "
             "79.19 GiB of which 1.2 GiB is free.\nOf the allocated memory 70 GiB is allocated by PyTorch.\n"
             "If reserved but unallocated memory is large try setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True")
-    line = sweep_status.error_line(TuneError(text))
+    line = status.error_line(TuneError(text))
     assert line.startswith("torch.OutOfMemoryError: CUDA out of memory.") and "\n" not in line
 
 
@@ -104,7 +105,7 @@ def test_a_trial_asha_stopped_before_its_first_checkpoint_is_ranked_by_the_loss_
     spec = variant_spec("h100_hybrid_sparse", "tiny").with_overrides({"model.vocab_size": 320})
     (tmp_path / "trials" / "attn0-s0").mkdir(parents=True)
     (tmp_path / "trials" / "attn0-s0" / "spec.yaml").write_text(spec.to_yaml())  # every trial that started has one
-    sweep_status.record_stop(str(tmp_path), "attn0-s0", {"step": 12, "evaluations": 1, "val_loss": 2.92})
-    [row] = collect([Arm("attn0", {"attention_ratio": 0.0}, spec)], 1, str(tmp_path), None, outcomes={"attn0-s0": TERM})
+    status.record_stop(SweepLayout.at(str(tmp_path)), "attn0-s0", {"step": 12, "evaluations": 1, "val_loss": 2.92})
+    [row] = collect([Arm("attn0", {"attention_ratio": 0.0}, spec)], 1, SweepLayout.at(str(tmp_path)), None, outcomes={"attn0-s0": TERM})
     assert row["status"] == "stopped by ASHA" and row["reason"] == "at step 12"
     assert row["best"] == {"step": 12, "val_loss": 2.92} and row["params"] > 0 and row["stopped_at_step"] == 12

@@ -118,10 +118,11 @@ def sweep_base(*, config: str | Path | None = None, variant: str | None = None, 
     return spec
 
 
-def arm_spec(base: RunSpec, axis: str, value: Any) -> RunSpec:
-    """`base` moved along one grid axis (attention_ratio, variant, lr or a dotted spec field) to `value`."""
+def arm_spec(base: RunSpec, axis: str, value: Any) -> tuple[str, RunSpec]:
+    """`base` moved along one grid axis (attention_ratio, variant, lr or a dotted spec field) to `value`, with the
+    label that this step gives the arm's id (`attn17`, `h100_deltanet`, `lr0.001`, `batch_size32`)."""
     if axis in ("attention_ratio", "variant"):
         return with_attention(base, value, variant_lr=axis == "variant")
     if axis == "lr":
-        return base.with_overrides({"optim.lr": value})
-    return base.with_overrides({axis: value})
+        return f"lr{value:g}", base.with_overrides({"optim.lr": value})
+    return f"{axis.rsplit('.', 1)[-1]}{value}", base.with_overrides({axis: value})

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hybrid_ray.config.build import arm_spec
-from hybrid_ray.config.variants import VARIANTS, attention_layers, get_variant, ratio_label
+from hybrid_ray.config.variants import VARIANTS, attention_layers, get_variant
 from hybrid_ray.errors import SpecError, suggest
 from hybrid_ray.model.flops import count_params
 from hybrid_ray.spec import SECTIONS, RunSpec
@@ -32,15 +32,6 @@ PARAM_TOLERANCE = 0.02
 class Axis:
     name: str  # attention_ratio | lr | variant | a dotted spec field
     values: tuple[Any, ...]  # variant names (attention_ratio's defaults and variant), numbers, or field values
-
-    def label(self, value: Any) -> str:
-        if self.name == "attention_ratio":
-            return ratio_label(value)
-        if self.name == "lr":
-            return f"lr{value:g}"
-        if self.name == "variant":
-            return str(value)
-        return f"{self.name.rsplit('.', 1)[-1]}{value}"
 
 
 @dataclass
@@ -112,10 +103,11 @@ def expand(base: RunSpec, axes: list[Axis]) -> list[Arm]:
     """The product of the axes, one Arm per point, in grid order."""
     arms = []
     for point in itertools.product(*(axis.values for axis in axes)):
-        spec = base
+        spec, labels = base, []
         for axis, value in zip(axes, point):
-            spec = arm_spec(spec, axis.name, value)
-        arm_id = "-".join(axis.label(value) for axis, value in zip(axes, point))
+            label, spec = arm_spec(spec, axis.name, value)
+            labels.append(label)
+        arm_id = "-".join(labels)
         arms.append(Arm(arm_id, {axis.name: value for axis, value in zip(axes, point)}, spec))
     ids = [a.id for a in arms]
     if len(set(ids)) != len(ids):

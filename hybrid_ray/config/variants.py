@@ -210,15 +210,17 @@ def variant_spec(variant: str = DEFAULT_VARIANT, preset: str | None = None) -> R
     return RunSpec(name=name, variant=variant, model=model, data=data, optim=optim, train=train)
 
 
-def with_attention(base: RunSpec, value: float | str, variant_lr: bool = False) -> RunSpec:
-    """A grid arm of `base` with the attention layers of a share, or of a named variant's layout, at base's depth: it
-    keeps base's name (the arm id carries the label), is a named variant only when `value` names one, and with
-    `variant_lr` (a `--grid variant=...` arm) takes that variant's learning rate."""
+def with_attention(base: RunSpec, value: float | str, variant_lr: bool = False) -> tuple[str, RunSpec]:
+    """A grid arm of `base` with the attention layers of a share, or of a named variant's layout, at base's depth, and
+    its label. The arm keeps base's name (the arm id carries the label) and is a named variant only when `value` names
+    one; a `--grid variant=...` arm (`variant_lr`) takes that variant's learning rate and is labelled by its name,
+    any other by its share (ratio_label)."""
     named = value if isinstance(value, str) else None
     arm = dataclasses.replace(ratio_spec(value, base), name=base.name, variant=named)
     if variant_lr:
         arm = dataclasses.replace(arm, optim=dataclasses.replace(arm.optim, lr=get_variant(value).lr))
-    return arm
+        return str(value), arm
+    return ratio_label(value), arm
 
 
 def ratio_label(value: float | str) -> str:

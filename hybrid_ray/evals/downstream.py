@@ -25,7 +25,7 @@ from hybrid_ray.data.hub import hub_available
 from hybrid_ray.errors import DataError, SpecError, first_line, suggest
 from hybrid_ray.layout import RunLayout
 from hybrid_ray.model.precision import autocast
-from hybrid_ray.records import folders as runs
+from hybrid_ray.records import folders
 from hybrid_ray.startup import Startup
 
 # task -> (hub dataset, config, split)
@@ -291,7 +291,7 @@ def evaluate_task(path: str, task: str, *, data: str | None = None, limit: int |
     if limit is not None and limit < 1:
         raise SpecError(f"--limit must be >= 1, got {limit}")
     folder = model_dir(path)
-    run = runs.read_results(path) if folder != path else None
+    run = folders.read_results(RunLayout(path)) if folder != path else None
     if task == "perplexity":
         if data is None:
             raise SpecError("--task perplexity needs --data (any data source: a file, folder, glob, stdlib, hf:...)")
@@ -310,8 +310,8 @@ def evaluate_task(path: str, task: str, *, data: str | None = None, limit: int |
         result = {"task": task, "examples": len(examples), **scored, "seconds": round(seconds, 3),
                   "examples_per_s": round(len(examples) / max(seconds, 1e-9), 2)}
     if run is not None:
-        storage.write_bytes(RunLayout(path).eval(task), runs.dumps(result).encode())
-        runs.write_results(path, {**run, "evals": {**run.get("evals", {}), task: result}})
+        storage.write_bytes(RunLayout(path).eval(task), folders.dumps(result).encode())
+        folders.write_results(RunLayout(path), {**run, "evals": {**run.get("evals", {}), task: result}})
     return result
 
 

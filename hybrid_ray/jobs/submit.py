@@ -23,7 +23,7 @@ from typing import Any, Callable
 from urllib.parse import urlparse
 
 from hybrid_ray import ray_compat
-from hybrid_ray.config import build as jobspec
+from hybrid_ray.config import build
 from hybrid_ray.errors import ClusterError, HybridRayError, SpecError, first_line
 from hybrid_ray.jobs import cluster, fla_clone
 
@@ -149,7 +149,7 @@ def plan(what: list[str], *, fla: str | None = None, working_dir: str | Path | N
     other runtime_env keys go with it."""
     args, runtime = list(what), {}
     if len(args) == 1 and args[0].endswith((".yaml", ".yml", ".json")):
-        job = jobspec.load(args[0])
+        job = build.load(args[0])
         runtime = dict(job.runtime_env)
         args = [job.command, "--config", args[0]]
     command = entrypoint(args)

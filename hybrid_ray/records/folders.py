@@ -56,14 +56,14 @@ def read_json(path: str) -> dict[str, Any]:
     return value
 
 
-def read_results(run_dir: str) -> dict[str, Any] | None:
-    path = RunLayout(run_dir).results
+def read_results(run: RunLayout) -> dict[str, Any] | None:
+    path = run.results
     return read_json(path) if storage.exists(path) else None
 
 
-def read_spec(run_dir: str) -> dict[str, Any]:
+def read_spec(run: RunLayout) -> dict[str, Any]:
     """A run's spec.yaml as a mapping; a damaged file is one HybridRayError naming it."""
-    path = RunLayout(run_dir).spec
+    path = run.spec
     try:
         spec = yaml.safe_load(storage.read_bytes(path))
     except yaml.YAMLError as e:
@@ -73,12 +73,11 @@ def read_spec(run_dir: str) -> dict[str, Any]:
     return spec
 
 
-def set_aside_damaged(run_dir: str) -> list[str]:
+def set_aside_damaged(run: RunLayout) -> list[str]:
     """Move results.json and launches.json aside (as `.damaged`) when they cannot be read (a full disk, a hand edit),
     with a warning: every launch writes them again, so the run resumes instead of failing once it has trained (or a
     sweep at its end). Returns where they went."""
     moved = []
-    run = RunLayout(run_dir)
     for path, lost in ((run.results, "the run's wall time"), (run.launches, "the count of launches")):
         try:
             if storage.exists(path):
@@ -89,34 +88,33 @@ def set_aside_damaged(run_dir: str) -> list[str]:
     return moved
 
 
-def write_results(run_dir: str, results: dict[str, Any]) -> None:
-    storage.write_bytes(RunLayout(run_dir).results, dumps(results).encode())
+def write_results(run: RunLayout, results: dict[str, Any]) -> None:
+    storage.write_bytes(run.results, dumps(results).encode())
 
 
-def launch_count(run_dir: str) -> int:
+def launch_count(run: RunLayout) -> int:
     """Launches of a run that trained (see count_launch); runs from before launches.json carry it in results.json."""
-    path = RunLayout(run_dir).launches
-    if storage.exists(path):
-        return int(read_json(path).get("launches", 0))
-    return int((read_results(run_dir) or {}).get("launches", 0))
+    if storage.exists(run.launches):
+        return int(read_json(run.launches).get("launches", 0))
+    return int((read_results(run) or {}).get("launches", 0))
 
 
-def count_launch(run_dir: str) -> int:
+def count_launch(run: RunLayout) -> int:
     """Record one more launch that trained. Kept beside results.json because an interrupted launch writes no results
     but still counts."""
-    count = launch_count(run_dir) + 1
-    storage.write_bytes(RunLayout(run_dir).launches, dumps({"launches": count}).encode())
+    count = launch_count(run) + 1
+    storage.write_bytes(run.launches, dumps({"launches": count}).encode())
     return count
 
 
-def list_checkpoints(run_dir: str) -> list[str]:
+def list_checkpoints(run: RunLayout) -> list[str]:
     """The run's checkpoint folder names, oldest first."""
-    return sorted((n for n in storage.list_dirs(run_dir) if is_checkpoint(n)), key=checkpoint_order)
+    return sorted((n for n in storage.list_dirs(run.dir) if is_checkpoint(n)), key=checkpoint_order)
 
 
-def newest_step(run_dir: str) -> int | None:
+def newest_step(run: RunLayout) -> int | None:
     """The step of a run's newest checkpoint folder, good or not (None when it has none)."""
-    names = list_checkpoints(run_dir)
+    names = list_checkpoints(run)
     return step_of(names[-1]) if names else None
 
 
@@ -142,16 +140,16 @@ def check_same_run(previous: dict, spec: RunSpec, spec_path: str) -> None:
             )
 
 
-def claim(run_dir: str, spec: RunSpec) -> bool:
+def claim(run: RunLayout, spec: RunSpec) -> bool:
     """Record the spec of a new run, or check a relaunch against it. A run with no checkpoint yet (it failed before
     its first) takes the new settings. Returns True when the run already has checkpoints to resume from."""
-    spec_path = RunLayout(run_dir).spec
-    has_checkpoints = bool(list_checkpoints(run_dir))
+    spec_path = run.spec
+    has_checkpoints = bool(list_checkpoints(run))
     if storage.exists(spec_path) and has_checkpoints:
         try:
-            previous = read_spec(run_dir)
+            previous = read_spec(run)
         except HybridRayError as e:
-            results = RunLayout(run_dir).results
+            results = run.results
             how = f"--config {results} (its spec)" if storage.exists(results) else "the arguments that started it"
             raise HybridRayError(f"{e}; to resume the run from its checkpoints, move that file aside and relaunch with "
                                  f"{how}") from e
@@ -195,25 +193,25 @@ def layout_label(model: dict[str, Any]) -> str | None:
     return f"{share} [{','.join(parts)}]"
 
 
-def run_info(run_dir: str, name: str) -> RunInfo:
+def run_info(run: RunLayout, name: str) -> RunInfo:
     """A run's line; a run whose files are damaged is still listed (status 'damaged', `problem` says why)."""
     try:
-        return _read_info(run_dir, name)
+        return _read_info(run, name)
     except HybridRayError as e:
-        return RunInfo(name, None, "damaged", None, None, None, run_dir, problem=str(e))
+        return RunInfo(name, None, "damaged", None, None, None, run.dir, problem=str(e))
 
 
-def _read_info(run_dir: str, name: str) -> RunInfo:
-    results = read_results(run_dir)
+def _read_info(run: RunLayout, name: str) -> RunInfo:
+    results = read_results(run)
     if results is not None:
         best = (results.get("best") or {}).get("val_loss")
         spec = results.get("spec") or {}
         return RunInfo(name, spec.get("variant"), results.get("status", "?"), results.get("step"),
-                       results.get("total_steps"), best, run_dir, attention=layout_label(spec.get("model") or {}))
-    spec = read_spec(run_dir)
-    step = newest_step(run_dir)
+                       results.get("total_steps"), best, run.dir, attention=layout_label(spec.get("model") or {}))
+    spec = read_spec(run)
+    step = newest_step(run)
     status = "not started" if step is None else "running or interrupted"
-    return RunInfo(name, spec.get("variant"), status, step, spec.get("train", {}).get("steps"), None, run_dir,
+    return RunInfo(name, spec.get("variant"), status, step, spec.get("train", {}).get("steps"), None, run.dir,
                    attention=layout_label(spec.get("model") or {}))
 
 
@@ -223,7 +221,7 @@ def run_dirs(storage_path: str) -> dict[str, str]:
     root = storage.normalize(storage_path)
     found = {}
     for name in storage.list_dirs(root):
-        run = RunLayout(storage.join(root, name))
+        run = RunLayout.named(root, name)
         if storage.exists(run.spec):
             found[name] = run.dir
             continue
@@ -235,7 +233,7 @@ def run_dirs(storage_path: str) -> dict[str, str]:
 
 def list_runs(storage_path: str) -> list[RunInfo]:
     """Every run under a storage path, by name (see run_dirs)."""
-    return [run_info(path, name) for name, path in run_dirs(storage_path).items()]
+    return [run_info(RunLayout(path), name) for name, path in run_dirs(storage_path).items()]
 
 
 def rm_command(storage_path: str, name: str) -> str:

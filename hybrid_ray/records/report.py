@@ -11,7 +11,7 @@ from typing import Any
 from hybrid_ray import storage
 from hybrid_ray.errors import HybridRayError
 from hybrid_ray.layout import RunLayout, SweepLayout, comparison_dir
-from hybrid_ray.records import folders as runs
+from hybrid_ray.records import folders
 from hybrid_ray.records.significance import METHOD, against_best
 
 PANELS = [
@@ -79,10 +79,10 @@ def plot_runs(runs: dict[str, list[dict]], path: str, title: str = "") -> None:
 
 # --- comparisons: sweeps and `hybrid-ray compare` ------------------------------------------------------------------
 
-def trial_row(arm: str, settings: dict[str, Any], seed: int, name: str, run_dir: str, results: dict | None,
+def trial_row(arm: str, settings: dict[str, Any], seed: int, name: str, run: RunLayout, results: dict | None,
               value: float | None) -> dict[str, Any]:
     """One trial (or run) of a comparison, from its results.json: what sweep.json and the table hold."""
-    row: dict[str, Any] = {"arm": arm, "settings": settings, "seed": seed, "name": name, "run_dir": run_dir,
+    row: dict[str, Any] = {"arm": arm, "settings": settings, "seed": seed, "name": name, "run_dir": run.dir,
                            "value": value}
     if results is None:
         return {**row, "status": "no results"}
@@ -265,7 +265,7 @@ def plot_sweep(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
 def write_comparison(rows: list[dict[str, Any]], title: str, json_path: str, figure_path: str
                      ) -> tuple[str, str | None]:
     """Write the rows (strict JSON) and their figure (local or URI paths); returns (table, figure path or None)."""
-    storage.write_bytes(json_path, runs.dumps({"trials": rows}).encode())
+    storage.write_bytes(json_path, folders.dumps({"trials": rows}).encode())
     figure = None
     if any(r.get("history") for r in rows):
         with tempfile.TemporaryDirectory() as tmp:
@@ -276,20 +276,20 @@ def write_comparison(rows: list[dict[str, Any]], title: str, json_path: str, fig
     return ranked_table(rows), figure
 
 
-def _run_row(run_dir: str, results: dict[str, Any]) -> dict[str, Any]:
+def _run_row(run: RunLayout, results: dict[str, Any]) -> dict[str, Any]:
     """A run as a comparison row: runs named `<arm>-s<seed>` (a sweep's trials) group by arm."""
-    name = results.get("name") or run_dir.rstrip("/").rsplit("/", 1)[-1]
+    name = results.get("name") or storage.name(run.dir)
     arm, _, seed = name.rpartition("-s")
     if not (arm and seed.isdigit()):
         arm, seed = name, str((results.get("spec") or {}).get("train", {}).get("seed", 0))
-    return trial_row(arm, {"attention_ratio": results.get("attention_ratio")}, int(seed), name, run_dir, results,
+    return trial_row(arm, {"attention_ratio": results.get("attention_ratio")}, int(seed), name, run, results,
                      results.get("attention_ratio"))
 
 
 def _sweep_rows(path: str) -> list[dict[str, Any]]:
     """A sweep folder's trials from its sweep.json ([] when `path` is not a sweep folder)."""
     sweep = SweepLayout.at(path).results
-    return runs.read_json(sweep).get("trials") or [] if storage.exists(sweep) else []
+    return folders.read_json(sweep).get("trials") or [] if storage.exists(sweep) else []
 
 
 def comparison_rows(paths: list[str]) -> list[dict[str, Any]]:
@@ -300,9 +300,9 @@ def comparison_rows(paths: list[str]) -> list[dict[str, Any]]:
         if sweep_rows := _sweep_rows(path):
             rows += sweep_rows
             continue
-        results = runs.read_results(path)
+        results = folders.read_results(RunLayout(path))
         if results is not None:
-            rows.append(_run_row(path, results))
+            rows.append(_run_row(RunLayout(path), results))
             continue
         inner = [storage.join(path, d) for d in storage.list_dirs(path)]
         found, damaged = [], []
@@ -310,8 +310,8 @@ def comparison_rows(paths: list[str]) -> list[dict[str, Any]]:
             try:
                 if sweep_rows := _sweep_rows(folder):
                     found += sweep_rows
-                elif (results := runs.read_results(folder)) is not None:
-                    found.append(_run_row(folder, results))
+                elif (results := folders.read_results(RunLayout(folder))) is not None:
+                    found.append(_run_row(RunLayout(folder), results))
             except HybridRayError as e:  # one damaged run does not hide the others
                 damaged.append(e)
         if not found:

@@ -11,7 +11,7 @@ from ray.tune.schedulers import ASHAScheduler
 from hybrid_ray.config.grid import Arm
 from hybrid_ray.errors import SpecError
 from hybrid_ray.layout import SweepLayout
-from hybrid_ray.sweep import status as status_lib
+from hybrid_ray.sweep import status
 from hybrid_ray.sweep.options import SweepOptions
 from hybrid_ray.sweep.status import trial_name
 from hybrid_ray.train.checkpoint import CheckpointManager
@@ -59,9 +59,9 @@ class RecordedASHA(ASHAScheduler):
     Tune acts on it. Tune ends a trial that Ctrl-C, SIGTERM or a lost node cut exactly as one ASHA stopped
     (TERMINATED), so this record is the only honest source of "stopped by ASHA" (status.trial_status)."""
 
-    def __init__(self, sweep_dir: str, keep_checkpoints: bool = False, **kwargs: Any) -> None:
+    def __init__(self, sweep: SweepLayout, keep_checkpoints: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.sweep_dir, self.keep_checkpoints = sweep_dir, keep_checkpoints
+        self.sweep, self.keep_checkpoints = sweep, keep_checkpoints
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
@@ -70,26 +70,26 @@ class RecordedASHA(ASHAScheduler):
             # with its results written; stopping it would kill it before it writes them
             return self.CONTINUE
         if decision == self.STOP:
-            status_lib.record_stop(self.sweep_dir, trial_name(trial.config["arm"], trial.config["seed"]), result)
+            status.record_stop(self.sweep, trial_name(trial.config["arm"], trial.config["seed"]), result)
         return decision
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
         super().on_trial_complete(tune_controller, trial, result)
         name = trial_name(trial.config["arm"], trial.config["seed"])
-        if name in status_lib.read_stops(self.sweep_dir):
+        if name in status.read_stops(self.sweep):
             # free its optimizer state now, not at the sweep's end: the disk plan counts a stopped trial at what an
             # ended one keeps (its report's checkpoint is complete by the time ASHA judged that report)
-            CheckpointManager(SweepLayout.at(self.sweep_dir).trial(name)).settle(self.keep_checkpoints)
+            CheckpointManager(self.sweep.trial(name)).settle(self.keep_checkpoints)
 
 
-def scheduler(options: SweepOptions, arms: list[Arm], sweep_dir: str) -> Any:
-    """ASHA on the evaluation count (or FIFO), recording its stops in `sweep_dir`."""
+def scheduler(options: SweepOptions, arms: list[Arm], sweep: SweepLayout) -> Any:
+    """ASHA on the evaluation count (or FIFO), recording its stops in the sweep's folder."""
     from ray.tune.schedulers import FIFOScheduler
 
     if options.scheduler == "fifo":
         return FIFOScheduler()
     return RecordedASHA(
-        sweep_dir, options.keep_checkpoints, time_attr="evaluations", metric="val_loss", mode="min",
+        sweep, options.keep_checkpoints, time_attr="evaluations", metric="val_loss", mode="min",
         max_t=max_evaluations(arms),
         grace_period=grace_period(options, arms), reduction_factor=options.reduction_factor,
         # a trial at its last evaluation ends by itself (results, model/, its placement group freed by Ray Train);

@@ -174,28 +174,29 @@ def free_bytes(path: str) -> int | None:
     return shutil.disk_usage(folder).free
 
 
-def trials_on_disk(sweep_dir: str, trial_names: Sequence[str]) -> dict[str, tuple[int, bool]]:
-    """What each trial of the sweep holds now under `<sweep_dir>/trials/<name>`: (bytes, ended). A trial has ended
+def trials_on_disk(sweep: SweepLayout, trial_names: Sequence[str]) -> dict[str, tuple[int, bool]]:
+    """What each trial of the sweep holds now in its run folder: (bytes, ended). A trial has ended
     when its results.json says it finished all its steps, or when every one of its checkpoints is weights only (only
     checkpoint.settle, on an ended trial, drops optimizer state); a trial ASHA stopped that was not settled yet
     counts as not ended (sized at its peak: never under). Trials without a folder are left out; URIs: {}."""
-    if storage.is_uri(sweep_dir):
+    if storage.is_uri(sweep.dir):
         return {}
-    from hybrid_ray.records import folders as runs  # (runs reads spec files: only when there is a local folder to read)
+    from hybrid_ray.records import folders  # (it reads spec files: only when there is a local folder to read)
 
     out = {}
     for name in trial_names:
-        folder = Path(SweepLayout.at(sweep_dir).trial(name).dir)
+        run = sweep.trial(name)
+        folder = Path(run.dir)
         if not folder.is_dir():
             continue
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
         try:
-            results = runs.read_results(str(folder)) or {}
+            results = folders.read_results(run) or {}
         except Exception:  # a damaged results.json: the sweep sets it aside; its size is counted all the same
             results = {}
         finished = results.get("status") == "finished" and results.get("step", 0) >= results.get("total_steps", 1)
-        checkpoints = runs.list_checkpoints(str(folder))
-        settled = bool(checkpoints) and not any((folder / c / "optimizer.pt").exists() for c in checkpoints)
+        checkpoints = folders.list_checkpoints(run)
+        settled = bool(checkpoints) and not any(Path(run.optimizer(c)).exists() for c in checkpoints)
         out[name] = (size, finished or settled)
     return out
 
@@ -327,7 +328,7 @@ class SweepPlan:
 
 
 def plan_sweep(arms: list[Arm], options: SweepOptions, have: dict[str, float], gpu_memory: int | None,
-               sweep_dir: str, *, free: int | None = None, check: bool = True) -> SweepPlan:
+               sweep: SweepLayout, *, free: int | None = None, check: bool = True) -> SweepPlan:
     """Size every arm on a cluster of `have` (GPUs of `gpu_memory` bytes; None: unknown), then the disk from what the
     sweep's trials hold now (a relaunch needs only what remains to be written). `check`: refuse, in one line, a
     packing or a disk that cannot hold the sweep; `free`: the free bytes to plan against (default: the storage's)."""
@@ -337,15 +338,15 @@ def plan_sweep(arms: list[Arm], options: SweepOptions, have: dict[str, float], g
     arms = [dataclasses.replace(arm, spec=p.apply(arm.spec)) for arm, p in zip(arms, plans)]
     concurrent = min(p.concurrent for p in plans)  # the largest arm bounds it
     trials = {trial_name(a.id, seed): a.spec for a in arms for seed in range(options.seeds)}
-    on_disk = trials_on_disk(sweep_dir, list(trials))
+    on_disk = trials_on_disk(sweep, list(trials))
     kwargs = {"on_disk": on_disk, "keep_checkpoints": options.keep_checkpoints}
-    free = free if free is not None else free_bytes(sweep_dir)
+    free = free if free is not None else free_bytes(sweep.dir)
     fits = concurrent
     if options.max_concurrent is None and free is not None:  # the default runs no more at once than the disk holds
         while fits > 1 and disk_plan(trials, fits, free, **kwargs).to_write > free:
             fits -= 1
     if check:
-        disk = check_disk(trials, fits, sweep_dir, free=free, **kwargs)
+        disk = check_disk(trials, fits, sweep.dir, free=free, **kwargs)
     else:
         disk = disk_plan(trials, fits, free, **kwargs)
     return SweepPlan(arms, plans, fits, disk, gpu_memory, have.get("GPU", 0.0), disk_bound=fits < concurrent)
@@ -373,11 +374,11 @@ def dry_run(base: RunSpec, options: SweepOptions, *, address: str | None = None,
     if options.scheduler == "asha":
         grace_period(options, arms)
     have, memory = _cluster_to_plan(address, assume)
-    sweep_dir = SweepLayout.of(base).dir
+    sweep = SweepLayout.of(base)
     free = int(assume.free_disk_gb * 1e9) if assume.free_disk_gb is not None else None
-    planned = plan_sweep(arms, options, have, memory, sweep_dir, free=free, check=False)
+    planned = plan_sweep(arms, options, have, memory, sweep, free=free, check=False)
     print(planned.describe(options), flush=True)
-    plan_sweep(arms, options, have, memory, sweep_dir, free=free)  # the launch's refusals, after the plan
+    plan_sweep(arms, options, have, memory, sweep, free=free)  # the launch's refusals, after the plan
     return planned
 
 

@@ -70,10 +70,10 @@ def _exception_line(line: str) -> bool:
                                                  or head.endswith("Interrupt"))
 
 
-def read_stops(sweep_dir: str) -> dict[str, dict[str, Any]]:
+def read_stops(sweep: SweepLayout) -> dict[str, dict[str, Any]]:
     """ASHA's decisions so far: the trials it stopped, each with the step and evaluation it stopped at (a line that
     a full disk cut short is skipped)."""
-    path = SweepLayout.at(sweep_dir).asha_stops
+    path = sweep.asha_stops
     if not storage.exists(path):
         return {}
     stops = {}
@@ -86,9 +86,9 @@ def read_stops(sweep_dir: str) -> dict[str, dict[str, Any]]:
     return stops
 
 
-def record_stop(sweep_dir: str, name: str, result: dict[str, Any]) -> None:
+def record_stop(sweep: SweepLayout, name: str, result: dict[str, Any]) -> None:
     """Add ASHA's decision to stop trial `name` on `result` (its report) to the sweep's record, before Tune acts on it."""
-    path = SweepLayout.at(sweep_dir).asha_stops
+    path = sweep.asha_stops
     line = json.dumps({"trial": name, "step": result.get("step"), "evaluations": result.get("evaluations"),
                        "val_loss": result.get("val_loss")})
     before = storage.read_bytes(path) if storage.exists(path) else b""

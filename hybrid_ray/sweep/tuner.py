@@ -29,10 +29,10 @@ from hybrid_ray.errors import HybridRayError, Interrupted, SpecError
 from hybrid_ray.jobs import cluster
 from hybrid_ray.layout import RunLayout, SweepLayout
 from hybrid_ray.model import count_params
-from hybrid_ray.records import folders as runs
+from hybrid_ray.records import folders
 from hybrid_ray.records import report
 from hybrid_ray.spec import RunSpec
-from hybrid_ray.sweep import status as status_lib
+from hybrid_ray.sweep import status
 from hybrid_ray.sweep.asha import asha_line, grace_period, scheduler
 from hybrid_ray.sweep.options import SweepOptions
 from hybrid_ray.sweep.plan import on_resolved_base, plan_sweep
@@ -66,10 +66,10 @@ def _claim(sweep: SweepLayout, record: dict[str, Any]) -> bool:
     """Record a new sweep's grid, or check a relaunch against it; True when the sweep existed."""
     path = sweep.grid
     if not storage.exists(path):
-        storage.write_bytes(path, runs.dumps(record).encode())
+        storage.write_bytes(path, folders.dumps(record).encode())
         return False
-    previous = runs.read_json(path)
-    if previous != json.loads(runs.dumps(record)):
+    previous = folders.read_json(path)
+    if previous != json.loads(folders.dumps(record)):
         changed = sorted(set(previous["arms"]) ^ set(record["arms"])) or sorted(
             k for k in previous["options"] if previous["options"][k] != record["options"].get(k))
         raise SpecError(f"sweep {sweep.name!r} already exists with another grid "
@@ -88,8 +88,8 @@ def _trial(config: dict[str, Any], specs: dict[str, dict], sweep: SweepLayout, d
 
     spec = trial_spec(RunSpec.from_dict(specs[config["arm"]]), config["arm"], config["seed"], sweep.trials)
     run = sweep.trial(spec.name)
-    runs.set_aside_damaged(run.dir)
-    done = runs.read_results(run.dir) or {}
+    folders.set_aside_damaged(run)
+    done = folders.read_results(run) or {}
     if done.get("status") == "finished" and done.get("total_steps") == spec.train.steps:
         # finished before the sweep was interrupted (and Tune's own record of it was lost): report, do not retrain
         evaluations = sum("val_loss" in r for r in done.get("history", []))
@@ -98,7 +98,7 @@ def _trial(config: dict[str, Any], specs: dict[str, dict], sweep: SweepLayout, d
     outcome = train(spec, callbacks=[TuneReportCallback()], progress=False, kernel_cache=sweep.storage_path,
                     data_origin=data_origin)
     if outcome.finished:
-        CheckpointManager(RunLayout(outcome.run_dir)).settle(keep_checkpoints)  # free its disk now, not at the sweep's end
+        CheckpointManager(run).settle(keep_checkpoints)  # free its disk now, not at the sweep's end
 
 
 class Console(Callback):
@@ -106,8 +106,8 @@ class Console(Callback):
 
     Tune pickles it with the experiment and restores it on a relaunch: `setup` restarts its clock for each launch."""
 
-    def __init__(self, total: int, steps: dict[str, int], sweep_dir: str) -> None:
-        self.total, self.steps, self.sweep_dir = total, steps, sweep_dir
+    def __init__(self, total: int, steps: dict[str, int], sweep: SweepLayout) -> None:
+        self.total, self.steps, self.sweep = total, steps, sweep
         self.best: dict[str, float] = {}
         self.started_trials = 0
         self.started = time.time()
@@ -135,7 +135,7 @@ class Console(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         step = (trial.last_result or {}).get("step", 0)
-        stop = status_lib.read_stops(self.sweep_dir).get(self._name(trial))
+        stop = status.read_stops(self.sweep).get(self._name(trial))
         if step >= self.steps[trial.config["arm"]]:
             self._line(f"finished  {self._name(trial)}")
         elif stop is not None:
@@ -144,7 +144,7 @@ class Console(Callback):
             self._line(f"cut       {self._name(trial)} at step {step}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(f"failed    {self._name(trial)}: {status_lib.error_line(ray_compat.trial_error(trial))}")
+        self._line(f"failed    {self._name(trial)}: {status.error_line(ray_compat.trial_error(trial))}")
 
 
 def sweep(
@@ -173,7 +173,7 @@ def sweep(
     where = cluster.connect(address, verbose=verbose)
     have = cluster.resources()
     planned = plan_sweep(arms, options, have, cluster.gpu_memory(have, local=cluster.node_count() == 1),
-                         sweep.dir)
+                         sweep)
     arms, concurrent, disk = planned.arms, planned.concurrent, planned.disk
     resumed = _claim(sweep, _grid_record(options, arms))
     trials = len(arms) * options.seeds
@@ -196,19 +196,19 @@ def sweep(
     origin = share_data(base, dataset)
     outcomes, interrupted = _fit(base, options, arms, sweep, concurrent, resumed, progress, verbose, origin)
     rerun = not interrupted and options.scheduler != "asha"  # ASHA's stops cannot be replayed in a new Tuner
-    removed = removed_trials(outcomes, sweep.dir) if rerun else []
+    removed = removed_trials(outcomes, sweep) if rerun else []
     if removed:
         # Tune never runs an ended trial again: a new Tuner over the grid trains them (the others only report)
         if progress:
             print(f"training again the trial(s) whose run folder was deleted: {', '.join(removed)}", flush=True)
         outcomes, interrupted = _fit(base, options, arms, sweep, concurrent, False, progress, verbose, origin)
-    rows = collect(arms, options.seeds, sweep.dir, dataset, outcomes=outcomes, keep_checkpoints=options.keep_checkpoints)
+    rows = collect(arms, options.seeds, sweep, dataset, outcomes=outcomes, keep_checkpoints=options.keep_checkpoints)
     if options.eval_tasks and not interrupted:
         rows = evaluate_finished(rows, options, address, progress)
     outcome = write_outputs(sweep, rows, title=base.name)
     counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
-    if interrupted or not all(r["status"] in status_lib.ENDED for r in rows):
+    if interrupted or not all(r["status"] in status.ENDED for r in rows):
         if progress:
             print(outcome.table, flush=True)
         how = f": {relaunch}" if relaunch else " (the same sweep name and storage path)"
@@ -216,7 +216,7 @@ def sweep(
                           f"relaunch the same command to resume it{how}")
     if progress:
         print(f"sweep finished in {time.time() - started:.0f}s: {summary}", flush=True)
-    failed = [r for r in rows if r["status"] == status_lib.FAILED]
+    failed = [r for r in rows if r["status"] == status.FAILED]
     if failed:
         if progress:  # the table says why each failed
             print(outcome.table, flush=True)
@@ -277,17 +277,17 @@ def _new_tuner(trainable: Any, base: RunSpec, options: SweepOptions, arms: list[
     from ray import tune
 
     steps = {arm.id: arm.spec.train.steps for arm in arms}
-    callbacks = [Console(len(arms) * options.seeds, steps, sweep.dir)] if progress else []
+    callbacks = [Console(len(arms) * options.seeds, steps, sweep)] if progress else []
     return tune.Tuner(
         trainable,
         param_space={"arm": tune.grid_search([a.id for a in arms]), "seed": tune.grid_search(list(range(options.seeds)))},
-        tune_config=tune.TuneConfig(scheduler=scheduler(options, arms, sweep.dir), max_concurrent_trials=concurrent),
+        tune_config=tune.TuneConfig(scheduler=scheduler(options, arms, sweep), max_concurrent_trials=concurrent),
         run_config=run_config(base, callbacks),
     )
 
 
 def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep: SweepLayout, concurrent: int, resumed: bool,
-         progress: bool, verbose: bool, data_origin: str | None) -> tuple[dict[str, status_lib.TuneOutcome], bool]:
+         progress: bool, verbose: bool, data_origin: str | None) -> tuple[dict[str, status.TuneOutcome], bool]:
     """Run the Tuner; returns Tune's outcome of every trial it knows, by trial name, and whether it was interrupted."""
     from ray import tune
 
@@ -309,68 +309,67 @@ def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep: SweepLayo
     outcomes = {}
     for trial in ray_compat.tune_trials(grid):
         error = ray_compat.trial_error(trial) if trial.status == "ERROR" else None
-        outcomes[trial_name(trial.config["arm"], trial.config["seed"])] = status_lib.TuneOutcome(
-            state=trial.status, error=status_lib.error_line(error), interrupted=status_lib.is_interruption(error),
+        outcomes[trial_name(trial.config["arm"], trial.config["seed"])] = status.TuneOutcome(
+            state=trial.status, error=status.error_line(error), interrupted=status.is_interruption(error),
             seconds=(trial.last_result or {}).get("time_total_s"))
     # Tune ends the trials it cuts on Ctrl-C as TERMINATED (and saves them as running, to resume): with nothing left
     # pending, only the trials' own state shows that the sweep was interrupted
-    statuses = trial_statuses(outcomes, sweep.dir)
-    interrupted = any(s in (status_lib.INTERRUPTED, status_lib.NOT_STARTED) for s, _ in statuses.values())
+    statuses = trial_statuses(outcomes, sweep)
+    interrupted = any(s in (status.INTERRUPTED, status.NOT_STARTED) for s, _ in statuses.values())
     return outcomes, interrupted
 
 
-def _on_disk(run_dir: str) -> tuple[dict[str, Any] | None, int | None, bool]:
+def _on_disk(run: RunLayout) -> tuple[dict[str, Any] | None, int | None, bool]:
     """A trial's results.json (one that cannot be read is set aside: it is written again from the newest checkpoint),
     its newest checkpoint's step, and whether its run folder is gone (no spec.yaml)."""
-    runs.set_aside_damaged(run_dir)
-    gone = not storage.exists(RunLayout(run_dir).spec)
-    return runs.read_results(run_dir), runs.newest_step(run_dir), gone
+    folders.set_aside_damaged(run)
+    gone = not storage.exists(run.spec)
+    return folders.read_results(run), folders.newest_step(run), gone
 
 
-def trial_statuses(outcomes: dict[str, status_lib.TuneOutcome], sweep_dir: str) -> dict[str, tuple[str, str | None]]:
+def trial_statuses(outcomes: dict[str, status.TuneOutcome], sweep: SweepLayout) -> dict[str, tuple[str, str | None]]:
     """(status, reason) of every trial Tune knows, from its run folder, Tune's outcome and ASHA's record."""
-    stops = status_lib.read_stops(sweep_dir)
+    stops = status.read_stops(sweep)
     statuses = {}
     for name, outcome in outcomes.items():
-        results, newest, gone = _on_disk(SweepLayout.at(sweep_dir).trial(name).dir)
-        statuses[name] = status_lib.trial_status(results, newest, outcome, stops.get(name), gone=gone)
+        results, newest, gone = _on_disk(sweep.trial(name))
+        statuses[name] = status.trial_status(results, newest, outcome, stops.get(name), gone=gone)
     return statuses
 
 
-def removed_trials(outcomes: dict[str, status_lib.TuneOutcome], sweep_dir: str) -> list[str]:
+def removed_trials(outcomes: dict[str, status.TuneOutcome], sweep: SweepLayout) -> list[str]:
     """The trials Tune ran to their end whose run folder was deleted since (see status.REMOVED)."""
-    return [name for name, (status, _) in trial_statuses(outcomes, sweep_dir).items() if status == status_lib.REMOVED]
+    return [name for name, (state, _) in trial_statuses(outcomes, sweep).items() if state == status.REMOVED]
 
 
-def collect(arms: list[Arm], seeds: int, sweep_dir: str, dataset: Any, *,
-            outcomes: dict[str, status_lib.TuneOutcome] | None = None,
+def collect(arms: list[Arm], seeds: int, sweep: SweepLayout, dataset: Any, *,
+            outcomes: dict[str, status.TuneOutcome] | None = None,
             keep_checkpoints: bool = False) -> list[dict[str, Any]]:
     """One row per trial from its run folder, with its status; a trial that ASHA stopped (or the sweep interrupted)
     gets its results.json written now, from its newest checkpoint, so it keeps its results like any other run. Only
     trials that ended for good (finished, stopped by ASHA) drop their optimizer state: an interrupted one resumes."""
     outcomes = outcomes or {}
-    sweep = SweepLayout.at(sweep_dir)
-    stops = status_lib.read_stops(sweep_dir)
+    stops = status.read_stops(sweep)
     rows = []
     for arm in arms:
         for seed in range(seeds):
             name = trial_name(arm.id, seed)
-            run_dir = sweep.trial(name).dir
-            results, newest, gone = _on_disk(run_dir)
+            run = sweep.trial(name)
+            results, newest, gone = _on_disk(run)
             outcome = outcomes.get(name)
             if newest is not None and (results is None or results.get("step", 0) < newest):
                 spec = trial_spec(arm.spec, arm.id, seed, sweep.trials)
                 wall = outcome.seconds if outcome is not None and outcome.seconds else 0.0
-                if runs.launch_count(run_dir) == 0:  # cut before its train() could count the launch that trained it
-                    runs.count_launch(run_dir)
-                results = finalize(spec, run_dir, dataset, wall or _trained_seconds(run_dir)).results
-            status, reason = status_lib.trial_status(results, newest, outcome, stops.get(name), gone=gone)
-            if status in (status_lib.FINISHED, status_lib.STOPPED):
-                CheckpointManager(RunLayout(run_dir)).settle(keep_checkpoints)
-            if results is None and status == status_lib.STOPPED:
+                if folders.launch_count(run) == 0:  # cut before its train() could count the launch that trained it
+                    folders.count_launch(run)
+                results = finalize(spec, run, dataset, wall or _trained_seconds(run)).results
+            state, reason = status.trial_status(results, newest, outcome, stops.get(name), gone=gone)
+            if state in (status.FINISHED, status.STOPPED):
+                CheckpointManager(run).settle(keep_checkpoints)
+            if results is None and state == status.STOPPED:
                 results = _seen_by_asha(arm.spec, stops[name])
-            row = report.trial_row(arm.id, arm.settings, seed, name, run_dir, results, numeric_value(arm))
-            rows.append({**row, "status": status, "reason": reason})
+            row = report.trial_row(arm.id, arm.settings, seed, name, run, results, numeric_value(arm))
+            rows.append({**row, "status": state, "reason": reason})
     return rows
 
 
@@ -383,9 +382,9 @@ def _seen_by_asha(spec: RunSpec, stop: dict[str, Any]) -> dict[str, Any]:
             "final": seen, "spec": spec.to_dict(), "history": [seen]}
 
 
-def _trained_seconds(run_dir: str) -> float:
+def _trained_seconds(run: RunLayout) -> float:
     """Wall seconds a trial's checkpoints account for (training and compiling), when Tune recorded none for it."""
-    newest = CheckpointManager(RunLayout(run_dir)).latest()
+    newest = CheckpointManager(run).latest()
     state = read_state(newest) if newest else None
     return (state.train_seconds + state.compile_seconds) if state else 0.0
 

@@ -36,7 +36,7 @@ from ray.train import UserCallback
 
 from hybrid_ray import ray_compat, storage
 from hybrid_ray.errors import CheckpointError, first_line
-from hybrid_ray.layout import RunLayout, checkpoint_name, step_of
+from hybrid_ray.layout import OPTIMIZER_FILE, RunLayout, checkpoint_name, step_of
 from hybrid_ray.model import unwrap
 from hybrid_ray.model.build import WEIGHTS_FILE, load_state, save_model
 from hybrid_ray.records.folders import list_checkpoints, rm_command
@@ -46,7 +46,6 @@ from hybrid_ray.train.parallelize import in_process_group
 
 FORMAT = 2
 STATE_FILE = "trainer_state.json"
-OPTIMIZER_FILE = "optimizer.pt"
 MODEL_FILES = ("config.json", WEIGHTS_FILE)  # a Hugging Face-style model folder, which `generate` loads
 
 
@@ -114,7 +113,7 @@ class CheckpointManager:
 
     def names(self) -> list[str]:
         """The run's checkpoint folders, oldest first."""
-        return list_checkpoints(self.run.dir)
+        return list_checkpoints(self.run)
 
     def newest_good(self) -> tuple[str | None, list[CheckpointError]]:
         """The newest checkpoint that verifies (None when there is none), and why each newer one was skipped."""

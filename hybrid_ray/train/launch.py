@@ -26,12 +26,11 @@ from hybrid_ray.jobs import cluster
 from hybrid_ray.layout import RunLayout, data_store, step_of
 from hybrid_ray.model import count_params, flops_per_token
 from hybrid_ray.model.build import check_backend
-from hybrid_ray.records import folders as runs
+from hybrid_ray.records import folders
 from hybrid_ray.records.report import plot_runs, summarize
 from hybrid_ray.spec import RunSpec
-from hybrid_ray.train import plan as run_plan
-from hybrid_ray.train import checkpoint as ckpt_lib
-from hybrid_ray.train.checkpoint import CheckpointManager
+from hybrid_ray.train import plan
+from hybrid_ray.train.checkpoint import CheckpointManager, TrainerState, export_model, read_state
 from hybrid_ray.train.loop import LaunchOptions, train_loop_per_worker
 
 
@@ -69,9 +68,9 @@ def _scaling(spec: RunSpec) -> tuple[Any, bool]:
     """Ray Train's ScalingConfig for the run's resource plan, and whether its workers use GPUs."""
     from ray.train import ScalingConfig
 
-    plan = run_plan.plan(spec, cluster.resources())
-    return ScalingConfig(num_workers=plan.num_workers, use_gpu=plan.use_gpu,
-                         resources_per_worker=plan.worker_resources), plan.use_gpu
+    run_plan = plan.plan(spec, cluster.resources())
+    return ScalingConfig(num_workers=run_plan.num_workers, use_gpu=run_plan.use_gpu,
+                         resources_per_worker=run_plan.worker_resources), run_plan.use_gpu
 
 
 def check_locally(spec: RunSpec, *, address: str | None, extend_steps: int, until_step: int | None,
@@ -148,13 +147,13 @@ def share_data(spec: RunSpec, dataset: Any, nodes: int | None = None) -> str | N
     return data_lib.publish(dataset.path, data_store(spec.storage_path))
 
 
-def _failure(error: BaseException, run_dir: str) -> HybridRayError:
+def _failure(error: BaseException, run: RunLayout) -> HybridRayError:
     cause = root_cause(error)
     if isinstance(cause, HybridRayError):
         return cause
     if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
         return TrainingError(f"no space left on device while writing {cause.filename or 'the run'}; free some space "
-                             f"and relaunch the same command to resume from {CheckpointManager(RunLayout(run_dir)).latest() or 'scratch'}")
+                             f"and relaunch the same command to resume from {CheckpointManager(run).latest() or 'scratch'}")
     return TrainingError(f"training failed: {type(cause).__name__}: {first_line(cause)}")
 
 
@@ -183,18 +182,17 @@ def train(
     spec, dataset = check_locally(spec, address=address, extend_steps=extend_steps, until_step=until_step,
                                   progress=progress, data_origin=data_origin)
     run = RunLayout.of(spec)
-    run_dir = run.dir
-    runs.claim(run_dir, spec)
-    runs.set_aside_damaged(run_dir)
+    folders.claim(run, spec)
+    folders.set_aside_damaged(run)
     checkpoints = CheckpointManager(run, spec.train.keep)
     resume = checkpoints.at_launch(spec.name, spec.storage_path)
-    reached = ckpt_lib.read_state(resume.checkpoint) if resume.checkpoint else None
+    reached = read_state(resume.checkpoint) if resume.checkpoint else None
     if until_step is not None:
         last = (reached.total_steps if reached else spec.train.steps) + extend_steps
         if until_step > last:
             warnings.warn(f"--until-step {until_step} is past the run's last step ({last}): the run trains to {last}")
     if reached and not extend_steps and reached.step >= min(until_step or reached.total_steps, reached.total_steps):
-        return _already_done(spec, run_dir, dataset, reached.step)
+        return _already_done(spec, run, dataset, reached.step)
 
     where = cluster.connect(address, verbose=verbose)
     scaling, use_gpu = _scaling(spec)
@@ -207,18 +205,18 @@ def train(
     if progress:
         print(f"training {spec.name} on {where}: {spec.scale.num_workers} worker(s), "
               f"{'GPU' if use_gpu else 'CPU'}, {count_params(spec.model)['total'] / 1e6:.1f}M parameters", flush=True)
-        print(f"  run folder: {run_dir}", flush=True)
-        if not storage.is_uri(run_dir):
+        print(f"  run folder: {run.dir}", flush=True)
+        if not storage.is_uri(run.dir):
             print(f"  watch: tensorboard --logdir {run.tensorboard}", flush=True)
         if dashboard := cluster.dashboard_url():
             print(f"  Ray dashboard: {dashboard}", flush=True)
 
     storage.delete_file(run.diverged)
     launch = LaunchOptions(
-        run_dir=run_dir,
+        run_dir=run.dir,
         extend_steps=extend_steps,
         until_step=until_step,
-        tensorboard_dir=None if storage.is_uri(run_dir) else run.tensorboard,
+        tensorboard_dir=None if storage.is_uri(run.dir) else run.tensorboard,
         resume_from=resume.checkpoint,
         known_checkpoints=resume.known,
         kernel_store=kernel_store,
@@ -233,11 +231,11 @@ def train(
             raise Interrupted("interrupted before the first checkpoint; relaunch the same command to start again") from None
         raise Interrupted(f"interrupted at step {step} (the newest checkpoint); relaunch the same command to resume") from None
     except Exception as e:
-        raise _failure(e, run_dir) from e
+        raise _failure(e, run) from e
     finally:
-        if _trained(run_dir, reached.step if reached else 0, resume.known):
-            runs.count_launch(run_dir)
-    outcome = finalize(spec, run_dir, dataset, time.time() - started)
+        if _trained(run, reached.step if reached else 0, resume.known):
+            folders.count_launch(run)
+    outcome = finalize(spec, run, dataset, time.time() - started)
     if outcome.results["status"] == "diverged":
         d = outcome.results["diverged"]
         kept = f"checkpoints up to step {outcome.results['step']} are kept" if outcome.results["step"] else "no checkpoint"
@@ -251,8 +249,8 @@ def check_extendable(spec: RunSpec) -> None:
     checkpoint) there is nothing to extend, and training it anyway ran a schedule whose learning rate only rose.
     Checked before anything is written."""
     root = storage.normalize(spec.storage_path)
-    run = RunLayout(storage.join(root, spec.name))
-    if runs.list_checkpoints(run.dir):
+    run = RunLayout.named(root, spec.name)
+    if folders.list_checkpoints(run):
         return
     what = (f"run {spec.name} under {root} has no checkpoint yet" if storage.exists(run.spec)
             else f"there is no run {spec.name} under {root}")
@@ -260,20 +258,20 @@ def check_extendable(spec: RunSpec) -> None:
                     "train it without --extend-steps (--steps sets its length)")
 
 
-def _already_done(spec: RunSpec, run_dir: str, dataset: Any, step: int) -> TrainOutcome:
+def _already_done(spec: RunSpec, run: RunLayout, dataset: Any, step: int) -> TrainOutcome:
     """A relaunch with nothing to train counts no launch and rewrites nothing; it only writes the results a launch
     that ended between its last checkpoint and results.json left unwritten."""
-    results = runs.read_results(run_dir)
+    results = folders.read_results(run)
     if results is None or results.get("step") != step:
-        return dataclasses.replace(finalize(spec, run_dir, dataset, 0.0), already_done=True)
-    return TrainOutcome(run_dir, results, already_done=True)
+        return dataclasses.replace(finalize(spec, run, dataset, 0.0), already_done=True)
+    return TrainOutcome(run.dir, results, already_done=True)
 
 
-def _trained(run_dir: str, start: int, known: list[str]) -> bool:
+def _trained(run: RunLayout, start: int, known: list[str]) -> bool:
     """Whether this launch, which started at step `start` with the checkpoint folders `known`, trained: it wrote a
     checkpoint past that step (a new folder: a broken one of the same step stays), or it stopped at a diverging step."""
-    new = set(runs.list_checkpoints(run_dir)) - set(known)
-    return any(step_of(name) > start for name in new) or storage.exists(RunLayout(run_dir).diverged)
+    new = set(folders.list_checkpoints(run)) - set(known)
+    return any(step_of(name) > start for name in new) or storage.exists(run.diverged)
 
 
 def _fit(spec: RunSpec, launch: LaunchOptions, scaling: Any, use_gpu: bool, callbacks: list | None) -> None:
@@ -311,21 +309,20 @@ def _fit(spec: RunSpec, launch: LaunchOptions, scaling: Any, use_gpu: bool, call
             signal.signal(signal.SIGINT, sigint)
 
 
-def finalize(spec: RunSpec, run_dir: str, dataset: Any, wall_s: float) -> TrainOutcome:
+def finalize(spec: RunSpec, run: RunLayout, dataset: Any, wall_s: float) -> TrainOutcome:
     """Write results.json, curves.png and the model folder from the newest good checkpoint."""
-    run = RunLayout(run_dir)
     checkpoint = CheckpointManager(run).latest()
     diverged_path = run.diverged
     diverged = json.loads(storage.read_bytes(diverged_path)) if storage.exists(diverged_path) else None
     if checkpoint is None and diverged is None:
         raise TrainingError(f"run {spec.name} produced no checkpoint")
-    previous = runs.read_results(run_dir) or {}
+    previous = folders.read_results(run) or {}
     results: dict[str, Any] = {"name": spec.name}
-    state = ckpt_lib.TrainerState(total_steps=spec.train.steps)
+    state = TrainerState(total_steps=spec.train.steps)
     with tempfile.TemporaryDirectory(prefix="hybrid-ray-final-") as tmp:
         if checkpoint is not None:
             model_dir = Path(tmp, storage.name(run.model))
-            state = ckpt_lib.export_model(checkpoint, model_dir)
+            state = export_model(checkpoint, model_dir)
             dataset.tokenizer.save(model_dir)
             storage.copy_dir(str(model_dir), run.model)
         status = "finished" if state.step >= state.total_steps else "stopped"
@@ -343,7 +340,7 @@ def finalize(spec: RunSpec, run_dir: str, dataset: Any, wall_s: float) -> TrainO
             "train_seconds": state.train_seconds,  # training only: each launch's first step is compile_seconds
             "compile_seconds": state.compile_seconds,
             "wall_seconds": previous.get("wall_seconds", 0.0) + wall_s,
-            "launches": runs.launch_count(run_dir),
+            "launches": folders.launch_count(run),
             "resumed_at": state.resumed_at,
             "versions": state.env,
             "data": {k: dataset.manifest.get(k) for k in ("source", "tokenizer", "vocab_size", "splits") if k in dataset.manifest},
@@ -353,8 +350,8 @@ def finalize(spec: RunSpec, run_dir: str, dataset: Any, wall_s: float) -> TrainO
         })
         if diverged:
             results["diverged"] = diverged
-        runs.write_results(run_dir, results)
+        folders.write_results(run, results)
         curves = Path(tmp, storage.name(run.curves))
         plot_runs({spec.name: state.history}, str(curves), title=f"{spec.name} ({spec.variant or 'custom'})")
         storage.write_bytes(run.curves, curves.read_bytes())
-    return TrainOutcome(run_dir=run_dir, results=results)
+    return TrainOutcome(run_dir=run.dir, results=results)
