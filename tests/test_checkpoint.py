@@ -174,12 +174,16 @@ def test_the_run_keeps_its_newest_checkpoints_and_ray_deletes_none(tmp_path):
     assert gone == [layout.checkpoint_name(10), layout.checkpoint_name(20)]
     assert folders.list_checkpoints(RunLayout(str(run))) == [layout.checkpoint_name(s) for s in (30, 40, 50)]
     assert manager.keep_newest(layout.checkpoint_name(50), counted=known[:2], known=known) == []
-    assert ckpt.CheckpointManager.ray_config().num_to_keep is None
+    config, _ = manager.for_ray(ckpt.Resume(None, [], []))
+    assert config.num_to_keep is None
 
 
 def at_launch(run):
-    """(the newest good checkpoint, every checkpoint folder) that a launch of the run finds."""
-    resume = ckpt.CheckpointManager(layout.RunLayout(str(run))).at_launch(SPEC.name, SPEC.storage_path)
+    """(the newest good checkpoint, every checkpoint folder) that a launch of the run finds, after it mended Ray's
+    record for a launch that trains."""
+    manager = ckpt.CheckpointManager(layout.RunLayout(str(run)), keep=SPEC.train.keep)
+    resume = manager.at_launch(SPEC.name, SPEC.storage_path)
+    manager.for_ray(resume)
     return resume.checkpoint, resume.known
 
 

@@ -104,9 +104,10 @@ class Resume:
 
 class CheckpointManager:
     """A run's checkpoints on the driver, the one owner of their lifecycle: where a launch resumes from (`at_launch`),
-    what the run keeps while it trains (the newest `keep`: `retention`, run by Ray Train's controller after each
-    checkpoint it registers; Ray's own manager keeps every checkpoint, `ray_config`) and once it has ended (`settle`,
-    `prune`), and which checkpoint is the newest good one (`latest`). The workers' side is the Checkpointer."""
+    what the run keeps while it trains (the newest `keep`: `for_ray` hands Ray Train a CheckpointConfig that deletes
+    nothing and a callback that its controller runs after each checkpoint it registers) and once it has ended
+    (`settle`, `prune`), and which checkpoint is the newest good one (`latest`). The workers' side is the
+    Checkpointer."""
 
     def __init__(self, run: RunLayout, keep: int | None = None):
         self.run, self.keep = run, keep
@@ -141,8 +142,8 @@ class CheckpointManager:
         return step_of(storage.name(path)) if path else None
 
     def at_launch(self, name: str, storage_path: str) -> Resume:
-        """Where this launch resumes, after mending Ray's record of the run so that Ray relaunches it. A run whose
-        checkpoints are all damaged is refused rather than silently started over."""
+        """Where this launch resumes (a record of Ray's that Ray cannot load is set aside). A run whose checkpoints
+        are all damaged is refused rather than silently started over."""
         known = self.names()
         damaged = self.set_aside_damaged_record()
         if damaged:
@@ -150,7 +151,6 @@ class CheckpointManager:
             warnings.warn(f"Ray Train's record of run {name} was damaged ({problem}) and is kept as {aside}; the run "
                           "resumes from its checkpoint folders, and --keep counts only the checkpoints written from now "
                           "on")
-        self.forget_deleted(known)
         newest, skipped = self.newest_good()
         if known and newest is None:
             raise CheckpointError(f"every checkpoint of run {name} is damaged (newest: {skipped[0]}); remove the run "
@@ -185,7 +185,8 @@ class CheckpointManager:
         """Drop the checkpoint folders deleted since Ray recorded them (by hand, to free a disk, or by `retention`)
         from Ray's record of the run, which Ray otherwise refuses to relaunch ("a corrupted run directory");
         `folders`: the run's checkpoint folders on disk. Returns the names dropped. Runs resume from the folders on
-        disk (at_launch), never from Ray's record; at_launch has already set aside a record that Ray cannot load."""
+        disk (at_launch), never from Ray's record; at_launch has already set aside a record that Ray cannot load.
+        Only a launch that trains mends it (`for_ray`): a relaunch with nothing to train writes nothing."""
         path = self.run.ray_record
         if not storage.exists(path):
             return []
@@ -215,17 +216,15 @@ class CheckpointManager:
 
     # --- retention: what the run keeps ---
 
-    @staticmethod
-    def ray_config() -> Any:
-        """Ray Train's CheckpointConfig of a launch: Ray keeps every checkpoint it registers; `retention` decides."""
+    def for_ray(self, resume: Resume) -> tuple[Any, KeepNewest]:
+        """What Ray Train gets for a launch that trains: a CheckpointConfig under which Ray keeps every checkpoint it
+        registers, and the callback that keeps the newest `keep`. Ray's record of the run first forgets the
+        checkpoints deleted since Ray wrote it (by that callback or by hand)."""
         from ray.train import CheckpointConfig
 
-        return CheckpointConfig(num_to_keep=None)
-
-    def retention(self, resume: Resume) -> KeepNewest:
-        """The Ray Train callback that keeps the newest `keep` checkpoints while the run trains."""
         assert self.keep is not None
-        return KeepNewest(self, resume.counted, resume.known)
+        self.forget_deleted(resume.known)
+        return CheckpointConfig(num_to_keep=None), KeepNewest(self, resume.counted, resume.known)
 
     def keep_newest(self, written: str, counted: list[str], known: list[str]) -> list[str]:
         """After `written` was saved: delete the checkpoints beyond the newest `keep` of those that count (the ones

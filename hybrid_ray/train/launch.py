@@ -212,6 +212,7 @@ def train(
             print(f"  Ray dashboard: {dashboard}", flush=True)
 
     storage.delete_file(run.diverged)
+    ray_checkpoints = checkpoints.for_ray(resume)
     launch = LaunchOptions(
         run_dir=run.dir,
         extend_steps=extend_steps,
@@ -224,7 +225,7 @@ def train(
         data_origin=data_origin,
     )
     try:
-        _fit(spec, launch, scaling, use_gpu, [*(callbacks or []), checkpoints.retention(resume)])
+        _fit(spec, launch, scaling, use_gpu, ray_checkpoints, callbacks)
     except KeyboardInterrupt:
         step = checkpoints.resume_point()
         if step is None:
@@ -274,7 +275,10 @@ def _trained(run: RunLayout, start: int, known: list[str]) -> bool:
     return any(step_of(name) > start for name in new) or storage.exists(run.diverged)
 
 
-def _fit(spec: RunSpec, launch: LaunchOptions, scaling: Any, use_gpu: bool, callbacks: list | None) -> None:
+def _fit(spec: RunSpec, launch: LaunchOptions, scaling: Any, use_gpu: bool, checkpoints: tuple[Any, Any],
+         callbacks: list | None) -> None:
+    """Fit the TorchTrainer; `checkpoints`: the run's CheckpointManager.for_ray (Ray's CheckpointConfig, the callback
+    that keeps the newest `train.keep`)."""
     from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchConfig
     from ray.train.v2.api.config import LoggingConfig
@@ -290,8 +294,8 @@ def _fit(spec: RunSpec, launch: LaunchOptions, scaling: Any, use_gpu: bool, call
             name=spec.name,
             storage_path=spec.storage_path,
             failure_config=FailureConfig(max_failures=spec.scale.max_failures),
-            checkpoint_config=CheckpointManager.ray_config(),
-            callbacks=callbacks,
+            checkpoint_config=checkpoints[0],
+            callbacks=[*(callbacks or []), checkpoints[1]],
             logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
