@@ -112,8 +112,10 @@ def _write_gpu_times():
     if path:
         import json
 
+        import gpu_support
+
         with open(path, "w") as f:
-            json.dump(_gpu_times, f, indent=1)
+            json.dump({**_gpu_times, "notes": gpu_support.NOTES}, f, indent=1)
 
 
 def _over(name, times):
@@ -176,6 +178,10 @@ def pytest_terminal_summary(terminalreporter):
         budget = f"{t['budget_s']} s" if t["budget_s"] is not None else "-"
         write(f"{t['wall_s']:7.1f}s {t['compile_s']:7.1f}s {t['run_s']:7.1f}s {t['new_cache_entries']:8d} {budget:>7}  "
               f"{name}{'' if t['outcome'] == 'passed' else '  (' + t['outcome'] + ')'}")
+    import gpu_support
+
+    for line in gpu_support.NOTES:  # what the tests recorded without asserting it
+        write(f"note: {line}")
     total = sum(t["wall_s"] for t in _gpu_times.values())
     targets = ", ".join(f"{v} s on {k}" if k == "fresh node" else f"{v} s run {k}" for k, v in GPU_TARGETS_S.items())
     write(f"{total:7.1f}s in all (targets: {targets})")

@@ -117,8 +117,93 @@ def install_compile_clock() -> None:
 
 # what the GPU tests run, in parts that compile apart: `hybrid-ray warmup`'s work on run_spec() (hybrid_ray.train.warmup's
 # warm_device: the bf16 FSDP2 train step, evaluation, decoding, scoring), a DDP step (autocast over fp32 weights),
-# fp32 forward and backward through FLA's chunk kernels (the parity check), FLA's own decoding in fp32
-PARTS = ("train", "ddp", "parity", "decode")
+# fp32 forward and backward through FLA's chunk kernels (the parity check), FLA's own decoding in fp32, and a training
+# step and the recall probes at the H100 base size (the one shape of its own: test_gpu_recall.py's cost record)
+PARTS = ("train", "ddp", "parity", "decode", "h100")
+OWN_TEST = {"h100"}  # a part one test alone runs: compiled in its process, not run again in this one (its test loads it)
+
+NOTES: list[str] = []  # what GPU tests record without asserting it (timings): conftest's terminal summary shows them
+
+
+def note(line: str) -> None:
+    """Record a line for the session's summary (and $HYBRID_RAY_GPU_TIMES), printed now too (`-s` shows it)."""
+    NOTES.append(line)
+    print(line, flush=True)
+
+
+def h100_base_spec() -> RunSpec:
+    """h100_hybrid_sparse at the H100 base size (768 wide, 12 layers, head dim 256, 48 x 1024 tokens a step, the
+    reference vocabulary) on FLA, as one GPU trains it."""
+    from hybrid_ray.config.variants import REFERENCE_VOCAB
+
+    return variant_spec("h100_hybrid_sparse").with_overrides({"model.vocab_size": REFERENCE_VOCAB,
+                                                              "scale.backend": "fla"})
+
+
+class RandomText:
+    """A validation split of random token ids: the copy probe's cost, not its content."""
+
+    task = "lm"
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def val_batches(self, *, seq_len: int, micro_batch: int, max_tokens: int, **_: Any) -> list:
+        import torch
+
+        from hybrid_ray.data import Batch
+
+        ids = torch.randint(1, self.vocab_size, (max_tokens // seq_len, seq_len),
+                            generator=torch.Generator().manual_seed(seq_len))
+        return [Batch(ids[i:i + micro_batch], ids[i:i + micro_batch]) for i in range(0, len(ids), micro_batch)]
+
+
+def recall_cost(device: Any, repeats: int = 2) -> dict[str, Any]:
+    """Wall seconds of one training step and of the recall probes a run scores at each evaluation (MQAR and copy, every
+    setting at the H100 base's 1024 tokens; forward passes of the micro batch's tokens, as the Evaluator runs them) at
+    h100_base_spec(), FLA, bf16: the first of each (compiling what the kernel cache lacks), then the fastest of
+    `repeats` more (0: the first only)."""
+    import torch
+
+    from hybrid_ray.evals import recall
+    from hybrid_ray.train.loop import setup_model, train_step
+    from hybrid_ray.train.optim import build_optimizer
+    from hybrid_ray.train.parallelize import single_process_group
+    from hybrid_ray.train.warmup import _batch
+
+    spec = h100_base_spec()
+    single_process_group(device)
+    model = setup_model(spec, device)
+    optimizer = build_optimizer(model, spec.optim, device)
+    batch = [_batch(spec, device)]
+    dataset = RandomText(spec.model.vocab_size)
+    seq, tokens = spec.data.seq_len, spec.micro_batch_size * spec.data.seq_len
+    chosen = recall.settings(recall.RecallProbes(), dataset, seq)
+    scored: dict[str, Any] = {}
+
+    def timed(work: Any) -> float:
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        work()
+        torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    def step() -> None:
+        train_step(model, optimizer, batch, 1e-4, spec, device)
+
+    def probes() -> None:
+        scored.update(recall.score_recall(model, dataset, device, seq_len=seq, precision=spec.train.precision,
+                                          tokens=tokens, prepared=chosen))
+
+    first_step, first_probes = timed(step), timed(probes)
+    step_s = min([timed(step) for _ in range(repeats)] or [first_step])
+    probe_s = min([timed(probes) for _ in range(repeats)] or [first_probes])
+    out = {"gpu": torch.cuda.get_device_name(device), "settings": len(scored["settings"]), "tokens_per_pass": tokens,
+           "step_tokens": spec.train.batch_size * seq, "strategy": spec.scale.strategy, "eval_every": spec.train.eval_every,
+           "first_step_s": first_step, "first_probes_s": first_probes, "step_s": step_s, "probe_s": probe_s,
+           "accuracies": [r["accuracy"] for r in scored["settings"].values()]}
+    del model, optimizer
+    return out
 
 
 def train_steps(strategy: str, device: Any, steps: int) -> list[float]:
@@ -162,6 +247,8 @@ def warm_part(name: str, device: Any) -> None:
         for use_cache in (True, False):
             options = SamplingOptions(max_new_tokens=DECODE_TOKENS, temperature=0, use_cache=use_cache)
             decode_reference(model, [list(p) for p in DECODE_PROMPTS], options, None, device, precision="fp32")
+    elif name == "h100":
+        recall_cost(device, repeats=0)
     else:
         raise ValueError(f"unknown warm-up part {name!r}; one of {', '.join(PARTS)}")
     torch.cuda.synchronize(device)
@@ -177,11 +264,13 @@ def _python(code: str, *args: str) -> list[str]:
 def warm_shared_kernels(device: Any, say: Any = print, parallel: bool = True) -> dict[str, float]:
     """Compile what the GPU tests run, once, into the kernel cache: each of PARTS in a process of its own, all at once
     (Triton compiles on one CPU core per process; a cache entry is written atomically, so concurrent writers are
-    safe), then each part again here (from the cache: seconds), so this process holds them too. Returns the seconds
+    safe), then each part again here (from the cache: seconds), so this process holds them too, but for a part that
+    one test alone runs (OWN_TEST; its test loads it) whose process did not fail. Returns the seconds
     of each part, as `PART (process)` and `PART`."""
     import tempfile
 
     seconds: dict[str, float] = {}
+    failed: set[str] = set()
     if parallel:
         logs = tempfile.mkdtemp(prefix="gpu-warm-")
         code = "import torch; gpu_support.warm_part(sys.argv[1], torch.device('cuda', 0))"
@@ -198,15 +287,17 @@ def warm_shared_kernels(device: Any, say: Any = print, parallel: bool = True) ->
                 rc = proc.wait()
             log.close()
             seconds[f"{name} (process)"] = round(time.perf_counter() - start, 1)
-            if rc != 0:  # this process compiles what it left out, or fails with the error itself
+            if rc != 0:
+                failed.add(name)  # this process compiles what it left out, or fails with the error itself
                 tail = open(os.path.join(logs, f"{name}.log"), errors="replace").read().strip().splitlines()[-3:]
                 say(f"warm-up part {name} failed in its own process (exit {rc}): {' / '.join(tail)}")
         say("warm-up processes: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
-    for name in PARTS:
+    here = [name for name in PARTS if name not in OWN_TEST or not parallel or name in failed]
+    for name in here:
         start = time.perf_counter()
         warm_part(name, device)
         seconds[name] = round(time.perf_counter() - start, 1)
-    say("warm-up in this process: " + ", ".join(f"{k} {seconds[k]:.1f} s" for k in PARTS))
+    say("warm-up in this process: " + ", ".join(f"{k} {seconds[k]:.1f} s" for k in here))
     return seconds
 
 
