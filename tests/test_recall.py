@@ -119,7 +119,9 @@ def test_an_oracle_that_copies_from_its_context_scores_one(text_dataset):
 
 def test_random_weights_score_about_chance(text_dataset):
     probes = recall.RecallProbes(mqar=recall.MQARProbe(examples=8), copy=recall.CopyProbe(examples=8))
+    threads = torch.get_num_threads()
     out = recall.score_recall(tiny_model("h100_hybrid_sparse", 320), text_dataset, CPU, seq_len=128, probes=probes)
+    assert torch.get_num_threads() == threads  # one thread while scoring on a CPU, then the caller's again
     mqar = [r for r in out["settings"].values() if r["probe"] == "mqar"]
     assert [r["examples"] for r in mqar] == [8] * 5 and len(out["settings"]) == 8
     # chance is 1/128 for MQAR's values; an untrained model's argmax is spread over all 320 ids

@@ -191,8 +191,12 @@ def score_recall(model: torch.nn.Module, dataset: Any, device: torch.device, *, 
     forward pass (default: the larger of seq_len and 4096; the training micro batch's tokens fit)."""
     started = time.perf_counter()
     chosen = prepared if prepared is not None else settings(probes or RecallProbes(), dataset, seq_len)
-    was_training = model.training
+    was_training, threads = model.training, torch.get_num_threads()
     model.eval()
+    if device.type == "cpu":
+        # one thread, as a training worker and decoding have: on 2 busy shared cores the tiny preset's probes took
+        # 38-46 s with two threads (each op waiting for the second) and 0.8-1.4 s with one
+        torch.set_num_threads(1)
     try:
         results = {}
         for s in chosen:
@@ -204,6 +208,7 @@ def score_recall(model: torch.nn.Module, dataset: Any, device: torch.device, *, 
                 results[s.name]["baseline"] = base / max(n, 1)
     finally:
         model.train(was_training)
+        torch.set_num_threads(threads)
     return {**summarize(results), "settings": results, "seconds": round(time.perf_counter() - started, 3)}
 
 
