@@ -47,6 +47,21 @@ def test_training_steps_on_the_hot_path_lower_the_loss(strategy):
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0] - 0.5, losses
 
 
+@pytest.mark.gpu(budget_s=30)
+def test_the_host_work_cuts_train_like_the_default(monkeypatch):
+    """parallelize.HostWork's two cuts (one rank keeps each block's gathered parameters; AdamW and the gradient clip on
+    the local shards) on FLA's kernels, bf16 FSDP2: the same losses as without them, step for step (FLA's backward is
+    not bit-deterministic, so within 0.01)."""
+    from hybrid_ray.train import parallelize
+
+    monkeypatch.setattr(parallelize, "HOST_WORK", parallelize.HostWork(False, False))
+    default = train_steps("fsdp", CUDA, 8)
+    monkeypatch.setattr(parallelize, "HOST_WORK", parallelize.HostWork(True, True))
+    cut = train_steps("fsdp", CUDA, 8)
+    assert cut == pytest.approx(default, abs=1e-2), (default, cut)
+    assert cut[-1] < cut[0] - 0.5, cut
+
+
 @pytest.mark.gpu(budget_s=40)
 def test_a_second_process_after_warmup_starts_warm(tmp_path):
     """The session's warm-up ran `hybrid-ray warmup`'s work (hybrid_ray.train.warmup.warm_device) on run_spec() in this
