@@ -6,7 +6,7 @@
         tensorboard/  model/  eval/<task>.json
         checkpoint_<step>[-<n>]/  checkpoint_manager_snapshot.json (Ray Train's record of them)
       <sweep>/                    a sweep (SweepLayout)
-        grid.json  sweep.json  sweep.png  asha_stops.jsonl
+        grid.json  sweep.json  sweep.png  asha_decisions.jsonl
         trials/<arm>-s<seed>/     each trial is a run
       .data/                      prepared token shards, shared between the nodes of a cluster
       .kernels/<stack key>/       compiled kernels, shared between the nodes of a cluster
@@ -179,10 +179,16 @@ class SweepLayout:
         return storage.join(self.dir, "sweep.png")
 
     @property
-    def asha_stops(self) -> str:
+    def asha_decisions(self) -> str:
+        """ASHA's judgement of every trial at every rung (records/decisions.py)."""
         # not *.json: Tune copies every top-level .json of its experiment folder (the sweep folder) to its staging
         # folder when it restores a sweep, and back at its end, which put back the first launch's record over the
         # relaunch's decisions
+        return storage.join(self.dir, "asha_decisions.jsonl")
+
+    @property
+    def legacy_asha_stops(self) -> str:
+        """Where sweeps before asha_decisions.jsonl recorded ASHA's stops alone (read, never written)."""
         return storage.join(self.dir, "asha_stops.jsonl")
 
     @property

@@ -143,8 +143,16 @@ def move_aside(path: str, suffix: str = ".damaged") -> str:
 
 
 def remove_dir(path: str) -> None:
-    """Delete a folder and everything in it."""
+    """Delete a folder and everything in it; a folder (or a file in it) that is already gone is not an error."""
     fs, target = _fs(path)
+    for _ in range(3):
+        try:
+            fs.delete_dir(target)
+            return
+        except FileNotFoundError:
+            # gone already, or a file in it went while this walked it: try again while anything is left
+            if fs.get_file_info(target).type == pafs.FileType.NotFound:
+                return
     fs.delete_dir(target)
 
 

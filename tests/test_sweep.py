@@ -2,6 +2,7 @@
 sweep runs through the CLI beside a running head (test_cluster.py)."""
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -238,3 +239,41 @@ def test_the_grid_expanded_before_the_local_checks_is_the_grid_of_the_resolved_b
         expected = match_params(expected) if matched else expected
         arms = on_resolved_base(expand(raw, parse_grid(grid)), resolved, SweepOptions(grid=grid, match_params=matched))
         assert [(a.id, a.spec.to_dict()) for a in arms] == [(a.id, a.spec.to_dict()) for a in expected], grid
+
+
+@pytest.mark.slow
+def test_asha_stops_many_short_trials_at_once_and_every_number_reported_is_the_one_judged(ray_session, tmp_path):
+    """The deletion race of the H100 study (4 of 13 trials failed by `FileNotFoundError: Cannot delete directory
+    ...checkpoint_...` inside Tune's stop_trial, where the scheduler settled a trial whose checkpoint callback was
+    still deleting): many short trials, a checkpoint at every evaluation, two at once, ASHA stopping most. No trial
+    fails; each one ASHA stopped ended at the very evaluation it judged, and that evaluation is its results, its
+    row and its kept model."""
+    from hybrid_ray.layout import SweepLayout
+    from hybrid_ray.records import decisions
+    from hybrid_ray.sweep import status
+    from hybrid_ray.train.checkpoint import read_state, weights_only
+
+    lrs = "lr=5e-3,4e-3,3e-3,2e-3,1.5e-3,1e-3,5e-4,2e-4"
+    spec = base(tmp_path, "race", **{"train.steps": 30, "train.eval_every": 5, "train.checkpoint_every": 5,
+                                     "train.log_every": 5, "optim.warmup_steps": 5, "scale.cpus_per_worker": 0.5})
+    outcome = sweep(spec, SweepOptions(grid=[lrs], reduction_factor=2), progress=False)
+    sweep_dir = SweepLayout.of(spec)
+    rows = {r["name"]: r for r in outcome.rows}
+    assert len(rows) == 8 and not [r for r in rows.values() if r["status"] not in ("finished", "stopped by ASHA")], rows
+    stops = status.read_stops(sweep_dir)
+    stopped = {n for n, r in rows.items() if r["status"] == "stopped by ASHA"}
+    assert stopped == set(stops) and len(stopped) >= 3, stops
+    judged = decisions.read(sweep_dir.asha_decisions)
+    assert {r["decision"] for r in judged} <= {"stop", "continue"}
+    assert len({(r["trial"], r["milestone"]) for r in judged}) == len(judged)  # each trial judged once a rung
+    for name in stopped:
+        row, stop, run = rows[name], stops[name], sweep_dir.trial(name)
+        results = json.loads(open(run.results).read())
+        assert row["step"] == row["stopped_at_step"] == results["step"] == stop["step"], (name, row, stop)
+        assert results["history"][-1]["step"] == stop["step"]  # nothing past the judged evaluation
+        assert results["final"]["val_loss"] == pytest.approx(stop["val_loss"])
+        kept = [p for p in os.listdir(run.dir) if p.startswith("checkpoint_")]
+        assert kept == [f"checkpoint_{stop['step']:08d}"]  # the model kept is the one judged, weights only
+        assert read_state(run.checkpoint(kept[0])).step == stop["step"] and weights_only(run.checkpoint(kept[0]))
+    assert json.loads(open(sweep_dir.results).read())["launch_order"] == json.loads(open(sweep_dir.grid).read())[
+        "launch_order"]

@@ -1,15 +1,17 @@
 """What a sweep's trials ended as: ASHA's own record, not Tune's TERMINATED, says which ASHA stopped; ASHA's default
 grace period never judges an arm inside its learning-rate warm-up."""
 
+import pickle
+
 import pytest
-from ray.tune.schedulers import TrialScheduler
 
 from hybrid_ray.config.grid import expand, parse_grid
 from hybrid_ray.config.variants import variant_spec
 from hybrid_ray.errors import Interrupted, SpecError
 from hybrid_ray.layout import SweepLayout
+from hybrid_ray.records import decisions
 from hybrid_ray.sweep import status
-from hybrid_ray.sweep.asha import RecordedASHA, asha_line, grace_period
+from hybrid_ray.sweep.asha import RecordedASHA, asha_line, grace_period, launch_order, rung_steps
 from hybrid_ray.sweep.options import SweepOptions
 
 FINISHED = {"status": "finished", "step": 60, "total_steps": 60}
@@ -42,20 +44,75 @@ def test_only_asha_s_record_makes_a_trial_stopped_by_asha():
     assert status.trial_status(None, None, status.TuneOutcome("TERMINATED"), gone=True)[0] == "not started"
 
 
-def test_asha_records_its_stops_as_it_decides_them(tmp_path, monkeypatch):
-    decisions = iter([TrialScheduler.CONTINUE, TrialScheduler.STOP])
-    monkeypatch.setattr("ray.tune.schedulers.ASHAScheduler.on_trial_result", lambda *a: next(decisions))
-    asha = RecordedASHA(SweepLayout.at(str(tmp_path)), time_attr="evaluations", metric="val_loss", mode="min", max_t=8)
-    trial = type("T", (), {"config": {"arm": "attn17", "seed": 1}})()
-    assert asha.on_trial_result(None, trial, {"step": 25, "evaluations": 1, "val_loss": 4.0}) == "CONTINUE"
-    assert status.read_stops(SweepLayout.at(str(tmp_path))) == {}
-    assert asha.on_trial_result(None, trial, {"step": 50, "evaluations": 2, "val_loss": 3.9}) == "STOP"
-    assert status.read_stops(SweepLayout.at(str(tmp_path))) == {"attn17-s1": {"step": 50, "evaluations": 2, "val_loss": 3.9}}
-    # a rung at the last evaluation (ASHA's rungs go on past max_t) stops nothing: the trial ends by itself
-    monkeypatch.setattr("ray.tune.schedulers.ASHAScheduler.on_trial_result", lambda *a: TrialScheduler.STOP)
-    other = type("T", (), {"config": {"arm": "attn0", "seed": 0}})()
-    assert asha.on_trial_result(None, other, {"step": 200, "evaluations": 8, "val_loss": 4.2}) == "CONTINUE"
-    assert "attn0-s0" not in status.read_stops(SweepLayout.at(str(tmp_path)))
+def _trial(arm: str, seed: int = 0):
+    return type("T", (), {"config": {"arm": arm, "seed": seed}, "trial_id": f"id-{arm}-{seed}"})()
+
+
+def _asha(folder) -> RecordedASHA:
+    return RecordedASHA(SweepLayout.at(str(folder)), time_attr="evaluations", metric="val_loss", mode="min", max_t=8,
+                        grace_period=1, reduction_factor=2, stop_last_trials=False)
+
+
+def test_asha_records_every_judgement_and_never_stops_a_trial_itself(tmp_path):
+    """Each rung judgement is written before Tune hears of it; the trial reads it and stops itself at that rung
+    (train/rungs.py), so the scheduler always answers CONTINUE and never touches a run folder."""
+    sweep = SweepLayout.at(str(tmp_path))
+    asha = _asha(tmp_path)
+    assert asha.on_trial_result(None, _trial("lr1"), {"step": 25, "evaluations": 1, "val_loss": 3.0}) == "CONTINUE"
+    assert status.read_stops(sweep) == {}
+    assert asha.on_trial_result(None, _trial("lr2"), {"step": 25, "evaluations": 1, "val_loss": 4.0}) == "CONTINUE"
+    assert status.read_stops(sweep) == {"lr2-s0": {"step": 25, "evaluations": 1, "val_loss": 4.0}}
+    lines = decisions.read(sweep.asha_decisions)
+    assert [(r["trial"], r["step"], r["milestone"], r["decision"]) for r in lines] == [
+        ("lr1-s0", 25, 1, "continue"), ("lr2-s0", 25, 1, "stop")]
+    # a report between rungs, or one that repeats a rung already judged (a resumed trial), judges nothing
+    asha.on_trial_result(None, _trial("lr1"), {"step": 25, "evaluations": 1, "val_loss": 3.0})
+    asha.on_trial_result(None, _trial("lr1"), {"step": 30, "evaluations": 1, "val_loss": 2.0})
+    assert len(decisions.read(sweep.asha_decisions)) == 2
+    # the last evaluation is no rung: the trial ends there by itself
+    assert asha.on_trial_result(None, _trial("lr1"), {"step": 200, "evaluations": 8, "val_loss": 9.0}) == "CONTINUE"
+    assert len(decisions.read(sweep.asha_decisions)) == 2
+    assert not list(tmp_path.glob("trials"))  # nothing of a trial touched
+
+
+def test_a_relaunched_scheduler_gets_its_rungs_back_so_the_same_losses_give_the_same_stops(tmp_path):
+    """The LR grid stopped lr 1e-3 when run straight through and finished it after Ctrl-C and a relaunch: the
+    relaunch's scheduler (Tune unpickles the one built at the first launch) had empty rungs."""
+    results = [("lr0.002", 2.5), ("lr0.0005", 2.9), ("lr0.001", 3.1)]
+    straight = _asha(tmp_path / "straight")
+    for arm, loss in results:
+        straight.on_trial_result(None, _trial(arm), {"step": 40, "evaluations": 1, "val_loss": loss})
+    first = _asha(tmp_path / "cut")
+    for arm, loss in results[:2]:
+        first.on_trial_result(None, _trial(arm), {"step": 40, "evaluations": 1, "val_loss": loss})
+    relaunched = pickle.loads(pickle.dumps(_asha(tmp_path / "cut")))  # what Tuner.restore hands back
+    relaunched.on_trial_result(None, _trial(*results[2][:1]), {"step": 40, "evaluations": 1, "val_loss": results[2][1]})
+    assert status.read_stops(SweepLayout.at(str(tmp_path / "cut"))) == status.read_stops(
+        SweepLayout.at(str(tmp_path / "straight")))
+    assert set(status.read_stops(SweepLayout.at(str(tmp_path / "cut")))) == {"lr0.0005-s0", "lr0.001-s0"}
+
+
+def test_asha_s_rung_steps_are_where_ray_s_bracket_judges():
+    from ray.tune.schedulers import ASHAScheduler
+
+    from hybrid_ray.sweep.asha import rung_evaluations
+
+    for steps, every, rf in [(200, 25, 3), (240, 20, 3), (1000, 50, 2), (120, 10, 3), (30, 10, 2)]:
+        grid = arms(**{"train.steps": steps, "train.eval_every": every, "optim.warmup_steps": 20})
+        options = SweepOptions(grid=["attention_ratio"], reduction_factor=rf)
+        max_t = -(-steps // every)
+        ray_rungs = ASHAScheduler(max_t=max_t, grace_period=grace_period(options, grid), reduction_factor=rf,
+                                  metric="val_loss", mode="min")._brackets[0]._rungs
+        assert rung_evaluations(options, grid) == sorted(int(m) for m, _ in ray_rungs if m < max_t)
+        assert rung_steps(options, grid, grid[0]) == [m * every for m in rung_evaluations(options, grid)]
+    assert rung_steps(SweepOptions(grid=["attention_ratio"], scheduler="fifo"), grid, grid[0]) == []
+
+
+def test_launch_order_is_a_seeded_shuffle_under_asha_and_the_grid_s_order_under_fifo():
+    ids = [f"lr{i}" for i in range(7)]
+    asha = launch_order(SweepOptions(grid=["lr"]), ids)
+    assert sorted(asha) == ids and asha != ids and asha == launch_order(SweepOptions(grid=["lr"]), ids)
+    assert launch_order(SweepOptions(grid=["lr"], scheduler="fifo"), ids) == ids
 
 
 def test_a_cuda_out_of_memory_error_is_one_line():
@@ -105,7 +162,8 @@ def test_a_trial_asha_stopped_before_its_first_checkpoint_is_ranked_by_the_loss_
     spec = variant_spec("h100_hybrid_sparse", "tiny").with_overrides({"model.vocab_size": 320})
     (tmp_path / "trials" / "attn0-s0").mkdir(parents=True)
     (tmp_path / "trials" / "attn0-s0" / "spec.yaml").write_text(spec.to_yaml())  # every trial that started has one
-    status.record_stop(SweepLayout.at(str(tmp_path)), "attn0-s0", {"step": 12, "evaluations": 1, "val_loss": 2.92})
+    decisions.append(SweepLayout.at(str(tmp_path)).legacy_asha_stops,  # a sweep from before rung checkpoints
+                     {"trial": "attn0-s0", "step": 12, "evaluations": 1, "val_loss": 2.92})
     [row] = collect([Arm("attn0", {"attention_ratio": 0.0}, spec)], 1, SweepLayout.at(str(tmp_path)), None, outcomes={"attn0-s0": TERM})
     assert row["status"] == "stopped by ASHA" and row["reason"] == "at step 12"
     assert row["best"] == {"step": 12, "val_loss": 2.92} and row["params"] > 0 and row["stopped_at_step"] == 12

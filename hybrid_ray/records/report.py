@@ -262,10 +262,11 @@ def plot_sweep(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
     plt.close(fig)
 
 
-def write_comparison(rows: list[dict[str, Any]], title: str, json_path: str, figure_path: str
-                     ) -> tuple[str, str | None]:
-    """Write the rows (strict JSON) and their figure (local or URI paths); returns (table, figure path or None)."""
-    storage.write_bytes(json_path, folders.dumps({"trials": rows}).encode())
+def write_comparison(rows: list[dict[str, Any]], title: str, json_path: str, figure_path: str,
+                     meta: dict[str, Any] | None = None) -> tuple[str, str | None]:
+    """Write the rows (strict JSON, with `meta` beside them) and their figure (local or URI paths); returns (table,
+    figure path or None)."""
+    storage.write_bytes(json_path, folders.dumps({**(meta or {}), "trials": rows}).encode())
     figure = None
     if any(r.get("history") for r in rows):
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,20 +1,23 @@
-"""ASHA on the evaluation count: the grace period (not inside the learning-rate warm-up), its max_t, the line that says
-what it will do, and the scheduler that records each stop in the sweep folder (the only honest "stopped by ASHA")."""
+"""ASHA on the evaluation count: the grace period (not inside the learning-rate warm-up), its max_t and rungs, the line
+that says what it will do, and the scheduler that records each judgement in the sweep folder (the only honest
+"stopped by ASHA", and what a relaunch gives back to its rungs)."""
 
 from __future__ import annotations
 
 import math
+import random
+import warnings
+from dataclasses import dataclass
 from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler
 
 from hybrid_ray.config.grid import Arm
-from hybrid_ray.errors import SpecError
+from hybrid_ray.errors import SpecError, first_line
 from hybrid_ray.layout import SweepLayout
-from hybrid_ray.sweep import status
+from hybrid_ray.records import decisions
 from hybrid_ray.sweep.options import SweepOptions
 from hybrid_ray.sweep.status import trial_name
-from hybrid_ray.train.checkpoint import CheckpointManager
 
 
 def grace_period(options: SweepOptions, arms: list[Arm]) -> int:
@@ -39,14 +42,30 @@ def max_evaluations(arms: list[Arm]) -> int:
     return max(max(1, math.ceil(a.spec.train.steps / a.spec.train.eval_every)) for a in arms)
 
 
+def rung_evaluations(options: SweepOptions, arms: list[Arm]) -> list[int]:
+    """The evaluations at which ASHA judges a trial, before the last one: its grace period times the reduction
+    factor's powers, where Ray's bracket puts its rungs (a rung at or past max_t judges nothing: sweep/asha.py)."""
+    rungs, milestone, max_evals = [], grace_period(options, arms), max_evaluations(arms)
+    while milestone < max_evals:
+        rungs.append(math.ceil(milestone))
+        milestone *= options.reduction_factor
+    return rungs
+
+
+def rung_steps(options: SweepOptions, arms: list[Arm], arm: Arm) -> list[int]:
+    """The steps of `arm` at which ASHA judges it: each is an evaluation, which its trial also saves as a checkpoint
+    and where it waits for the judgement (train/rungs.py), so the model and numbers kept are the ones judged."""
+    if options.scheduler != "asha":
+        return []
+    every, steps = arm.spec.train.eval_every, arm.spec.train.steps
+    return [m * every for m in rung_evaluations(options, arms) if m * every < steps]
+
+
 def asha_line(options: SweepOptions, arms: list[Arm]) -> str:
     """What ASHA will do, in the run's steps: when it may first stop a trial and where its rungs are."""
     grace = grace_period(options, arms)
-    every, max_evals = arms[0].spec.train.eval_every, max_evaluations(arms)
-    rungs, milestone = [], grace
-    while milestone < max_evals:
-        rungs.append(milestone * every)
-        milestone *= options.reduction_factor
+    every = arms[0].spec.train.eval_every
+    rungs = [m * every for m in rung_evaluations(options, arms)]
     how = "--grace-period" if options.grace_period is not None else "after the warm-up and a quarter of the run"
     where = (f"rungs at step(s) {', '.join(map(str, rungs))}" if rungs else
              "no rung before the last evaluation: it will stop no trial")
@@ -54,44 +73,96 @@ def asha_line(options: SweepOptions, arms: list[Arm]) -> str:
             f"{arms[0].spec.optim.warmup_steps} steps), keeps 1 in {options.reduction_factor}, {where}")
 
 
-class RecordedASHA(ASHAScheduler):
-    """ASHA that records each of its decisions to stop a trial (which trial, at which step) in the sweep folder before
-    Tune acts on it. Tune ends a trial that Ctrl-C, SIGTERM or a lost node cut exactly as one ASHA stopped
-    (TERMINATED), so this record is the only honest source of "stopped by ASHA" (status.trial_status)."""
+ORDER_SEED = 0
 
-    def __init__(self, sweep: SweepLayout, keep_checkpoints: bool = False, **kwargs: Any) -> None:
+
+def launch_order(options: SweepOptions, arm_ids: list[str]) -> list[str]:
+    """The order in which the arms' trials start (every arm's seed 0 first, then seed 1, ...). ASHA judges a trial
+    at a rung only against those recorded there before it, so a grid whose later arms are better (an ascending LR
+    grid, where the larger LR wins) is never cut: an H100 sweep of 7 LRs stopped none. Under ASHA the arms start in
+    a shuffled order, seeded, so a sweep's decisions repeat; FIFO keeps the grid's order."""
+    if options.scheduler != "asha":
+        return list(arm_ids)
+    order = list(arm_ids)
+    random.Random(ORDER_SEED).shuffle(order)
+    return order
+
+
+@dataclass(frozen=True)
+class _Named:
+    """What ASHA's bracket needs of a trial: a key for its rung records. hybrid-ray keys them by the trial's name
+    (`<arm>-s<seed>`), which a relaunch keeps, so the records can be given back to a relaunched scheduler."""
+
+    trial_id: str
+
+
+class RecordedASHA(ASHAScheduler):
+    """ASHA that writes each judgement it makes at a rung (continue or stop) to the sweep's record of decisions
+    before Tune hears of it, and reads that record back when a relaunch builds it anew, so the same losses give the
+    same stops whether or not the sweep was interrupted.
+
+    It never stops a trial itself and never touches a run folder: a trial waits at each rung for its judgement and,
+    told to stop, ends there on its own, saved, finalized and settled by its own run (train/rungs.py), so that what
+    ASHA judged is what the trial reports and keeps. Tune ends a trial that Ctrl-C cut exactly as one that ended, so
+    this record is also the only honest source of "stopped by ASHA" (status.trial_status)."""
+
+    def __init__(self, sweep: SweepLayout, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.sweep, self.keep_checkpoints = sweep, keep_checkpoints
+        self.sweep = sweep
+        self._restored = False
+
+    def _rungs(self) -> list[tuple[float, dict]]:
+        return self._brackets[0]._rungs  # one bracket: ASHA's default, and what hybrid-ray builds
+
+    def restore_rungs(self) -> None:
+        """Give the rungs back the judgements recorded before (a relaunch's scheduler starts empty); once."""
+        if self._restored:
+            return
+        self._restored = True
+        for record in decisions.read(self.sweep.asha_decisions):
+            for milestone, recorded in self._rungs():
+                if math.isclose(milestone, record.get("milestone", -1)):
+                    recorded[record["trial"]] = self._metric_op * float(record["val_loss"])
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == self.STOP and result.get(self._time_attr, 0) >= self._max_t:
-            # ASHA's rungs go on past max_t: one there "stops" a trial at its last evaluation, which ends it anyway
-            # with its results written; stopping it would kill it before it writes them
+        self.restore_rungs()
+        if self._time_attr not in result or self._metric not in result or result[self._time_attr] >= self._max_t:
+            # ASHA's rungs go on past max_t: the last evaluation is no rung, the trial ends there by itself
             return self.CONTINUE
-        if decision == self.STOP:
-            status.record_stop(self.sweep, trial_name(trial.config["arm"], trial.config["seed"]), result)
-        return decision
+        name = trial_name(trial.config["arm"], trial.config["seed"])
+        before = {m for m, recorded in self._rungs() if name in recorded}
+        decision = self._brackets[0].on_result(_Named(name), result[self._time_attr],
+                                               self._metric_op * result[self._metric])
+        judged = [m for m, recorded in self._rungs() if name in recorded and m not in before]
+        if judged:
+            if decision == self.STOP:
+                self._num_stopped += 1
+            self._record(name, judged[0], result, decision)
+        return self.CONTINUE  # the trial stops itself at the rung, when it reads the decision
+
+    def _record(self, name: str, milestone: float, result: dict, decision: str) -> None:
+        line = {"trial": name, "milestone": milestone, "evaluations": result.get(self._time_attr),
+                "step": result.get("step"), "val_loss": result.get(self._metric),
+                "decision": decisions.STOP if decision == self.STOP else decisions.CONTINUE}
+        try:
+            decisions.append(self.sweep.asha_decisions, line)
+        except OSError as e:  # a bookkeeping failure must not fail the trial: it waits, then goes on (train/rungs.py)
+            warnings.warn(f"could not record ASHA's decision on {name} at step {line['step']}: {first_line(e)}")
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-        super().on_trial_complete(tune_controller, trial, result)
-        name = trial_name(trial.config["arm"], trial.config["seed"])
-        if name in status.read_stops(self.sweep):
-            # free its optimizer state now, not at the sweep's end: the disk plan counts a stopped trial at what an
-            # ended one keeps (its report's checkpoint is complete by the time ASHA judged that report)
-            CheckpointManager(self.sweep.trial(name)).settle(self.keep_checkpoints)
+        # judgements come from the results the trial reported at its rungs, never from how Tune ended it
+        self._trial_info.pop(trial.trial_id, None)
 
 
 def scheduler(options: SweepOptions, arms: list[Arm], sweep: SweepLayout) -> Any:
-    """ASHA on the evaluation count (or FIFO), recording its stops in the sweep's folder."""
+    """ASHA on the evaluation count (or FIFO), recording its decisions in the sweep's folder."""
     from ray.tune.schedulers import FIFOScheduler
 
     if options.scheduler == "fifo":
         return FIFOScheduler()
     return RecordedASHA(
-        sweep, options.keep_checkpoints, time_attr="evaluations", metric="val_loss", mode="min",
+        sweep, time_attr="evaluations", metric="val_loss", mode="min",
         max_t=max_evaluations(arms),
         grace_period=grace_period(options, arms), reduction_factor=options.reduction_factor,
-        # a trial at its last evaluation ends by itself (results, model/, its placement group freed by Ray Train);
-        # stopping it there would kill it before it writes them, and free its resources only through the dashboard
+        # judged with the rungs' own records only (a trial past its last rung is never stopped)
         stop_last_trials=False)

@@ -1,7 +1,7 @@
 """A sweep trial: its name and run, and what it ended as, honestly (what an ended trial keeps: train/checkpoint.py).
 
 A trial is finished (it ran all its steps), stopped by ASHA (only a trial that ASHA's own decision, recorded in the
-sweep's `asha_stops.jsonl` as it was taken, stopped; never one that ran all its steps), failed (with the first line
+sweep's `asha_decisions.jsonl` as it was taken, stopped; never one that ran all its steps), failed (with the first line
 of its error), interrupted (Ctrl-C, SIGTERM or a lost node stopped it: Tune ends such a trial like one ASHA stopped,
 but saved it as running, so relaunching resumes it), not started, or removed (Tune ran it to its end, but its run
 folder was deleted since; Tune never runs an ended trial again, so under FIFO the sweep trains such trials in a new
@@ -10,13 +10,12 @@ Tuner, and under ASHA, whose stops cannot be replayed, it reports them).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from hybrid_ray import storage
 from hybrid_ray.errors import HybridRayError, Interrupted, first_line, root_cause
 from hybrid_ray.layout import SweepLayout
+from hybrid_ray.records import decisions
 from hybrid_ray.spec import RunSpec
 
 FINISHED = "finished"
@@ -26,7 +25,6 @@ INTERRUPTED = "interrupted"
 NOT_STARTED = "not started"
 REMOVED = "removed"
 ENDED = (FINISHED, STOPPED, FAILED, REMOVED)
-# ASHA's record (layout.SweepLayout.asha_stops): a line per decision, {"trial", "step", "evaluations", "val_loss"}
 
 
 @dataclass
@@ -71,28 +69,15 @@ def _exception_line(line: str) -> bool:
 
 
 def read_stops(sweep: SweepLayout) -> dict[str, dict[str, Any]]:
-    """ASHA's decisions so far: the trials it stopped, each with the step and evaluation it stopped at (a line that
-    a full disk cut short is skipped)."""
-    path = sweep.asha_stops
-    if not storage.exists(path):
-        return {}
+    """ASHA's decisions to stop so far: the trials it stopped, each with the step and evaluation it judged (from
+    records/decisions.py's record, and from the record of stops alone that sweeps kept before it)."""
     stops = {}
-    for line in storage.read_bytes(path).decode(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
+    for record in decisions.read(sweep.legacy_asha_stops):
         stops[record.pop("trial")] = record
+    for record in decisions.read(sweep.asha_decisions):
+        if record.get("decision") == decisions.STOP:
+            stops[record["trial"]] = {k: record.get(k) for k in ("step", "evaluations", "val_loss")}
     return stops
-
-
-def record_stop(sweep: SweepLayout, name: str, result: dict[str, Any]) -> None:
-    """Add ASHA's decision to stop trial `name` on `result` (its report) to the sweep's record, before Tune acts on it."""
-    path = sweep.asha_stops
-    line = json.dumps({"trial": name, "step": result.get("step"), "evaluations": result.get("evaluations"),
-                       "val_loss": result.get("val_loss")})
-    before = storage.read_bytes(path) if storage.exists(path) else b""
-    storage.write_bytes(path, before + line.encode() + b"\n")
 
 
 def trial_status(results: dict[str, Any] | None, newest_step: int | None, outcome: TuneOutcome | None,

@@ -33,13 +33,14 @@ from hybrid_ray.records import folders
 from hybrid_ray.records import report
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.sweep import status
-from hybrid_ray.sweep.asha import asha_line, grace_period, scheduler
+from hybrid_ray.sweep.asha import asha_line, grace_period, launch_order, rung_steps, scheduler
 from hybrid_ray.sweep.options import SweepOptions
 from hybrid_ray.sweep.plan import on_resolved_base, plan_sweep
 from hybrid_ray.sweep.status import trial_name, trial_spec
 from hybrid_ray.train.checkpoint import CheckpointManager, read_state
 from hybrid_ray.train.launch import check_locally, finalize, share_data
 from hybrid_ray.train.plan import TRIAL_CPU, gb
+from hybrid_ray.train.rungs import RungConfig
 
 
 
@@ -56,10 +57,18 @@ class SweepOutcome:
 
 
 def _grid_record(options: SweepOptions, arms: list[Arm]) -> dict[str, Any]:
-    """What defines a sweep: relaunching its name with anything else is refused."""
+    """What defines a sweep (relaunching its name with anything else is refused), and the order its trials start
+    in (sweep/asha.py's launch_order: set at the first launch, which Tune keeps)."""
     how = ("max_concurrent", "keep_checkpoints")  # how to run it, not what it is
     return {"options": {k: v for k, v in dataclasses.asdict(options).items() if k not in how},
-            "arms": {a.id: a.spec.to_dict() for a in arms}}
+            "arms": {a.id: a.spec.to_dict() for a in arms},
+            "launch_order": launch_order(options, [a.id for a in arms])}
+
+
+def launched_order(sweep: SweepLayout, arms: list[Arm]) -> list[str]:
+    """The order the sweep's arms started in (the grid's, for a sweep recorded before launch orders were)."""
+    recorded = folders.read_json(sweep.grid).get("launch_order") if storage.exists(sweep.grid) else None
+    return recorded or [a.id for a in arms]
 
 
 def _claim(sweep: SweepLayout, record: dict[str, Any]) -> bool:
@@ -69,6 +78,8 @@ def _claim(sweep: SweepLayout, record: dict[str, Any]) -> bool:
         storage.write_bytes(path, folders.dumps(record).encode())
         return False
     previous = folders.read_json(path)
+    previous.pop("launch_order", None)
+    record = {k: v for k, v in record.items() if k != "launch_order"}
     if previous != json.loads(folders.dumps(record)):
         changed = sorted(set(previous["arms"]) ^ set(record["arms"])) or sorted(
             k for k in previous["options"] if previous["options"][k] != record["options"].get(k))
@@ -79,8 +90,11 @@ def _claim(sweep: SweepLayout, record: dict[str, Any]) -> bool:
 
 
 def _trial(config: dict[str, Any], specs: dict[str, dict], sweep: SweepLayout, data_origin: str | None,
-           keep_checkpoints: bool = False) -> None:
-    """A Tune trial: one train() run of an arm and seed, reporting to Tune through Ray Train's callback."""
+           keep_checkpoints: bool = False, rungs: dict[str, list[int]] | None = None) -> None:
+    """A Tune trial: one train() run of an arm and seed, reporting to Tune through Ray Train's callback. The trial's
+    own process owns its run folder from start to end: its train() resumes it, keeps its newest checkpoints while it
+    trains, stops it at a rung when ASHA says so (train/rungs.py), writes its results, and then this settles it; the
+    scheduler and the sweep never delete anything of a trial that is running."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -89,15 +103,18 @@ def _trial(config: dict[str, Any], specs: dict[str, dict], sweep: SweepLayout, d
     spec = trial_spec(RunSpec.from_dict(specs[config["arm"]]), config["arm"], config["seed"], sweep.trials)
     run = sweep.trial(spec.name)
     folders.set_aside_damaged(run)
-    done = folders.read_results(run) or {}
-    if done.get("status") == "finished" and done.get("total_steps") == spec.train.steps:
-        # finished before the sweep was interrupted (and Tune's own record of it was lost): report, do not retrain
-        evaluations = sum("val_loss" in r for r in done.get("history", []))
-        tune.report({**(done.get("final") or {}), "step": done["step"], "evaluations": evaluations, "evaluated": False})
-        return
+    steps = (rungs or {}).get(config["arm"]) or []
+    judged = RungConfig(tuple(steps), sweep.asha_decisions) if rungs is not None else None
     outcome = train(spec, callbacks=[TuneReportCallback()], progress=False, kernel_cache=sweep.storage_path,
-                    data_origin=data_origin)
-    if outcome.finished:
+                    data_origin=data_origin, rungs=judged)
+    if outcome.already_done:
+        # it ended before this launch (Tune's own record of it was lost, or Ctrl-C came between its judgement and
+        # its end): report what it ended with, train nothing
+        done = outcome.results
+        evaluations = sum("val_loss" in r for r in done.get("history", []))
+        tune.report({**(done.get("final") or {}), "step": done["step"], "evaluations": evaluations,
+                     "evaluated": False})
+    if outcome.results["status"] in ("finished", "stopped"):  # ran to its end, or to the rung ASHA stopped it at
         CheckpointManager(run).settle(keep_checkpoints)  # free its disk now, not at the sweep's end
 
 
@@ -205,7 +222,7 @@ def sweep(
     rows = collect(arms, options.seeds, sweep, dataset, outcomes=outcomes, keep_checkpoints=options.keep_checkpoints)
     if options.eval_tasks and not interrupted:
         rows = evaluate_finished(rows, options, address, progress)
-    outcome = write_outputs(sweep, rows, title=base.name)
+    outcome = write_outputs(sweep, rows, title=base.name, launch_order=launched_order(sweep, arms))
     counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
     summary = ", ".join(f"{n} {s}" for s, n in counts.items())
     if interrupted or not all(r["status"] in status.ENDED for r in rows):
@@ -280,7 +297,9 @@ def _new_tuner(trainable: Any, base: RunSpec, options: SweepOptions, arms: list[
     callbacks = [Console(len(arms) * options.seeds, steps, sweep)] if progress else []
     return tune.Tuner(
         trainable,
-        param_space={"arm": tune.grid_search([a.id for a in arms]), "seed": tune.grid_search(list(range(options.seeds)))},
+        # Tune starts the arm axis fastest: every arm's seed 0, in this order, then seed 1, ...
+        param_space={"arm": tune.grid_search(launched_order(sweep, arms)),
+                     "seed": tune.grid_search(list(range(options.seeds)))},
         tune_config=tune.TuneConfig(scheduler=scheduler(options, arms, sweep), max_concurrent_trials=concurrent),
         run_config=run_config(base, callbacks),
     )
@@ -292,8 +311,9 @@ def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep: SweepLayo
     from ray import tune
 
     specs = {arm.id: arm.spec.to_dict() for arm in arms}
+    rungs = {arm.id: rung_steps(options, arms, arm) for arm in arms} if options.scheduler == "asha" else None
     trainable = tune.with_parameters(_trial, specs=specs, sweep=sweep, data_origin=data_origin,
-                                     keep_checkpoints=options.keep_checkpoints)
+                                     keep_checkpoints=options.keep_checkpoints, rungs=rungs)
     # the trial itself only waits on its TorchTrainer, whose workers hold the CPUs and GPUs
     trainable = tune.with_resources(trainable, {"CPU": TRIAL_CPU})
     with _Signals(verbose):
@@ -404,7 +424,9 @@ def evaluate_finished(rows: list[dict[str, Any]], options: SweepOptions, address
     return rows
 
 
-def write_outputs(sweep: SweepLayout, rows: list[dict[str, Any]], title: str) -> SweepOutcome:
-    """sweep.json, sweep.png and the ranked table."""
-    table, figure = report.write_comparison(rows, title, sweep.results, sweep.figure)
+def write_outputs(sweep: SweepLayout, rows: list[dict[str, Any]], title: str,
+                  launch_order: list[str] | None = None) -> SweepOutcome:
+    """sweep.json (with the order the arms started in), sweep.png and the ranked table."""
+    meta = {"launch_order": launch_order} if launch_order else None
+    table, figure = report.write_comparison(rows, title, sweep.results, sweep.figure, meta=meta)
     return SweepOutcome(sweep_dir=sweep.dir, rows=rows, table=table, figure=figure)

@@ -32,6 +32,7 @@ from hybrid_ray.spec import RunSpec
 from hybrid_ray.train import plan
 from hybrid_ray.train.checkpoint import CheckpointManager, TrainerState, export_model, read_state
 from hybrid_ray.train.loop import LaunchOptions, train_loop_per_worker
+from hybrid_ray.train.rungs import RungConfig, stopped_at
 
 
 class TrainingError(HybridRayError):
@@ -168,13 +169,15 @@ def train(
     verbose: bool = False,
     kernel_cache: str | None = None,
     data_origin: str | None = None,
+    rungs: RungConfig | None = None,
 ) -> TrainOutcome:
     """Train (or resume, or extend) the run `spec.name` under `spec.storage_path` on a Ray cluster.
 
     `progress` prints what the run does, here and on its workers; `verbose` also lets Ray's own log lines through;
     `kernel_cache` is the storage path whose `.kernels/` folder shares compiled kernels between the nodes of a cluster
     (default: the run's; a sweep passes its own storage path, so its trials share theirs); `data_origin`
-    is a dataset already published to shared storage (a sweep publishes once for all its trials).
+    is a dataset already published to shared storage (a sweep publishes once for all its trials); `rungs` are where
+    a sweep's scheduler judges the run: it saves there, waits for the judgement and stops there when told.
     """
     started = time.time()
     if extend_steps > 0:
@@ -192,6 +195,9 @@ def train(
         if until_step > last:
             warnings.warn(f"--until-step {until_step} is past the run's last step ({last}): the run trains to {last}")
     if reached and not extend_steps and reached.step >= min(until_step or reached.total_steps, reached.total_steps):
+        return _already_done(spec, run, dataset, reached.step)
+    told = stopped_at(rungs, spec.name)
+    if reached and told is not None and reached.step >= told:  # its scheduler stopped it at a rung it had reached
         return _already_done(spec, run, dataset, reached.step)
 
     where = cluster.connect(address, verbose=verbose)
@@ -223,6 +229,8 @@ def train(
         kernel_store=kernel_store,
         echo=progress,
         data_origin=data_origin,
+        rung_steps=list(rungs.steps) if rungs else [],
+        decisions=rungs.decisions if rungs else None,
     )
     try:
         _fit(spec, launch, scaling, use_gpu, ray_checkpoints, callbacks)

@@ -34,6 +34,7 @@ from hybrid_ray.train.checkpoint import Checkpointer, SaveConfig, TrainerState
 from hybrid_ray.train.evaluate import EvalConfig, Evaluator
 from hybrid_ray.train.metrics import LogConfig, MetricsLogger, say
 from hybrid_ray.train.optim import LRSchedule, build_optimizer
+from hybrid_ray.train.rungs import RungConfig, Rungs
 from hybrid_ray.train.parallelize import (clip_grad_norm, gradient_sync, in_process_group, parallelize,
                                           resolve_strategy)
 
@@ -50,6 +51,8 @@ class LaunchOptions:
     kernel_store: str | None = None  # storage whose .kernels/ shares compiled kernels between nodes (None: one node)
     echo: bool = True  # rank 0 prints progress lines (a sweep's trials do not: the sweep prints its own events)
     data_origin: str | None = None  # the prepared dataset in shared storage, for nodes that do not have it yet
+    rung_steps: list[int] = field(default_factory=list)  # where a sweep's scheduler judges the run (train/rungs.py)
+    decisions: str | None = None  # the scheduler's record of its judgements (None: no scheduler judges this run)
 
 
 def _publish_kernels(store: str | None, tag: str) -> None:
@@ -228,6 +231,12 @@ def train_loop_per_worker(config: dict) -> None:
                                 worker.world, launch.known_checkpoints)
     state = checkpointer.restore(launch.resume_from) or TrainerState(total_steps=spec.train.steps)
     stop_at, first_step = _start(state, schedule, spec, launch, model, worker), state.step
+    config = RungConfig(tuple(launch.rung_steps), launch.decisions) if launch.decisions else None
+    rungs = Rungs(config, spec.name, worker.rank, device)
+    if rungs.pending(state.step):  # resumed at a rung cut before its judgement: report it again, to be judged
+        _report(state, {**state.last_eval, "step": state.step}, None)
+    if state.step and rungs.stop(state.step):
+        stop_at = state.step  # told to stop at a rung before this launch: nothing to train
     metrics = MetricsLogger(LogConfig.from_spec(spec), device, worker.rank, worker.world, launch.tensorboard_dir, launch.echo)
     divergence = Divergence(device, RunLayout(launch.run_dir).diverged, worker.rank)
     while state.step < stop_at:
@@ -243,7 +252,7 @@ def train_loop_per_worker(config: dict) -> None:
         metrics.add(loss, timed=not compiled)
         last = state.step == stop_at
         logging, evaluating = metrics.should_log(state.step, last), evaluator.should_evaluate(state.step, last)
-        saving = checkpointer.should_save(state.step, last)
+        saving = checkpointer.should_save(state.step, last) or rungs.due(state.step)  # keep what is judged
         record = metrics.record(state, grad_norm, lr, loader.epoch) if logging else {}
         if (logging or evaluating or saving) and divergence.stop(schedule):
             break  # before anything of a broken model is evaluated or saved
@@ -255,6 +264,10 @@ def train_loop_per_worker(config: dict) -> None:
         metrics.write(state, record)
         if report_due(saving, evaluating):  # every rank at the same steps: Ray Train's report is a barrier
             _report(state, record, checkpointer.save(state) if saving else None)
+            if rungs.stop(state.step):  # the sweep's console says so
+                break
             metrics.restart_clock()
+    for step in rungs.late:
+        worker.say(f"warning: no judgement of step {step} came from the sweep's scheduler; trained on")
     metrics.close()
     worker.finish()
