@@ -19,8 +19,12 @@ resume), not the model.
 Writes DIR/bench_study.json after every phase (a call cut short keeps what it measured): machine.gpus; `arms`, one
 entry per arm (`arm`, layers, parameters, MLP width, `first_step_s` (its first launch's first step: compiling and
 tuning), status, launches, `resumed_at`, peak GPU memory against the plan's); the statuses after the interrupt and at
-the end; wall times; the ranked table; and `checks` (every interrupted trial resumed, "stopped by ASHA" only for
-ASHA's recorded decisions, no arm's first step after the first cold one over 30 s).
+the end; wall times; the ranked table; ASHA's `judgements` (each with the trials recorded at its rung before it); and
+`checks` (every interrupted trial resumed, "stopped by ASHA" only for ASHA's recorded decisions, no arm's first step
+after the first cold one over 30 s, no trial failed (the H100 study's bookkeeping failed 4 of 13), every stopped
+trial reports the step and loss ASHA judged). `--straight` runs the study once more without an interrupt
+(`study-straight`) and compares: the relaunch's decisions must equal the straight run's wherever both judged a trial
+at a rung after the same trials. tests/test_sweep.py runs the CPU twin (`--cpu --layers 4 --ratios 0,0.5,1`).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from typing import Any
 from benchmarks.common import write_json
 from hybrid_ray.config.variants import variant_spec
 from hybrid_ray.layout import SweepLayout
+from hybrid_ray.records import decisions
 from hybrid_ray.sweep import status
 
 GPU_SIZE = {"model.vocab_size": 50304, "train.batch_size": 16, "train.steps": 48, "optim.warmup_steps": 12,
@@ -54,6 +59,8 @@ def job_file(args: argparse.Namespace, folder: Path) -> Path:
     """The study's size as a job file, so each phase is the same one command line."""
     spec = variant_spec("h100_hybrid_sparse", "tiny" if args.cpu else None)
     spec = spec.with_overrides({**(CPU_SIZE if args.cpu else GPU_SIZE), "name": "study"})
+    if args.layers:
+        spec = spec.with_overrides({"model.num_layers": args.layers, "model.attn_layers": [args.layers - 1]})
     if args.steps:
         every = max(1, args.steps // 4)
         spec = spec.with_overrides({"train.steps": args.steps, "train.eval_every": every,
@@ -128,6 +135,60 @@ def arm_entries(sweep: Path, first_launch: dict[str, dict[str, Any]], plan_memor
     return entries
 
 
+def judgements(sweep: Path) -> dict[str, dict[str, Any]]:
+    """ASHA's judgements in the order it made them, by `<trial>@<milestone>`: the decision and the trials already
+    recorded at that rung (ASHA compares a trial with those alone)."""
+    seen: dict[Any, list[str]] = {}
+    found = {}
+    for record in decisions.read(SweepLayout.at(str(sweep)).asha_decisions):
+        before = seen.setdefault(record["milestone"], [])
+        found[f"{record['trial']}@{record['milestone']}"] = {"decision": record["decision"], "step": record["step"],
+                                                              "val_loss": record["val_loss"], "after": sorted(before)}
+        before.append(record["trial"])
+    return found
+
+
+def judged_against_reported(sweep: Path) -> dict[str, dict[str, Any]]:
+    """For every trial ASHA stopped: the step and loss it judged, and the ones sweep.json and results.json report."""
+    final = rows(sweep)
+    found = {}
+    for name, stop in status.read_stops(SweepLayout.at(str(sweep))).items():
+        row = final.get(name, {})
+        path = sweep / "trials" / name / "results.json"
+        results = json.loads(path.read_text()) if path.exists() else {}
+        reported = (row.get("final") or {}).get("val_loss")
+        found[name] = {"judged_step": stop["step"], "judged_val_loss": stop["val_loss"],
+                       "reported_step": row.get("step"), "reported_val_loss": reported,
+                       "results_step": results.get("step"),
+                       "equal": stop["step"] == row.get("step") == results.get("step") and reported is not None
+                       and abs(reported - stop["val_loss"]) < 1e-9}
+    return found
+
+
+def same_stops(relaunched: dict[str, dict], straight: dict[str, dict]) -> dict[str, Any]:
+    """The relaunch's judgements against a straight run's, where both judged the same trial at the same rung after
+    the same trials (with other trials before it, ASHA's cutoff is another one: such pairs are listed, not compared)."""
+    both = sorted(set(relaunched) & set(straight))
+    comparable = [k for k in both if relaunched[k]["after"] == straight[k]["after"]]
+    differ = [k for k in comparable if relaunched[k]["decision"] != straight[k]["decision"]]
+    return {"comparable": comparable, "differing": differ,
+            "other_predecessors": [k for k in both if k not in comparable], "equal": not differ}
+
+
+def straight_run(args: argparse.Namespace, config: Path, storage: Path, out: Path, results: dict[str, Any]) -> None:
+    """The same study without an interrupt (`study-straight`), and its judgements against the relaunched study's."""
+    started = time.time()
+    with open(out / "straight.log", "w") as log:
+        straight = subprocess.run(command(args, config, storage, "--name", "study-straight"), stdout=log,
+                                  stderr=subprocess.STDOUT, text=True)
+    results["straight"] = {"exit_code": straight.returncode, "wall_s": time.time() - started,
+                           "statuses": {n: r["status"] for n, r in rows(storage / "study-straight").items()},
+                           "judgements": judgements(storage / "study-straight")}
+    results["checks"]["relaunch_stops_as_a_straight_run"] = same_stops(results["judgements"],
+                                                                       results["straight"]["judgements"])
+    write_json(out / "bench_study.json", results)
+
+
 def relaunch_table(log: Path) -> list[str]:
     """The ranked table the relaunch printed (from its header to the line before 'sweep finished')."""
     lines = log.read_text().splitlines() if log.exists() else []
@@ -148,7 +209,7 @@ def planned_memory(plan: str) -> dict[str, float]:
     return found
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out-dir", required=True)
     parser.add_argument("--storage", help="where the sweep's trials go [default: OUT_DIR/sweeps]; keep it off $OUT")
@@ -157,7 +218,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="steps a trial [default: 48 on GPU, 40 on CPU]")
     parser.add_argument("--interrupt-after", type=float, default=400.0,
                         help="SIGINT the first launch at the latest after this many seconds")
-    args = parser.parse_args()
+    parser.add_argument("--layers", type=int, help="model layers (CPU: fewer for a quicker check) [default: 12]")
+    parser.add_argument("--straight", action="store_true",
+                        help="also run the study once without an interrupt and compare ASHA's judgements")
+    parser.add_argument("--only-straight", action="store_true",
+                        help="only the straight run, against the judgements of the study already in --storage "
+                             "(a second device call; its trials may be deleted first to free the disk)")
+    args = parser.parse_args(argv)
     out = Path(args.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     storage = Path(args.storage or out / "sweeps").resolve()
@@ -167,6 +234,11 @@ def main() -> None:
     results: dict[str, Any] = {"size": "cpu tiny" if args.cpu else GPU_SIZE, "ratios": args.ratios or "13 named",
                                "command": " ".join(command(args, config, storage)[1:])}
     result_file = out / "bench_study.json"
+    if args.only_straight:
+        results["judgements"] = judgements(sweep)
+        results["checks"] = {}
+        straight_run(args, config, storage, out, results)
+        return results
 
     started = time.time()
     dry = subprocess.run(command(args, config, storage, "--dry-run"), capture_output=True, text=True)
@@ -213,13 +285,25 @@ def main() -> None:
             "every_further_arm_within_target": all(s <= FIRST_STEP_TARGET_S for s in firsts[1:]),
         },
     })
+    failed = {n: r.get("reason") for n, r in final.items() if r["status"] == "failed"}
+    judged = judged_against_reported(sweep)
+    results["checks"].update({
+        "trials_failed": failed,  # bookkeeping failed 4 of 13 trials of the H100 study: must be none
+        "no_trial_failed": not failed,
+        "judged_against_reported": judged,
+        "every_stop_reports_what_asha_judged": all(j["equal"] for j in judged.values()),
+    })
+    results["judgements"] = judgements(sweep)
     write_json(result_file, results)
+    if args.straight:
+        straight_run(args, config, storage, out, results)
     for arm in sorted(arms, key=lambda a: a["arm"]):
         print(f"{arm['trial']:<12} {arm['status']:<16} first step {arm['first_step_s'] or 0:6.1f}s  launches "
               f"{arm['launches']}  peak {arm['peak_memory_gb']:5.1f} GB (plan {arm['planned_memory_gb']})  "
               f"best {arm['best_val_loss']}", flush=True)
     print(json.dumps(results["checks"], indent=1), flush=True)
     print(f"relaunch exit {relaunch.returncode}; results: {result_file}", flush=True)
+    return results
 
 
 if __name__ == "__main__":

@@ -35,3 +35,12 @@ def test_every_exported_name_resolves_to_its_home():
         assert "no_such_name" in str(e)
     else:
         raise AssertionError("an unknown name must raise AttributeError")
+
+
+def test_the_documented_train_and_sweep_names_resolve_in_a_fresh_process():
+    """The package docstring's `hr.train.train(spec)` and `hr.sweep.sweep(...)` raised AttributeError in a new
+    process (nothing had imported the subpackages yet)."""
+    code = "import hybrid_ray as hr\nprint(hr.train.train.__module__, hr.sweep.sweep.__module__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["hybrid_ray.train.launch", "hybrid_ray.sweep.tuner"]
