@@ -18,6 +18,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ from ray.tune import Callback
 
 from hybrid_ray import ray_compat, storage
 from hybrid_ray.config.grid import Arm, expand, numeric_value, parse_grid
-from hybrid_ray.errors import HybridRayError, Interrupted, SpecError
+from hybrid_ray.errors import HybridRayError, Interrupted, SpecError, first_line
 from hybrid_ray.jobs import cluster
 from hybrid_ray.layout import RunLayout, SweepLayout
 from hybrid_ray.model import count_params
@@ -382,15 +383,30 @@ def collect(arms: list[Arm], seeds: int, sweep: SweepLayout, dataset: Any, *,
                 wall = outcome.seconds if outcome is not None and outcome.seconds else 0.0
                 if folders.launch_count(run) == 0:  # cut before its train() could count the launch that trained it
                     folders.count_launch(run)
-                results = finalize(spec, run, dataset, wall or _trained_seconds(run)).results
+                results = _results_of_cut(spec, run, dataset, wall, results)
             state, reason = status.trial_status(results, newest, outcome, stops.get(name), gone=gone)
-            if state in (status.FINISHED, status.STOPPED):
-                CheckpointManager(run).settle(keep_checkpoints)
+            if state in (status.FINISHED, status.STOPPED):  # one whose process ended before it settled it
+                try:
+                    CheckpointManager(run).settle(keep_checkpoints)
+                except (OSError, HybridRayError) as e:  # it keeps more than it needs: that fails nothing
+                    warnings.warn(f"could not free the disk of trial {name} ({first_line(e)})")
             if results is None and state == status.STOPPED:
                 results = _seen_by_asha(arm.spec, stops[name])
             row = report.trial_row(arm.id, arm.settings, seed, name, run, results, numeric_value(arm))
             rows.append({**row, "status": state, "reason": reason})
     return rows
+
+
+def _results_of_cut(spec: RunSpec, run: RunLayout, dataset: Any, wall: float,
+                    results: dict[str, Any] | None) -> dict[str, Any] | None:
+    """results.json of a trial the sweep cut, from its newest checkpoint. Ray may still be ending the trial's run
+    (its retention callback deleting what it no longer keeps): a checkpoint gone from under the export leaves the
+    trial with the results it had, to be written again when it resumes; bookkeeping never fails a sweep."""
+    try:
+        return finalize(spec, run, dataset, wall or _trained_seconds(run)).results
+    except (OSError, HybridRayError) as e:
+        warnings.warn(f"could not write the results of trial {spec.name} yet ({first_line(e)}); its relaunch will")
+        return results
 
 
 def _seen_by_asha(spec: RunSpec, stop: dict[str, Any]) -> dict[str, Any]:
