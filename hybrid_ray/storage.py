@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 import zlib
 from pathlib import Path
@@ -144,16 +145,24 @@ def move_aside(path: str, suffix: str = ".damaged") -> str:
 
 def remove_dir(path: str) -> None:
     """Delete a folder and everything in it; a folder (or a file in it) that is already gone is not an error."""
+    if not is_uri(path):
+        shutil.rmtree(path, onerror=_gone_is_fine)
+        return
     fs, target = _fs(path)
     for _ in range(3):
         try:
             fs.delete_dir(target)
             return
         except FileNotFoundError:
-            # gone already, or a file in it went while this walked it: try again while anything is left
+            # gone already, or an object in it went while this listed it: try again while anything is left
             if fs.get_file_info(target).type == pafs.FileType.NotFound:
                 return
     fs.delete_dir(target)
+
+
+def _gone_is_fine(function, path, exc_info) -> None:
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
 
 
 def copy_dir(src: str, dst: str) -> None:

@@ -274,3 +274,32 @@ def test_a_record_of_ray_in_a_shape_ray_cannot_load_is_set_aside_too(tmp_path, d
     assert newest == str(run / layout.checkpoint_name(20)) and not (run / layout.RAY_RECORD).exists()
     assert json.loads((run / (layout.RAY_RECORD + ".damaged")).read_text()) == record  # kept byte for byte
     ray_loads(run)
+
+
+def test_deleting_a_folder_already_gone_or_going_is_not_an_error(tmp_path):
+    """Two hands deleting one checkpoint (a retention callback and a settle, on the H100 study) raised
+    FileNotFoundError in the second; one owner deletes now, and a folder gone is no error either way."""
+    import threading
+
+    from hybrid_ray import storage
+
+    storage.remove_dir(str(tmp_path / "never-there"))
+    for _ in range(5):
+        folder = tmp_path / "checkpoint_00000050"
+        for i in range(300):
+            (folder / f"d{i % 10}").mkdir(parents=True, exist_ok=True)
+            (folder / f"d{i % 10}" / f"f{i}").write_bytes(b"x")
+        errors = []
+
+        def delete():
+            try:
+                storage.remove_dir(str(folder))
+            except Exception as e:  # noqa: BLE001 - the test reports what either hand raised
+                errors.append(e)
+
+        hands = [threading.Thread(target=delete) for _ in range(3)]
+        for hand in hands:
+            hand.start()
+        for hand in hands:
+            hand.join()
+        assert not errors and not folder.exists()
