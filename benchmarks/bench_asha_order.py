@@ -44,14 +44,39 @@ def run(args: argparse.Namespace, config: Path, storage: Path, scheduler: str, l
     wall = time.time() - started
     sweep = json.loads((storage / scheduler / "sweep.json").read_text())
     rows = sweep["trials"]
-    ranked = sorted((r for r in rows if r.get("best_val_loss") is not None), key=lambda r: r["best_val_loss"])
-    complete = [r for r in ranked if r["status"] == "finished"]
+    best = {r["arm"]: (r.get("best") or {}).get("val_loss") for r in rows}
+    complete = sorted((r["arm"] for r in rows if r["status"] == "finished"), key=lambda arm: best[arm])
     return {"command": " ".join(cmd[1:]), "exit_code": code, "wall_s": round(wall, 1),
             "trial_steps": sum(r["step"] or 0 for r in rows), "launch_order": sweep.get("launch_order"),
             "statuses": {r["arm"]: r["status"] for r in rows},
             "stopped_at": {r["arm"]: r["stopped_at_step"] for r in rows if r["status"] == "stopped by ASHA"},
-            "best_val_loss": {r["arm"]: r["best_val_loss"] for r in rows},
-            "winner": complete[0]["arm"] if complete else None}
+            "best_val_loss": best, "winner": complete[0] if complete else None}
+
+
+def replay_in_grid_order(storage: Path, lrs: str, rf: int = 3) -> dict[str, Any]:
+    """ASHA's rung judgements of the ASHA sweep replayed through Ray's own bracket in the grid's (ascending) order,
+    as hybrid-ray launched trials before launch_order: which trials that order would have stopped, on the same
+    losses (one trial at a time, so each reaches the rung in launch order)."""
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
+    from hybrid_ray.layout import SweepLayout
+    from hybrid_ray.records import decisions
+
+    judged = decisions.read(SweepLayout(str(storage), "asha").asha_decisions)
+    milestones = sorted({r["milestone"] for r in judged})
+    order = [f"lr{float(v):g}-s0" for v in lrs.split(",")]
+    bracket = _Bracket(min_t=milestones[0], max_t=10**6, reduction_factor=rf, s=0, stop_last_trials=False)
+    loss = {(r["trial"], r["milestone"]): r["val_loss"] for r in judged}
+    stopped = []
+    for name in order:
+        for milestone in milestones:
+            if (name, milestone) not in loss:
+                break
+            if bracket.on_result(type("T", (), {"trial_id": name})(), milestone, -loss[name, milestone]) == "STOP":
+                stopped.append(name)
+                break
+    return {"order": order, "stopped": stopped,
+            "note": "a trial the shuffled run stopped at a rung has no loss at later rungs: it is not replayed there"}
 
 
 def main() -> None:
@@ -75,6 +100,7 @@ def main() -> None:
         result[scheduler] = run(args, config, storage, scheduler, out / f"{scheduler}.log")
         write_json(out / "bench_asha_order.json", result)
         print(scheduler, json.dumps(result[scheduler]), flush=True)
+    result["asha_in_grid_order_replayed"] = replay_in_grid_order(storage, args.lrs)
     asha, fifo = result["asha"], result["fifo"]
     result["asha_over_fifo"] = {"wall": round(asha["wall_s"] / fifo["wall_s"], 3),
                                 "trial_steps": round(asha["trial_steps"] / fifo["trial_steps"], 3),
