@@ -288,20 +288,18 @@ def test_asha_stops_many_short_trials_at_once_and_every_number_reported_is_the_o
 
 @pytest.mark.slow
 def test_the_study_benchmark_s_cpu_twin_interrupted_and_relaunched_reports_what_asha_judged(tmp_path, monkeypatch):
-    """benchmarks/bench_study.py as on the GPU (the 13-arm study, Ctrl-C once, relaunch, a straight run beside it),
-    at a CPU size: no trial fails, each stopped trial reports the step and loss ASHA judged, and the relaunch's
-    decisions equal the straight run's wherever both judged a trial after the same trials."""
+    """benchmarks/bench_study.py as on the GPU (the 13-arm study, Ctrl-C once, relaunch), at a CPU size: no trial
+    fails, and each stopped trial reports the step and loss ASHA judged (a relaunch's decisions against a straight
+    run's: test_sweep_status.py, on the scheduler itself)."""
     from benchmarks import bench_study
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     results = bench_study.main(["--out-dir", str(tmp_path / "out"), "--storage", str(tmp_path / "sweeps"), "--cpu",
-                                "--layers", "4", "--ratios", "0,0.5,1", "--steps", "40", "--interrupt-after", "240",
-                                "--straight"])
+                                "--layers", "2", "--ratios", "0,0.5,1", "--steps", "40", "--interrupt-after", "240"])
     checks = results["checks"]
     assert results["interrupted"]["exit_code"] == 130 and results["relaunch"]["exit_code"] == 0, results
     assert checks["no_trial_failed"] and checks["every_interrupted_trial_resumed"], checks
     assert checks["stopped_only_by_recorded_decisions"] and checks["every_stop_reports_what_asha_judged"], checks
-    assert results["judgements"] and results["straight"]["exit_code"] == 0
-    assert checks["relaunch_stops_as_a_straight_run"]["equal"], checks["relaunch_stops_as_a_straight_run"]
+    assert results["judgements"] and all(j["decision"] in ("stop", "continue") for j in results["judgements"].values())
     saved = json.loads((tmp_path / "out" / "bench_study.json").read_text())
     assert saved["checks"]["judged_against_reported"] == checks["judged_against_reported"]
