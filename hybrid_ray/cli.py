@@ -34,10 +34,16 @@ def build_spec(
 
 
 def sweep_base(config: str | None, variant: str | None, preset: str | None, attention_ratio: float | None = None,
-               **flags: Any) -> RunSpec:
-    """A sweep's base spec from its command's options: build.sweep_base with the spec flags as overrides."""
+               grid: list[str] | None = None, **flags: Any) -> RunSpec:
+    """A sweep's base spec from its command's options: build.sweep_base with the spec flags as overrides, after
+    refusing a flag that one of the `grid`'s axes would replace in every arm."""
+    overrides = flag_overrides(flags)
+    if grid:
+        from hybrid_ray.config.grid import check_flags, parse_grid
+
+        check_flags(parse_grid(grid), variant=variant, attention_ratio=attention_ratio, overrides=overrides)
     return build.sweep_base(config=config, variant=variant, preset=preset, attention_ratio=attention_ratio,
-                              overrides=flag_overrides(flags))
+                              overrides=overrides)
 
 
 def _options(*options):
@@ -179,7 +185,7 @@ def sweep(address: str | None, verbose: bool, dry_run: bool, assume_gpus: int | 
         raise SpecError("--assume-gpus, --assume-gpu-memory and --assume-free-disk go with --dry-run")
     flags = {f.name: options.pop(f.name) for f in dataclasses.fields(SweepOptions) if f.name in options}
     chosen = sweep_options(build.load(options["config"]).sweep if options.get("config") else {}, flags)
-    spec = sweep_base(**options)
+    spec = sweep_base(**options, grid=chosen.grid)
     if dry_run:
         from hybrid_ray.sweep.plan import dry_run as plan_only
 
@@ -658,8 +664,9 @@ def runs_list(storage_path: str, as_json: bool) -> int:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def runs_rm(name: str, storage_path: str, yes: bool) -> None:
     """Delete a run: its checkpoints, results and model folder."""
-    from hybrid_ray.records.folders import remove_run
+    from hybrid_ray.records.folders import find_run, remove_run
 
+    find_run(storage_path, name)  # a name that is no run is one line, before anything is asked
     if not yes:
         click.confirm(f"delete run {name!r} under {storage_path} with all its checkpoints?", abort=True)
     click.echo(f"removed {remove_run(storage_path, name)}")

@@ -51,6 +51,10 @@ def test_runs_list_and_rm(tmp_path, capsys):
     assert main(["runs", "rm", "gone", "--storage-path", str(tmp_path), "--yes"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no run 'gone'") and "did you mean 'done'" in err[0]
+    # without --yes too: a name that is no run is refused before anything is asked
+    assert main(["runs", "rm", "gone", "--storage-path", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert "[y/N]" not in captured.out and captured.err.startswith("error: no run 'gone'")
 
 
 def test_results_are_strict_json(tmp_path):

@@ -183,6 +183,18 @@ def test_an_interrupted_or_killed_sweep_resumes_without_rerunning_trials_and_a_f
     (["--grid", "attention_ratio=0,1.5"], "attention ratio must be between 0 and 1, got 1.5"),
     (["--grid", "lr", "--seeds", "0"], "--seeds must be >= 1"),
     (["--grid", "train.bach_size=4"], "did you mean 'train.batch_size'"),
+    # a flag that an axis replaces in every arm is refused, not dropped (issue 46)
+    (["--grid", "attention_ratio=0,1", "--attention-ratio", "0.5"],
+     "--attention-ratio 0.5 would be replaced in every arm by --grid attention_ratio"),
+    (["--grid", "variant=h100_deltanet,h100_transformer", "--lr", "1e-5"],
+     "--lr 1e-05 would be ignored: --grid variant trains each variant at its own learning rate"),
+    (["--grid", "lr=1e-3,2e-3", "--lr", "1e-5"], "--lr 1e-05 would be replaced in every arm by --grid lr"),
+    (["--grid", "variant=h100_deltanet", "--variant", "h100_transformer"],
+     "--variant h100_transformer would be replaced in every arm by --grid variant"),
+    (["--grid", "train.batch_size=16,32", "--batch-size", "8"],
+     "--batch-size 8 would be replaced in every arm by --grid train.batch_size"),
+    (["--grid", "attention_ratio", "--dry-run", "--assume-gpu-memory", "-5"], "--assume-gpu-memory must be > 0 GB"),
+    (["--grid", "attention_ratio", "--dry-run", "--assume-free-disk", "-1"], "--assume-free-disk must be >= 0 GB"),
 ])
 def test_bad_grids_are_one_line_before_anything_starts(tmp_path, capsys, args, fragment):
     assert main(["sweep", *args, "--storage-path", str(tmp_path)]) == 2

@@ -99,6 +99,29 @@ def parse_grid(texts: list[str]) -> list[Axis]:
     return axes
 
 
+def check_flags(axes: list[Axis], *, variant: str | None = None, attention_ratio: float | None = None,
+                overrides: dict[str, Any] | None = None) -> None:
+    """Refuse, in one line, a flag whose setting a grid axis replaces in every arm (it would be silently dropped):
+    --attention-ratio or --variant beside an axis that sets the layers, --lr beside --grid lr or --grid variant
+    (each variant trains at its own learning rate), a spec flag beside the axis of its own field."""
+    names = [a.name for a in axes]
+    layers = next((n for n in names if n in ("attention_ratio", "variant")), None)
+    if attention_ratio is not None and layers:
+        raise SpecError(f"--attention-ratio {attention_ratio:g} would be replaced in every arm by --grid {layers}: "
+                        "drop one of them")
+    if variant is not None and "variant" in names:
+        raise SpecError(f"--variant {variant} would be replaced in every arm by --grid variant: drop one of them")
+    for key, value in (overrides or {}).items():
+        if key == "optim.lr" and "lr" in names:
+            raise SpecError(f"--lr {value:g} would be replaced in every arm by --grid lr: drop one of them")
+        if key == "optim.lr" and "variant" in names:
+            raise SpecError(f"--lr {value:g} would be ignored: --grid variant trains each variant at its own learning "
+                            "rate (`hybrid-ray variants` lists them); drop --lr, or add --grid lr=... to sweep it too")
+        if key in names:
+            raise SpecError(f"--{key.rsplit('.', 1)[-1].replace('_', '-')} {value} would be replaced in every arm by "
+                            f"--grid {key}: drop one of them")
+
+
 def expand(base: RunSpec, axes: list[Axis]) -> list[Arm]:
     """The product of the axes, one Arm per point, in grid order."""
     arms = []

@@ -244,13 +244,19 @@ def rm_command(storage_path: str, name: str) -> str:
     return command
 
 
-def remove_run(storage_path: str, name: str) -> str:
-    """Delete a run's folder (checkpoints, results, model), also a damaged one's; returns its path."""
+def find_run(storage_path: str, name: str) -> str:
+    """The folder of run `name` (a sweep's trial: `<sweep>/<trial>`) under `storage_path`; one line naming the
+    nearest names when there is none."""
     root = storage.normalize(storage_path)
     runs = run_dirs(root)
     if name not in runs:
         raise HybridRayError(f"no run {name!r} under {root}{suggest(name, runs)}")
-    path = runs[name]
+    return runs[name]
+
+
+def remove_run(storage_path: str, name: str) -> str:
+    """Delete a run's folder (checkpoints, results, model), also a damaged one's; returns its path."""
+    path = find_run(storage_path, name)
     storage.remove_dir(path)
     return path
 

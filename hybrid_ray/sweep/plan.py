@@ -16,7 +16,7 @@ from typing import Any
 
 from hybrid_ray import storage
 from hybrid_ray.config.grid import Arm, expand, match_params, parse_grid
-from hybrid_ray.errors import HybridRayError
+from hybrid_ray.errors import HybridRayError, SpecError
 from hybrid_ray.jobs import cluster
 from hybrid_ray.layout import SweepLayout
 from hybrid_ray.model import count_params
@@ -360,6 +360,14 @@ class Assumed:
     gpu_memory_gb: float | None = None
     free_disk_gb: float | None = None
     cpus_per_gpu: int = 16  # a GPU node's cores per GPU (an H100 node: 16 a GPU)
+
+    def __post_init__(self) -> None:
+        if self.gpus is not None and self.gpus < 0:
+            raise SpecError(f"--assume-gpus must be >= 0, got {self.gpus}")
+        if self.gpu_memory_gb is not None and not self.gpu_memory_gb > 0:
+            raise SpecError(f"--assume-gpu-memory must be > 0 GB, got {self.gpu_memory_gb:g}")
+        if self.free_disk_gb is not None and not self.free_disk_gb >= 0:
+            raise SpecError(f"--assume-free-disk must be >= 0 GB, got {self.free_disk_gb:g}")
 
 
 def dry_run(base: RunSpec, options: SweepOptions, *, address: str | None = None,
