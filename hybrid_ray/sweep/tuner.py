@@ -58,12 +58,10 @@ class SweepOutcome:
 
 
 def _grid_record(options: SweepOptions, arms: list[Arm]) -> dict[str, Any]:
-    """What defines a sweep (relaunching its name with anything else is refused), and the order its trials start
-    in (sweep/asha.py's launch_order: set at the first launch, which Tune keeps)."""
+    """What defines a sweep: relaunching its name with anything else is refused."""
     how = ("max_concurrent", "keep_checkpoints")  # how to run it, not what it is
     return {"options": {k: v for k, v in dataclasses.asdict(options).items() if k not in how},
-            "arms": {a.id: a.spec.to_dict() for a in arms},
-            "launch_order": launch_order(options, [a.id for a in arms])}
+            "arms": {a.id: a.spec.to_dict() for a in arms}}
 
 
 def launched_order(sweep: SweepLayout, arms: list[Arm]) -> list[str]:
@@ -72,15 +70,14 @@ def launched_order(sweep: SweepLayout, arms: list[Arm]) -> list[str]:
     return recorded or [a.id for a in arms]
 
 
-def _claim(sweep: SweepLayout, record: dict[str, Any]) -> bool:
-    """Record a new sweep's grid, or check a relaunch against it; True when the sweep existed."""
+def _claim(sweep: SweepLayout, record: dict[str, Any], order: list[str]) -> bool:
+    """Record a new sweep's grid and the order its arms start in (sweep/asha.py's launch_order: set at the first
+    launch, which Tune keeps), or check a relaunch against the grid; True when the sweep existed."""
     path = sweep.grid
     if not storage.exists(path):
-        storage.write_bytes(path, folders.dumps(record).encode())
+        storage.write_bytes(path, folders.dumps({**record, "launch_order": order}).encode())
         return False
-    previous = folders.read_json(path)
-    previous.pop("launch_order", None)
-    record = {k: v for k, v in record.items() if k != "launch_order"}
+    previous = {k: v for k, v in folders.read_json(path).items() if k != "launch_order"}
     if previous != json.loads(folders.dumps(record)):
         changed = sorted(set(previous["arms"]) ^ set(record["arms"])) or sorted(
             k for k in previous["options"] if previous["options"][k] != record["options"].get(k))
@@ -193,7 +190,7 @@ def sweep(
     planned = plan_sweep(arms, options, have, cluster.gpu_memory(have, local=cluster.node_count() == 1),
                          sweep)
     arms, concurrent, disk = planned.arms, planned.concurrent, planned.disk
-    resumed = _claim(sweep, _grid_record(options, arms))
+    resumed = _claim(sweep, _grid_record(options, arms), launch_order(options, [a.id for a in arms]))
     trials = len(arms) * options.seeds
     if progress:
         counts = sorted({count_params(a.spec.model)["total"] for a in arms})

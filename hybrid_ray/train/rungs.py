@@ -9,6 +9,7 @@ never judged (cut between its report and the judgement) reports that evaluation 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -63,11 +64,11 @@ class Rungs:
             deadline = time.monotonic() + (self.wait_s if self.due(step) else 0.0)
             while True:
                 records = self._decisions()
-                told = any(r.get("decision") == decisions.STOP and (r.get("step") or 0) <= step for r in records)
-                if told or any(r.get("step") == step for r in records) or time.monotonic() >= deadline:
+                told, judged = _stop_step(records) <= step, _judged(records, step)
+                if told or judged or time.monotonic() >= deadline:
                     break
                 time.sleep(0.1)
-            if self.due(step) and not told and not any(r.get("step") == step for r in records):
+            if self.due(step) and not (told or judged):
                 self.late.append(step)
         return self._agree(told)
 
@@ -75,13 +76,19 @@ class Rungs:
         """Whether the run stands at a rung the scheduler has not judged (a collective)."""
         if not self.due(step):
             return False
-        return self._agree(self.rank == 0 and not any(r.get("step") == step for r in self._decisions()))
+        return self._agree(self.rank == 0 and not _judged(self._decisions(), step))
+
+
+def _stop_step(records: list[dict]) -> float:
+    """The first step a trial's decisions told it to stop at (infinity: none did)."""
+    return min((r.get("step") or 0 for r in records if r.get("decision") == decisions.STOP), default=math.inf)
+
+
+def _judged(records: list[dict], step: int) -> bool:
+    return any(r.get("step") == step for r in records)
 
 
 def stopped_at(config: RungConfig | None, trial: str) -> int | None:
     """The step at which the scheduler told `trial` to stop (None: it did not), read on the driver."""
-    if config is None:
-        return None
-    steps = [r.get("step") or 0 for r in decisions.of_trial(config.decisions, trial)
-             if r.get("decision") == decisions.STOP]
-    return min(steps) if steps else None
+    step = _stop_step(decisions.of_trial(config.decisions, trial)) if config is not None else math.inf
+    return None if step == math.inf else int(step)
