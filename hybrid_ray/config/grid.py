@@ -155,7 +155,7 @@ def expand(base: RunSpec, axes: list[Axis]) -> list[Arm]:
     """The product of the axes, one Arm per point, in grid order (the first axis slowest). An arm is labelled by what
     it trains: a ratio arm by the share of its layers at its depth (share_label). Points that would train the same
     spec (ratios a depth rounds to the same layers: attn8 and attn17 at 6 layers) are one arm, with one warning line
-    for the grid (merge_same)."""
+    for the grid (_merge_same)."""
     points = [_Point(base, {})]
     for i in sorted(range(len(axes)), key=lambda i: _stage(axes[i])):
         axis, moved = axes[i], []
@@ -171,7 +171,7 @@ def expand(base: RunSpec, axes: list[Axis]) -> list[Arm]:
                 moved.append(_Point(spec, {**point.steps, i: (k, label, asked, setting)}, point.exact and exact))
         points = moved
     points.sort(key=lambda p: [p.steps[i][0] for i in range(len(axes))])
-    arms = merge_same(points, axes)
+    arms = _merge_same(points, axes)
     ids = [a.id for a in arms]
     if len(set(ids)) != len(ids):
         raise SpecError(f"two grid points would get the same name ({ids}); give distinct values")
@@ -183,7 +183,7 @@ def _trains(spec: RunSpec) -> str:
     return json.dumps(dataclasses.replace(spec, variant=None).to_dict(), sort_keys=True, default=str)
 
 
-def merge_same(points: list[_Point], axes: list[Axis]) -> list[Arm]:
+def _merge_same(points: list[_Point], axes: list[Axis]) -> list[Arm]:
     """One arm per point, except that points whose layer-axis values build the same layers (all else equal) are one
     arm, at the place of the first: the point whose layers have the share it asked for (at 6 layers attn8 and attn17
     both train [5]: the arm is attn17's, and h100_hybrid_sparse's for `--grid variant`), else the first. A ratio arm's
@@ -207,9 +207,10 @@ def merge_same(points: list[_Point], axes: list[Axis]) -> list[Arm]:
             notes.append(f"{asked} -> {kept.steps[layer][1]} [{layers}]{share}")
             depths.add(model.num_layers)
     if notes:
+        named = "plotted at" if axes[layer].name == "variant" else "named and plotted by"
         warnings.warn(f"{' and '.join(map(str, sorted(depths)))} layers cannot hold every attention share of the grid: "
-                      f"{'; '.join(dict.fromkeys(notes))}; arms are named and plotted by the share they train, and "
-                      f"points with the same layers are one arm ({len(points)} grid points, {len(arms)} arms)")
+                      f"{'; '.join(dict.fromkeys(notes))}; arms are {named} the share they train, and points with "
+                      f"the same layers are one arm ({len(points)} grid points, {len(arms)} arms)")
     return arms
 
 
