@@ -432,7 +432,8 @@ def test_a_ratio_arm_is_plotted_and_recorded_at_the_share_it_trains():
     from hybrid_ray.config.grid import numeric_value
 
     for preset, variant_axis in [("tiny", False), (None, False), ("tiny", True)]:
-        grid = ["variant=h100_hybrid_8pct,h100_hybrid_sparse,h100_hybrid_25pct"] if variant_axis else ["attention_ratio"]
+        variants = "variant=h100_hybrid_8pct,h100_hybrid_sparse,h100_hybrid_25pct"
+        grid = [variants] if variant_axis else ["attention_ratio"]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             arms = expand(variant_spec("h100_hybrid_sparse", preset), parse_grid(grid))

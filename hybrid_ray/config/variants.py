@@ -70,7 +70,8 @@ def attention_count(ratio: float, n_layers: int) -> int:
 
 
 def layout(n_attn: int, n_layers: int, placement: str = "spread") -> list[int]:
-    """Where n_attn attention layers go at a depth: GRID_12's lists at 12 layers ("spread"), else the placement's rule."""
+    """Where n_attn attention layers go at a depth: GRID_12's lists at 12 layers ("spread"), else the placement's
+    rule."""
     if n_attn == 0:
         return []
     if placement == "spread" and n_layers == 12 and n_attn in GRID_12:
@@ -300,9 +301,8 @@ def ratio_spec(ratio: float | str, base: RunSpec, placement: str = "spread") -> 
     if note := rounded_share(ratio, layers, n_layers):
         what = ratio if isinstance(ratio, str) else f"attention ratio {ratio:g}"
         warnings.warn(f"{what}: {note}, layers {layers}")
-    return dataclasses.replace(
-        base, model=dataclasses.replace(base.model, attn_layers=layers), name=f"{base.name}-{share_label(layers, n_layers)}"
-    )
+    return dataclasses.replace(base, model=dataclasses.replace(base.model, attn_layers=layers),
+                               name=f"{base.name}-{share_label(layers, n_layers)}")
 
 
 def variant_table(preset: str | None = None) -> list[dict]:
