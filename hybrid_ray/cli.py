@@ -143,8 +143,9 @@ def refuse_sweep_file(config: str) -> None:
 @TRAIN_OPTIONS
 @CLUSTER_OPTIONS
 @click.option("--grid", "grid", multiple=True, metavar="AXIS[=V1,V2]",
-              help="A swept axis; repeat to combine as a product: attention_ratio (the 13 named layouts), lr (the "
-                   "original ablation), variant=A,B, or any spec field such as train.batch_size=16,32.")
+              help="A swept axis; repeat to combine as a product: attention_ratio (the 13 named layouts; those a "
+                   "depth builds alike are one arm), lr (7 values, x1/4 ... x4 each arm's own LR), variant=A,B, or any "
+                   "spec field such as train.batch_size=16,32.")
 @click.option("--seeds", type=int, help="Runs of every arm (train.seed + 0..N-1). [default: 1]")
 @click.option("--scheduler", type=click.Choice(["asha", "fifo"]),
               help="asha stops weak arms on validation loss at each evaluation; fifo runs the full grid. [default: asha]")
