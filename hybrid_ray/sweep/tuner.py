@@ -389,7 +389,7 @@ def collect(arms: list[Arm], seeds: int, sweep: SweepLayout, dataset: Any, *,
                     warnings.warn(f"could not free the disk of trial {name} ({first_line(e)})")
             if results is None and state == status.STOPPED:
                 results = _seen_by_asha(arm.spec, stops[name])
-            row = report.trial_row(arm.id, arm.settings, seed, name, run, results, numeric_value(arm))
+            row = report.trial_row(arm.id, arm.settings, seed, name, run, results, numeric_value(arm), sweep=sweep.name)
             rows.append({**row, "status": state, "reason": reason})
     return rows
 
