@@ -137,7 +137,7 @@ def test_the_edge_rule_names_the_values_that_extend_the_grid():
     # the H100 case: the default LR grid's top value won
     assert str(grid_edge("lr", LR_ARMS, 1e-3)) == ("best lr 1e-3 is the grid's highest: the optimum may be higher; "
                                                   "extend the grid with 1.4e-3, 2e-3")
-    assert grid_edge("lr", LR_ARMS, 2e-4).extend == (1.3e-4, 8.7e-5)  # the grid's own ratio at that edge (2e-4/3e-4)
+    assert grid_edge("lr", LR_ARMS, 2e-4).extend == (1.3e-4, 8.9e-5)  # the grid's own ratio at that edge (2e-4/3e-4)
     assert grid_edge("lr", LR_ARMS, 5e-4) is None  # inside the grid
     assert grid_edge("lr", [1e-3, 2e-3], 2e-3).extend == (4e-3, 8e-3)
     assert grid_edge("lr", [1e-3], 1e-3) is None  # one value is no grid
@@ -165,3 +165,14 @@ def test_an_lr_sweep_whose_best_is_its_highest_value_says_so(tmp_path, capsys):
     # compare names the sweep the note is about
     assert main(["compare", str(tmp_path / "lr"), str(tmp_path / "mid"), "--out", str(tmp_path / "cmp")]) == 0
     assert f"note (lr): {note}" in capsys.readouterr().out.splitlines()
+
+
+def test_the_sweep_returns_its_edges_for_a_script(tmp_path):
+    from hybrid_ray.layout import SweepLayout
+    from hybrid_ray.sweep.tuner import write_outputs
+
+    rows = sweep_folder(tmp_path, "lr", "lr=2.5e-4,5e-4,1e-3", {2.5e-4: 3.2, 5e-4: 3.4, 1e-3: 3.6}, total=40)
+    outcome = write_outputs(SweepLayout(str(tmp_path), "lr"), rows, "lr")
+    assert [(e.axis, e.side, e.extend) for e in outcome.edges] == [("lr", "lowest", (1.3e-4, 6.3e-5))]
+    assert "note: best lr 2.5e-4 is the grid's lowest: the optimum may be lower; extend the grid with 1.3e-4, 6.3e-5" \
+        in outcome.table

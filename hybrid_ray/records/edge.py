@@ -64,12 +64,12 @@ def grid_edge(axis: str, values: Iterable[float], best: float, *, count: int = 2
     geometric = axis in LOG_AXES or (axis not in BOUNDS and grid[0] > 0 and not even)
     whole = all(v == int(v) for v in grid)
     out: list[float] = []
-    value = edge
-    for _ in range(count):
+    for k in range(1, count + 1):
         if geometric:
-            value = _round(value * edge / neighbour) if not whole else float(round(value * edge / neighbour))
+            exact = edge * (edge / neighbour) ** k
+            value = float(round(exact)) if whole else _round(exact)
         else:
-            value = round(value + (edge - neighbour), 12)
+            value = round(edge + k * (edge - neighbour), 12)
         if edge not in (low, high) and not low <= value <= high:
             value = low if value < low else high  # the axis's own end, which the grid does not reach
         if not low <= value <= high or (geometric and value <= 0) or value in out or value == edge:

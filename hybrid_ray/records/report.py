@@ -391,7 +391,9 @@ def _value_panel(ax: Any, summary: list[dict[str, Any]], positions: dict[str, fl
     if drawn["early"]:
         handles.append(Line2D([], [], marker="D", color="grey", mfc="white", ls="",
                               label=f"{own_text}, an arm stopped early (steps {_span(drawn['early'])})"))
-    ax.legend(handles=handles, fontsize=7, loc="best")
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + 0.1 * len(handles) * (high - low))  # room above the points for the legend
+    ax.legend(handles=handles, fontsize=7, loc="upper center")
 
 
 def _stat(arm: dict[str, Any], metric: str) -> tuple[float, float] | None:
@@ -489,7 +491,9 @@ def plot_sweep(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
             if stat is not None:
                 by_value.plot(positions[best["id"]], stat[0], "o", ms=15, mfc="none", mec="firebrick", mew=1.5)
         ring = Line2D([], [], marker="o", ms=11, mfc="none", mec="firebrick", ls="", label="best arm, at the grid's edge")
-        by_value.legend(handles=[*by_value.get_legend().legend_handles, ring], fontsize=7, loc="best")
+        low, high = by_value.get_ylim()
+        by_value.set_ylim(low, high + 0.08 * (high - low))
+        by_value.legend(handles=[*by_value.get_legend().legend_handles, ring], fontsize=7, loc="upper center")
         notes = [str(e) if not several else f"{sweep}: {e}" for sweep, e in found]
         by_value.text(0.5, -0.42 if ticks else -0.2, "\n".join(notes), transform=by_value.transAxes, ha="center",
                       va="top", fontsize=8, color="firebrick", wrap=True)
