@@ -404,6 +404,50 @@ def _stat(arm: dict[str, Any], metric: str) -> tuple[float, float] | None:
     return arm[metric]
 
 
+def _beside(positions: dict[str, float], ticks: dict[str, int] | None, axis: str | None) -> Any:
+    """Where a second point of an arm goes: a little to the right of its first, on the axis's own scale."""
+    if ticks:
+        return lambda x: x + 0.2
+    values = list(positions.values())
+    if axis in edge.LOG_AXES:
+        ratio = max(values) / min(values) if min(values) > 0 and max(values) > min(values) else 1.5
+        return lambda x: x * ratio ** 0.03
+    span = (max(values) - min(values)) or 1.0
+    return lambda x: x + 0.025 * span
+
+
+def _value_axis(ax: Any, positions: dict[str, float], ticks: dict[str, int] | None, axis: str | None) -> None:
+    """The swept-value axis: the arms' names on a categorical one; else the grid's own values, as they are typed,
+    on a log scale for a learning rate."""
+    if ticks:
+        ax.set_xticks(list(ticks.values()), list(ticks), rotation=60, fontsize=7, ha="right")
+        return
+    if axis in edge.LOG_AXES:
+        ax.set_xscale("log")
+    grid = sorted(set(positions.values()))
+    if len(grid) <= 13:
+        ax.set_xticks(grid, [edge.number(v) for v in grid], rotation=45 if len(grid) > 6 else 0, fontsize=8)
+        ax.minorticks_off()
+
+
+def _mark_edges(ax: Any, summary: list[dict[str, Any]], found: list[tuple[str, edge.Edge]],
+                positions: dict[str, float], metric: str, several: bool, below: float) -> None:
+    """Ring each sweep's best arm whose value is at the grid's edge, and say under the panel what extends the grid."""
+    from matplotlib.lines import Line2D
+
+    for sweep, _ in found:
+        best = _best_of(summary, sweep)
+        if best is not None and (stat := _stat(best, metric)) is not None:
+            ax.plot(positions[best["id"]], stat[0], "o", ms=15, mfc="none", mec="firebrick", mew=1.5)
+    ring = Line2D([], [], marker="o", ms=11, mfc="none", mec="firebrick", ls="", label="best arm, at the grid's edge")
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + 0.08 * (high - low))
+    ax.legend(handles=[*ax.get_legend().legend_handles, ring], fontsize=7, loc="upper center")
+    notes = [str(e) if not several else f"{sweep}: {e}" for sweep, e in found]
+    ax.text(0.5, below, "\n".join(notes), transform=ax.transAxes, ha="center", va="top", fontsize=8,
+            color="firebrick", wrap=True)
+
+
 def plot_sweep(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
     """Validation curves per trial (those stopped early end in a cross), the loss (and recall) of every arm at the
     step every trial reached against the swept value (mean ± std over seeds; beside it each arm's own best, hollow
@@ -457,14 +501,7 @@ def plot_sweep(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
     at = (f"at step {step}, the last step every trial reached" if beyond else
           f"at step {step}, the end of every trial" if step is not None else "best over each run")
     primary = f"at step {step}, every trial (mean ± std)" if step is not None else "best over each run"
-    if ticks:
-        offset = lambda x: x + 0.2  # noqa: E731
-    elif axis in edge.LOG_AXES:
-        values = [v for v in positions.values() if v > 0] or [1.0]
-        offset = lambda x: x * (max(values) / min(values)) ** 0.03 if max(values) > min(values) else x * 1.05  # noqa: E731
-    else:
-        span = (max(positions.values()) - min(positions.values())) or 1.0
-        offset = lambda x: x + 0.025 * span  # noqa: E731
+    offset = _beside(positions, ticks, axis)
     _value_panel(by_value, summary, positions, colors, "loss_at_common" if step is not None else "best_val_loss",
                  "best_val_loss", primary, several, offset)
     by_value.set(title=f"validation loss {at}\n(mean ± std over seeds)", xlabel=xlabel, ylabel="val loss")
@@ -472,31 +509,12 @@ def plot_sweep(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
         _value_panel(recall_panel, summary, positions, colors, "recall_at_common" if step is not None else "recall",
                      "recall", primary.replace("best over", "at the end of"), several, offset)
         recall_panel.set(title=f"recall {at}\n(mean ± std over seeds)", xlabel=xlabel, ylabel="recall score")
-    grid = sorted(set(positions.values()))
     for ax in (by_value, recall_panel):
-        if ax is None:
-            continue
-        if ticks:  # a categorical axis: label the arms
-            ax.set_xticks(list(ticks.values()), list(ticks), rotation=60, fontsize=7, ha="right")
-            continue
-        if axis in edge.LOG_AXES:
-            ax.set_xscale("log")
-        if len(grid) <= 13:  # the grid's own values, as they are typed
-            ax.set_xticks(grid, [edge.number(v) for v in grid], rotation=45 if len(grid) > 6 else 0, fontsize=8)
-            ax.minorticks_off()
+        if ax is not None:
+            _value_axis(ax, positions, ticks, axis)
     if found := grid_edges(summary):
-        for sweep, _ in found:  # ring the best arm: its value is at the grid's edge
-            best = _best_of(summary, sweep)
-            stat = _stat(best, "loss_at_common" if step is not None else "best_val_loss")
-            if stat is not None:
-                by_value.plot(positions[best["id"]], stat[0], "o", ms=15, mfc="none", mec="firebrick", mew=1.5)
-        ring = Line2D([], [], marker="o", ms=11, mfc="none", mec="firebrick", ls="", label="best arm, at the grid's edge")
-        low, high = by_value.get_ylim()
-        by_value.set_ylim(low, high + 0.08 * (high - low))
-        by_value.legend(handles=[*by_value.get_legend().legend_handles, ring], fontsize=7, loc="upper center")
-        notes = [str(e) if not several else f"{sweep}: {e}" for sweep, e in found]
-        by_value.text(0.5, -0.42 if ticks else -0.2, "\n".join(notes), transform=by_value.transAxes, ha="center",
-                      va="top", fontsize=8, color="firebrick", wrap=True)
+        _mark_edges(by_value, summary, found, positions, "loss_at_common" if step is not None else "best_val_loss",
+                    several, below=-0.42 if ticks else -0.2)
     curves.set(title="validation loss", xlabel="step", ylabel="val loss")
     by_time.set(title="validation loss against training time", xlabel="training seconds", ylabel="val loss")
     curves.legend(handles=curves.get_legend_handles_labels()[0] + handles, fontsize=6, ncol=2)
