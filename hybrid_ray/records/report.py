@@ -390,7 +390,7 @@ def _value_panel(ax: Any, summary: list[dict[str, Any]], positions: dict[str, fl
                               f"({_span(drawn['full'])})"))
     if drawn["early"]:
         handles.append(Line2D([], [], marker="D", color="grey", mfc="white", ls="",
-                              label=f"{own_text}, an arm stopped early (steps {_span(drawn['early'])})"))
+                              label=f"{own_text}, an arm with trials stopped early (steps {_span(drawn['early'])})"))
     low, high = ax.get_ylim()
     ax.set_ylim(low, high + 0.1 * len(handles) * (high - low))  # room above the points for the legend
     ax.legend(handles=handles, fontsize=7, loc="upper center")
