@@ -25,18 +25,18 @@ def curve(final: float, until: int, every: int, total: int) -> list[dict]:
     return history
 
 
-def sweep_folder(root, name: str, grid: str, finals: dict[float, float], *, total: int, every: int = 20,
-                 stops: dict[tuple[float, int], int] | None = None, seeds: int = 2) -> list[dict]:
+def sweep_folder(root, name: str, grid: str, finals: list[float], *, total: int, every: int = 20,
+                 stops: dict[tuple[int, int], int] | None = None, seeds: int = 2) -> list[dict]:
     """A finished sweep on disk (trials' results.json and sweep.json, written by write_comparison as the sweep
-    writes them): each arm's seeds end near finals[value] (+0.02 a seed); stops[(value, seed)] = the step ASHA
-    stopped that trial at."""
+    writes them): the seeds of the grid's i-th arm end near finals[i] (+0.02 a seed); stops[(i, seed)] = the step
+    ASHA stopped that trial at."""
     arms = expand(variant_spec("h100_hybrid_sparse", "tiny"), parse_grid([grid]))
     rows = []
-    for arm in arms:
+    for i, arm in enumerate(arms):
         value = numeric_value(arm)
         for seed in range(seeds):
-            stop = (stops or {}).get((value, seed))
-            history = curve(finals[value] + 0.02 * seed, stop or total, every, total)
+            stop = (stops or {}).get((i, seed))
+            history = curve(finals[i] + 0.02 * seed, stop or total, every, total)
             evals = [r for r in history if "val_loss" in r]
             results = {"name": f"{arm.id}-s{seed}", "status": "stopped" if stop else "finished", "step": stop or total,
                        "total_steps": total, "best": min(evals, key=lambda r: r["val_loss"]), "final": evals[-1],
@@ -55,8 +55,8 @@ def lines_by_arm(table: str) -> dict[str, str]:
 
 def test_a_sweep_with_asha_stops_compares_every_arm_at_the_step_all_reached(tmp_path):
     # the issue's figure: pure DeltaNet ran its 240 steps, the others stopped by ASHA at 40-60
-    rows = sweep_folder(tmp_path, "ratio", "attention_ratio=0,0.5,1", {0.0: 3.0, 0.5: 3.05, 1.0: 3.3}, total=240,
-                        stops={(0.5, 0): 60, (0.5, 1): 40, (1.0, 0): 40, (1.0, 1): 60})
+    rows = sweep_folder(tmp_path, "ratio", "attention_ratio=0,0.5,1", [3.0, 3.05, 3.3], total=240,
+                        stops={(1, 0): 60, (1, 1): 40, (2, 0): 40, (2, 1): 60})
     assert report.common_step(rows) == 40
     summary = {a["arm"]: a for a in report.arm_summary(rows)}
     for arm, members in (("attn0", rows[:2]), ("attn50", rows[2:4]), ("attn100", rows[4:])):
@@ -90,9 +90,9 @@ def test_a_sweep_whose_trials_all_ended_together_has_no_extra_column():
 
 
 def test_compare_of_a_ratio_sweep_and_an_lr_sweep_keeps_them_apart(tmp_path, capsys):
-    sweep_folder(tmp_path, "ratio", "attention_ratio=0,0.5,1", {0.0: 3.0, 0.5: 3.05, 1.0: 3.3}, total=240,
-                 stops={(0.5, 0): 60, (0.5, 1): 40, (1.0, 0): 40, (1.0, 1): 60})
-    sweep_folder(tmp_path, "lr", "lr=2.5e-4,5e-4,1e-3", {2.5e-4: 3.6, 5e-4: 3.4, 1e-3: 3.2}, total=40)
+    sweep_folder(tmp_path, "ratio", "attention_ratio=0,0.5,1", [3.0, 3.05, 3.3], total=240,
+                 stops={(1, 0): 60, (1, 1): 40, (2, 0): 40, (2, 1): 60})
+    sweep_folder(tmp_path, "lr", "lr=2.5e-4,5e-4,1e-3", [3.6, 3.4, 3.2], total=40)
     assert main(["compare", str(tmp_path / "ratio"), str(tmp_path / "lr"), "--out", str(tmp_path / "cmp")]) == 0
     table = capsys.readouterr().out
     head = table.splitlines()[0].split()
@@ -119,15 +119,15 @@ def test_compare_of_a_ratio_sweep_and_an_lr_sweep_keeps_them_apart(tmp_path, cap
 
 
 def test_two_sweeps_arms_of_one_name_are_not_merged(tmp_path):
-    sweep_folder(tmp_path, "long", "lr=5e-4,1e-3", {5e-4: 3.0, 1e-3: 3.1}, total=120)
-    sweep_folder(tmp_path, "short", "lr=5e-4,1e-3", {5e-4: 3.5, 1e-3: 3.4}, total=40)
+    sweep_folder(tmp_path, "long", "lr=5e-4,1e-3", [3.0, 3.1], total=120)
+    sweep_folder(tmp_path, "short", "lr=5e-4,1e-3", [3.5, 3.4], total=40)
     summary = report.arm_summary(report.comparison_rows([str(tmp_path / "long"), str(tmp_path / "short")]))
     assert sorted((a["sweep"], a["arm"], a["seeds"]) for a in summary) == [
         ("long", "lr0.0005", 2), ("long", "lr0.001", 2), ("short", "lr0.0005", 2), ("short", "lr0.001", 2)]
 
 
 def test_a_trial_compared_from_its_sweeps_trials_folder_keeps_its_sweep_and_arm(tmp_path):
-    sweep_folder(tmp_path, "lr", "lr=5e-4,1e-3", {5e-4: 3.4, 1e-3: 3.2}, total=40)
+    sweep_folder(tmp_path, "lr", "lr=5e-4,1e-3", [3.4, 3.2], total=40)
     rows = report.comparison_rows([str(tmp_path / "lr" / "trials")])
     assert {(r["sweep"], r["arm"], r["value"]) for r in rows} == {("lr", "lr0.0005", 5e-4), ("lr", "lr0.001", 1e-3)}
     assert all(r["settings"] == {"lr": r["value"]} for r in rows)  # not placed at its attention share
@@ -152,7 +152,7 @@ def test_the_edge_rule_names_the_values_that_extend_the_grid():
 
 
 def test_an_lr_sweep_whose_best_is_its_highest_value_says_so(tmp_path, capsys):
-    rows = sweep_folder(tmp_path, "lr", "lr=2.5e-4,5e-4,1e-3", {2.5e-4: 3.6, 5e-4: 3.4, 1e-3: 3.2}, total=40)
+    rows = sweep_folder(tmp_path, "lr", "lr=2.5e-4,5e-4,1e-3", [3.6, 3.4, 3.2], total=40)
     note = "best lr 1e-3 is the grid's highest: the optimum may be higher; extend the grid with 2e-3, 4e-3"
     table = report.ranked_table(rows).splitlines()
     assert f"note: {note}" in table and "Welch's t-test" in table[-1]
@@ -160,7 +160,7 @@ def test_an_lr_sweep_whose_best_is_its_highest_value_says_so(tmp_path, capsys):
     assert written["edges"] == [{"sweep": "lr", "axis": "lr", "best": 1e-3, "side": "highest",
                                  "extend": [2e-3, 4e-3], "note": note}]
     # the best in the middle: nothing to say
-    middle = sweep_folder(tmp_path, "mid", "lr=2.5e-4,5e-4,1e-3", {2.5e-4: 3.6, 5e-4: 3.2, 1e-3: 3.4}, total=40)
+    middle = sweep_folder(tmp_path, "mid", "lr=2.5e-4,5e-4,1e-3", [3.6, 3.2, 3.4], total=40)
     assert not [line for line in report.ranked_table(middle).splitlines() if line.startswith("note")]
     # compare names the sweep the note is about
     assert main(["compare", str(tmp_path / "lr"), str(tmp_path / "mid"), "--out", str(tmp_path / "cmp")]) == 0
@@ -171,8 +171,13 @@ def test_the_sweep_returns_its_edges_for_a_script(tmp_path):
     from hybrid_ray.layout import SweepLayout
     from hybrid_ray.sweep.tuner import write_outputs
 
-    rows = sweep_folder(tmp_path, "lr", "lr=2.5e-4,5e-4,1e-3", {2.5e-4: 3.2, 5e-4: 3.4, 1e-3: 3.6}, total=40)
+    rows = sweep_folder(tmp_path, "lr", "lr=2.5e-4,5e-4,1e-3", [3.2, 3.4, 3.6], total=40)
     outcome = write_outputs(SweepLayout(str(tmp_path), "lr"), rows, "lr")
     assert [(e.axis, e.side, e.extend) for e in outcome.edges] == [("lr", "lowest", (1.3e-4, 6.3e-5))]
     assert "note: best lr 2.5e-4 is the grid's lowest: the optimum may be lower; extend the grid with 1.3e-4, 6.3e-5" \
         in outcome.table
+
+
+def test_a_variant_sweep_has_no_edge_to_extend(tmp_path):
+    rows = sweep_folder(tmp_path, "v", "variant=h100_deltanet,h100_hybrid_sparse", [3.5, 3.2], total=40)
+    assert report.grid_edges(report.arm_summary(rows)) == []  # variants differ in more than their share

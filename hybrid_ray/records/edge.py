@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 # where an axis ends: past these no value is suggested
-BOUNDS: dict[str, tuple[float, float]] = {"attention_ratio": (0.0, 1.0), "variant": (0.0, 1.0)}
+BOUNDS: dict[str, tuple[float, float]] = {"attention_ratio": (0.0, 1.0)}
 LOG_AXES = ("lr", "optim.lr")
 
 

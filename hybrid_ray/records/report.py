@@ -219,7 +219,8 @@ def _recall(row: dict[str, Any]) -> float | None:
 
 def _grid_number(arm: dict[str, Any], axis: str) -> float | None:
     """The arm's value along `axis` as a number: an attention share as the grid records it (the arm's value), a
-    learning rate or numeric spec field as given; None for a value that is no number."""
+    learning rate or numeric spec field as given; None for a value that is no number (a variant's name: variants
+    differ in more than their share)."""
     if axis in edge.BOUNDS and _axis(arm) == axis:
         return arm["value"]
     try:
