@@ -8,7 +8,7 @@ import math
 import pytest
 
 from hybrid_ray.cli import main
-from hybrid_ray.config.grid import LR_ARMS, expand, numeric_value, parse_grid
+from hybrid_ray.config.grid import expand, lr_around, numeric_value, parse_grid
 from hybrid_ray.config.variants import variant_spec
 from hybrid_ray.layout import RunLayout
 from hybrid_ray.records import folders, report
@@ -133,12 +133,16 @@ def test_a_trial_compared_from_its_sweeps_trials_folder_keeps_its_sweep_and_arm(
     assert all(r["settings"] == {"lr": r["value"]} for r in rows)  # not placed at its attention share
 
 
+ORIGINAL_LR_GRID = [2e-4, 3e-4, 4e-4, 5e-4, 5.8e-4, 7e-4, 1e-3]  # the original scripts' LR ablation (jobs/lr_ablation.yaml)
+
+
 def test_the_edge_rule_names_the_values_that_extend_the_grid():
-    # the issue's H100 case: the default LR grid's top value won
-    assert str(grid_edge("lr", LR_ARMS, 1e-3)) == ("best lr 1e-3 is the grid's highest: the optimum may be higher; "
+    # the issue's H100 case: the original LR grid's top value won
+    assert str(grid_edge("lr", ORIGINAL_LR_GRID, 1e-3)) == ("best lr 1e-3 is the grid's highest: the optimum may be higher; "
                                                   "extend the grid with 1.4e-3, 2e-3")
-    assert grid_edge("lr", LR_ARMS, 2e-4).extend == (1.3e-4, 8.9e-5)  # the grid's own ratio at that edge (2e-4/3e-4)
-    assert grid_edge("lr", LR_ARMS, 5e-4) is None  # inside the grid
+    assert grid_edge("lr", ORIGINAL_LR_GRID, 2e-4).extend == (1.3e-4, 8.9e-5)  # the grid's own ratio at that edge (2e-4/3e-4)
+    assert grid_edge("lr", ORIGINAL_LR_GRID, 5e-4) is None  # inside the grid
+    assert grid_edge("lr", lr_around(1e-3), 4e-3).extend == (6.4e-3, 1e-2)  # the default grid continues its top ratio (x1.6)
     assert grid_edge("lr", [1e-3, 2e-3], 2e-3).extend == (4e-3, 8e-3)
     assert grid_edge("lr", [1e-3], 1e-3) is None  # one value is no grid
     assert grid_edge("train.batch_size", [16, 32, 48], 48).extend == (64, 80)  # evenly spaced: the same step
