@@ -134,6 +134,8 @@ class FastTokenizer:
         try:
             config, specials = (_json_or_empty(d / name) for name in ("tokenizer_config.json", "special_tokens_map.json"))
             kind = config.get("tokenizer_class")
+            if (d / "added_tokens.json").exists():  # the legacy file: transformers' reading of it is its own
+                return None
             if kind in _GPT2:
                 core, added = _gpt2_core(d, config)
             elif kind in _GENERIC and (d / "tokenizer.json").exists():
@@ -206,27 +208,29 @@ def _named_specials(config: dict, specials: dict, kind: str | None) -> dict[str,
 
 
 def _gpt2_core(d: Path, config: dict) -> tuple[Any, list[dict]]:
-    """GPT-2's byte-level BPE built as transformers' GPT2Tokenizer builds it, from tokenizer.json's vocab and merges
-    (or vocab.json and merges.txt); and tokenizer.json's added tokens, to add to it."""
+    """GPT-2's byte-level BPE as transformers' GPT2Tokenizer builds it (its own pre-tokenizer and decoder around the
+    folder's vocabulary and merges): tokenizer.json read by `tokenizers` when its BPE is the one GPT2Tokenizer makes,
+    else vocab.json and merges.txt; and the added tokens still to add to it."""
     from tokenizers import Tokenizer as Core
     from tokenizers import decoders, models, pre_tokenizers
 
-    added: list[dict] = []
     if (d / "tokenizer.json").exists():
-        doc = json.loads((d / "tokenizer.json").read_bytes())
-        model, added = doc["model"], doc.get("added_tokens") or []
-        if model.get("type") != "BPE":
-            return None, added
-        vocab, merges = model["vocab"], model.get("merges", [])
+        core = Core.from_file(str(d / "tokenizer.json"))  # with its added tokens
+        bpe = core.model
+        if type(bpe).__name__ != "BPE" or bpe.dropout is not None or bpe.continuing_subword_prefix or \
+                bpe.end_of_word_suffix or bpe.fuse_unk or bpe.byte_fallback or bpe.ignore_merges or bpe.unk_token:
+            return None, []
+        core.normalizer = None
+        added: list[dict] = []
     elif (d / "vocab.json").exists() and (d / "merges.txt").exists():
         vocab = json.loads((d / "vocab.json").read_bytes())
         lines = (d / "merges.txt").read_text(encoding="utf-8").splitlines()
-        merges = [line for line in lines if line and not line.startswith("#version")]
+        merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+        core = Core(models.BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
+                               end_of_word_suffix="", fuse_unk=False))
+        added = []
     else:
-        return None, added
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in merges]
-    core = Core(models.BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
-                           end_of_word_suffix="", fuse_unk=False))
+        return None, []
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space", False)))
     core.decoder = decoders.ByteLevel()
     return core, added
