@@ -103,11 +103,11 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
                                      indent=2))
 
 
-def gpt2_style_tokenizer(folder: str | Path, vocab_size: int = 50257) -> Path:
+def gpt2_style_tokenizer(folder: str | Path, vocab_size: int = 50257, max_bytes: int | None = None) -> Path:
     """A GPT-2-style tokenizer folder made offline (the hub is unreachable from the benchmark machines): byte-level BPE
-    trained on this Python's standard library to GPT-2's 50257 ids, <|endoftext|> the last one, written as the hub's
-    gpt2 folder is (tokenizer.json, vocab.json, merges.txt, and a tokenizer_config.json naming GPT2Tokenizer). Made
-    once per folder; about 10 s on 16 cores, 70 s on 2."""
+    trained on this Python's standard library (its first `max_bytes` of text; None: all of it) to GPT-2's 50257 ids,
+    <|endoftext|> the last one, written as the hub's gpt2 folder is (tokenizer.json, vocab.json, merges.txt, and a
+    tokenizer_config.json naming GPT2Tokenizer). Made once per folder; 70-130 s on 2 busy cores at the full size."""
     import json
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -126,7 +126,15 @@ def gpt2_style_tokenizer(folder: str | Path, vocab_size: int = 50257) -> Path:
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
-    tok.train_from_iterator(iter_documents(DataSpec(source="stdlib")), trainer)
+    def documents() -> Any:
+        seen = 0
+        for text in iter_documents(DataSpec(source="stdlib")):
+            if max_bytes is not None and seen >= max_bytes:
+                return
+            seen += len(text)
+            yield text
+
+    tok.train_from_iterator(documents(), trainer)
     tok.add_special_tokens([eos])
     tok.save(str(folder / "tokenizer.json"))
     tok.model.save(str(folder))

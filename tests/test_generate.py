@@ -273,6 +273,13 @@ def test_the_decoding_benchmark_runs_on_a_cpu_and_writes_its_json(tmp_path, monk
     assert command["variant"] == "h100_deltanet" and len(command["runs"]) == 1 and command["runs"][0]["rc"] == 0
     assert 0 < command["load_s"] < command["model_ready_from_start_s"] <= command["first_token_from_start_s"]
     assert {"imports", "weights read", "graph capture"} <= set(command["runs"][0]["startup"])
+    # issue 47: the same for a GPT-2-style tokenizer folder, and `eval` of one question, each from its process's start
+    assert sorted(report["startup"]) == ["byte", "gpt2"] and report["startup"]["byte"] == command
+    gpt2 = report["startup"]["gpt2"]
+    assert gpt2["tokenizer"] == "gpt2" and gpt2["runs"][0]["rc"] == 0 and gpt2["vocab"] >= 1024
+    assert 0 < gpt2["load_s"] < gpt2["model_ready_from_start_s"] <= gpt2["first_token_from_start_s"]
+    for entry in (command, gpt2):
+        assert entry["eval"]["rc"] == 0 and entry["first_question_from_start_s"] > entry["eval"]["startup"]["model_ready_s"]
     assert report["skipped_for_deadline"] == []
 
 

@@ -15,8 +15,7 @@ from typing import Any
 import torch
 
 from hybrid_ray import storage
-from hybrid_ray.data import load_tokenizer
-from hybrid_ray.data.tokenizer import saved_in
+from hybrid_ray.data.tokenizer import load_tokenizer, saved_in
 from hybrid_ray.errors import CheckpointError, SpecError
 from hybrid_ray.layout import RunLayout
 from hybrid_ray.model.build import load_model, resolve_backend
