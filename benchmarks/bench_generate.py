@@ -277,7 +277,8 @@ def bench_variant(variant: str, args: argparse.Namespace, device: torch.device, 
     if args.eval_questions and clock.allows(f"{variant} ARC-Easy scoring", args.part_s):
         data, source = arc_data(args, workdir.parent)
         print(f"{variant}: scoring ARC-Easy questions ({source})", flush=True)
-        report["eval"][variant] = bench_eval(saved(model, spec, workdir), data, source, backend)
+        report["eval"][variant] = bench_eval(saved(model, spec, workdir), data, source, args.eval_backend)
+        report["eval"][variant]["backend"] = args.eval_backend
         print(json.dumps(report["eval"][variant]), flush=True)
         write(args, report, clock)
     del model
@@ -367,6 +368,8 @@ def main() -> None:
     parser.add_argument("--no-cache-tokens", type=int, default=50)
     parser.add_argument("--eval-questions", type=int, default=2376,
                         help="synthetic ARC-Easy questions when --arc-file is not given (0: no scoring)")
+    parser.add_argument("--eval-backend", default="auto", choices=["auto", "fla", "torch"],
+                        help="the scoring's backend (auto: the twin, as `eval` runs it; fla: FLA's model and kernels)")
     parser.add_argument("--arc-file", help="ARC-Easy's own test file (AI2's ARC-Easy-Test.jsonl or the hub's layout)")
     parser.add_argument("--compile", action="store_true",
                         help="also time the torch.compile'd step (adds a compile per variant and batch size)")

@@ -96,8 +96,7 @@ def inference_backend(backend: str) -> str:
     and its prefill are plain PyTorch on either backend (`hybrid_ray.model.decode`), so FLA's model adds nothing to
     them but its import (seconds: its layers, models and every kernel module); scoring runs the twin too. 'fla' builds
     FLA's own model (its kernels for the forwards that score or recompute, as training ran them)."""
-    resolve_backend(backend)  # an unknown name is refused here
-    return "torch" if backend == "auto" else backend
+    return "torch" if backend == "auto" else resolve_backend(backend)  # an unknown name is refused there
 
 
 def load_for_inference(path: str, backend: str = "auto", startup: Startup | None = None
