@@ -350,6 +350,7 @@ def imported_by_generate_and_eval(tmp_path, device="cpu"):
     """The top-level packages of those names in sys.modules after `generate` and `eval` of a byte-tokenizer and a
     GPT-2-tokenizer model folder, each command in a fresh process (as a user runs them)."""
     import json
+    import os
     import subprocess
     import sys
 
@@ -375,8 +376,8 @@ from hybrid_ray.cli import main
 assert main({command!r}) == 0
 print(sorted({{name.split(".")[0] for name in sys.modules}} & {set(NOT_IMPORTED)!r}))
 """
-            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                                  env={**__import__("os").environ, "CUDA_VISIBLE_DEVICES": "" if device == "cpu" else "0"})
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": "" if device == "cpu" else "0"}
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
             assert done.returncode == 0, done.stderr[-2000:]
             found[f"{command[0]} {folder}"] = done.stdout.strip().splitlines()[-1]
     return found

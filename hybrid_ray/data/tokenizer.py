@@ -132,7 +132,8 @@ class FastTokenizer:
         a SentencePiece model, text clean-up after decoding): that one loads with transformers."""
         d = Path(folder)
         try:
-            config, specials = (_json_or_empty(d / name) for name in ("tokenizer_config.json", "special_tokens_map.json"))
+            config = _json_or_empty(d / "tokenizer_config.json")
+            specials = _json_or_empty(d / "special_tokens_map.json")
             kind = config.get("tokenizer_class")
             if (d / "added_tokens.json").exists():  # the legacy file: transformers' reading of it is its own
                 return None
@@ -161,7 +162,8 @@ class FastTokenizer:
         return self.encode_batch([text])[0]
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
-        return [np.asarray(e.ids, dtype=np.int32) for e in self._core.encode_batch(list(texts), add_special_tokens=False)]
+        encoded = self._core.encode_batch(list(texts), add_special_tokens=False)
+        return [np.asarray(e.ids, dtype=np.int32) for e in encoded]
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         return self._core.decode([int(i) for i in np.asarray(ids).ravel()], skip_special_tokens=True)
