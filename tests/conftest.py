@@ -222,7 +222,7 @@ def ray_session():
     from ray_procs import free_port, short_tmpdir
 
     from hybrid_ray import ray_compat
-    from hybrid_ray.jobs import cluster
+    from hybrid_ray import cluster
 
     temp = short_tmpdir()
     # as `hybrid-ray` starts its local Ray: a new one (never another Ray of this machine), every process pinned to it
