@@ -152,7 +152,7 @@ def test_a_prompts_file_is_read_by_the_library_and_a_bad_one_is_one_line(tmp_pat
     (tmp_path / "prompts.txt").write_text("one\n\n  \ntwo words\n")
     assert read_prompts(tmp_path / "prompts.txt") == ["one", "two words"]
     (tmp_path / "binary.txt").write_bytes(b"ok\n\xff\xfe\n")
-    with pytest.raises(SpecError, match=r"^--prompts file .*binary.txt is not UTF-8 text: invalid start byte at byte 3$"):
+    with pytest.raises(SpecError, match=r"^--prompts file .*binary.txt is not UTF-8 text: invalid start byte at byte 3"):
         read_prompts(tmp_path / "binary.txt")
     with pytest.raises(SpecError, match=r"^cannot read --prompts file .*missing.txt: No such file or directory$"):
         read_prompts(tmp_path / "missing.txt")
