@@ -111,7 +111,7 @@ def train(address: str | None, verbose: bool, extend_steps: int, until_step: int
           **options: Any) -> None:
     """Train one variant with Ray Train (resumes when the run name exists)."""
     if options.get("config"):
-        refuse_sweep_file(options["config"])
+        build.refuse_sweep_file(options["config"])
     spec = build_spec(**options)
     if dry_run:
         click.echo(spec.to_yaml(), nl=False)
@@ -129,13 +129,6 @@ def train(address: str | None, verbose: bool, extend_steps: int, until_step: int
             " (--extend-steps N trains it longer)" if r["status"] == "finished" else " (it is past --until-step)")
     click.echo(line)
     click.echo(f"results: {outcome.run_dir}")
-
-
-def refuse_sweep_file(config: str) -> None:
-    """`train --config` of a sweep job file (`command: sweep`) would train one run of the base spec, not the grid."""
-    if build.load(config).command == "sweep":
-        raise SpecError(f"{config} is a sweep job file (command: sweep), which `train` would run as one run of its "
-                        f"base spec: run it with `hybrid-ray sweep --config {shlex.quote(config)}`")
 
 
 @cli.command()
@@ -204,16 +197,11 @@ def sweep(address: str | None, verbose: bool, dry_run: bool, assume_gpus: int | 
                             "runs: in the sweep folder when one sweep is compared, else in their storage path]")
 def compare(paths: tuple[str, ...], out: str | None) -> None:
     """Rank finished runs and sweeps (run folders, sweep folders, folders of runs) in one table and figure."""
-    from hybrid_ray import storage
-    from hybrid_ray.layout import ComparisonLayout
-    from hybrid_ray.records import report
+    from hybrid_ray.records.report import compare as compare_runs
 
-    rows = report.comparison_rows(list(paths))
-    folder = storage.normalize(out) if out else report.comparison_home(list(paths))
-    written = ComparisonLayout(folder)
-    table, figure = report.write_comparison(rows, "comparison", written.results, written.figure)
-    click.echo(table)
-    click.echo(f"results: {folder}" + (f" (figure: {figure})" if figure else ""))
+    done = compare_runs(list(paths), out)
+    click.echo(done.table)
+    click.echo(f"results: {done.folder}" + (f" (figure: {done.figure})" if done.figure else ""))
 
 
 JOB_ADDRESS = click.option("--address", help="The cluster's dashboard, e.g. http://127.0.0.1:8265. [default: "
@@ -240,19 +228,8 @@ def submit(address: str | None, fla_clone: str | None, no_check: bool, no_wait: 
     _quiet_jobs(verbose)
     job = submit.plan(list(what), fla=fla_clone, working_dir=working_dir, excludes=list(excludes))
     _parse_forwarded(job.args)
-    if fla_clone and not no_check and not dry_run:
-        from hybrid_ray.jobs.fla_clone import verdict, verify
-
-        click.echo(f"checking the FLA clone {fla_clone} against the pure-PyTorch twin on this machine...")
-        report = verify(fla_clone, reuse=True)
-        if not report["passed"]:
-            raise HybridRayError(f"the FLA in {fla_clone} does not match the twin: {report['failures'][0]} "
-                                 "(nothing was submitted; --no-check skips this)")
-        again = " (an earlier check of the same sources, torch, triton and device)" if report.get("reused") else ""
-        click.echo(f"FLA clone {verdict(report)}{again}")
-    elif fla_clone:
-        click.echo(f"FLA clone not checked ({'--dry-run' if dry_run else '--no-check'})")
-    outcome = submit.submit(job, address=address, wait=not no_wait, dry_run=dry_run, echo=click.echo, verbose=verbose)
+    outcome = submit.submit(job, address=address, wait=not no_wait, dry_run=dry_run, echo=click.echo, verbose=verbose,
+                            check_clone=not no_check)
     if outcome.status is not None:
         ran = ("" if not outcome.python or outcome.status == "SUCCEEDED" else
                "; there is no `python` on the head's PATH" if outcome.python == "none" else
@@ -275,21 +252,13 @@ def _quiet_jobs(verbose: bool) -> None:
 def _parse_forwarded(args: list[str]) -> None:
     """Parse the command a job will run with its real click command (without running it): a wrong option fails here,
     before anything is uploaded."""
-    from pathlib import Path
-
     command = cli.commands[args[0]]
     try:
-        ctx = command.make_context(f"hybrid-ray {args[0]}", list(args[1:]))
+        command.make_context(f"hybrid-ray {args[0]}", list(args[1:]))
     except click.exceptions.Exit:
         return
     except click.ClickException as e:
         raise SpecError(f"hybrid-ray {args[0]}: {e.format_message()} (nothing was submitted)") from e
-    config = ctx.params.get("config")
-    if args[0] == "train" and config and Path(config).is_file():  # the file as uploaded from here
-        try:
-            refuse_sweep_file(config)
-        except SpecError as e:
-            raise SpecError(f"{e} (nothing was submitted)") from e
 
 
 @cli.group("jobs")
@@ -424,8 +393,6 @@ def warmup(grid: tuple[str, ...], match_params: bool, **options: Any) -> None:
     Takes the flags `train` takes (the shapes come from them: give the same ones); with --grid, those of a sweep."""
     from hybrid_ray.train.warmup import warmup as warm
 
-    if match_params and not grid:
-        raise SpecError("--match-params goes with --grid (the arms it sizes)")
     warm(build_spec(**options), storage_path=options["storage_path"], say=click.echo, grid=list(grid),
          match_params=match_params)
 
@@ -537,23 +504,13 @@ def verify(require_gpu: bool, fla_clone: str | None, as_json: bool) -> int:
 def generate(path: str, prompts: tuple[str, ...], prompts_file: str | None, backend: str, no_cache: bool,
              no_graph: bool, compile_step: bool, batch: int, **options: Any) -> None:
     """Continue prompts with the model of a run folder (or a model folder), streaming a single prompt's tokens."""
-    from pathlib import Path
-
-    from hybrid_ray.inference.generate import SamplingOptions
+    from hybrid_ray.inference.generate import SamplingOptions, read_prompts
     from hybrid_ray.inference.generate import generate as generate_text
     from hybrid_ray.startup import Startup, command_started
 
     startup = Startup(started=command_started())  # the command's imports so far (torch, the library) count as imports
 
-    texts = list(prompts)
-    if prompts_file:
-        try:
-            texts += [line for line in Path(prompts_file).read_text().splitlines() if line.strip()]
-        except OSError as e:
-            raise SpecError(f"cannot read --prompts file {prompts_file}: {e.strerror or e}") from e
-        except UnicodeDecodeError as e:
-            raise SpecError(f"--prompts file {prompts_file} is not UTF-8 text: {e.reason} at byte {e.start}") from e
-    texts = texts or [""]
+    texts = [*prompts, *(read_prompts(prompts_file) if prompts_file else [])] or [""]
     sampling = SamplingOptions(use_cache=not no_cache, use_graph=not no_graph, compile=compile_step, **options)
     stream = len(texts) == 1 and batch == 1
     result = generate_text(path, texts, sampling, backend=backend, batch=batch, startup=startup,

@@ -167,7 +167,7 @@ def test_ctrl_c_says_where_the_run_resumes_and_exits_130(ray_head, tmp_path):
 def test_sigterm_after_connecting_reaches_python_alone(ray_head):
     """A scheduler's or `timeout`'s SIGTERM ends a command in its one `interrupted` line: Ray's core worker's crash
     handler, which printed a native stack dump above it, no longer sees the signal once hybrid-ray has connected."""
-    script = ("import os, signal\nfrom hybrid_ray.jobs import cluster\n"
+    script = ("import os, signal\nfrom hybrid_ray import cluster\n"
               f"cluster.connect({ray_head.address!r})\nprint('connected', flush=True)\n"
               "os.kill(os.getpid(), signal.SIGTERM)\n")
     result = subprocess.run([sys.executable, "-c", script], env=ray_head.env, capture_output=True, text=True,

@@ -311,7 +311,7 @@ def test_bad_training_input_is_one_line(ray_session, default_run, tmp_path, caps
 def test_only_a_driver_of_its_own_ray_goes_without_the_placement_group_cleaner(ray_session):
     """The session's Ray ends with this process (its driver): a run launched here needs no cleaner; one launched from
     an actor on it (a Tune trial) does."""
-    from hybrid_ray.jobs import cluster
+    from hybrid_ray import cluster
 
     @ray_session.remote(num_cpus=0)
     class Trial:

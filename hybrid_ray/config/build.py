@@ -21,6 +21,7 @@ expands a grid with it).
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,13 @@ def load(path: str | Path) -> JobSpec:
     if isinstance(data, dict) and "spec" in data and "model" not in data:
         data = data["spec"]  # a run's results.json
     return JobSpec("train", RunSpec.from_dict(data))
+
+
+def refuse_sweep_file(config: str | Path) -> None:
+    """A sweep job file (`command: sweep`) given to `train` would train one run of its base spec, not the grid."""
+    if load(config).command == "sweep":
+        raise SpecError(f"{config} is a sweep job file (command: sweep), which `train` would run as one run of its "
+                        f"base spec: run it with `hybrid-ray sweep --config {shlex.quote(str(config))}`")
 
 
 def build_spec(*, config: str | Path | None = None, variant: str | None = None, preset: str | None = None,

@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hybrid_ray import storage
+from hybrid_ray import cluster, storage
 from hybrid_ray.config.grid import Arm, expand, match_params, parse_grid
 from hybrid_ray.errors import HybridRayError, SpecError
-from hybrid_ray.jobs import cluster
 from hybrid_ray.layout import SweepLayout
 from hybrid_ray.model import count_params
 from hybrid_ray.spec import RunSpec

@@ -24,10 +24,9 @@ from typing import Any
 
 from ray.tune import Callback
 
-from hybrid_ray import ray_compat, storage
+from hybrid_ray import cluster, ray_compat, storage
 from hybrid_ray.config.grid import Arm, expand, numeric_value, parse_grid
 from hybrid_ray.errors import HybridRayError, Interrupted, SpecError, first_line
-from hybrid_ray.jobs import cluster
 from hybrid_ray.layout import RunLayout, SweepLayout
 from hybrid_ray.model import count_params
 from hybrid_ray.records import folders
@@ -100,7 +99,7 @@ def _trial(config: dict[str, Any], specs: dict[str, dict], sweep: SweepLayout, d
 
     from hybrid_ray.train import train
 
-    spec = trial_spec(RunSpec.from_dict(specs[config["arm"]]), config["arm"], config["seed"], sweep.trials)
+    spec = trial_spec(RunSpec.from_dict(specs[config["arm"]]), config["arm"], config["seed"], sweep)
     run = sweep.trial(spec.name)
     folders.set_aside_damaged(run)
     steps = (rungs or {}).get(config["arm"]) or []
@@ -378,7 +377,7 @@ def collect(arms: list[Arm], seeds: int, sweep: SweepLayout, dataset: Any, *,
             results, newest, gone = _on_disk(run)
             outcome = outcomes.get(name)
             if newest is not None and (results is None or results.get("step", 0) < newest):
-                spec = trial_spec(arm.spec, arm.id, seed, sweep.trials)
+                spec = trial_spec(arm.spec, arm.id, seed, sweep)
                 wall = outcome.seconds if outcome is not None and outcome.seconds else 0.0
                 if folders.launch_count(run) == 0:  # cut before its train() could count the launch that trained it
                     folders.count_launch(run)

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hybrid_ray import ray_compat, storage
+from hybrid_ray import cluster, ray_compat, storage
 from hybrid_ray import data as data_lib
 from hybrid_ray.errors import HybridRayError, Interrupted, SpecError, first_line, root_cause
-from hybrid_ray.jobs import cluster
 from hybrid_ray.layout import RunLayout, data_store, step_of
 from hybrid_ray.model import count_params, flops_per_token
 from hybrid_ray.model.build import check_backend
@@ -188,7 +187,7 @@ def train(
     folders.claim(run, spec)
     folders.set_aside_damaged(run)
     checkpoints = CheckpointManager(run, spec.train.keep)
-    resume = checkpoints.at_launch(spec.name, spec.storage_path)
+    resume = checkpoints.at_launch()
     reached = read_state(resume.checkpoint) if resume.checkpoint else None
     if until_step is not None:
         last = (reached.total_steps if reached else spec.train.steps) + extend_steps
