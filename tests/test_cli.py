@@ -137,6 +137,21 @@ def test_train_flag_set_is_pinned():
     ])
 
 
+def test_every_command_that_talks_to_a_cluster_takes_address(capsys):
+    """Issue 46: `hybrid-ray jobs --address URL list` was "No such option" though `submit --address` exists. Every
+    command that reaches a cluster takes --address; `jobs` takes it before or after its sub-command."""
+    commands = [cli.commands[c] for c in ("train", "sweep", "eval", "submit", "jobs")]
+    commands += list(cli.commands["jobs"].commands.values())
+    for command in commands:
+        assert "--address" in [o for p in command.params for o in p.opts], command.name
+    for args in (["jobs", "--address", "http://127.0.0.1:9", "list"], ["jobs", "list", "--address", "http://127.0.0.1:9"],
+                 ["jobs", "--address", "http://127.0.0.1:9", "status", "raysubmit_x"]):
+        rc, _, err = run(capsys, *args)
+        assert_one_line_error(rc, err, 1, "cannot reach the Ray cluster at 127.0.0.1:9")
+    rc, _, err = run(capsys, "jobs", "--address", "http://127.0.0.1:9", "stop", "x", "--address", "http://127.0.0.1:8")
+    assert_one_line_error(rc, err, 2, "two --address values, http://127.0.0.1:9 and http://127.0.0.1:8")
+
+
 def test_every_job_file_resolves_for_hybrid_ray_and_for_ray():
     """Each job file names a registered variant and preset, its sweep grid parses, and Ray accepts its runtime_env."""
     from pathlib import Path
