@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from hybrid_ray.config import build
-from hybrid_ray.config.variants import DEFAULT_PRESET, DEFAULT_VARIANT, PRESETS
+from hybrid_ray.config.variants import DEFAULT_PRESET, DEFAULT_VARIANT, PRESETS, size_line
 from hybrid_ray.errors import HybridRayError, SpecError
 from hybrid_ray.spec import FLAGS, Flag, RunSpec, flag_overrides
 
@@ -114,7 +114,10 @@ def train(address: str | None, verbose: bool, extend_steps: int, until_step: int
         refuse_sweep_file(options["config"])
     spec = build_spec(**options)
     if dry_run:
-        click.echo(spec.to_yaml(), nl=False)
+        spec, warmup = build.warmup_used(spec)
+        if warmup:
+            warnings.warn(warmup)
+        click.echo(f"# {size_line(spec)}\n{spec.to_yaml()}", nl=False)
         return
     from hybrid_ray.train import train as train_run
 

@@ -36,7 +36,7 @@ from hybrid_ray.spec import RunSpec
 from hybrid_ray.sweep import status
 from hybrid_ray.sweep.asha import asha_line, grace_period, launch_order, rung_steps, scheduler
 from hybrid_ray.sweep.options import SweepOptions
-from hybrid_ray.sweep.plan import on_resolved_base, plan_sweep
+from hybrid_ray.sweep.plan import on_resolved_base, plan_sweep, with_warmup_used
 from hybrid_ray.sweep.status import trial_name, trial_spec
 from hybrid_ray.train.checkpoint import CheckpointManager, read_state
 from hybrid_ray.train.launch import check_locally, finalize, share_data
@@ -177,7 +177,7 @@ def sweep(
     relaunch (`relaunch`, the command line, when given)."""
     arms = expand(base, parse_grid(options.grid))  # grid errors before anything else
     base, dataset = check_locally(base, address=address, extend_steps=0, until_step=None, progress=progress)
-    arms = on_resolved_base(arms, base, options)
+    arms, warmups = with_warmup_used(on_resolved_base(arms, base, options))
     if options.scheduler == "asha":
         grace_period(options, arms)  # an ASHA rung inside the warm-up is refused before anything starts
     for arm in arms:
@@ -192,6 +192,8 @@ def sweep(
     arms, concurrent, disk = planned.arms, planned.concurrent, planned.disk
     resumed = _claim(sweep, _grid_record(options, arms), launch_order(options, [a.id for a in arms]))
     trials = len(arms) * options.seeds
+    for note in warmups if progress and not resumed else []:
+        warnings.warn(note)  # said once the sweep is sure to start, so that a refusal stays its one line
     if progress:
         counts = sorted({count_params(a.spec.model)["total"] for a in arms})
         sizes = f"{counts[0] / 1e6:.2f}M" + (f"-{counts[-1] / 1e6:.2f}M" if len(counts) > 1 else "")

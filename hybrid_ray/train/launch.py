@@ -21,6 +21,7 @@ from typing import Any
 
 from hybrid_ray import ray_compat, storage
 from hybrid_ray import data as data_lib
+from hybrid_ray.config.build import warmup_used
 from hybrid_ray.errors import HybridRayError, Interrupted, SpecError, first_line, root_cause
 from hybrid_ray.jobs import cluster
 from hybrid_ray.layout import RunLayout, data_store, step_of
@@ -180,6 +181,7 @@ def train(
     a sweep's scheduler judges the run: it saves there, waits for the judgement and stops there when told.
     """
     started = time.time()
+    spec, warmup = warmup_used(spec)  # the warm-up it trains with, before spec.yaml records it
     if extend_steps > 0:
         check_extendable(spec)
     spec, dataset = check_locally(spec, address=address, extend_steps=extend_steps, until_step=until_step,
@@ -208,6 +210,8 @@ def train(
     if data_origin is None:
         data_origin = share_data(spec, dataset, nodes)
     kernel_store = (kernel_cache or spec.storage_path) if nodes >= 2 else None
+    if progress and warmup and reached is None and not extend_steps:
+        warnings.warn(warmup)  # said once the run is sure to start, so that a refusal stays its one line
     if progress:
         print(f"training {spec.name} on {where}: {spec.scale.num_workers} worker(s), "
               f"{'GPU' if use_gpu else 'CPU'}, {count_params(spec.model)['total'] / 1e6:.1f}M parameters", flush=True)
