@@ -77,14 +77,38 @@ def _claim(sweep: SweepLayout, record: dict[str, Any], order: list[str]) -> bool
     if not storage.exists(path):
         storage.write_bytes(path, folders.dumps({**record, "launch_order": order}).encode())
         return False
-    previous = {k: v for k, v in folders.read_json(path).items() if k != "launch_order"}
-    if previous != json.loads(folders.dumps(record)):
-        changed = sorted(set(previous["arms"]) ^ set(record["arms"])) or sorted(
-            k for k in previous["options"] if previous["options"][k] != record["options"].get(k))
+    _refuse_another_grid(sweep, record)
+    return True
+
+
+# what a cluster's plan sets in an arm's spec: unknown before Ray starts, so the early check leaves it out
+_PLANNED = ("scale", "gpus_per_worker")
+
+
+def _refuse_another_grid(sweep: SweepLayout, record: dict[str, Any], planned: bool = True) -> None:
+    """Refuse relaunching a sweep's name with another grid than grid.json's; `planned=False`: `record`'s arms are not
+    yet planned on a cluster (check_relaunch, before Ray starts), so what the plan sets is not compared."""
+    if not storage.exists(sweep.grid):
+        return
+    previous = {k: v for k, v in folders.read_json(sweep.grid).items() if k != "launch_order"}
+    record = json.loads(folders.dumps(record))
+    if not planned:
+        for arms in (previous.get("arms", {}), record["arms"]):
+            for spec in arms.values():
+                if isinstance(spec, dict) and isinstance(spec.get(_PLANNED[0]), dict):
+                    spec[_PLANNED[0]].pop(_PLANNED[1], None)
+    if previous != record:
+        changed = sorted(set(previous.get("arms", {})) ^ set(record["arms"])) or sorted(
+            k for k in previous.get("options", {}) if previous["options"][k] != record["options"].get(k))
         raise SpecError(f"sweep {sweep.name!r} already exists with another grid "
                         f"(differs in: {', '.join(map(str, changed[:4])) or 'the arms specs'}); relaunch it unchanged "
                         "to resume it, or pick a new --name")
-    return True
+
+
+def check_relaunch(sweep: SweepLayout, options: SweepOptions, arms: list[Arm]) -> None:
+    """Before Ray starts: a relaunch of the sweep's name with another grid is refused in a second, not after Ray's
+    start (the arms' GPU shares, which the cluster's plan sets, are compared once planned, by _claim)."""
+    _refuse_another_grid(sweep, _grid_record(options, arms), planned=False)
 
 
 def _trial(config: dict[str, Any], specs: dict[str, dict], sweep: SweepLayout, data_origin: str | None,
@@ -184,6 +208,7 @@ def sweep(
         if arm.spec.data != base.data:
             check_locally(arm.spec, address=address, extend_steps=0, until_step=None, progress=progress)
     sweep = SweepLayout.of(base)  # its folder is made by _claim: a refused sweep leaves no folder behind
+    check_relaunch(sweep, options, arms)
 
     where = cluster.connect(address, verbose=verbose)
     have = cluster.resources()
