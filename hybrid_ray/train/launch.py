@@ -239,7 +239,7 @@ def train(
     try:
         _fit(spec, launch, scaling, use_gpu, ray_checkpoints, callbacks)
     except KeyboardInterrupt:
-        step = checkpoints.resume_point()
+        step = checkpoints.settled_resume_point()
         if step is None:
             raise Interrupted("interrupted before the first checkpoint; relaunch the same command to start again") from None
         raise Interrupted(f"interrupted at step {step} (the newest checkpoint); relaunch the same command to resume") from None
@@ -314,15 +314,31 @@ def _fit(spec: RunSpec, launch: LaunchOptions, scaling: Any, use_gpu: bool, chec
     # Ray Train's SIGINT handler (installed by fit) holds the run's controller and is never taken back: in a driver
     # that lives on (a notebook, a test session) the finished run's controller stayed alive, polling, and a later
     # Ctrl-C aborted that finished run instead of interrupting the driver
-    sigint = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    main = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if main else None
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
+    if main:
+        # SIGTERM (a scheduler, `timeout`) stops the run as Ctrl-C does, through Ray Train's SIGINT handler, which
+        # aborts its workers: ray.init's own handler exited the driver with the workers still training, so the step
+        # said was not where a relaunch resumed (a checkpoint written after it)
+        signal.signal(signal.SIGTERM, _as_sigint)
     try:
         trainer.fit()
     except SystemExit as e:
         # Ray Train's own SIGINT handler aborts the run and then exits the driver: an interruption like any other
         raise KeyboardInterrupt from e
     finally:
-        if sigint is not None:
-            signal.signal(signal.SIGINT, sigint)
+        for signum, handler in ((signal.SIGINT, sigint), (signal.SIGTERM, sigterm)):
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
+def _as_sigint(signum: int, frame: Any) -> None:
+    """SIGTERM handled by the SIGINT handler in place (Ray Train's, once fit has installed it)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler):
+        raise KeyboardInterrupt
+    handler(signal.SIGINT, frame)
 
 
 def finalize(spec: RunSpec, run: RunLayout, dataset: Any, wall_s: float) -> TrainOutcome:
