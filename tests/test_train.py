@@ -386,3 +386,26 @@ def test_sigterm_says_the_step_the_relaunch_resumes_from(tmp_path):
     assert relaunch.returncode == 0, relaunch.stderr[-3000:]
     results = json.loads((run / "results.json").read_text())
     assert results["resumed_at"] == [step] and results["step"] == step + 1
+
+
+def test_a_run_shorter_than_its_warm_up_says_so_and_records_the_warm_up_it_used(tmp_path):
+    """Issue 46: `hybrid-ray train --steps 10` at a user's defaults (the tiny preset's 20-step warm-up) trained a
+    learning rate that only rose, with no word, and spec.yaml said 20. Now: one warning line, spec.yaml and
+    results.json hold the 10-step warm-up it used, and the LR rises to the preset's peak at the last step."""
+    from ray_procs import hybrid_ray, user_env
+
+    result = hybrid_ray("train", "--steps", "10", "--log-every", "1", "--max-documents", "100", env=user_env(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stderr.replace("\r", "\n").splitlines()
+             if line.strip() and not line.startswith("tokenizing")]
+    assert lines == ["warning: the 20-step learning-rate warm-up is longer than the 10-step run: it is cut to the run's "
+                     "10 steps (spec.yaml records 10), so the LR only rises, to its peak at the last step, and never "
+                     "decays; --warmup-steps sets the warm-up"], result.stderr[-3000:]
+    run = tmp_path / "hybrid-ray-runs" / "h100_hybrid_sparse-tiny"
+    import yaml
+
+    spec = yaml.safe_load((run / "spec.yaml").read_text())
+    results = json.loads((run / "results.json").read_text())
+    assert spec["optim"]["warmup_steps"] == results["spec"]["optim"]["warmup_steps"] == 10
+    lrs = [r["lr"] for r in results["history"] if "lr" in r]
+    assert len(lrs) == 10 and lrs == sorted(lrs) and lrs[-1] == pytest.approx(spec["optim"]["lr"])
