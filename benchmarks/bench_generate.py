@@ -7,9 +7,13 @@ tokens/s at batch 1 and 32 with and without the captured step and the cache, and
     ... --deadline-s 300 --narrow-autotuning   # one device call: stop in time, compile FLA's kernels once each
 
 Before the arms (GPU, warm node): `hybrid-ray generate` itself, in a new process, on a saved model of --command-variant
-(the H100 base pure DeltaNet: 1.1 GB of safetensors at GPT-2's vocabulary), run --command-runs times: `load_s` (the
-command's model load), `model_ready_from_start_s` and `first_token_from_start_s` (from the process's start), and its
-start-up phases as the command prints them.
+(the H100 base pure DeltaNet: 1.1 GB of safetensors at GPT-2's vocabulary) for each of --command-tokenizers (`byte`,
+and `gpt2`: a GPT-2-style folder, tokenizer.json + vocab.json + merges.txt naming GPT2Tokenizer, trained offline on
+the standard library and kept in --gpt2-tokenizer), run --command-runs times: `load_s` (the command's model load),
+`model_ready_from_start_s` and `first_token_from_start_s` (from the process's start), and its start-up phases as the
+command prints them; then `hybrid-ray eval --task arc_easy --limit 1` in a new process (`first_question_from_start_s`:
+its whole run, one question scored). The JSON's "startup" holds one entry a tokenizer; "generate_command" is the byte
+one's.
 
 Random weights (speed does not depend on them), greedy decoding without EOS, so every run decodes exactly
 --decode-tokens tokens after a --prompt-len-token prompt. Every measurement follows one untimed pass of the same work.
@@ -41,9 +45,9 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import write_json
+from benchmarks.common import gpt2_style_tokenizer, write_json
 from hybrid_ray.config.variants import variant_spec
-from hybrid_ray.data.tokenizer import ByteTokenizer
+from hybrid_ray.data.tokenizer import ByteTokenizer, load_tokenizer
 from hybrid_ray.errors import first_line
 from hybrid_ray.evals import downstream as evals
 from hybrid_ray.inference.generate import SamplingOptions, decode_reference, decode_timed, forward
@@ -120,12 +124,12 @@ def arc_data(args: argparse.Namespace, workdir: Path) -> tuple[Path, str]:
     return path, note
 
 
-def saved(model: torch.nn.Module, spec: Any, workdir: Path) -> Path:
-    """The model as a model folder (weights and the byte tokenizer), once per arm."""
+def saved(model: torch.nn.Module, spec: Any, workdir: Path, tokenizer: Any = None) -> Path:
+    """The model as a model folder (weights and the tokenizer: the byte one by default), once per arm."""
     folder = workdir / "model"
     if not (folder / "config.json").exists():
         save_model(model, spec, folder)
-        ByteTokenizer().save(folder)
+        (tokenizer or ByteTokenizer()).save(folder)
     return folder
 
 
@@ -195,6 +199,21 @@ def generate_command(folder: Path, tokens: int) -> dict[str, Any]:
     return entry
 
 
+def eval_command(folder: Path, data: Path) -> dict[str, Any]:
+    """`hybrid-ray eval FOLDER --task arc_easy --limit 1` in a new process: its whole run is the wait for the first
+    question's score (`first_question_from_start_s`), with its start-up phases."""
+    command = [sys.executable, "-m", "hybrid_ray", "eval", str(folder), "--task", "arc_easy", "--data", str(data),
+               "--limit", "1"]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    entry: dict[str, Any] = {"rc": done.returncode, "first_question_from_start_s": wall,
+                             "stderr_tail": done.stderr.strip().splitlines()[-3:]}
+    if phases := startup_phases(done.stderr):
+        entry["startup"] = phases
+    return entry
+
+
 class Clock:
     """The benchmark's deadline (--deadline-s from its start; none: no limit) and what it skipped for it."""
 
@@ -258,7 +277,8 @@ def bench_variant(variant: str, args: argparse.Namespace, device: torch.device, 
     if args.eval_questions and clock.allows(f"{variant} ARC-Easy scoring", args.part_s):
         data, source = arc_data(args, workdir.parent)
         print(f"{variant}: scoring ARC-Easy questions ({source})", flush=True)
-        report["eval"][variant] = bench_eval(saved(model, spec, workdir), data, source, backend)
+        report["eval"][variant] = bench_eval(saved(model, spec, workdir), data, source, args.eval_backend)
+        report["eval"][variant]["backend"] = args.eval_backend
         print(json.dumps(report["eval"][variant]), flush=True)
         write(args, report, clock)
     del model
@@ -266,31 +286,61 @@ def bench_variant(variant: str, args: argparse.Namespace, device: torch.device, 
         torch.cuda.empty_cache()
 
 
+def command_tokenizer(name: str, args: argparse.Namespace) -> Any:
+    """The tokenizer of a command model: `byte`, or `gpt2` (the GPT-2-style folder in --gpt2-tokenizer, made there
+    once; at the tiny size a small one, 1024 ids from 2 MB of text, made in seconds)."""
+    if name == "byte":
+        return ByteTokenizer()
+    size = (1024, 2 << 20) if args.preset == "tiny" else (GPT2_VOCAB, None)
+    folder = Path(args.gpt2_tokenizer or Path(tempfile.gettempdir(), f"hybrid-ray-gpt2-style-{size[0]}"))
+    return load_tokenizer(gpt2_style_tokenizer(folder, *size))
+
+
 def bench_command(args: argparse.Namespace, device: torch.device, workdir: Path, clock: Clock,
                   report: dict[str, Any]) -> None:
-    """`hybrid-ray generate` on a saved model of --command-variant, --command-runs times (the first may read the
-    weights from disk; the later ones are a warm node's)."""
+    """`hybrid-ray generate` on a saved model of --command-variant with each of --command-tokenizers, --command-runs
+    times (the first may read the weights from disk; the later ones are a warm node's), then `eval` of one question."""
     variant = args.command_variant
-    spec = variant_spec(variant, args.preset).model.with_vocab(args.vocab)
-    model = build_model(spec, "auto", device=device, seed=0).eval()
-    folder = saved(model, spec, workdir / variant)
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    runs = []
-    for i in range(args.command_runs):
-        if not clock.allows(f"generate command run {i + 1}", 30):
-            break
-        print(f"hybrid-ray generate {variant} ({args.command_tokens} tokens), run {i + 1}", flush=True)
-        runs.append(generate_command(folder, args.command_tokens))
-        print(json.dumps(runs[-1]), flush=True)
-    weights = folder / "model.safetensors"
-    report["generate_command"] = {
-        "variant": variant, "params": count_params(spec)["total"], "weights_bytes": weights.stat().st_size,
-        "tokens": args.command_tokens, "runs": runs, **{k: runs[-1].get(k) for k in (
-            "load_s", "model_ready_from_start_s", "first_token_from_start_s") if runs},
-        "targets": {"load_s": 5.0, "first_token_from_start_s": 10.0}}
-    write(args, report, clock)
+    report.setdefault("startup", {})
+    for name in args.command_tokenizers:
+        if not clock.allows(f"generate command ({name} tokenizer)", 60):
+            continue
+        print(f"{variant} with the {name} tokenizer: saving the model", flush=True)
+        tokenizer = command_tokenizer(name, args)
+        vocab = max(args.vocab, tokenizer.vocab_size) if name != "byte" else args.vocab
+        spec = variant_spec(variant, args.preset).model.with_vocab(vocab)
+        model = build_model(spec, "torch", device=device, seed=0).eval()
+        folder = saved(model, spec, workdir / f"{variant}-{name}", tokenizer)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        runs = []
+        for i in range(args.command_runs):
+            if not clock.allows(f"generate command run {i + 1} ({name} tokenizer)", 30):
+                break
+            print(f"hybrid-ray generate {variant} ({name} tokenizer, {args.command_tokens} tokens), run {i + 1}",
+                  flush=True)
+            runs.append(generate_command(folder, args.command_tokens))
+            print(json.dumps(runs[-1]), flush=True)
+        entry = {
+            "variant": variant, "tokenizer": name, "vocab": vocab, "params": count_params(spec)["total"],
+            "weights_bytes": (folder / "model.safetensors").stat().st_size, "tokens": args.command_tokens,
+            "runs": runs, **{k: runs[-1].get(k) for k in (
+                "load_s", "model_ready_from_start_s", "first_token_from_start_s") if runs},
+            "targets": {"load_s": 3.0, "first_token_from_start_s": 6.0, "first_question_from_start_s": 6.0}}
+        if clock.allows(f"eval command ({name} tokenizer)", 30):
+            data = workdir / "arc_command.jsonl"
+            if not data.exists():
+                arc_questions(data, 4)
+            print(f"hybrid-ray eval {variant} ({name} tokenizer), one ARC-Easy question", flush=True)
+            entry["eval"] = eval_command(folder, data)
+            entry["first_question_from_start_s"] = entry["eval"]["first_question_from_start_s"]
+            print(json.dumps(entry["eval"]), flush=True)
+        report["startup"][name] = entry
+        if name == "byte":
+            report["generate_command"] = entry
+        write(args, report, clock)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def output_path(args: argparse.Namespace) -> Path:
@@ -318,6 +368,8 @@ def main() -> None:
     parser.add_argument("--no-cache-tokens", type=int, default=50)
     parser.add_argument("--eval-questions", type=int, default=2376,
                         help="synthetic ARC-Easy questions when --arc-file is not given (0: no scoring)")
+    parser.add_argument("--eval-backend", default="auto", choices=["auto", "fla", "torch"],
+                        help="the scoring's backend (auto: the twin, as `eval` runs it; fla: FLA's model and kernels)")
     parser.add_argument("--arc-file", help="ARC-Easy's own test file (AI2's ARC-Easy-Test.jsonl or the hub's layout)")
     parser.add_argument("--compile", action="store_true",
                         help="also time the torch.compile'd step (adds a compile per variant and batch size)")
@@ -325,6 +377,11 @@ def main() -> None:
                         help="time `hybrid-ray generate` on a saved model of this variant ('none': do not)")
     parser.add_argument("--command-tokens", type=int, default=200)
     parser.add_argument("--command-runs", type=int, default=2)
+    parser.add_argument("--command-tokenizers", nargs="*", default=["byte", "gpt2"], choices=["byte", "gpt2"],
+                        help="the tokenizers of the command models (each its own saved model)")
+    parser.add_argument("--gpt2-tokenizer", help="the GPT-2-style tokenizer folder: used when it holds one, else made "
+                                                 "there [default: one in the temporary folder, kept for later runs]")
+    parser.add_argument("--only-commands", action="store_true", help="time the commands only, no decoding arms")
     parser.add_argument("--deadline-s", type=float, help="start no part that would end past this many seconds")
     parser.add_argument("--part-s", type=float, default=45.0,
                         help="with --deadline-s: the seconds a part (a batch size, a scoring) is assumed to need")
@@ -355,7 +412,7 @@ def main() -> None:
     try:
         if args.command_variant != "none" and clock.allows("generate command", 60):
             bench_command(args, device, workdir, clock, report)
-        for variant in args.variants:
+        for variant in [] if args.only_commands else args.variants:
             bench_variant(variant, args, device, workdir / variant, clock, report)
     finally:
         write(args, report, clock)

@@ -101,3 +101,44 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps({"machine": machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **payload},
                                      indent=2))
+
+
+def gpt2_style_tokenizer(folder: str | Path, vocab_size: int = 50257, max_bytes: int | None = None) -> Path:
+    """A GPT-2-style tokenizer folder made offline (the hub is unreachable from the benchmark machines): byte-level BPE
+    trained on this Python's standard library (its first `max_bytes` of text; None: all of it) to GPT-2's 50257 ids,
+    <|endoftext|> the last one, written as the hub's gpt2 folder is (tokenizer.json, vocab.json, merges.txt, and a
+    tokenizer_config.json naming GPT2Tokenizer). Made once per folder; 70-130 s on 2 busy cores at the full size."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from hybrid_ray.data.sources import iter_documents
+    from hybrid_ray.spec import DataSpec
+
+    folder = Path(folder)
+    if (folder / "tokenizer_config.json").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    eos = "<|endoftext|>"
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    def documents() -> Any:
+        seen = 0
+        for text in iter_documents(DataSpec(source="stdlib")):
+            if max_bytes is not None and seen >= max_bytes:
+                return
+            seen += len(text)
+            yield text
+
+    tok.train_from_iterator(documents(), trainer)
+    tok.add_special_tokens([eos])
+    tok.save(str(folder / "tokenizer.json"))
+    tok.model.save(str(folder))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False, "bos_token": eos, "eos_token": eos,
+        "unk_token": eos, "model_max_length": 1024}, indent=2))
+    return folder

@@ -146,8 +146,9 @@ def refuse_sweep_file(config: str) -> None:
 @TRAIN_OPTIONS
 @CLUSTER_OPTIONS
 @click.option("--grid", "grid", multiple=True, metavar="AXIS[=V1,V2]",
-              help="A swept axis; repeat to combine as a product: attention_ratio (the 13 named layouts), lr (the "
-                   "original ablation), variant=A,B, or any spec field such as train.batch_size=16,32.")
+              help="A swept axis; repeat to combine as a product: attention_ratio (the 13 named layouts; those a "
+                   "depth builds alike are one arm), lr (7 values, x1/4 ... x4 each arm's own LR), variant=A,B, or any "
+                   "spec field such as train.batch_size=16,32.")
 @click.option("--seeds", type=int, help="Runs of every arm (train.seed + 0..N-1). [default: 1]")
 @click.option("--scheduler", type=click.Choice(["asha", "fifo"]),
               help="asha stops weak arms on validation loss at each evaluation; fifo runs the full grid. [default: asha]")
@@ -544,7 +545,9 @@ def verify(require_gpu: bool, fla_clone: str | None, as_json: bool) -> int:
 @click.option("--top-k", type=int, default=50, show_default=True, help="0 = no limit.")
 @click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling; 1 = no limit.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "fla", "torch"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "fla", "torch"]), default="auto", show_default=True,
+              help="auto: the pure-PyTorch twin on any device (starts in seconds: no FLA import); fla: FLA's own "
+                   "model and kernels (GPU).")
 @click.option("--no-cache", is_flag=True, help="Recompute the whole prefix for every token (for comparisons).")
 @click.option("--no-graph", is_flag=True, help="GPU: run the decode step op by op, not as a captured CUDA graph.")
 @click.option("--compile", "compile_step", is_flag=True,
@@ -605,7 +608,9 @@ def _seconds(seconds: float) -> str:
                              "Hugging Face hub]; for perplexity, any data source (file, folder, glob, stdlib, hf:...).")
 @click.option("--limit", type=int, help="Score only the first N examples.")
 @click.option("--seq-len", type=int, help="Perplexity: tokens per block. [default: the run's]")
-@click.option("--backend", type=click.Choice(["auto", "fla", "torch"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "fla", "torch"]), default="auto", show_default=True,
+              help="auto: the pure-PyTorch twin on any device (starts in seconds: no FLA import); fla: FLA's own "
+                   "model and kernels (GPU).")
 @click.option("--address", help="Run on a worker of this Ray cluster (a GPU one when there is one); PATH must be on "
                                 "storage its workers reach.")
 def eval_command(path: str, task: str, data: str | None, limit: int | None, seq_len: int | None, backend: str,

@@ -8,9 +8,20 @@ import uuid
 import zlib
 from pathlib import Path
 
-import pyarrow.fs as pafs
-
 from hybrid_ray.errors import HybridRayError, first_line
+
+
+class _PyarrowFs:
+    """pyarrow.fs, imported on first use: `generate` and `eval` of a local folder need only the path helpers here,
+    and pyarrow's import is a few hundred milliseconds of their start-up."""
+
+    def __getattr__(self, name: str):
+        import pyarrow.fs
+
+        return getattr(pyarrow.fs, name)
+
+
+pafs = _PyarrowFs()
 
 
 def crc32(path: Path) -> int:

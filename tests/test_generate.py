@@ -273,6 +273,13 @@ def test_the_decoding_benchmark_runs_on_a_cpu_and_writes_its_json(tmp_path, monk
     assert command["variant"] == "h100_deltanet" and len(command["runs"]) == 1 and command["runs"][0]["rc"] == 0
     assert 0 < command["load_s"] < command["model_ready_from_start_s"] <= command["first_token_from_start_s"]
     assert {"imports", "weights read", "graph capture"} <= set(command["runs"][0]["startup"])
+    # issue 47: the same for a GPT-2-style tokenizer folder, and `eval` of one question, each from its process's start
+    assert sorted(report["startup"]) == ["byte", "gpt2"] and report["startup"]["byte"] == command
+    gpt2 = report["startup"]["gpt2"]
+    assert gpt2["tokenizer"] == "gpt2" and gpt2["runs"][0]["rc"] == 0 and gpt2["vocab"] >= 1024
+    assert 0 < gpt2["load_s"] < gpt2["model_ready_from_start_s"] <= gpt2["first_token_from_start_s"]
+    for entry in (command, gpt2):
+        assert entry["eval"]["rc"] == 0 and entry["first_question_from_start_s"] > entry["eval"]["startup"]["model_ready_s"]
     assert report["skipped_for_deadline"] == []
 
 
@@ -330,3 +337,70 @@ print(sorted(name for name in sys.modules if name == "ray" or name.startswith("r
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-2000:]
+
+
+# what the inference commands must not import (issue 47: FLA's whole package is 6.8 s of a CPU's start-up, and on an
+# H100 node `imports 12.61 s` was most of a 14 s wait for the first token): FLA and triton (the cached step and its
+# prefill are plain PyTorch), transformers (a tokenizer.json or GPT-2's files are read by `tokenizers`), pyarrow (local
+# folders), Ray
+NOT_IMPORTED = ("fla", "triton", "transformers", "pyarrow", "ray", "datasets")
+
+
+def imported_by_generate_and_eval(tmp_path, device="cpu"):
+    """The top-level packages of those names in sys.modules after `generate` and `eval` of a byte-tokenizer and a
+    GPT-2-tokenizer model folder, each command in a fresh process (as a user runs them)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from test_data_tokenizer import make_hf_tokenizer
+
+    from hybrid_ray.data.tokenizer import load_tokenizer
+
+    m, spec = model([1])
+    save_model(m, spec, tmp_path / "byte")
+    ByteTokenizer().save(tmp_path / "byte")
+    save_model(m, spec, tmp_path / "gpt2")
+    load_tokenizer(make_hf_tokenizer(tmp_path / "tok", "gpt2")).save(tmp_path / "gpt2")
+    arc = tmp_path / "arc.jsonl"
+    arc.write_text(json.dumps({"question": "q?", "choices": {"text": ["a", "b"], "label": ["A", "B"]},
+                               "answerKey": "A"}))
+    found = {}
+    for folder in ("byte", "gpt2"):
+        for command in (["generate", str(tmp_path / folder), "--max-new-tokens", "3", "--prompt", "hello"],
+                        ["eval", str(tmp_path / folder), "--task", "arc_easy", "--data", str(arc)]):
+            code = f"""
+import sys
+from hybrid_ray.cli import main
+assert main({command!r}) == 0
+print(sorted({{name.split(".")[0] for name in sys.modules}} & {set(NOT_IMPORTED)!r}))
+"""
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": "" if device == "cpu" else "0"}
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+            assert done.returncode == 0, done.stderr[-2000:]
+            found[f"{command[0]} {folder}"] = done.stdout.strip().splitlines()[-1]
+    return found
+
+
+def test_generate_and_eval_import_no_fla_transformers_or_pyarrow(tmp_path):
+    """Issue 47: the start-up imports only what the commands run, for the byte tokenizer and a tokenizer folder."""
+    found = imported_by_generate_and_eval(tmp_path)
+    assert found == dict.fromkeys(["generate byte", "eval byte", "generate gpt2", "eval gpt2"], "[]"), found
+
+
+@pytest.mark.gpu(budget_s=90)
+def test_on_a_gpu_generate_and_eval_import_no_fla_and_decode_as_flas_model(tmp_path):
+    """Issue 47 on a GPU: `auto` loads the twin (no FLA, no transformers in the process), and its greedy tokens are the
+    ones FLA's own model decodes with the same weights (the engine's step and prefill are plain PyTorch on both)."""
+    from hybrid_ray.inference.generate import load_for_inference
+
+    found = imported_by_generate_and_eval(tmp_path, device="cuda")
+    assert found == dict.fromkeys(["generate byte", "eval byte", "generate gpt2", "eval gpt2"], "[]"), found
+    cuda = torch.device("cuda", 0)
+    twin, _, device = load_for_inference(str(tmp_path / "byte"))
+    fla, _, _ = load_for_inference(str(tmp_path / "byte"), backend="fla")
+    assert device == cuda and getattr(twin, "hybrid_backend") == "torch" and getattr(fla, "hybrid_backend") == "fla"
+    prompts = [[5, 6, 7], list(range(40, 70))]
+    greedy = SamplingOptions(max_new_tokens=24, temperature=0)
+    assert decode(twin, prompts, greedy, None, cuda) == decode(fla, prompts, greedy, None, cuda)

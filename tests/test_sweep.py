@@ -354,3 +354,31 @@ def test_the_study_benchmark_s_cpu_twin_interrupted_and_relaunched_reports_what_
     assert results["judgements"] and all(j["decision"] in ("stop", "continue") for j in results["judgements"].values())
     saved = json.loads((tmp_path / "out" / "bench_study.json").read_text())
     assert saved["checks"]["judged_against_reported"] == checks["judged_against_reported"]
+
+
+def test_the_default_lr_grid_brackets_each_variant_s_own_lr_on_both_sides(tmp_path, capsys):
+    """Issue 46: pure DeltaNet's default grid (2e-4 ... 1e-3) topped out at its own LR, where its best was on the
+    H100. `--grid lr` alone is seven LRs log-spaced from x1/4 to x4 each arm's own, the LR itself in the middle."""
+    from hybrid_ray.config.grid import lr_around
+    from hybrid_ray.config.variants import VARIANTS
+
+    assert lr_around(1e-3) == (2.5e-4, 4e-4, 6.3e-4, 1e-3, 1.6e-3, 2.5e-3, 4e-3)
+    for preset in (None, "tiny", "b200"):
+        for name, v in VARIANTS.items():
+            spec = variant_spec(name, preset)
+            lrs = [a.spec.optim.lr for a in expand(spec, parse_grid(["lr"]))]
+            own = spec.optim.lr
+            assert len(lrs) == 7 and lrs == sorted(lrs) and lrs[3] == own, (preset, name, lrs)
+            assert lrs[0] < own < lrs[-1] and abs(lrs[-1] / lrs[0] - 16) < 0.5, (preset, name, lrs)
+    # beside --grid variant each variant's grid is around its own LR, and an lr axis sets the variant arms' LR in
+    # whatever order the axes come (it was silently replaced by the variant's LR when given first)
+    arms = expand(variant_spec("h100_hybrid_sparse"), parse_grid(["variant=h100_deltanet,h100_transformer", "lr"]))
+    by = {n: [a.spec.optim.lr for a in arms if a.spec.variant == n] for n in ("h100_deltanet", "h100_transformer")}
+    assert by == {"h100_deltanet": list(lr_around(1e-3)), "h100_transformer": list(lr_around(2e-3))}
+    for grid in (["lr=1e-4", "variant=h100_deltanet,h100_transformer"], ["variant=h100_deltanet,h100_transformer",
+                                                                          "lr=1e-4"]):
+        assert [a.spec.optim.lr for a in expand(variant_spec("h100_hybrid_sparse"), parse_grid(grid))] == [1e-4] * 2
+    # --lr beside a bare --grid lr is its centre (honoured), beside --grid lr=... refused (above)
+    assert main(["sweep", "--grid", "lr", "--lr", "1e-3", "--dry-run", "--storage-path", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()[1:8]] == [f"lr{x:g}" for x in lr_around(1e-3)]

@@ -13,7 +13,7 @@ from hybrid_ray import layout
 from hybrid_ray.layout import RunLayout, SweepLayout
 from hybrid_ray.cli import main
 from hybrid_ray.config.grid import expand, match_params, parse_grid
-from hybrid_ray.config.variants import REFERENCE_VOCAB, variant_spec
+from hybrid_ray.config.variants import REFERENCE_VOCAB, VARIANTS, variant_spec
 from hybrid_ray.errors import ClusterError
 from hybrid_ray.model import build_model, count_params
 from hybrid_ray.records import report
@@ -393,6 +393,63 @@ def test_a_dry_run_refuses_what_the_launch_would_after_printing_the_plan(tmp_pat
     assert captured.err.strip().startswith("error: the sweep needs about 45.3 GB more") and "20.0 GB is free" in captured.err
     rc = main(["sweep", "--grid", "lr", "--assume-gpus", "2"])
     assert rc == 2 and "go with --dry-run" in capsys.readouterr().err
+
+
+def test_the_readme_s_ratio_sweep_at_the_tiny_default_plans_each_layout_once_under_its_real_share(tmp_path):
+    """Issue 46: at the tiny preset's 6 layers `sweep --grid attention_ratio --seeds 3 --match-params` planned 39
+    trials over 8 layouts (attn8 = attn17 = [5], ...) without a word, and attn25 trained [2,5] (33%) under its name.
+    As a user runs it: one warning line naming what was merged or rounded, the plan's arms each a distinct layout
+    named by the share it trains, 8 arms x 3 seeds."""
+    from pathlib import Path
+
+    from ray_procs import hybrid_ray, user_env
+
+    result = hybrid_ray("sweep", "--grid", "attention_ratio", "--seeds", "3", "--match-params", "--dry-run",
+                        "--storage-path", str(tmp_path), env=user_env(Path.home()), timeout=300)
+    assert result.returncode == 0, result.stderr
+    err = result.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: 6 layers cannot hold every attention share of the grid: "), err
+    for merged in ("attn8 + attn17 -> attn17 [5]", "attn25 -> attn33 [2,5]", "attn42 + attn50 -> attn50 [1,3,5]",
+                   "attn58 + attn67 -> attn67 [1,2,4,5]", "attn75 + attn83 -> attn83 [0,1,3,4,5]",
+                   "attn92 + attn100 -> attn100 [0,1,2,3,4,5]", "(13 grid points, 8 arms)"):
+        assert merged in err[0], (merged, err[0])
+    lines = result.stdout.splitlines()
+    table = [line.split() for line in lines[1:lines.index(next(x for x in lines if x.startswith("trials: ")))]]
+    layouts = {arm: [] if layers == "-" else [int(i) for i in layers.split(",")] for arm, layers, *_ in table}
+    assert list(layouts) == ["attn0", "attn17", "attn33", "attn33late", "attn50", "attn67", "attn83", "attn100"]
+    assert len({tuple(v) for v in layouts.values()}) == len(layouts)  # no two arms train the same layers
+    for arm, layers in layouts.items():  # each named by the share it trains
+        assert arm.removesuffix("late") == f"attn{round(100 * len(layers) / 6)}", (arm, layers)
+    assert "trials: 8 arm(s) x 3 seed(s) = 24," in result.stdout
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_ratio_arm_is_plotted_and_recorded_at_the_share_it_trains():
+    """sweep.json's `value` (the figure's ratio axis) and `settings` are the share of the layers built, for ratio and
+    variant axes, at 6 and 12 layers; the arm's spec names a variant only where it has that variant's share."""
+    import warnings
+
+    from hybrid_ray.config.grid import numeric_value
+
+    for preset, variant_axis in [("tiny", False), (None, False), ("tiny", True)]:
+        variants = "variant=h100_hybrid_8pct,h100_hybrid_sparse,h100_hybrid_25pct"
+        grid = [variants] if variant_axis else ["attention_ratio"]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            arms = expand(variant_spec("h100_hybrid_sparse", preset), parse_grid(grid))
+        assert len(caught) == (1 if preset else 0), [str(w.message) for w in caught]
+        for arm in arms:
+            model = arm.spec.model
+            share = len(model.attn_layers) / model.num_layers
+            assert numeric_value(arm) == share, arm.id
+            if not variant_axis:
+                assert arm.settings == {"attention_ratio": round(share, 4)} and arm.id.startswith(
+                    f"attn{round(100 * share)}")
+            if arm.spec.variant:
+                assert len(VARIANTS[arm.spec.variant].attn_layers_12) / 12 == share or variant_axis, arm.id
+    assert [a.id for a in arms] == ["h100_hybrid_sparse", "h100_hybrid_25pct"]  # 8% and 17% train [5] at 6 layers
+    assert "h100_hybrid_8pct + h100_hybrid_sparse -> h100_hybrid_sparse [5] = 17%" in str(caught[0].message)
+    assert "h100_hybrid_25pct -> h100_hybrid_25pct [2,5] = 33%" in str(caught[0].message)
 
 
 def test_a_sweep_shorter_than_its_warm_up_warns_once_and_its_arms_hold_the_warm_up_they_use(tmp_path, capsys, recwarn):

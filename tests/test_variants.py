@@ -1,5 +1,7 @@
 """Variants, presets and the attention-placement rule."""
 
+import math
+
 import pytest
 
 from hybrid_ray.errors import SpecError
@@ -110,3 +112,70 @@ def test_spec_round_trips_and_rejects_bad_fields(tmp_path):
     with pytest.raises(SpecError, match="not divisible by 3 workers"):
         spec.with_overrides({"scale.num_workers": 3})
     assert RunSpec.from_dict({"optim": {"lr": "1e-3"}}).optim.lr == 1e-3  # YAML reads 1e-3 as a string
+
+
+DEPTHS = {"tiny": 6, "small": 6, None: 12, "xlarge": 24}  # None: the H100 base size (--variant without --preset)
+
+
+@pytest.mark.parametrize("preset", list(DEPTHS))
+def test_train_attention_ratio_builds_the_layers_of_the_sweeps_arm_for_that_share(preset, capsys):
+    """Issue 46: `train --attention-ratio 0.08` built [] at 6 layers while the sweep's attn8 trained [5]. For every
+    default ratio value, written as its arm's name says (0.08) or exactly (1/12), the train command builds the layers
+    of the sweep arm that value became, which is named (run name and arm id) by the share those layers have."""
+    import warnings
+
+    from hybrid_ray.cli import main
+    from hybrid_ray.config.build import sweep_base
+    from hybrid_ray.config.grid import RATIO_ARMS, expand, parse_grid
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        arms = {a.id: a for a in expand(sweep_base(variant="h100_hybrid_sparse", preset=preset),
+                                        parse_grid(["attention_ratio"]))}
+    depth = DEPTHS[preset]
+    flags = ["--variant", "h100_hybrid_sparse", *(["--preset", preset] if preset else [])]
+    for name in RATIO_ARMS:
+        v = VARIANTS[name]
+        if v.placement == "late":  # --attention-ratio places spread layers; the late layout is a variant's
+            continue
+        for ratio in (f"{round(v.ratio * 100) / 100:g}", repr(v.ratio)):
+            assert main(["train", "--dry-run", *flags, "--attention-ratio", ratio]) == 0
+            spec = RunSpec.from_dict(__import__("yaml").safe_load(capsys.readouterr().out))
+            layers = spec.model.attn_layers
+            arm_id = f"attn{round(100 * len(layers) / depth)}"
+            assert spec.name.endswith(f"-{arm_id}"), (ratio, spec.name)
+            assert arms[arm_id].spec.model.attn_layers == layers, (preset, name, ratio)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                assert variant_spec(name, preset).model.attn_layers == layers  # `train --variant NAME` too
+    assert len(arms) == {6: 8, 12: 13, 24: 13}[depth]
+
+
+def test_one_rule_places_every_share_and_variant_at_every_depth():
+    from hybrid_ray.config.variants import attention_count, share_label
+
+    for name, v in VARIANTS.items():
+        assert v.layers_for(12) == list(v.attn_layers_12), name  # the rule reproduces the original experiments
+    for depth in range(1, 49):
+        for k in range(13):  # a twelfth written to the percent or exactly: the same layers
+            assert attention_layers(round(k / 12, 2), depth) == attention_layers(k / 12, depth), (k, depth)
+            assert attention_count(k / 12, depth) == math.floor(k * depth / 12 + 0.5)  # halves up
+    assert attention_layers(0.08, 6) == attention_layers(1 / 12, 6) == [5]
+    assert attention_layers(0.58, 6) == [1, 2, 4, 5] and attention_layers(0.125, 8) == [7]
+    assert share_label([2, 5], 6) == "attn33" and share_label([4, 5], 6) == "attn33late"
+    assert share_label([5], 6) == "attn17" and share_label([8, 9, 10, 11], 12) == "attn33late"
+    assert share_label([2], 3) == "attn33"  # one top layer is the spread layout too: no "late"
+
+
+def test_attention_ratio_warns_when_the_depth_rounds_the_share():
+    import warnings
+
+    from hybrid_ray.config.build import build_spec
+
+    with pytest.warns(UserWarning, match=r"attention ratio 0.25: 25% is 2 of 6 layers \(33%\), layers \[2, 5\]"):
+        spec = build_spec(preset="tiny", attention_ratio=0.25)
+    assert spec.name == "h100_hybrid_sparse-tiny-attn33" and spec.model.attention_ratio == 2 / 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # exact shares say nothing
+        assert build_spec(preset="tiny", attention_ratio=0.17).model.attn_layers == [5]
+        assert build_spec(variant="h100_deltanet", attention_ratio=0.25).name == "h100_deltanet-attn25"

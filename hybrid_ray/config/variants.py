@@ -47,11 +47,44 @@ def late_layers(n_attn: int, n_layers: int) -> list[int]:
 PLACEMENTS = {"spread": spread_layers, "late": late_layers}
 
 
-def attention_layers(ratio: float, n_layers: int, placement: str = "spread") -> list[int]:
-    """The attention layers for an attention share in [0, 1].
+def share_percent(ratio: float) -> int:
+    """An attention share in whole percent, as every label shows it (`attn17`, `runs list`'s `attn17%`)."""
+    return round(100 * ratio)
 
-    n = round(ratio * n_layers) layers become attention. With the default "spread" placement and 12 layers the
-    lists of the original experiments are reproduced (GRID_12); otherwise they are spread evenly, always
+
+def _twelfths(ratio: float) -> int | None:
+    """The twelfths a share names when it is one to the percent (0.08, 0.17, 0.42, 1/12: the labels of the 12-layer
+    ratio arms), else None."""
+    k = math.floor(ratio * 12 + 0.5)
+    return k if share_percent(k / 12) == share_percent(ratio) else None
+
+
+def attention_count(ratio: float, n_layers: int) -> int:
+    """How many of n_layers become attention for a share: round(ratio * n_layers), halves up. A share that reads as a
+    twelfth to the percent counts as that twelfth exactly, so 0.08, 0.083 and 1/12 (the sweep's attn8) build the same
+    layers at every depth (1 of 6 at 6 layers, where 0.08 * 6 = 0.48 would round to none and 1/12 * 6 = 0.5 up)."""
+    k = _twelfths(ratio)
+    if k is not None:
+        return (2 * k * n_layers + 12) // 24  # k * n_layers / 12, halves up, in integers
+    return math.floor(ratio * n_layers + 0.5)
+
+
+def layout(n_attn: int, n_layers: int, placement: str = "spread") -> list[int]:
+    """Where n_attn attention layers go at a depth: GRID_12's lists at 12 layers ("spread"), else the placement's
+    rule."""
+    if n_attn == 0:
+        return []
+    if placement == "spread" and n_layers == 12 and n_attn in GRID_12:
+        return list(GRID_12[n_attn])
+    return PLACEMENTS[placement](n_attn, n_layers)
+
+
+def attention_layers(ratio: float, n_layers: int, placement: str = "spread") -> list[int]:
+    """The attention layers for an attention share in [0, 1]: the one rule from a share to layers, for
+    --attention-ratio, ratio sweeps and named variants at any depth.
+
+    n = attention_count(ratio, n_layers) layers become attention. With the default "spread" placement and 12 layers
+    the lists of the original experiments are reproduced (GRID_12); otherwise they are spread evenly, always
     including the top layer. "late" puts them at the top.
     """
     if not isinstance(ratio, (int, float)) or math.isnan(ratio) or not 0.0 <= ratio <= 1.0:
@@ -60,12 +93,15 @@ def attention_layers(ratio: float, n_layers: int, placement: str = "spread") -> 
         raise SpecError(f"number of layers must be >= 1, got {n_layers}")
     if placement not in PLACEMENTS:
         raise SpecError(f"unknown placement {placement!r}{suggest(placement, PLACEMENTS)}")
-    n_attn = math.floor(ratio * n_layers + 0.5)
-    if n_attn == 0:
-        return []
-    if placement == "spread" and n_layers == 12 and n_attn in GRID_12:
-        return list(GRID_12[n_attn])
-    return PLACEMENTS[placement](n_attn, n_layers)
+    return layout(attention_count(ratio, n_layers), n_layers, placement)
+
+
+def share_label(layers: list[int], n_layers: int) -> str:
+    """`attnNN`, NN the share of `layers` in percent: a ratio sweep's arm id and an --attention-ratio run's suffix,
+    always the share the arm trains; `late` marks the top layers where they differ from the spread layout."""
+    n = len(layers)
+    late = 0 < n < n_layers and list(layers) == late_layers(n, n_layers) and list(layers) != layout(n, n_layers)
+    return f"attn{share_percent(n / n_layers)}" + ("late" if late else "")
 
 
 @dataclass(frozen=True)
@@ -81,8 +117,7 @@ class Variant:
         return len(self.attn_layers_12) / 12
 
     def layers_for(self, n_layers: int) -> list[int]:
-        if n_layers == 12:
-            return list(self.attn_layers_12)
+        """The variant's layout at a depth: its share placed by attention_layers (at 12 layers, attn_layers_12)."""
         return attention_layers(self.ratio, n_layers, self.placement)
 
 
@@ -234,39 +269,64 @@ def variant_spec(variant: str = DEFAULT_VARIANT, preset: str | None = None) -> R
     return RunSpec(name=name, variant=variant, model=model, data=data, optim=optim, train=train)
 
 
+def asked_ratio(value: float | str) -> float:
+    """The attention share a grid value or an --attention-ratio asks for (a named variant's: its 12-layer share)."""
+    return get_variant(value).ratio if isinstance(value, str) else float(value)
+
+
+def layers_of(value: float | str, n_layers: int, placement: str = "spread") -> list[int]:
+    """The attention layers of a share, or of a named variant's layout, at a depth (attention_layers for both)."""
+    if isinstance(value, str):
+        return get_variant(value).layers_for(n_layers)
+    return attention_layers(value, n_layers, placement)
+
+
+def rounded_share(value: float | str, layers: list[int], n_layers: int) -> str | None:
+    """What a depth made of a share it cannot hold to the percent (`25% is 2 of 6 layers (33%)`); None when the
+    layers have the share asked for."""
+    asked, built = share_percent(asked_ratio(value)), share_percent(len(layers) / n_layers)
+    if asked == built:
+        return None
+    return f"{asked}% is {len(layers)} of {n_layers} layers ({built}%)"
+
+
 def with_attention(base: RunSpec, value: float | str, variant_lr: bool = False) -> tuple[str, RunSpec]:
     """A grid arm of `base` with the attention layers of a share, or of a named variant's layout, at base's depth, and
-    its label. The arm keeps base's name (the arm id carries the label) and is a named variant only when `value` names
-    one; a `--grid variant=...` arm (`variant_lr`) takes that variant's learning rate and is labelled by its name,
-    any other by its share (ratio_label)."""
-    named = value if isinstance(value, str) else None
-    arm = dataclasses.replace(ratio_spec(value, base), name=base.name, variant=named)
+    its label. The arm keeps base's name (the arm id carries the label). A `--grid variant=...` arm (`variant_lr`) is
+    that variant, at its learning rate, labelled by its name; any other is labelled by the share it trains
+    (share_label: at 6 layers the 25% value trains 2 of 6 layers and is attn33) and is a named variant only when it
+    has that variant's share (config/grid.py's expand warns, once for the grid, of the shares a depth rounds)."""
+    n_layers = base.model.num_layers
+    layers = layers_of(value, n_layers)
+    exact = rounded_share(value, layers, n_layers) is None
+    named = value if isinstance(value, str) and (variant_lr or exact) else None
+    arm = dataclasses.replace(base, variant=named, model=dataclasses.replace(base.model, attn_layers=layers))
     if variant_lr:
         arm = dataclasses.replace(arm, optim=dataclasses.replace(arm.optim, lr=get_variant(value).lr))
         return str(value), arm
-    return ratio_label(value), arm
+    return share_label(layers, n_layers), arm
 
 
 def ratio_label(value: float | str) -> str:
-    """`attnNN` for an attention share, or for a named variant's share (`attn33late` for the late layout): the suffix
-    of an --attention-ratio run's name and a ratio sweep's arm id."""
+    """`attnNN` for the share a value asks for, or for a named variant's share (`attn33late` for the late layout): the
+    name a grid point has before a depth rounds it (share_label names what it trains)."""
     if isinstance(value, str):
         v = get_variant(value)
-        return f"attn{round(v.ratio * 100)}" + ("late" if v.placement == "late" else "")
-    return f"attn{round(value * 100)}"
+        return f"attn{share_percent(v.ratio)}" + ("late" if v.placement == "late" else "")
+    return f"attn{share_percent(value)}"
 
 
 def ratio_spec(ratio: float | str, base: RunSpec, placement: str = "spread") -> RunSpec:
     """`base` with its attention layers replaced by those of an attention share (or of a named variant's layout) at
-    its depth, named `<base>-attnNN` (ratio_label); for --attention-ratio and ratio sweeps."""
+    its depth, named `<base>-attnNN` by the share it trains (share_label): --attention-ratio's spec, the same layers
+    as a ratio sweep's arm for that share. Warns when the depth cannot hold the share to the percent."""
     n_layers = base.model.num_layers
-    if isinstance(ratio, str):
-        layers = get_variant(ratio).layers_for(n_layers)
-    else:
-        layers = attention_layers(ratio, n_layers, placement)
-    return dataclasses.replace(
-        base, model=dataclasses.replace(base.model, attn_layers=layers), name=f"{base.name}-{ratio_label(ratio)}"
-    )
+    layers = layers_of(ratio, n_layers, placement)
+    if note := rounded_share(ratio, layers, n_layers):
+        what = ratio if isinstance(ratio, str) else f"attention ratio {ratio:g}"
+        warnings.warn(f"{what}: {note}, layers {layers}")
+    return dataclasses.replace(base, model=dataclasses.replace(base.model, attn_layers=layers),
+                               name=f"{base.name}-{share_label(layers, n_layers)}")
 
 
 def variant_table(preset: str | None = None) -> list[dict]:

@@ -3,15 +3,27 @@
     ds = prepare(DataSpec(source="stdlib"), progress=True)   # once on the driver; workers hit the cache
     loader = ds.train_loader(seq_len=1024, global_batch=48, micro_batch=24, rank=0, world_size=2, seed=0)
     micro_batches = loader.next_step()
+
+The names are imported on first use: `generate` reads a tokenizer (data/tokenizer.py) without the shard writer and
+the loader behind `prepare` (tqdm, the node cache, the synthetic tasks).
 """
 
-from hybrid_ray.data.dataset import Dataset, describe, prepare
-from hybrid_ray.data.loader import Batch, BatchLoader
-from hybrid_ray.data.shards import publish
-from hybrid_ray.data.sources import iter_documents, source_identity
-from hybrid_ray.data.tokenizer import Tokenizer, get_tokenizer, load_tokenizer
+from __future__ import annotations
 
-__all__ = [
-    "Batch", "BatchLoader", "Dataset", "Tokenizer", "describe", "get_tokenizer", "iter_documents",
-    "load_tokenizer", "prepare", "publish", "source_identity",
-]
+import importlib
+from typing import Any
+
+_HOMES = {
+    "Dataset": "dataset", "describe": "dataset", "prepare": "dataset",
+    "Batch": "loader", "BatchLoader": "loader",
+    "publish": "shards",
+    "iter_documents": "sources", "source_identity": "sources",
+    "Tokenizer": "tokenizer", "get_tokenizer": "tokenizer", "load_tokenizer": "tokenizer",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)

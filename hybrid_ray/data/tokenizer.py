@@ -1,6 +1,10 @@
 """Tokenizers: a built-in UTF-8 byte tokenizer, any Hugging Face tokenizer, and the id tokenizer of synthetic tasks.
 
-All three share one small interface (`Tokenizer`); `save(dir)` + `load_tokenizer(dir)` put one next to a model.
+All share one small interface (`Tokenizer`); `save(dir)` + `load_tokenizer(dir)` put one next to a model. A local
+Hugging Face folder whose ids the `tokenizers` library gives by itself (a tokenizer.json of the generic class, or
+GPT-2's byte-level BPE from tokenizer.json or vocab.json + merges.txt) is read with `tokenizers` alone
+(`FastTokenizer`: 0.01 s of imports, where transformers takes a second or more); any other one, and hub names, with
+transformers (`HFTokenizer`).
 """
 
 from __future__ import annotations
@@ -103,6 +107,159 @@ class HFTokenizer:
         self._tok.save_pretrained(str(directory))
 
 
+# what FastTokenizer.save copies from the folder it was read from (what transformers' save_pretrained writes, or a hub
+# folder holds)
+HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+            "added_tokens.json")
+_GENERIC = (None, "TokenizersBackend", "PreTrainedTokenizerFast")  # transformers loads tokenizer.json as it is
+_GPT2 = ("GPT2Tokenizer", "GPT2TokenizerFast")  # transformers rebuilds GPT-2's byte-level BPE from its vocab and merges
+_SPECIAL = ("bos_token", "eos_token", "unk_token", "pad_token")
+
+
+class FastTokenizer:
+    """A local Hugging Face tokenizer folder read with the `tokenizers` library alone, giving the ids and text that
+    transformers' tokenizer of the folder gives (no BOS/EOS added; special tokens dropped when decoding)."""
+
+    def __init__(self, name: str, core: Any, eos_id: int, folder: Path) -> None:
+        core.no_truncation()  # transformers turns off what tokenizer.json may set, for every call without truncation
+        core.no_padding()
+        self.name, self._core, self._folder = name, core, folder
+        self.vocab_size, self.eos_id = core.get_vocab_size(with_added_tokens=True), eos_id
+
+    @classmethod
+    def read(cls, folder: str | Path) -> FastTokenizer | None:
+        """The folder's tokenizer, or None where transformers would read it differently (another tokenizer class,
+        a SentencePiece model, text clean-up after decoding): that one loads with transformers."""
+        d = Path(folder)
+        try:
+            config = _json_or_empty(d / "tokenizer_config.json")
+            specials = _json_or_empty(d / "special_tokens_map.json")
+            kind = config.get("tokenizer_class")
+            if (d / "added_tokens.json").exists():  # the legacy file: transformers' reading of it is its own
+                return None
+            if kind in _GPT2:
+                core, added = _gpt2_core(d, config)
+            elif kind in _GENERIC and (d / "tokenizer.json").exists():
+                from tokenizers import Tokenizer as Core
+
+                core, added = Core.from_file(str(d / "tokenizer.json")), []  # with its added tokens
+                if config.get("clean_up_tokenization_spaces") and type(core.model).__name__ != "BPE":
+                    return None
+            else:
+                return None
+            named = _named_specials(config, specials, kind)
+            if core is None or named is None or not _add_specials(core, config, named, added):
+                return None
+        except Exception:  # a file `tokenizers` cannot read: transformers reads it, or says in one line why not
+            return None
+        eos = named.get("eos_token")
+        eos_id = core.token_to_id(eos) if eos else None
+        if eos_id is None:
+            raise DataError(f"tokenizer {str(d)!r} has no EOS token; hybrid-ray separates documents with EOS")
+        return cls(str(folder), core, int(eos_id), d)
+
+    def encode(self, text: str) -> np.ndarray:
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+        encoded = self._core.encode_batch(list(texts), add_special_tokens=False)
+        return [np.asarray(e.ids, dtype=np.int32) for e in encoded]
+
+    def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+        return self._core.decode([int(i) for i in np.asarray(ids).ravel()], skip_special_tokens=True)
+
+    def save(self, directory: str | Path) -> None:
+        """The folder's own tokenizer files, copied."""
+        import shutil
+
+        target = Path(directory)
+        target.mkdir(parents=True, exist_ok=True)
+        if target.resolve() == self._folder.resolve():
+            return
+        for name in HF_FILES:
+            if (self._folder / name).exists():
+                shutil.copyfile(self._folder / name, target / name)
+
+
+def _json_or_empty(path: Path) -> dict:
+    value = json.loads(path.read_bytes()) if path.exists() else {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return value
+
+
+def _token_text(value: Any) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string or an AddedToken's dict."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _named_specials(config: dict, specials: dict, kind: str | None) -> dict[str, str] | None:
+    """bos/eos/unk/pad as transformers names them: tokenizer_config.json, then special_tokens_map.json, then the GPT-2
+    class's defaults (None where a value is not a token)."""
+    defaults = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    named = {}
+    for key in _SPECIAL:
+        value = config[key] if key in config else specials.get(key, defaults.get(key) if kind in _GPT2 else None)
+        if value is not None and _token_text(value) is None:
+            return None
+        if value is not None:
+            named[key] = _token_text(value)
+    return named
+
+
+def _gpt2_core(d: Path, config: dict) -> tuple[Any, list[dict]]:
+    """GPT-2's byte-level BPE as transformers' GPT2Tokenizer builds it (its own pre-tokenizer and decoder around the
+    folder's vocabulary and merges): tokenizer.json read by `tokenizers` when its BPE is the one GPT2Tokenizer makes,
+    else vocab.json and merges.txt; and the added tokens still to add to it."""
+    from tokenizers import Tokenizer as Core
+    from tokenizers import decoders, models, pre_tokenizers
+
+    if (d / "tokenizer.json").exists():
+        core = Core.from_file(str(d / "tokenizer.json"))  # with its added tokens
+        bpe = core.model
+        if type(bpe).__name__ != "BPE" or bpe.dropout is not None or bpe.continuing_subword_prefix or \
+                bpe.end_of_word_suffix or bpe.fuse_unk or bpe.byte_fallback or bpe.ignore_merges or bpe.unk_token:
+            return None, []
+        core.normalizer = None
+        added: list[dict] = []
+    elif (d / "vocab.json").exists() and (d / "merges.txt").exists():
+        vocab = json.loads((d / "vocab.json").read_bytes())
+        lines = (d / "merges.txt").read_text(encoding="utf-8").splitlines()
+        merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+        core = Core(models.BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
+                               end_of_word_suffix="", fuse_unk=False))
+        added = []
+    else:
+        return None, []
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space", False)))
+    core.decoder = decoders.ByteLevel()
+    return core, added
+
+
+def _add_specials(core: Any, config: dict, named: dict[str, str], added: list[dict]) -> bool:
+    """Register the folder's added tokens (tokenizer.json's and tokenizer_config.json's) and the named special tokens
+    with `core`, as transformers does; False when an added token would not keep its recorded id."""
+    from tokenizers import AddedToken
+
+    wanted = {int(e["id"]): e for e in added}
+    for id_, entry in (config.get("added_tokens_decoder") or {}).items():
+        wanted[int(id_)] = entry
+    for entry in wanted.values():
+        if not isinstance(entry, dict) or not isinstance(entry.get("content"), str):
+            return False
+    recorded = {entry["content"]: id_ for id_, entry in wanted.items()}
+    tokens = [AddedToken(e["content"], single_word=e.get("single_word", False), lstrip=e.get("lstrip", False),
+                         rstrip=e.get("rstrip", False), normalized=e.get("normalized", not e.get("special", False)),
+                         special=e.get("special", False)) for e in wanted.values()]
+    core.add_special_tokens([t for t in tokens if t.special])
+    core.add_tokens([t for t in tokens if not t.special])
+    core.add_special_tokens([AddedToken(text, special=True, normalized=False) for text in named.values()
+                             if text not in recorded])
+    return all(core.token_to_id(text) == id_ for text, id_ in recorded.items())
+
+
 def _gpt2_byte_chars() -> dict[int, str]:
     """GPT-2's printable stand-in character for each byte, which byte-level tokenizers in `tokenizers` use."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
@@ -134,6 +291,9 @@ def get_tokenizer(name: str) -> Tokenizer:
         return ByteTokenizer()
     if not name.strip():
         raise DataError("the tokenizer name is empty; use byte, a Hugging Face name or a local folder")
+    folder = Path(name).expanduser()
+    if folder.is_dir() and (fast := FastTokenizer.read(folder)) is not None:
+        return fast
     return _load_hf(name)
 
 
@@ -155,7 +315,7 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
         return ByteTokenizer()
     if not d.is_dir():
         raise DataError(f"no tokenizer saved in {d}")
-    return _load_hf(str(d))
+    return FastTokenizer.read(d) or _load_hf(str(d))
 
 
 def tokenizer_identity(name: str) -> Any:

@@ -15,11 +15,10 @@ from typing import Any
 import torch
 
 from hybrid_ray import storage
-from hybrid_ray.data import load_tokenizer
-from hybrid_ray.data.tokenizer import saved_in
+from hybrid_ray.data.tokenizer import load_tokenizer, saved_in
 from hybrid_ray.errors import CheckpointError, SpecError
 from hybrid_ray.layout import RunLayout
-from hybrid_ray.model import load_model
+from hybrid_ray.model.build import load_model, resolve_backend
 from hybrid_ray.model.precision import autocast
 from hybrid_ray.startup import Startup
 
@@ -92,12 +91,21 @@ def start_cuda() -> torch.device:
     return device
 
 
+def inference_backend(backend: str) -> str:
+    """The model `generate` and `eval` build: for 'auto', the pure-PyTorch twin on every device. The cached decode step
+    and its prefill are plain PyTorch on either backend (`hybrid_ray.model.decode`), so FLA's model adds nothing to
+    them but its import (seconds: its layers, models and every kernel module); scoring runs the twin too. 'fla' builds
+    FLA's own model (its kernels for the forwards that score or recompute, as training ran them)."""
+    return "torch" if backend == "auto" else resolve_backend(backend)  # an unknown name is refused there
+
+
 def load_for_inference(path: str, backend: str = "auto", startup: Startup | None = None
                        ) -> tuple[torch.nn.Module, Any, torch.device]:
     """(model in eval mode, tokenizer, device) from a run, checkpoint or model folder; a model with non-finite weights
     (a diverged run) is refused. `startup` times each phase of it."""
     startup = startup or Startup()
     folder = model_dir(path)
+    backend = inference_backend(backend)
     with startup.phase("tokenizer"):
         tokenizer = load_tokenizer(tokenizer_dir(folder))
     with startup.phase("CUDA start"):
@@ -178,10 +186,12 @@ def decode_timed(model: torch.nn.Module, prompt_ids: list[list[int]], options: S
     tokens = torch.empty(batch, n, dtype=torch.long, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     finished = [False] * batch  # on the host, when streaming
-    token = next_tokens(decoder.prefill(prompt_ids), options, generator)[:, 0]
     first = None
     steps = n
+    # the prefill too under the step's thread count: on a busy 2-core CPU, the tiny model's first forward with a
+    # second thread took 3.6 s instead of 0.06 s
     with decoder.threads():
+        token = next_tokens(decoder.prefill(prompt_ids), options, generator)[:, 0]
         for t in range(n):
             if t:
                 token = next_tokens(decoder.step(token), options, generator)[:, 0]

@@ -32,6 +32,7 @@ from hybrid_ray.layout import RunLayout, SweepLayout
 from hybrid_ray.model import count_params
 from hybrid_ray.records import folders
 from hybrid_ray.records import report
+from hybrid_ray.records.edge import Edge
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.sweep import status
 from hybrid_ray.sweep.asha import asha_line, grace_period, launch_order, rung_steps, scheduler
@@ -55,6 +56,7 @@ class SweepOutcome:
     rows: list[dict[str, Any]]  # one per trial, as in sweep.json
     table: str
     figure: str | None = field(default=None)
+    edges: list[Edge] = field(default_factory=list)  # axes whose best value is at the grid's edge (records/edge.py)
 
 
 def _grid_record(options: SweepOptions, arms: list[Arm]) -> dict[str, Any]:
@@ -81,10 +83,6 @@ def _claim(sweep: SweepLayout, record: dict[str, Any], order: list[str]) -> bool
     return True
 
 
-# what a cluster's plan sets in an arm's spec: unknown before Ray starts, so the early check leaves it out
-_PLANNED = ("scale", "gpus_per_worker")
-
-
 def _refuse_another_grid(sweep: SweepLayout, record: dict[str, Any], planned: bool = True) -> None:
     """Refuse relaunching a sweep's name with another grid than grid.json's; `planned=False`: `record`'s arms are not
     yet planned on a cluster (check_relaunch, before Ray starts), so what the plan sets is not compared."""
@@ -92,11 +90,11 @@ def _refuse_another_grid(sweep: SweepLayout, record: dict[str, Any], planned: bo
         return
     previous = {k: v for k, v in folders.read_json(sweep.grid).items() if k != "launch_order"}
     record = json.loads(folders.dumps(record))
-    if not planned:
+    if not planned:  # an arm's GPU share, which the cluster's plan sets, is unknown before Ray starts
         for arms in (previous.get("arms", {}), record["arms"]):
             for spec in arms.values():
-                if isinstance(spec, dict) and isinstance(spec.get(_PLANNED[0]), dict):
-                    spec[_PLANNED[0]].pop(_PLANNED[1], None)
+                if isinstance(spec, dict) and isinstance(spec.get("scale"), dict):
+                    spec["scale"].pop("gpus_per_worker", None)
     if previous != record:
         changed = sorted(set(previous.get("arms", {})) ^ set(record["arms"])) or sorted(
             k for k in previous.get("options", {}) if previous["options"][k] != record["options"].get(k))
@@ -416,7 +414,7 @@ def collect(arms: list[Arm], seeds: int, sweep: SweepLayout, dataset: Any, *,
                     warnings.warn(f"could not free the disk of trial {name} ({first_line(e)})")
             if results is None and state == status.STOPPED:
                 results = _seen_by_asha(arm.spec, stops[name])
-            row = report.trial_row(arm.id, arm.settings, seed, name, run, results, numeric_value(arm))
+            row = report.trial_row(arm.id, arm.settings, seed, name, run, results, numeric_value(arm), sweep=sweep.name)
             rows.append({**row, "status": state, "reason": reason})
     return rows
 
@@ -466,7 +464,8 @@ def evaluate_finished(rows: list[dict[str, Any]], options: SweepOptions, address
 
 def write_outputs(sweep: SweepLayout, rows: list[dict[str, Any]], title: str,
                   launch_order: list[str] | None = None) -> SweepOutcome:
-    """sweep.json (with the order the arms started in), sweep.png and the ranked table."""
+    """sweep.json (with the order the arms started in), sweep.png, the ranked table and the grid's edges."""
     meta = {"launch_order": launch_order} if launch_order else None
     table, figure = report.write_comparison(rows, title, sweep.results, sweep.figure, meta=meta)
-    return SweepOutcome(sweep_dir=sweep.dir, rows=rows, table=table, figure=figure)
+    edges = [found for _, found in report.grid_edges(report.arm_summary(rows))]
+    return SweepOutcome(sweep_dir=sweep.dir, rows=rows, table=table, figure=figure, edges=edges)
