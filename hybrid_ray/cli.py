@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from hybrid_ray.config import build
-from hybrid_ray.config.variants import DEFAULT_PRESET, DEFAULT_VARIANT, PRESETS
+from hybrid_ray.config.variants import DEFAULT_PRESET, DEFAULT_VARIANT, PRESETS, size_line
 from hybrid_ray.errors import HybridRayError, SpecError
 from hybrid_ray.spec import FLAGS, Flag, RunSpec, flag_overrides
 
@@ -114,7 +114,10 @@ def train(address: str | None, verbose: bool, extend_steps: int, until_step: int
         build.refuse_sweep_file(options["config"])
     spec = build_spec(**options)
     if dry_run:
-        click.echo(spec.to_yaml(), nl=False)
+        spec, warmup = build.warmup_used(spec)
+        if warmup:
+            warnings.warn(warmup)
+        click.echo(f"# {size_line(spec)}\n{spec.to_yaml()}", nl=False)
         return
     from hybrid_ray.train import train as train_run
 
@@ -262,9 +265,22 @@ def _parse_forwarded(args: list[str]) -> None:
 
 
 @cli.group("jobs")
-def jobs_group() -> None:
-    """List, inspect, follow and stop Ray jobs (each line gives the job's dashboard URL)."""
+@JOB_ADDRESS
+@click.pass_context
+def jobs_group(ctx: click.Context, address: str | None) -> None:
+    """List, inspect, follow and stop Ray jobs (each line gives the job's dashboard URL).
+
+    --address goes before or after the sub-command (`jobs --address URL list`, as `submit --address URL`)."""
     _quiet_jobs(False)
+    ctx.obj = address
+
+
+def _job_address(address: str | None) -> str | None:
+    """The --address of `jobs` or of its sub-command (both, naming two clusters: refused)."""
+    group = click.get_current_context().parent.obj
+    if address and group and address != group:
+        raise SpecError(f"two --address values, {group} and {address}: give one")
+    return address or group
 
 
 @jobs_group.command("list")
@@ -274,6 +290,7 @@ def jobs_list(address: str | None, as_json: bool) -> None:
     """Every job the cluster knows, oldest first."""
     from hybrid_ray.jobs import submit
 
+    address = _job_address(address)
     rows = submit.list_jobs(address)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -290,6 +307,7 @@ def jobs_status(address: str | None, job_id: str, as_json: bool) -> None:
     """A job's status and message."""
     from hybrid_ray.jobs import submit
 
+    address = _job_address(address)
     info = submit.status(job_id, address)
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
@@ -305,6 +323,7 @@ def jobs_logs(address: str | None, job_id: str, follow: bool) -> None:
     """A job's logs."""
     from hybrid_ray.jobs import submit
 
+    address = _job_address(address)
     final = submit.logs(job_id, address, follow_logs=follow, echo=click.echo)
     click.echo(f"{job_id}: {final or submit.status(job_id, address)['status']} "
                f"({submit.job_url(submit.dashboard_address(address), job_id)})")
@@ -317,6 +336,7 @@ def jobs_stop(address: str | None, job_id: str) -> None:
     """Stop a running job."""
     from hybrid_ray.jobs import submit
 
+    address = _job_address(address)
     click.echo(f"{job_id}: {submit.stop(job_id, address)} ({submit.job_url(submit.dashboard_address(address), job_id)})")
 
 

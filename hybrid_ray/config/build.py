@@ -112,6 +112,29 @@ def build_spec(*, config: str | Path | None = None, variant: str | None = None, 
     return spec.with_overrides(overrides)
 
 
+# a warm-up over more of the run than this leaves the learning rate too little of the run to decay in, unsaid
+WARMUP_SHARE = 0.5
+
+
+def warmup_used(spec: RunSpec) -> tuple[RunSpec, str | None]:
+    """The spec with the learning-rate warm-up it trains with, and a one-line warning when that warm-up takes more
+    than half the run (None otherwise). The schedule (train/optim.py) cuts a warm-up longer than the run to the run,
+    so the LR only rises: the spec then records the warm-up cut to the run's length (spec.yaml says what was used)."""
+    steps, warmup = spec.train.steps, spec.optim.warmup_steps
+    if warmup <= steps * WARMUP_SHARE:
+        return spec, None
+    if warmup < steps:
+        return spec, (f"the {warmup}-step learning-rate warm-up takes {warmup / steps:.0%} of the {steps}-step run: "
+                      f"the LR decays over its last {steps - warmup} step(s) only; --warmup-steps sets the warm-up")
+    if warmup > steps:
+        how = f"longer than the {steps}-step run: it is cut to the run's {steps} steps (spec.yaml records {steps})"
+    else:
+        how = f"as long as the {steps}-step run"
+    return spec.with_overrides({"optim.warmup_steps": steps}), (
+        f"the {warmup}-step learning-rate warm-up is {how}, so the LR only rises, to its peak at the last step, and "
+        "never decays; --warmup-steps sets the warm-up")
+
+
 def sweep_base(*, config: str | Path | None = None, variant: str | None = None, preset: str | None = None,
                attention_ratio: float | None = None, overrides: dict[str, Any] | None = None) -> RunSpec:
     """A sweep's base spec: build_spec's, named `sweep-<name>` unless the overrides or a config file name it, and

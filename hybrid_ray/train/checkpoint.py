@@ -23,6 +23,7 @@ import json
 import pickle
 import random
 import tempfile
+import time
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -140,6 +141,19 @@ class CheckpointManager:
         """The step a relaunch would continue from (the newest good checkpoint's), or None."""
         path = self.latest()
         return step_of(storage.name(path)) if path else None
+
+    def settled_resume_point(self, quiet_s: float = 1.0, timeout_s: float = 30.0) -> int | None:
+        """resume_point once no checkpoint file has changed for `quiet_s` (at most `timeout_s`): after a run is
+        stopped, a checkpoint its workers were writing may still be finished (or cut short) before Ray ends them, and
+        the relaunch resumes from what is there then."""
+        deadline = time.monotonic() + timeout_s
+        seen = None
+        while (now := {name: storage.file_sizes(self.run.checkpoint(name)) for name in self.names()}) != seen:
+            if time.monotonic() > deadline:
+                break
+            seen = now
+            time.sleep(quiet_s)
+        return self.resume_point()
 
     def at_launch(self) -> Resume:
         """Where this launch resumes (a record of Ray's that Ray cannot load is set aside). A run whose checkpoints
