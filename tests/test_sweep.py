@@ -207,7 +207,7 @@ def test_a_relaunch_with_another_grid_is_refused_before_ray_starts(tmp_path, mon
     """Issue 46: relaunching a sweep's name with another grid was refused only after Ray had started (seconds, and
     a local Ray's processes). grid.json as a launch on this 2-CPU machine writes it (arms planned: GPU shares set); the
     same grid passes the early check, another is refused in one line with no Ray started (connect would fail)."""
-    from hybrid_ray.jobs import cluster
+    from hybrid_ray import cluster
     from hybrid_ray.layout import SweepLayout
     from hybrid_ray.sweep import tuner
     from hybrid_ray.sweep.asha import launch_order
