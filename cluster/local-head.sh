@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# A single-node Ray head on this machine: dashboard and job server on 127.0.0.1:8265 (Train tab enabled), token
+# A single-node Ray head on this machine: dashboard and job server on 127.0.0.1 (Train tab enabled), token
 # authentication on (the token is created in ~/.ray/auth_token if there is none), its own Ray folder
-# (/tmp/ray-local-head-UID), so that stopping it stops nothing else.
+# (/tmp/ray-local-head-UID-PORT) and its own process group, so that stopping it stops nothing else.
 #   bash cluster/local-head.sh [ray start options]   # start; returns once the head accepts jobs
-#   bash cluster/local-head.sh stop                  # stop this head only (`ray stop` would stop every Ray of yours)
+#   bash cluster/local-head.sh stop [PORT]           # stop this head only (`ray stop` would stop every Ray of yours);
+#                                                    # PORT (its GCS port) when several heads of yours run
 #   then: hybrid-ray train --address 127.0.0.1:6379 ...   or   hybrid-ray submit --address http://127.0.0.1:8265 -- train ...
+# Ports: LOCAL_HEAD_PORT (GCS, default 6379), LOCAL_HEAD_DASHBOARD_PORT (8265), LOCAL_HEAD_CLIENT_PORT (Ray client
+# server, 10001). One given is used or refused; a default that is taken (a second head, a Ray of your own) is replaced
+# by a free port, and the script says which. It prints the addresses to use.
 # Jobs run `python` from the PATH this script runs with: start it with the project's virtualenv active.
 set -euo pipefail
-TEMP_DIR="/tmp/ray-local-head-$(id -u)"
-DASHBOARD="http://127.0.0.1:8265"
+PREFIX="/tmp/ray-local-head-$(id -u)"
+
+alive() {  # those of the given pids that are running processes (a zombie, which a container's init may never reap, is not)
+  local pid state
+  for pid in "$@"; do
+    state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || true)
+    if [[ -n "$state" && "$state" != Z ]]; then echo "$pid"; fi
+  done
+}
 
 descendants() {  # the given pids and all their children, depth first
   local pid
@@ -18,16 +29,100 @@ descendants() {  # the given pids and all their children, depth first
   done
 }
 
+head_pids() {  # every process of the head whose folder is $1: its process group (Ray's processes only), the processes
+  # naming its folder (gcs, raylet, dashboard), their children (agents, workers, job drivers), and its Ray client
+  # server (started by `ray start`, it names neither the folder nor a parent of the head; it names the GCS port)
+  local dir="$1" port="$2" group pid roots=()
+  group=$(cat "$dir/local-head.pgid" 2>/dev/null || true)
+  if [[ -n "$group" ]]; then
+    for pid in $(pgrep -u "$(id -u)" -g "$group" || true); do
+      if tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q ray; then roots+=("$pid"); fi
+    done
+  fi
+  roots+=($(pgrep -u "$(id -u)" -f -- "$dir(/| |$)" || true))
+  roots+=($(pgrep -u "$(id -u)" -f -- "ray\.util\.client\.server --address=[^ ]*:$port( |$)" || true))
+  if (( ${#roots[@]} )); then alive $(descendants "${roots[@]}" | sort -u); fi
+}
+
+port_free() {  # whether nothing listens on port $1, of 127.0.0.1 or any address (Ray binds some ports to every
+  # interface); connections of a stopped head that linger in TIME_WAIT do not count (Ray binds with SO_REUSEADDR too)
+  python - "$1" <<'PY'
+import socket, sys
+for host in ("127.0.0.1", "0.0.0.0"):
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, int(sys.argv[1])))
+        except OSError:
+            sys.exit(1)
+PY
+}
+
+free_port() {
+  python -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+pick_port() {  # $1: what it is, $2: the variable that sets it, $3: the default
+  local given="${!2:-}"
+  if [[ -n "$given" ]]; then
+    if ! port_free "$given"; then echo "error: $2=$given: port $given is in use" >&2; exit 1; fi
+    echo "$given"
+  elif port_free "$3"; then
+    echo "$3"
+  else
+    local port
+    port=$(free_port)
+    echo "port $3 ($1) is in use (another head, or a Ray of yours): using $port ($2 sets it)" >&2
+    echo "$port"
+  fi
+}
+
+stop_head() {  # end every process of the head whose folder is $1 and GCS port $2 (TERM, then KILL), remove the folder
+  local pids
+  pids=$(head_pids "$1" "$2")
+  if [[ -n "$pids" ]]; then
+    kill -TERM $pids 2>/dev/null || true
+    for _ in $(seq 20); do [[ -z "$(alive $pids)" ]] && break; sleep 0.5; done
+    kill -KILL $(alive $pids) 2>/dev/null || true
+    for _ in $(seq 20); do [[ -z "$(alive $pids)" ]] && break; sleep 0.25; done
+  fi
+  rm -rf "$1"
+}
+
 if [[ "${1:-}" == stop ]]; then
-  # the head's own processes name its folder; Ray's agents and workers are their children
-  pids=$(descendants $(pgrep -u "$(id -u)" -f -- "$TEMP_DIR(/| |$)" || true) | sort -u)
-  if [[ -z "$pids" ]]; then echo "no local head running (from $TEMP_DIR)"; exit 0; fi
-  kill -TERM $pids 2>/dev/null || true
-  for _ in $(seq 20); do kill -0 $pids 2>/dev/null || break; sleep 0.5; done
-  kill -KILL $pids 2>/dev/null || true
-  echo "stopped the local head ($TEMP_DIR)"
+  if [[ -n "${2:-}" ]]; then
+    heads=("$PREFIX-$2")
+    [[ -d "${heads[0]}" ]] || { echo "no local head of port $2 (no $PREFIX-$2)"; exit 0; }
+  else
+    heads=()
+    for dir in "$PREFIX"-*; do
+      if [[ -d "$dir" && -n "$(head_pids "$dir" "${dir##*-}")" ]]; then heads+=("$dir"); fi
+    done
+    if (( ${#heads[@]} == 0 )); then echo "no local head running (from $PREFIX-PORT)"; exit 0; fi
+    if (( ${#heads[@]} > 1 )); then
+      echo "error: ${#heads[@]} local heads run (GCS ports ${heads[*]##*-}): say which, e.g. \`bash $0 stop ${heads[0]##*-}\`" >&2
+      exit 2
+    fi
+  fi
+  dir="${heads[0]}" port="${heads[0]##*-}"
+  if [[ -z "$(head_pids "$dir" "$port")" ]]; then echo "no local head running (from $dir)"; rm -rf "$dir"; exit 0; fi
+  stop_head "$dir" "$port"
+  echo "stopped the local head of port $port ($dir)"
   exit 0
 fi
+
+PORT=$(pick_port "GCS" LOCAL_HEAD_PORT 6379)
+DASHBOARD_PORT=$(pick_port "dashboard" LOCAL_HEAD_DASHBOARD_PORT 8265)
+CLIENT_PORT=$(pick_port "Ray client server" LOCAL_HEAD_CLIENT_PORT 10001)
+TEMP_DIR="$PREFIX-$PORT"
+DASHBOARD="http://127.0.0.1:$DASHBOARD_PORT"
+if [[ -n "$(head_pids "$TEMP_DIR" "$PORT")" ]]; then
+  echo "error: a local head of port $PORT still runs from $TEMP_DIR; \`bash $0 stop $PORT\` stops it" >&2
+  exit 1
+fi
+rm -rf "$TEMP_DIR"
+mkdir -p "$TEMP_DIR"
 
 test -n "${RAY_AUTH_TOKEN:-}" || test -f "${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}" || ray get-auth-token --generate >/dev/null
 export RAY_AUTH_MODE=token RAY_TRAIN_ENABLE_STATE_TRACKING=1
@@ -37,9 +132,18 @@ read -r AGENT_HTTP AGENT_GRPC RUNTIME_ENV_AGENT METRICS < <(python -c 'import so
 socks = [socket.socket() for _ in range(4)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
-ray start --head --node-ip-address=127.0.0.1 --port=6379 --dashboard-host=127.0.0.1 --dashboard-port=8265 \
-  --temp-dir="$TEMP_DIR" --dashboard-agent-listen-port="$AGENT_HTTP" --dashboard-agent-grpc-port="$AGENT_GRPC" \
-  --runtime-env-agent-port="$RUNTIME_ENV_AGENT" --metrics-export-port="$METRICS" "$@"
+# in a session (and process group) of its own, which every process of the head inherits: `stop` ends that group,
+# including the Ray client server, whose command line names neither the head's folder nor a parent in it
+setsid ray start --head --node-ip-address=127.0.0.1 --port="$PORT" --dashboard-host=127.0.0.1 \
+  --dashboard-port="$DASHBOARD_PORT" --ray-client-server-port="$CLIENT_PORT" --temp-dir="$TEMP_DIR" \
+  --dashboard-agent-listen-port="$AGENT_HTTP" --dashboard-agent-grpc-port="$AGENT_GRPC" \
+  --runtime-env-agent-port="$RUNTIME_ENV_AGENT" --metrics-export-port="$METRICS" "$@" &
+echo $! > "$TEMP_DIR/local-head.pgid"  # no job control in a script: setsid needs no fork, so its pid is the group's
+if ! wait $!; then
+  stop_head "$TEMP_DIR" "$PORT"  # what a failed start left running (a raylet that timed out leaves the GCS up)
+  echo "error: ray start failed (above); what it started is stopped" >&2
+  exit 1
+fi
 
 # The job server's agent starts seconds after the dashboard answers: submit a no-op job until one is accepted
 # (then delete it), so that a `hybrid-ray submit` right after this script does not meet "No available agent".
@@ -66,3 +170,5 @@ while not client.get_job_status(job).is_terminal():
 client.delete_job(job)
 print(f"the head accepts jobs at {sys.argv[1]}")
 PY
+echo "train/sweep: --address 127.0.0.1:$PORT   submit/jobs: --address $DASHBOARD   Ray client server: port $CLIENT_PORT"
+echo "stop it: bash $0 stop $PORT"

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from hybrid_ray.config import build
-from hybrid_ray.config.variants import DEFAULT_PRESET, DEFAULT_VARIANT, PRESETS
+from hybrid_ray.config.variants import DEFAULT_PRESET, DEFAULT_VARIANT, PRESETS, size_line
 from hybrid_ray.errors import HybridRayError, SpecError
 from hybrid_ray.spec import FLAGS, Flag, RunSpec, flag_overrides
 
@@ -111,10 +111,13 @@ def train(address: str | None, verbose: bool, extend_steps: int, until_step: int
           **options: Any) -> None:
     """Train one variant with Ray Train (resumes when the run name exists)."""
     if options.get("config"):
-        refuse_sweep_file(options["config"])
+        build.refuse_sweep_file(options["config"])
     spec = build_spec(**options)
     if dry_run:
-        click.echo(spec.to_yaml(), nl=False)
+        spec, warmup = build.warmup_used(spec)
+        if warmup:
+            warnings.warn(warmup)
+        click.echo(f"# {size_line(spec)}\n{spec.to_yaml()}", nl=False)
         return
     from hybrid_ray.train import train as train_run
 
@@ -129,13 +132,6 @@ def train(address: str | None, verbose: bool, extend_steps: int, until_step: int
             " (--extend-steps N trains it longer)" if r["status"] == "finished" else " (it is past --until-step)")
     click.echo(line)
     click.echo(f"results: {outcome.run_dir}")
-
-
-def refuse_sweep_file(config: str) -> None:
-    """`train --config` of a sweep job file (`command: sweep`) would train one run of the base spec, not the grid."""
-    if build.load(config).command == "sweep":
-        raise SpecError(f"{config} is a sweep job file (command: sweep), which `train` would run as one run of its "
-                        f"base spec: run it with `hybrid-ray sweep --config {shlex.quote(config)}`")
 
 
 @cli.command()
@@ -204,16 +200,11 @@ def sweep(address: str | None, verbose: bool, dry_run: bool, assume_gpus: int | 
                             "runs: in the sweep folder when one sweep is compared, else in their storage path]")
 def compare(paths: tuple[str, ...], out: str | None) -> None:
     """Rank finished runs and sweeps (run folders, sweep folders, folders of runs) in one table and figure."""
-    from hybrid_ray import storage
-    from hybrid_ray.layout import ComparisonLayout
-    from hybrid_ray.records import report
+    from hybrid_ray.records.report import compare as compare_runs
 
-    rows = report.comparison_rows(list(paths))
-    folder = storage.normalize(out) if out else report.comparison_home(list(paths))
-    written = ComparisonLayout(folder)
-    table, figure = report.write_comparison(rows, "comparison", written.results, written.figure)
-    click.echo(table)
-    click.echo(f"results: {folder}" + (f" (figure: {figure})" if figure else ""))
+    done = compare_runs(list(paths), out)
+    click.echo(done.table)
+    click.echo(f"results: {done.folder}" + (f" (figure: {done.figure})" if done.figure else ""))
 
 
 JOB_ADDRESS = click.option("--address", help="The cluster's dashboard, e.g. http://127.0.0.1:8265. [default: "
@@ -240,19 +231,8 @@ def submit(address: str | None, fla_clone: str | None, no_check: bool, no_wait: 
     _quiet_jobs(verbose)
     job = submit.plan(list(what), fla=fla_clone, working_dir=working_dir, excludes=list(excludes))
     _parse_forwarded(job.args)
-    if fla_clone and not no_check and not dry_run:
-        from hybrid_ray.jobs.fla_clone import verdict, verify
-
-        click.echo(f"checking the FLA clone {fla_clone} against the pure-PyTorch twin on this machine...")
-        report = verify(fla_clone, reuse=True)
-        if not report["passed"]:
-            raise HybridRayError(f"the FLA in {fla_clone} does not match the twin: {report['failures'][0]} "
-                                 "(nothing was submitted; --no-check skips this)")
-        again = " (an earlier check of the same sources, torch, triton and device)" if report.get("reused") else ""
-        click.echo(f"FLA clone {verdict(report)}{again}")
-    elif fla_clone:
-        click.echo(f"FLA clone not checked ({'--dry-run' if dry_run else '--no-check'})")
-    outcome = submit.submit(job, address=address, wait=not no_wait, dry_run=dry_run, echo=click.echo, verbose=verbose)
+    outcome = submit.submit(job, address=address, wait=not no_wait, dry_run=dry_run, echo=click.echo, verbose=verbose,
+                            check_clone=not no_check)
     if outcome.status is not None:
         ran = ("" if not outcome.python or outcome.status == "SUCCEEDED" else
                "; there is no `python` on the head's PATH" if outcome.python == "none" else
@@ -275,27 +255,32 @@ def _quiet_jobs(verbose: bool) -> None:
 def _parse_forwarded(args: list[str]) -> None:
     """Parse the command a job will run with its real click command (without running it): a wrong option fails here,
     before anything is uploaded."""
-    from pathlib import Path
-
     command = cli.commands[args[0]]
     try:
-        ctx = command.make_context(f"hybrid-ray {args[0]}", list(args[1:]))
+        command.make_context(f"hybrid-ray {args[0]}", list(args[1:]))
     except click.exceptions.Exit:
         return
     except click.ClickException as e:
         raise SpecError(f"hybrid-ray {args[0]}: {e.format_message()} (nothing was submitted)") from e
-    config = ctx.params.get("config")
-    if args[0] == "train" and config and Path(config).is_file():  # the file as uploaded from here
-        try:
-            refuse_sweep_file(config)
-        except SpecError as e:
-            raise SpecError(f"{e} (nothing was submitted)") from e
 
 
 @cli.group("jobs")
-def jobs_group() -> None:
-    """List, inspect, follow and stop Ray jobs (each line gives the job's dashboard URL)."""
+@JOB_ADDRESS
+@click.pass_context
+def jobs_group(ctx: click.Context, address: str | None) -> None:
+    """List, inspect, follow and stop Ray jobs (each line gives the job's dashboard URL).
+
+    --address goes before or after the sub-command (`jobs --address URL list`, as `submit --address URL`)."""
     _quiet_jobs(False)
+    ctx.obj = address
+
+
+def _job_address(address: str | None) -> str | None:
+    """The --address of `jobs` or of its sub-command (both, naming two clusters: refused)."""
+    group = click.get_current_context().parent.obj
+    if address and group and address != group:
+        raise SpecError(f"two --address values, {group} and {address}: give one")
+    return address or group
 
 
 @jobs_group.command("list")
@@ -305,6 +290,7 @@ def jobs_list(address: str | None, as_json: bool) -> None:
     """Every job the cluster knows, oldest first."""
     from hybrid_ray.jobs import submit
 
+    address = _job_address(address)
     rows = submit.list_jobs(address)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -321,6 +307,7 @@ def jobs_status(address: str | None, job_id: str, as_json: bool) -> None:
     """A job's status and message."""
     from hybrid_ray.jobs import submit
 
+    address = _job_address(address)
     info = submit.status(job_id, address)
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
@@ -336,6 +323,7 @@ def jobs_logs(address: str | None, job_id: str, follow: bool) -> None:
     """A job's logs."""
     from hybrid_ray.jobs import submit
 
+    address = _job_address(address)
     final = submit.logs(job_id, address, follow_logs=follow, echo=click.echo)
     click.echo(f"{job_id}: {final or submit.status(job_id, address)['status']} "
                f"({submit.job_url(submit.dashboard_address(address), job_id)})")
@@ -348,6 +336,7 @@ def jobs_stop(address: str | None, job_id: str) -> None:
     """Stop a running job."""
     from hybrid_ray.jobs import submit
 
+    address = _job_address(address)
     click.echo(f"{job_id}: {submit.stop(job_id, address)} ({submit.job_url(submit.dashboard_address(address), job_id)})")
 
 
@@ -424,8 +413,6 @@ def warmup(grid: tuple[str, ...], match_params: bool, **options: Any) -> None:
     Takes the flags `train` takes (the shapes come from them: give the same ones); with --grid, those of a sweep."""
     from hybrid_ray.train.warmup import warmup as warm
 
-    if match_params and not grid:
-        raise SpecError("--match-params goes with --grid (the arms it sizes)")
     warm(build_spec(**options), storage_path=options["storage_path"], say=click.echo, grid=list(grid),
          match_params=match_params)
 
@@ -537,23 +524,13 @@ def verify(require_gpu: bool, fla_clone: str | None, as_json: bool) -> int:
 def generate(path: str, prompts: tuple[str, ...], prompts_file: str | None, backend: str, no_cache: bool,
              no_graph: bool, compile_step: bool, batch: int, **options: Any) -> None:
     """Continue prompts with the model of a run folder (or a model folder), streaming a single prompt's tokens."""
-    from pathlib import Path
-
-    from hybrid_ray.inference.generate import SamplingOptions
+    from hybrid_ray.inference.generate import SamplingOptions, read_prompts
     from hybrid_ray.inference.generate import generate as generate_text
     from hybrid_ray.startup import Startup, command_started
 
     startup = Startup(started=command_started())  # the command's imports so far (torch, the library) count as imports
 
-    texts = list(prompts)
-    if prompts_file:
-        try:
-            texts += [line for line in Path(prompts_file).read_text().splitlines() if line.strip()]
-        except OSError as e:
-            raise SpecError(f"cannot read --prompts file {prompts_file}: {e.strerror or e}") from e
-        except UnicodeDecodeError as e:
-            raise SpecError(f"--prompts file {prompts_file} is not UTF-8 text: {e.reason} at byte {e.start}") from e
-    texts = texts or [""]
+    texts = [*prompts, *(read_prompts(prompts_file) if prompts_file else [])] or [""]
     sampling = SamplingOptions(use_cache=not no_cache, use_graph=not no_graph, compile=compile_step, **options)
     stream = len(texts) == 1 and batch == 1
     result = generate_text(path, texts, sampling, backend=backend, batch=batch, startup=startup,

@@ -58,6 +58,12 @@ def checkpoint_name(step: int, taken: set[str] | frozenset[str] = frozenset()) -
     return candidate
 
 
+def optimizer_file(checkpoint: str) -> str:
+    """The optimizer state in a checkpoint folder (a path): what a finished sweep trial drops, and what tells a dry run
+    that a trial has been settled without loading torch."""
+    return storage.join(checkpoint, OPTIMIZER_FILE)
+
+
 def comparison_dir(home: str) -> str:
     """`compare`'s default folder beside what it compares."""
     return storage.join(home, COMPARISON)
@@ -93,6 +99,16 @@ class RunLayout:
     def of(cls, spec) -> RunLayout:
         """The folder of the run a spec names."""
         return cls.named(spec.storage_path, spec.name)
+
+    @property
+    def name(self) -> str:
+        """The run's name: its folder's."""
+        return storage.name(self.dir)
+
+    @property
+    def storage_path(self) -> str:
+        """The storage path that holds the run (a sweep's trials/ folder for a trial)."""
+        return storage.parent(self.dir)
 
     def file(self, name: str) -> str:
         return storage.join(self.dir, name)
@@ -138,7 +154,7 @@ class RunLayout:
 
     def optimizer(self, checkpoint: str) -> str:
         """The optimizer state in the checkpoint folder `checkpoint` (a name)."""
-        return storage.join(self.checkpoint(checkpoint), OPTIMIZER_FILE)
+        return optimizer_file(self.checkpoint(checkpoint))
 
 
 @dataclass(frozen=True)

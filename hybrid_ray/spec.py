@@ -418,6 +418,8 @@ FLAGS: tuple[Flag, ...] = (
          "same parameter count: a different model). [default: the preset's]"),
     Flag("train.steps", "Optimizer steps. [default: the preset's]"),
     Flag("optim.lr", "Peak learning rate. [default: the variant's]"),
+    Flag("optim.warmup_steps", "Learning-rate warm-up steps (linear, then decay). [default: the preset's; 100 at the "
+         "H100 base size]"),
     Flag("train.batch_size", "Global batch (sequences per optimizer step)."),
     Flag("train.micro_batch_size", "Per worker per forward (gradient accumulation)."),
     Flag("scale.num_workers", "Ray Train workers (data parallel). [default: 1]"),

@@ -49,7 +49,8 @@ else:
 
 # the files that train through Ray, slowest first (each 2-4 minutes on 2 cores; the rest take seconds): the two test
 # processes (setup.cfg) start on them and the short files fill in at the end, instead of one long file starting last
-SLOWEST_FIRST = ("test_cluster.py", "test_train.py", "test_jobs.py", "test_sweep.py", "test_submit.py", "test_model.py")
+SLOWEST_FIRST = ("test_cluster.py", "test_train.py", "test_jobs.py", "test_sweep.py", "test_submit.py", "test_model.py",
+                 "test_package.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -222,7 +223,7 @@ def ray_session():
     from ray_procs import free_port, short_tmpdir
 
     from hybrid_ray import ray_compat
-    from hybrid_ray.jobs import cluster
+    from hybrid_ray import cluster
 
     temp = short_tmpdir()
     # as `hybrid-ray` starts its local Ray: a new one (never another Ray of this machine), every process pinned to it

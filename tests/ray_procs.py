@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from hybrid_ray.jobs.cluster import free_port  # noqa: F401  (the tests' fixtures import it from here)
+from hybrid_ray.cluster import free_port  # noqa: F401  (the tests' fixtures import it from here)
 
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")

@@ -182,7 +182,7 @@ def at_launch(run):
     """(the newest good checkpoint, every checkpoint folder) that a launch of the run finds, after it mended Ray's
     record for a launch that trains."""
     manager = ckpt.CheckpointManager(layout.RunLayout(str(run)), keep=SPEC.train.keep)
-    resume = manager.at_launch(SPEC.name, SPEC.storage_path)
+    resume = manager.at_launch()
     manager.for_ray(resume)
     return resume.checkpoint, resume.known
 

@@ -70,6 +70,33 @@ def test_default_spec_is_the_tiny_hybrid_and_flags_override_it(capsys):
     assert spec["model"]["attn_layers"] == [1, 3, 5, 7, 9, 11] and spec["name"] == "h100_transformer-attn50"
 
 
+def test_a_dry_run_says_which_size_it_is_and_the_warm_up_it_uses(capsys, recwarn):
+    """Issue 46: `--preset h100` (the original scripts' 120 x 1024, 10,000 steps) is not the variants' H100 base
+    size (48 x 1024, 1,000 steps): the dry run's first line names which one the spec is; and a run shorter than its
+    warm-up says so in one warning line, its spec holding the warm-up it uses."""
+    rc, out, err = run(capsys, "train", "--dry-run")
+    assert rc == 0 and err == "" and out.splitlines()[0] == (
+        "# size: preset tiny, CPU debug size: trains in about a minute on 2 cores (64 wide, 6 layers, 8 x 128 tokens a "
+        "step, 200 steps)")
+    rc, out, _ = run(capsys, "train", "--dry-run", "--variant", "h100_deltanet")
+    assert out.splitlines()[0] == ("# size: the variants' H100 base size (768 wide, 12 layers, 48 x 1024 tokens a step, "
+                                   "1,000 steps; no --preset), not --preset h100 (the original scripts' long run: 120 x "
+                                   "1024 tokens a step, 10,000 steps)")
+    rc, out, _ = run(capsys, "train", "--dry-run", "--variant", "h100_deltanet", "--preset", "h100")
+    assert out.splitlines()[0] == ("# size: preset h100, one H100, the original scripts' long run (768 wide, 12 layers, "
+                                   "120 x 1024 tokens a step, 10,000 steps); not the variants' H100 base size (48 x 1024 "
+                                   "tokens a step, 1,000 steps: no --preset)")
+    assert yaml.safe_load(out)["train"]["batch_size"] == 120
+    assert not recwarn.list
+    rc, out, err = run(capsys, "train", "--dry-run", "--steps", "10")
+    assert rc == 0 and yaml.safe_load(out)["optim"]["warmup_steps"] == 10 and yaml.safe_load(out)["train"]["steps"] == 10
+    said = [str(w.message) for w in recwarn.list]  # the console's `warning: ` line (pytest keeps warnings off stderr)
+    assert len(said) == 1 and said[0].startswith("the 20-step learning-rate warm-up is longer than the 10-step run"), said
+    recwarn.clear()
+    rc, out, err = run(capsys, "train", "--dry-run", "--steps", "10", "--warmup-steps", "2")
+    assert rc == 0 and not recwarn.list and yaml.safe_load(out)["optim"]["warmup_steps"] == 2
+
+
 def test_config_file_round_trip(capsys, tmp_path):
     rc, out, _ = run(capsys, "train", "--dry-run", "--preset", "small", "--variant", "h100_hybrid_late")
     path = tmp_path / "run.yaml"
@@ -129,12 +156,27 @@ def test_train_flag_set_is_pinned():
     flags = sorted(opt for p in cli.commands["train"].params if isinstance(p, click.Option) for opt in p.opts)
     assert flags == sorted([
         "--variant", "--preset", "--config", "--attention-ratio", "--data", "--tokenizer", "--seq-len",
-        "--max-documents", "--packed", "--vocab-size", "--num-heads", "--head-dim", "--steps", "--lr", "--batch-size", "--micro-batch-size", "--num-workers",
+        "--max-documents", "--packed", "--vocab-size", "--num-heads", "--head-dim", "--steps", "--lr", "--warmup-steps", "--batch-size", "--micro-batch-size", "--num-workers",
         "--gpus-per-worker", "--cpus-per-worker", "--strategy", "--backend", "--compile", "--conv-backend", "--loss-kernel",
         "--max-failures",
         "--eval-every", "--eval-tokens", "--eval-recall", "--log-every", "--checkpoint-every", "--keep", "--seed", "--name", "--storage-path",
         "--address", "--verbose", "--extend-steps", "--until-step", "--dry-run",
     ])
+
+
+def test_every_command_that_talks_to_a_cluster_takes_address(capsys):
+    """Issue 46: `hybrid-ray jobs --address URL list` was "No such option" though `submit --address` exists. Every
+    command that reaches a cluster takes --address; `jobs` takes it before or after its sub-command."""
+    commands = [cli.commands[c] for c in ("train", "sweep", "eval", "submit", "jobs")]
+    commands += list(cli.commands["jobs"].commands.values())
+    for command in commands:
+        assert "--address" in [o for p in command.params for o in p.opts], command.name
+    for args in (["jobs", "--address", "http://127.0.0.1:9", "list"], ["jobs", "list", "--address", "http://127.0.0.1:9"],
+                 ["jobs", "--address", "http://127.0.0.1:9", "status", "raysubmit_x"]):
+        rc, _, err = run(capsys, *args)
+        assert_one_line_error(rc, err, 1, "cannot reach the Ray cluster at 127.0.0.1:9")
+    rc, _, err = run(capsys, "jobs", "--address", "http://127.0.0.1:9", "stop", "x", "--address", "http://127.0.0.1:8")
+    assert_one_line_error(rc, err, 2, "two --address values, http://127.0.0.1:9 and http://127.0.0.1:8")
 
 
 def test_every_job_file_resolves_for_hybrid_ray_and_for_ray():

@@ -2,6 +2,7 @@
 cluster/local-head.sh starts it): no variable set but HOME, a clean console, one-line errors, Ctrl-C, `ray job submit`."""
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -167,7 +168,7 @@ def test_ctrl_c_says_where_the_run_resumes_and_exits_130(ray_head, tmp_path):
 def test_sigterm_after_connecting_reaches_python_alone(ray_head):
     """A scheduler's or `timeout`'s SIGTERM ends a command in its one `interrupted` line: Ray's core worker's crash
     handler, which printed a native stack dump above it, no longer sees the signal once hybrid-ray has connected."""
-    script = ("import os, signal\nfrom hybrid_ray.jobs import cluster\n"
+    script = ("import os, signal\nfrom hybrid_ray import cluster\n"
               f"cluster.connect({ray_head.address!r})\nprint('connected', flush=True)\n"
               "os.kill(os.getpid(), signal.SIGTERM)\n")
     result = subprocess.run([sys.executable, "-c", script], env=ray_head.env, capture_output=True, text=True,
@@ -189,3 +190,65 @@ def test_ray_job_submit_as_the_readme_writes_it(ray_head, tmp_path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "finished at step 4/4" in result.stdout
     assert json.loads(Path(tmp_path, "job", "results.json").read_text())["status"] == "finished"
+
+
+def _listening(port: int) -> bool:
+    """Whether something listens on `port` (of 127.0.0.1 or of every address), as local-head.sh checks it."""
+    import socket
+
+    for host in ("127.0.0.1", "0.0.0.0"):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError:
+                return True
+    return False
+
+
+def test_two_heads_of_local_head_sh_start_beside_each_other_and_stop_apart(tmp_path):
+    """Issue 46: cluster/local-head.sh hard-coded ports 6379/8265 and one Ray folder, so a second head (or a user's
+    own Ray) collided, and `stop` left the head's Ray client server (port 10001) running. Two heads at a user's
+    defaults: the second takes free ports and says so; `stop` without a port, with two running, names both; stopping
+    one frees its GCS, dashboard and client server ports and leaves the other serving jobs; then the other stops."""
+    script = str(Path(__file__).parent.parent / "cluster" / "local-head.sh")
+    env = user_env(tmp_path)
+    heads = []
+
+    def start() -> dict[str, int]:
+        for attempt in (1, 2):  # Ray's raylet may time out starting on a loaded machine: the script stops what it started
+            result = subprocess.run(["bash", script, "--num-cpus=1", "--disable-usage-stats"], env=env,
+                                    capture_output=True, text=True, timeout=300)
+            if "error: ray start failed (above); what it started is stopped" not in result.stderr:
+                break
+        assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+        line = next(line for line in result.stdout.splitlines() if line.startswith("train/sweep: "))
+        ports = dict(zip(("gcs", "dashboard", "client"), map(int, re.fullmatch(
+            r"train/sweep: --address 127\.0\.0\.1:(\d+)   submit/jobs: --address http://127\.0\.0\.1:(\d+)   "
+            r"Ray client server: port (\d+)", line).groups())))
+        heads.append(ports)
+        assert f"stop it: bash {script} stop {ports['gcs']}" in result.stdout
+        return ports | {"stderr": result.stderr}
+
+    def stop(*port: int) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", script, "stop", *map(str, port)], env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    try:
+        first = start()
+        second = start()
+        for what, default in (("gcs", 6379), ("dashboard", 8265), ("client", 10001)):
+            assert first[what] != second[what] and _listening(first[what]) and _listening(second[what]), what
+            assert f"port {default} (" in second["stderr"] and f"using {second[what]} " in second["stderr"]  # said
+        both = stop()
+        assert both.returncode == 2 and f"{first['gcs']}" in both.stderr and f"{second['gcs']}" in both.stderr
+        assert stop(second["gcs"]).returncode == 0
+        assert not [p for what, p in second.items() if what != "stderr" and _listening(p)]  # the client server too
+        assert not Path(f"/tmp/ray-local-head-{os.getuid()}-{second['gcs']}").exists()
+        listed = hybrid_ray("jobs", "--address", f"http://127.0.0.1:{first['dashboard']}", "list", env=env)
+        assert listed.returncode == 0, listed.stderr[-3000:]  # the other head still serves jobs
+        assert stop(first["gcs"]).returncode == 0
+        assert not [p for what, p in first.items() if what != "stderr" and _listening(p)]
+    finally:
+        for ports in heads:
+            stop(ports["gcs"])

@@ -143,6 +143,24 @@ def test_bad_values_are_one_line(tmp_path, capsys, args, fragment):
     assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0]
 
 
+def test_a_prompts_file_is_read_by_the_library_and_a_bad_one_is_one_line(tmp_path, capsys):
+    """`read_prompts` (inference/generate.py) reads `--prompts`: one prompt a line, blank lines skipped; a file that
+    is missing or not text is refused in one line, by the library and by the CLI alike."""
+    from hybrid_ray.errors import SpecError
+    from hybrid_ray.inference.generate import read_prompts
+
+    (tmp_path / "prompts.txt").write_text("one\n\n  \ntwo words\n")
+    assert read_prompts(tmp_path / "prompts.txt") == ["one", "two words"]
+    (tmp_path / "binary.txt").write_bytes(b"ok\n\xff\xfe\n")
+    with pytest.raises(SpecError, match=r"^--prompts file .*binary.txt is not UTF-8 text: invalid start byte at byte 3"):
+        read_prompts(tmp_path / "binary.txt")
+    with pytest.raises(SpecError, match=r"^cannot read --prompts file .*missing.txt: No such file or directory$"):
+        read_prompts(tmp_path / "missing.txt")
+    assert main(["generate", str(tmp_path), "--prompts", str(tmp_path / "binary.txt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --prompts file ") and "is not UTF-8 text" in err[0]
+
+
 def test_missing_folders_and_diverged_models_are_refused_in_one_line(tmp_path, capsys):
     assert main(["generate", str(tmp_path / "nothing")]) == 1
     assert "no model found" in capsys.readouterr().err

@@ -44,6 +44,31 @@ def test_warmup_longer_than_the_run_is_cut_to_it():
     assert s.total_steps == 5 and s.lr_at(4) == pytest.approx(LR)
 
 
+def test_the_warm_up_a_spec_records_is_the_one_its_schedule_uses():
+    """Issue 46: `train --steps 10` under the tiny preset's 20-step warm-up trained a rising LR, silently, and its
+    spec.yaml said 20. warmup_used cuts the spec's warm-up to the run (the same schedule, step for step) and says so in
+    one line; a warm-up over more than half the run is said too; the tiny preset's own 200 steps say nothing."""
+    from hybrid_ray.config.build import build_spec, warmup_used
+
+    tiny = build_spec()  # a user's defaults: the tiny preset, 200 steps, 20 of warm-up
+    assert (tiny.train.steps, tiny.optim.warmup_steps) == (200, 20) and warmup_used(tiny) == (tiny, None)
+    short = tiny.with_overrides({"train.steps": 10})
+    used, note = warmup_used(short)
+    assert used.optim.warmup_steps == 10 and used.with_overrides({"optim.warmup_steps": 20}) == short
+    assert note.startswith("the 20-step learning-rate warm-up is longer than the 10-step run: it is cut to the run's "
+                           "10 steps (spec.yaml records 10), so the LR only rises") and "never decays" in note
+    assert warmup_used(used) == (used, "the 10-step learning-rate warm-up is as long as the 10-step run, so the LR "
+                                       "only rises, to its peak at the last step, and never decays; --warmup-steps "
+                                       "sets the warm-up")  # said, with nothing to cut
+    lrs = [LRSchedule.from_spec(s.optim, 10) for s in (short, used)]
+    assert [lrs[0].lr_at(t) for t in range(10)] == [lrs[1].lr_at(t) for t in range(10)]
+    assert lrs[1].lr_at(9) == pytest.approx(tiny.optim.lr) and lrs[1].lr_at(8) < lrs[1].lr_at(9)
+    close = tiny.with_overrides({"train.steps": 30})
+    assert warmup_used(close) == (close, "the 20-step learning-rate warm-up takes 67% of the 30-step run: the LR "
+                                         "decays over its last 10 step(s) only; --warmup-steps sets the warm-up")
+    assert warmup_used(tiny.with_overrides({"train.steps": 40}))[1] is None  # half the run: said by nothing
+
+
 def test_extending_keeps_the_past_and_continues_without_a_jump():
     s = schedule()
     before = [s.lr_at(t) for t in range(100)]

@@ -1,7 +1,13 @@
 """The package's face: `import hybrid_ray` is cheap, and every name it exports resolves."""
 
+import json
+import math
 import subprocess
 import sys
+import textwrap
+
+import pytest
+from ray_procs import user_env
 
 import hybrid_ray
 
@@ -44,3 +50,37 @@ def test_the_documented_train_and_sweep_names_resolve_in_a_fresh_process():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["hybrid_ray.train.launch", "hybrid_ray.sweep.tuner"]
+
+
+def documented_example() -> str:
+    """The code block of the package docstring, as a reader would paste it."""
+    lines = hybrid_ray.__doc__.split("\n\n")[1]
+    return textwrap.dedent(lines)
+
+
+@pytest.mark.slow
+def test_the_documented_library_example_runs_end_to_end_in_a_fresh_process(tmp_path):
+    """Issue 46: the docstring's example raised AttributeError at `hr.train.train`. Run as it stands, in a new Python
+    with its own HOME (the default storage path ~/hybrid-ray-runs lands there) and its own local Ray: it trains a run,
+    sweeps two arms, samples from the run and scores its recall, and everything it says is in the files it wrote."""
+    code = documented_example()
+    assert code.startswith("import hybrid_ray as hr\n") and "hr.train.train(spec)" in code and "hr.sweep.sweep(" in code
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=user_env(tmp_path), capture_output=True,
+                          text=True, timeout=1200)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    runs = tmp_path / "hybrid-ray-runs"
+    run = runs / "h100_hybrid_sparse-tiny"
+    results = json.loads((run / "results.json").read_text())
+    assert results["status"] == "finished" and results["step"] == results["total_steps"] == 30
+    loss = results["final"]["val_loss"]
+    assert math.isfinite(loss) and 0 < loss < math.log(results["spec"]["model"]["vocab_size"])  # it learned
+    assert (run / "spec.yaml").is_file() and (run / "model" / "model.safetensors").is_file()
+    out = done.stdout.splitlines()
+    assert f"{run} {loss}" in out  # what the example prints is what results.json holds
+    sweep = json.loads((runs / "sweep-h100_hybrid_sparse-tiny" / "sweep.json").read_text())
+    trials = sweep["trials"]
+    assert len(trials) == 2 and len({t["arm"] for t in trials}) == 2
+    assert all(t["status"] == "finished" and math.isfinite(t["best"]["val_loss"]) for t in trials)
+    assert (runs / "sweep-h100_hybrid_sparse-tiny" / "sweep.png").stat().st_size > 0
+    assert 0 <= float(out[-1]) <= 1  # the recall score
+    assert (run / "eval" / "recall.json").is_file()

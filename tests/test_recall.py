@@ -234,13 +234,16 @@ def test_the_sweep_table_and_figure_show_recall_and_significance(tmp_path):
 
 
 def test_sweep_trials_take_the_probes_unless_turned_off():
+    from hybrid_ray.layout import SweepLayout
     from hybrid_ray.sweep.status import trial_spec
 
     spec = variant_spec("h100_hybrid_sparse", "tiny")
     assert spec.train.eval_recall is None  # a single run: off unless asked
-    assert trial_spec(spec, "a", 0, "/tmp/t").train.eval_recall is True
+    sweep = SweepLayout("/tmp", "s")
+    assert trial_spec(spec, "a", 0, sweep).train.eval_recall is True
+    assert trial_spec(spec, "a", 0, sweep).storage_path == sweep.trials
     off = spec.with_overrides({"train.eval_recall": False})
-    assert trial_spec(off, "a", 0, "/tmp/t").train.eval_recall is False
+    assert trial_spec(off, "a", 0, sweep).train.eval_recall is False
 
 
 @pytest.mark.slow

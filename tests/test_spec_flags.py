@@ -17,7 +17,7 @@ from hybrid_ray.sweep.options import sweep_options
 # README). Every command that builds a spec starts from --variant/--preset/--config/--attention-ratio.
 START = ["--variant", "--preset", "--config", "--attention-ratio"]
 DATA = ["--data", "--tokenizer", "--seq-len", "--max-documents", "--packed", "--no-packed", "--vocab-size"]
-RUN = ["--num-heads", "--head-dim", "--steps", "--lr", "--batch-size", "--micro-batch-size", "--num-workers", "--gpus-per-worker", "--cpus-per-worker",
+RUN = ["--num-heads", "--head-dim", "--steps", "--lr", "--warmup-steps", "--batch-size", "--micro-batch-size", "--num-workers", "--gpus-per-worker", "--cpus-per-worker",
        "--strategy", "--backend", "--compile", "--no-compile", "--conv-backend", "--loss-kernel", "--max-failures", "--eval-every", "--eval-tokens",
        "--eval-recall", "--no-eval-recall", "--log-every", "--checkpoint-every", "--keep", "--seed", "--name", "--storage-path"]
 CLUSTER = ["--address", "--verbose"]
@@ -28,6 +28,11 @@ FLAG_SETS = {
               "--keep-checkpoints", "--dry-run", "--assume-gpus", "--assume-gpu-memory", "--assume-free-disk"],
     "submit": ["--address", "--fla", "--no-check", "--no-wait", "--dry-run", "--working-dir", "--exclude", "--verbose"],
     "warmup": [*START, *DATA, *RUN, "--grid", "--match-params"],
+    "jobs": ["--address"],  # before its sub-command too, as submit's (issue 46)
+    "jobs list": ["--address", "--json"],
+    "jobs status": ["--address", "--json"],
+    "jobs logs": ["--address", "--follow"],
+    "jobs stop": ["--address"],
     "data prepare": [*START, *DATA, "--verify"],
     "data inspect": [*START, *DATA, "--samples", "--chars"],
 }
@@ -51,7 +56,7 @@ def test_every_spec_flag_sets_its_field(capsys):
     values = {  # flag value, value in the spec
         "data.source": ("mqar", "mqar"), "data.tokenizer": ("byte", "byte"), "data.seq_len": ("64", 64),
         "data.max_documents": ("5", 5), "data.packed": (None, True), "model.vocab_size": ("512", 512),
-        "model.num_heads": ("3", 3), "model.head_dim": ("16", 16), "train.steps": ("7", 7), "optim.lr": ("3e-4", 3e-4), "train.batch_size": ("16", 16),
+        "model.num_heads": ("3", 3), "model.head_dim": ("16", 16), "train.steps": ("7", 7), "optim.lr": ("3e-4", 3e-4), "optim.warmup_steps": ("3", 3), "train.batch_size": ("16", 16),
         "train.micro_batch_size": ("4", 4), "scale.num_workers": ("2", 2), "scale.gpus_per_worker": ("0.5", 0.5),
         "scale.cpus_per_worker": ("2", 2.0), "scale.strategy": ("ddp", "ddp"), "scale.backend": ("torch", "torch"),
         "train.compile": (None, True), "train.conv_backend": ("triton", "triton"),

@@ -152,3 +152,56 @@ def test_job_calls_wait_for_the_job_agent_then_give_up_in_one_line(monkeypatch):
         submit._with_agent(fails("No available agent to submit job"), "http://head:8265", said.append, timeout=0)
     with pytest.raises(RuntimeError, match="401"):  # any other failure is not waited on
         submit._with_agent(fails("401 Unauthorized"), "http://head:8265", said.append)
+
+
+def test_the_library_submit_checks_a_clone_before_sending_anything(tmp_path, monkeypatch):
+    """Issue 46: only the CLI checked --fla's clone, so `jobs.submit.submit()` called from Python shipped an unchecked
+    one. The library refuses a clone that fails its check, in one line, before it asks the cluster anything; it ships
+    one unchecked only when told to (check_clone=False), and says so."""
+    from hybrid_ray.errors import HybridRayError
+    from hybrid_ray.jobs import submit
+    from test_fla_clone import fake_clone
+
+    monkeypatch.setenv("HYBRID_RAY_CACHE", str(tmp_path / "cache"))  # no earlier check of this clone to reuse
+    clone = fake_clone(tmp_path / "clone")  # an `fla` package without FLA's model: it cannot match the twin
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "train.py").write_text("x")
+    job = submit.plan(["train", "--preset", "tiny"], fla=str(clone), working_dir=tmp_path / "project")
+    asked, said = [], []
+
+    class Client:
+        def submit_job(self, **job):
+            asked.append(job)
+            return "raysubmit_1"
+
+    monkeypatch.setattr(submit, "_client", lambda address: asked.append(address) or Client())
+    with pytest.raises(HybridRayError) as refused:
+        submit.submit(job, address="http://127.0.0.1:9", echo=said.append)
+    message = str(refused.value)
+    assert message.startswith(f"the FLA in {clone} does not match the twin: ") and "\n" not in message
+    assert message.endswith("(nothing was submitted; --no-check skips this)")
+    assert asked == []  # the cluster was never asked
+    assert said[-1] == f"checking the FLA clone {clone} against the pure-PyTorch twin on this machine..."
+
+    said.clear()
+    done = submit.submit(job, address="http://127.0.0.1:9", echo=said.append, wait=False, check_clone=False)
+    assert done.job_id == "raysubmit_1" and "FLA clone not checked (--no-check)" in said
+    shipped = asked[-1]["runtime_env"]
+    assert shipped["py_modules"] == [str(clone.resolve() / "fla")]  # the unchecked clone, as asked
+    said.clear()
+    submit.submit(job, dry_run=True, echo=said.append)
+    assert "FLA clone not checked (--dry-run)" in said and len(asked) == 2  # a dry run sends nothing
+
+
+def test_the_library_plan_refuses_a_train_job_of_a_sweep_file(tmp_path):
+    """`train --config` of a sweep job file trains one run of the grid's base spec: `jobs.submit.plan` refuses it as
+    the CLI does (issue 36), whether the command names the file as `--config F` or `--config=F`."""
+    from hybrid_ray.errors import SpecError
+    from hybrid_ray.jobs import submit
+
+    job = ROOT / "jobs" / "ratio_ablation_small.yaml"
+    for args in (["train", "--config", str(job)], ["train", f"--config={job}", "--steps", "4"]):
+        with pytest.raises(SpecError, match=r"is a sweep job file \(command: sweep\).*\(nothing was submitted\)$"):
+            submit.plan(args, working_dir=tmp_path)
+    assert submit.plan(["sweep", "--config", str(job)], working_dir=tmp_path).args[0] == "sweep"
+    assert submit.plan(["train", "--config", str(job.with_name("tiny_local.yaml"))], working_dir=tmp_path).command

@@ -203,6 +203,45 @@ def test_bad_grids_are_one_line_before_anything_starts(tmp_path, capsys, args, f
     assert not list(tmp_path.iterdir())
 
 
+def test_a_relaunch_with_another_grid_is_refused_before_ray_starts(tmp_path, monkeypatch, capsys):
+    """Issue 46: relaunching a sweep's name with another grid was refused only after Ray had started (seconds, and
+    a local Ray's processes). grid.json as a launch on this 2-CPU machine writes it (arms planned: GPU shares set); the
+    same grid passes the early check, another is refused in one line with no Ray started (connect would fail)."""
+    from hybrid_ray import cluster
+    from hybrid_ray.layout import SweepLayout
+    from hybrid_ray.sweep import tuner
+    from hybrid_ray.sweep.asha import launch_order
+    from hybrid_ray.sweep.plan import on_resolved_base, plan_sweep, with_warmup_used
+    from hybrid_ray.train.launch import check_locally
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # a user's defaults: ~/hybrid-ray-runs
+    common = ["--steps", "10", "--max-documents", "100", "--name", "s"]
+    options = SweepOptions(grid=["lr=1e-3,2e-3"])
+    from hybrid_ray.cli import sweep_base  # the base as the command builds it
+
+    base_spec = sweep_base(None, None, None, grid=options.grid, steps=10, max_documents=100, name="s")
+    arms = expand(base_spec, parse_grid(options.grid))
+    base_spec, _ = check_locally(base_spec, address=None, extend_steps=0, until_step=None, progress=False)
+    arms, _ = with_warmup_used(on_resolved_base(arms, base_spec, options))
+    layout = SweepLayout.of(base_spec)
+    planned = plan_sweep(arms, options, {"CPU": 2.0}, None, layout)
+    assert planned.arms[0].spec.scale.gpus_per_worker == 0 != arms[0].spec.scale.gpus_per_worker  # set by the plan
+    assert not tuner._claim(layout, tuner._grid_record(options, planned.arms), launch_order(options, [a.id for a in arms]))
+    tuner.check_relaunch(layout, options, arms)  # the same grid, before its plan: not refused
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(cluster, "connect", no_ray)
+    started = time.time()
+    assert main(["sweep", "--grid", "lr=1e-3,5e-4", *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: sweep 's' already exists with another grid (differs in: "
+                                               "lr0.0005, lr0.002)"), err
+    assert time.time() - started < 30  # a data check, no Ray start
+    assert sorted(p.name for p in (tmp_path / "hybrid-ray-runs" / "s").iterdir()) == ["grid.json"]  # untouched
+
+
 @pytest.mark.slow
 def test_cluster_errors_come_before_any_trial(ray_session, tmp_path, capsys):
     common = ["--steps", "4", "--max-documents", "100", "--storage-path", str(tmp_path), "--name", "s"]

@@ -453,3 +453,18 @@ def test_a_ratio_arm_is_plotted_and_recorded_at_the_share_it_trains():
     assert [a.id for a in arms] == ["h100_hybrid_sparse", "h100_hybrid_25pct"]  # 8% and 17% train [5] at 6 layers
     assert "h100_hybrid_8pct + h100_hybrid_sparse -> h100_hybrid_sparse [5] = 17%" in str(caught[0].message)
     assert "h100_hybrid_25pct -> h100_hybrid_25pct [2,5] = 33%" in str(caught[0].message)
+
+
+def test_a_sweep_shorter_than_its_warm_up_warns_once_and_its_arms_hold_the_warm_up_they_use(tmp_path, capsys, recwarn):
+    """Issue 46, for a sweep: `sweep --grid lr=1e-3,2e-3 --steps 10` at the tiny preset's 20-step warm-up warns in one
+    line (not one per arm), and its arms train, and record, the warm-up cut to the run; arms of different lengths are
+    named."""
+    from hybrid_ray.sweep.plan import with_warmup_used
+
+    assert main(["sweep", "--grid", "lr=1e-3,2e-3", "--steps", "10", "--dry-run", "--storage-path", str(tmp_path)]) == 0
+    said = [str(w.message) for w in recwarn.list]
+    assert len(said) == 1 and said[0].startswith("the 20-step learning-rate warm-up is longer than the 10-step run"), said
+    base = variant_spec("h100_hybrid_sparse", "tiny")
+    arms, notes = with_warmup_used(expand(base, parse_grid(["train.steps=10,30,200"])))
+    assert [a.spec.optim.warmup_steps for a in arms] == [10, 20, 20]
+    assert [n.split(":")[0] for n in notes] == ["arm(s) steps10", "arm(s) steps30"]

@@ -3,8 +3,10 @@ extension without an LR jump, divergence, broken and planted checkpoints, and ba
 
 import json
 import os
+import re
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -311,7 +313,7 @@ def test_bad_training_input_is_one_line(ray_session, default_run, tmp_path, caps
 def test_only_a_driver_of_its_own_ray_goes_without_the_placement_group_cleaner(ray_session):
     """The session's Ray ends with this process (its driver): a run launched here needs no cleaner; one launched from
     an actor on it (a Tune trial) does."""
-    from hybrid_ray.jobs import cluster
+    from hybrid_ray import cluster
 
     @ray_session.remote(num_cpus=0)
     class Trial:
@@ -351,3 +353,59 @@ def test_an_h100_size_variant_on_cpu_is_estimated_before_it_starts(ray_session, 
     gib, seconds = cpu_estimate(spec)
     small = cpu_estimate(spec.with_overrides({"train.batch_size": 8}))
     assert gib > 10 and seconds > 1 and small[0] < gib and small[1] < seconds
+
+
+def test_sigterm_says_the_step_the_relaunch_resumes_from(tmp_path):
+    """Issue 46: SIGTERM of `train` printed `interrupted at step 100 (the newest checkpoint)` while checkpoint 150
+    existed and the relaunch resumed at 150: ray.init's handler exited the driver with its workers still training.
+    `hybrid-ray train` at a user's defaults (its own local Ray, ~/hybrid-ray-runs), a checkpoint at every step so
+    that one is always being written; SIGTERM once a few exist: one line, exit 130, and the step it names is the
+    newest good checkpoint afterwards and the step the relaunch resumes from."""
+    from ray_procs import HYBRID_RAY, hybrid_ray, one_error_line, user_env
+
+    from hybrid_ray.layout import RunLayout
+    from hybrid_ray.train.checkpoint import CheckpointManager
+
+    env = user_env(tmp_path)
+    args = ["train", "--steps", "1500", "--checkpoint-every", "1", "--eval-every", "1500", "--log-every", "100",
+            "--max-documents", "100", "--name", "term"]
+    run = tmp_path / "hybrid-ray-runs" / "term"
+    proc = subprocess.Popen([HYBRID_RAY, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while len(list(run.glob("checkpoint_0*/manifest_rank0.json"))) < 3 and not list(run.glob("checkpoint_0000001*")):
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=180)
+    line = one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    assert proc.returncode == 130 and "relaunch the same command to resume" in line, err[-3000:]
+    step = int(re.fullmatch(r"error: interrupted at step (\d+) \(the newest checkpoint\); .*", line).group(1))
+    time.sleep(3)  # a worker left training (before the fix) writes on
+    assert CheckpointManager(RunLayout(str(run))).resume_point() == step
+    relaunch = hybrid_ray(*args, "--until-step", str(step + 1), env=env)
+    assert relaunch.returncode == 0, relaunch.stderr[-3000:]
+    results = json.loads((run / "results.json").read_text())
+    assert results["resumed_at"] == [step] and results["step"] == step + 1
+
+
+def test_a_run_shorter_than_its_warm_up_says_so_and_records_the_warm_up_it_used(tmp_path):
+    """Issue 46: `hybrid-ray train --steps 10` at a user's defaults (the tiny preset's 20-step warm-up) trained a
+    learning rate that only rose, with no word, and spec.yaml said 20. Now: one warning line, spec.yaml and
+    results.json hold the 10-step warm-up it used, and the LR rises to the preset's peak at the last step."""
+    from ray_procs import hybrid_ray, user_env
+
+    result = hybrid_ray("train", "--steps", "10", "--log-every", "1", "--max-documents", "100", env=user_env(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stderr.replace("\r", "\n").splitlines()
+             if line.strip() and not line.startswith("tokenizing")]
+    assert lines == ["warning: the 20-step learning-rate warm-up is longer than the 10-step run: it is cut to the run's "
+                     "10 steps (spec.yaml records 10), so the LR only rises, to its peak at the last step, and never "
+                     "decays; --warmup-steps sets the warm-up"], result.stderr[-3000:]
+    run = tmp_path / "hybrid-ray-runs" / "h100_hybrid_sparse-tiny"
+    import yaml
+
+    spec = yaml.safe_load((run / "spec.yaml").read_text())
+    results = json.loads((run / "results.json").read_text())
+    assert spec["optim"]["warmup_steps"] == results["spec"]["optim"]["warmup_steps"] == 10
+    lrs = [r["lr"] for r in results["history"] if "lr" in r]
+    assert len(lrs) == 10 and lrs == sorted(lrs) and lrs[-1] == pytest.approx(spec["optim"]["lr"])

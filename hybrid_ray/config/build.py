@@ -21,6 +21,7 @@ expands a grid with it).
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,13 @@ def load(path: str | Path) -> JobSpec:
     return JobSpec("train", RunSpec.from_dict(data))
 
 
+def refuse_sweep_file(config: str | Path) -> None:
+    """A sweep job file (`command: sweep`) given to `train` would train one run of its base spec, not the grid."""
+    if load(config).command == "sweep":
+        raise SpecError(f"{config} is a sweep job file (command: sweep), which `train` would run as one run of its "
+                        f"base spec: run it with `hybrid-ray sweep --config {shlex.quote(str(config))}`")
+
+
 def build_spec(*, config: str | Path | None = None, variant: str | None = None, preset: str | None = None,
                attention_ratio: float | None = None, overrides: dict[str, Any] | None = None) -> RunSpec:
     """A run spec: a spec or job file (`config`), else a named variant at a preset's size (neither given: the tiny
@@ -102,6 +110,29 @@ def build_spec(*, config: str | Path | None = None, variant: str | None = None, 
         del overrides["model.vocab_size"]
         spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, vocab_size=None))
     return spec.with_overrides(overrides)
+
+
+# a warm-up over more of the run than this leaves the learning rate too little of the run to decay in, unsaid
+WARMUP_SHARE = 0.5
+
+
+def warmup_used(spec: RunSpec) -> tuple[RunSpec, str | None]:
+    """The spec with the learning-rate warm-up it trains with, and a one-line warning when that warm-up takes more
+    than half the run (None otherwise). The schedule (train/optim.py) cuts a warm-up longer than the run to the run,
+    so the LR only rises: the spec then records the warm-up cut to the run's length (spec.yaml says what was used)."""
+    steps, warmup = spec.train.steps, spec.optim.warmup_steps
+    if warmup <= steps * WARMUP_SHARE:
+        return spec, None
+    if warmup < steps:
+        return spec, (f"the {warmup}-step learning-rate warm-up takes {warmup / steps:.0%} of the {steps}-step run: "
+                      f"the LR decays over its last {steps - warmup} step(s) only; --warmup-steps sets the warm-up")
+    if warmup > steps:
+        how = f"longer than the {steps}-step run: it is cut to the run's {steps} steps (spec.yaml records {steps})"
+    else:
+        how = f"as long as the {steps}-step run"
+    return spec.with_overrides({"optim.warmup_steps": steps}), (
+        f"the {warmup}-step learning-rate warm-up is {how}, so the LR only rises, to its peak at the last step, and "
+        "never decays; --warmup-steps sets the warm-up")
 
 
 def sweep_base(*, config: str | Path | None = None, variant: str | None = None, preset: str | None = None,

@@ -175,7 +175,7 @@ PRESETS: dict[str, Preset] = {
         Preset("large", 512, 12, 8, 512, 8, "single-architecture experiment, large"),
         Preset("xlarge", 1024, 24, 16, 1024, 4, "single-architecture experiment, xlarge"),
         Preset("rtx4090", 768, 12, 12, 1024, 32, "one RTX 4090", lr=1e-3),
-        Preset("h100", 768, 12, 12, 1024, 120, "one H100, long run", steps=10_000),
+        Preset("h100", 768, 12, 12, 1024, 120, "one H100, the original scripts' long run", steps=10_000),
         Preset("b200", 768, 12, 12, 1024, 256, "one B200, long run", lr=8.5e-4, steps=10_000),
     ]
 }
@@ -202,6 +202,30 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise SpecError(f"unknown preset {name!r}{suggest(name, PRESETS)}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+def size_line(spec: RunSpec) -> str:
+    """Which size `spec` has, in words: the variants' H100 base size or the preset whose width, depth, sequence and
+    batch it has. The `h100` preset (the original scripts' long run) is not the H100 base size: the line says so."""
+
+    def shape(s: RunSpec) -> tuple[int, ...]:
+        return s.model.hidden_size, s.model.num_layers, s.data.seq_len, s.train.batch_size
+
+    def numbers(s: RunSpec) -> str:
+        return f"{s.train.batch_size} x {s.data.seq_len} tokens a step, {s.train.steps:,} steps"
+
+    here = f"{spec.model.hidden_size} wide, {spec.model.num_layers} layers, {numbers(spec)}"
+    base, h100 = variant_spec(DEFAULT_VARIANT), variant_spec(DEFAULT_VARIANT, "h100")
+    if shape(spec) == shape(base):
+        return (f"size: the variants' H100 base size ({here}; no --preset), not --preset h100 (the original scripts' "
+                f"long run: {numbers(h100)})")
+    for name, preset in PRESETS.items():
+        if shape(spec) == shape(variant_spec(DEFAULT_VARIANT, name)):
+            line = f"size: preset {name}, {preset.description} ({here})"
+            if name == "h100":
+                line += f"; not the variants' H100 base size ({numbers(base)}: no --preset)"
+            return line
+    return f"size: no preset's ({here})"
 
 
 def variant_spec(variant: str = DEFAULT_VARIANT, preset: str | None = None) -> RunSpec:

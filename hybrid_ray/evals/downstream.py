@@ -321,7 +321,7 @@ def evaluate_on_cluster(paths: list[str], task: str, *, address: str | None = No
     the workers reach). A sweep evaluates its finished arms this way."""
     import ray
 
-    from hybrid_ray.jobs import cluster
+    from hybrid_ray import cluster
 
     cluster.connect(address)
     gpus = 1 if cluster.resources().get("GPU", 0) >= 1 else 0

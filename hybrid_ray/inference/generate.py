@@ -67,6 +67,16 @@ class Generation:
         return (sum(self.new_tokens) - len(self.new_tokens)) / max(self.decode_s, 1e-9)
 
 
+def read_prompts(path: str | Path) -> list[str]:
+    """A file of prompts, one a line (blank lines skipped); one-line errors for a file that cannot be read as text."""
+    try:
+        return [line for line in Path(path).read_text().splitlines() if line.strip()]
+    except OSError as e:
+        raise SpecError(f"cannot read --prompts file {path}: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise SpecError(f"--prompts file {path} is not UTF-8 text: {e.reason} at byte {e.start}") from e
+
+
 def model_dir(path: str) -> str:
     """Accept a run folder (uses its model/), a checkpoint folder, or a model folder."""
     for candidate in (RunLayout(path).model, path):

@@ -3,7 +3,8 @@
 - find: `find(path)` (the folder holding the clone's `fla/` package, its git commit and local edits).
 - check: `verify(path)` imports the clone's `fla` in a fresh process (`python -m hybrid_ray.jobs.fla_clone`, which prints
   `check_json()`) and compares its model with the twin (on a CPU: the forward under Triton's interpreter); a passing
-  check is kept in the node's cache, and `submit` reuses it for the same sources, torch, triton and device.
+  check is kept in the node's cache, and `jobs.submit.submit` (which refuses a job whose clone fails it) reuses it for
+  the same sources, torch, triton and device.
 - describe: `fla_source()` says where the `fla` this process imports comes from: site-packages, a git clone, or the
   clone `hybrid-ray submit --fla` shipped; `format_report`, `verdict` and `checked` word a check.
 - ship: `FlaClone.runtime_env(files)` is what a Ray job needs for it: the `fla` folder as `py_modules` (workers import
@@ -33,6 +34,7 @@ class FlaClone:
     root: Path  # the folder that holds `fla/`
     commit: str | None
     dirty: bool | None
+    given: str = ""  # the path as the user gave it (what messages name)
 
     @property
     def package(self) -> Path:
@@ -66,7 +68,7 @@ def find(path: str | Path) -> FlaClone:
     """The FLA clone at `path` with its commit and local edits (None when it is not a git work tree)."""
     root = clone_root(path)
     git = git_info(root)
-    return FlaClone(root, git.get("commit"), git.get("dirty"))
+    return FlaClone(root, git.get("commit"), git.get("dirty"), str(path))
 
 
 # the model `hybrid-ray verify --fla` checks: both layer types, GQA attention, value heads > key heads

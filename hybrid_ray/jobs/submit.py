@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
-from hybrid_ray import ray_compat
+from hybrid_ray import cluster, ray_compat
 from hybrid_ray.config import build
 from hybrid_ray.errors import ClusterError, HybridRayError, SpecError, first_line
-from hybrid_ray.jobs import cluster, fla_clone
+from hybrid_ray.jobs import fla_clone
 
 UPLOAD_LIMIT = 100 * 2**20  # the job server refuses larger working_dir uploads
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
@@ -153,6 +153,12 @@ def plan(what: list[str], *, fla: str | None = None, working_dir: str | Path | N
         runtime = dict(job.runtime_env)
         args = [job.command, "--config", args[0]]
     command = entrypoint(args)
+    config = _option(args, "--config")
+    if args[0] == "train" and config and Path(config).is_file():  # the file as uploaded from here
+        try:
+            build.refuse_sweep_file(config)
+        except SpecError as e:
+            raise SpecError(f"{e} (nothing was submitted)") from e
     root = working_dir if working_dir is not None else runtime.pop("working_dir", None) or "."
     runtime.pop("working_dir", None)
     extra = [*(excludes or []), *_strings(runtime.pop("excludes", None) or [], "excludes")]
@@ -169,6 +175,16 @@ def plan(what: list[str], *, fla: str | None = None, working_dir: str | Path | N
         uploads.append(measure_upload(clone.package, extra))
     other = {**runtime, **({"py_modules": remote} if remote else {})}
     return JobPlan(command, project, uploads, clone, {str(k): str(v) for k, v in env_vars.items()}, other, args)
+
+
+def _option(args: list[str], name: str) -> str | None:
+    """The value of option `name` in a command line (`--name V` or `--name=V`), or None."""
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def _strings(value: Any, key: str) -> list[str]:
@@ -246,12 +262,18 @@ def _with_agent(call: Callable[[], Any], url: str, echo: Any, timeout: float = A
 
 
 def submit(job: JobPlan, *, address: str | None = None, wait: bool = True, dry_run: bool = False,
-           echo: Any = print, verbose: bool = False) -> Submitted:
-    """Submit the planned job (`plan`) as a Ray job: uploads exactly what `job` measured. While it waits it streams
-    the job's log, Ray's own INFO lines only when `verbose`."""
+           echo: Any = print, verbose: bool = False, check_clone: bool = True) -> Submitted:
+    """Submit the planned job (`plan`) as a Ray job: uploads exactly what `job` measured. A job with an FLA clone is
+    submitted only once the clone matches the twin on this machine (`check_clone=False` ships it unchecked; a dry run
+    checks nothing). While it waits it streams the job's log, Ray's own INFO lines only when `verbose`."""
     echo(f"upload: {job.summary()}")
     for upload in job.uploads:
         check_upload(upload)
+    if job.clone is not None:
+        if check_clone and not dry_run:
+            _check_clone(job.clone, echo)
+        else:
+            echo(f"FLA clone not checked ({'--dry-run' if dry_run else '--no-check'})")
     if dry_run:
         for line in job.listing():
             echo(line)
@@ -275,6 +297,19 @@ def submit(job: JobPlan, *, address: str | None = None, wait: bool = True, dry_r
         if submitted.status == "FAILED":
             submitted.python = job_python(client, job_id)
     return submitted
+
+
+def _check_clone(clone: fla_clone.FlaClone, echo: Any) -> None:
+    """Refuse a clone that does not match the pure-PyTorch twin here, before anything is sent (a passing check of the
+    same sources, torch, triton and device is reused)."""
+    where = clone.given or str(clone.root)
+    echo(f"checking the FLA clone {where} against the pure-PyTorch twin on this machine...")
+    report = fla_clone.verify(where, reuse=True)
+    if not report["passed"]:
+        raise HybridRayError(f"the FLA in {where} does not match the twin: {report['failures'][0]} "
+                             "(nothing was submitted; --no-check skips this)")
+    again = " (an earlier check of the same sources, torch, triton and device)" if report.get("reused") else ""
+    echo(f"FLA clone {fla_clone.verdict(report)}{again}")
 
 
 def job_python(client: Any, job_id: str) -> str | None:

@@ -6,12 +6,13 @@ import dataclasses
 import math
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hybrid_ray import storage
 from hybrid_ray.errors import HybridRayError
-from hybrid_ray.layout import RunLayout, SweepLayout, comparison_dir
+from hybrid_ray.layout import ComparisonLayout, RunLayout, SweepLayout, comparison_dir
 from hybrid_ray.records import edge, folders
 from hybrid_ray.records.significance import METHOD, against_best
 
@@ -666,3 +667,22 @@ def _is_trials(path: str) -> bool:
     sweep = SweepLayout.at(storage.parent(path))
     return sweep.trials == path.rstrip("/") and sweep.exists()
 
+
+
+@dataclass
+class Comparison:
+    """What `compare` wrote: the folder, the ranked table, and the figure (None without curves to plot)."""
+
+    folder: str
+    table: str
+    figure: str | None
+
+
+def compare(paths: list[str], out: str | None = None) -> Comparison:
+    """Rank runs and sweeps (run folders, sweep folders, folders of runs) in one table and figure, written to `out`
+    (default: `comparison_home`)."""
+    rows = comparison_rows(paths)
+    folder = storage.normalize(out) if out else comparison_home(paths)
+    written = ComparisonLayout(folder)
+    table, figure = write_comparison(rows, "comparison", written.results, written.figure)
+    return Comparison(folder, table, figure)

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hybrid_ray import storage
+from hybrid_ray import cluster, storage
+from hybrid_ray.config.build import warmup_used
 from hybrid_ray.config.grid import Arm, expand, match_params, parse_grid
 from hybrid_ray.errors import HybridRayError, SpecError
-from hybrid_ray.jobs import cluster
 from hybrid_ray.layout import SweepLayout
 from hybrid_ray.model import count_params
 from hybrid_ray.spec import RunSpec
@@ -306,6 +306,18 @@ def on_resolved_base(arms: list[Arm], base: RunSpec, options: SweepOptions) -> l
     return match_params(arms, options.reference_arm) if options.match_params else arms
 
 
+def with_warmup_used(arms: list[Arm]) -> tuple[list[Arm], list[str]]:
+    """The arms with the learning-rate warm-up each trains with (config.build.warmup_used), and one warning line per
+    distinct warning, naming its arms unless it is every arm's."""
+    used, said = [], {}
+    for arm in arms:
+        spec, note = warmup_used(arm.spec)
+        used.append(dataclasses.replace(arm, spec=spec))
+        if note:
+            said.setdefault(note, []).append(arm.id)
+    return used, [note if len(ids) == len(arms) else f"arm(s) {', '.join(ids)}: {note}" for note, ids in said.items()]
+
+
 @dataclass
 class SweepPlan:
     """How a sweep sits on a cluster: its arms as their trials train them (GPU shares applied), each arm's resource
@@ -379,9 +391,11 @@ def dry_run(base: RunSpec, options: SweepOptions, *, address: str | None = None,
     arms = expand(base, parse_grid(options.grid))
     base = dataclasses.replace(base, storage_path=storage.normalize(base.storage_path))
     base = dataclasses.replace(base, model=base.model.with_vocab(_planned_vocab(base)))
-    arms = on_resolved_base(arms, base, options)
+    arms, notes = with_warmup_used(on_resolved_base(arms, base, options))
     if options.scheduler == "asha":
         grace_period(options, arms)
+    for note in notes:
+        warnings.warn(note)
     have, memory = _cluster_to_plan(address, assume)
     sweep = SweepLayout.of(base)
     free = int(assume.free_disk_gb * 1e9) if assume.free_disk_gb is not None else None

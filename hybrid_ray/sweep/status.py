@@ -136,9 +136,9 @@ def trial_name(arm_id: str, seed: int) -> str:
     return f"{arm_id}-s{seed}"
 
 
-def trial_spec(arm_spec: RunSpec, arm_id: str, seed: int, trials_root: str) -> RunSpec:
+def trial_spec(arm_spec: RunSpec, arm_id: str, seed: int, sweep: SweepLayout) -> RunSpec:
     """The run a trial trains: its arm's spec, named <arm>-s<seed> under the sweep's trials folder, seed + k, with the
     recall probes unless the sweep turned them off (they cost ~2% of training at the H100 base: README)."""
     recall = arm_spec.train.eval_recall is not False
-    return arm_spec.with_overrides({"name": trial_name(arm_id, seed), "storage_path": trials_root,
+    return arm_spec.with_overrides({"name": trial_name(arm_id, seed), "storage_path": sweep.trials,
                                     "train.seed": arm_spec.train.seed + seed, "train.eval_recall": recall})

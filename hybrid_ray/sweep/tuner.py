@@ -24,10 +24,9 @@ from typing import Any
 
 from ray.tune import Callback
 
-from hybrid_ray import ray_compat, storage
+from hybrid_ray import cluster, ray_compat, storage
 from hybrid_ray.config.grid import Arm, expand, numeric_value, parse_grid
 from hybrid_ray.errors import HybridRayError, Interrupted, SpecError, first_line
-from hybrid_ray.jobs import cluster
 from hybrid_ray.layout import RunLayout, SweepLayout
 from hybrid_ray.model import count_params
 from hybrid_ray.records import folders
@@ -37,7 +36,7 @@ from hybrid_ray.spec import RunSpec
 from hybrid_ray.sweep import status
 from hybrid_ray.sweep.asha import asha_line, grace_period, launch_order, rung_steps, scheduler
 from hybrid_ray.sweep.options import SweepOptions
-from hybrid_ray.sweep.plan import on_resolved_base, plan_sweep
+from hybrid_ray.sweep.plan import on_resolved_base, plan_sweep, with_warmup_used
 from hybrid_ray.sweep.status import trial_name, trial_spec
 from hybrid_ray.train.checkpoint import CheckpointManager, read_state
 from hybrid_ray.train.launch import DivergedError, check_locally, finalize, share_data
@@ -79,14 +78,34 @@ def _claim(sweep: SweepLayout, record: dict[str, Any], order: list[str]) -> bool
     if not storage.exists(path):
         storage.write_bytes(path, folders.dumps({**record, "launch_order": order}).encode())
         return False
-    previous = {k: v for k, v in folders.read_json(path).items() if k != "launch_order"}
-    if previous != json.loads(folders.dumps(record)):
-        changed = sorted(set(previous["arms"]) ^ set(record["arms"])) or sorted(
-            k for k in previous["options"] if previous["options"][k] != record["options"].get(k))
+    _refuse_another_grid(sweep, record)
+    return True
+
+
+def _refuse_another_grid(sweep: SweepLayout, record: dict[str, Any], planned: bool = True) -> None:
+    """Refuse relaunching a sweep's name with another grid than grid.json's; `planned=False`: `record`'s arms are not
+    yet planned on a cluster (check_relaunch, before Ray starts), so what the plan sets is not compared."""
+    if not storage.exists(sweep.grid):
+        return
+    previous = {k: v for k, v in folders.read_json(sweep.grid).items() if k != "launch_order"}
+    record = json.loads(folders.dumps(record))
+    if not planned:  # an arm's GPU share, which the cluster's plan sets, is unknown before Ray starts
+        for arms in (previous.get("arms", {}), record["arms"]):
+            for spec in arms.values():
+                if isinstance(spec, dict) and isinstance(spec.get("scale"), dict):
+                    spec["scale"].pop("gpus_per_worker", None)
+    if previous != record:
+        changed = sorted(set(previous.get("arms", {})) ^ set(record["arms"])) or sorted(
+            k for k in previous.get("options", {}) if previous["options"][k] != record["options"].get(k))
         raise SpecError(f"sweep {sweep.name!r} already exists with another grid "
                         f"(differs in: {', '.join(map(str, changed[:4])) or 'the arms specs'}); relaunch it unchanged "
                         "to resume it, or pick a new --name")
-    return True
+
+
+def check_relaunch(sweep: SweepLayout, options: SweepOptions, arms: list[Arm]) -> None:
+    """Before Ray starts: a relaunch of the sweep's name with another grid is refused in a second, not after Ray's
+    start (the arms' GPU shares, which the cluster's plan sets, are compared once planned, by _claim)."""
+    _refuse_another_grid(sweep, _grid_record(options, arms), planned=False)
 
 
 def _trial(config: dict[str, Any], specs: dict[str, dict], sweep: SweepLayout, data_origin: str | None,
@@ -100,7 +119,7 @@ def _trial(config: dict[str, Any], specs: dict[str, dict], sweep: SweepLayout, d
 
     from hybrid_ray.train import train
 
-    spec = trial_spec(RunSpec.from_dict(specs[config["arm"]]), config["arm"], config["seed"], sweep.trials)
+    spec = trial_spec(RunSpec.from_dict(specs[config["arm"]]), config["arm"], config["seed"], sweep)
     run = sweep.trial(spec.name)
     folders.set_aside_damaged(run)
     steps = (rungs or {}).get(config["arm"]) or []
@@ -204,13 +223,14 @@ def sweep(
     relaunch (`relaunch`, the command line, when given)."""
     arms = expand(base, parse_grid(options.grid))  # grid errors before anything else
     base, dataset = check_locally(base, address=address, extend_steps=0, until_step=None, progress=progress)
-    arms = on_resolved_base(arms, base, options)
+    arms, warmups = with_warmup_used(on_resolved_base(arms, base, options))
     if options.scheduler == "asha":
         grace_period(options, arms)  # an ASHA rung inside the warm-up is refused before anything starts
     for arm in arms:
         if arm.spec.data != base.data:
             check_locally(arm.spec, address=address, extend_steps=0, until_step=None, progress=progress)
     sweep = SweepLayout.of(base)  # its folder is made by _claim: a refused sweep leaves no folder behind
+    check_relaunch(sweep, options, arms)
 
     where = cluster.connect(address, verbose=verbose)
     have = cluster.resources()
@@ -219,6 +239,8 @@ def sweep(
     arms, concurrent, disk = planned.arms, planned.concurrent, planned.disk
     resumed = _claim(sweep, _grid_record(options, arms), launch_order(options, [a.id for a in arms]))
     trials = len(arms) * options.seeds
+    for note in warmups if progress and not resumed else []:
+        warnings.warn(note)  # said once the sweep is sure to start, so that a refusal stays its one line
     if progress:
         counts = sorted({count_params(a.spec.model)["total"] for a in arms})
         sizes = f"{counts[0] / 1e6:.2f}M" + (f"-{counts[-1] / 1e6:.2f}M" if len(counts) > 1 else "")
@@ -418,7 +440,7 @@ def collect(arms: list[Arm], seeds: int, sweep: SweepLayout, dataset: Any, *,
             behind = newest is not None and (results is None or results.get("step", 0) < newest)
             unrecorded = storage.exists(run.diverged) and (results or {}).get("status") != status.DIVERGED
             if behind or unrecorded:  # (a diverged trial's results not written: its process ended first)
-                spec = trial_spec(arm.spec, arm.id, seed, sweep.trials)
+                spec = trial_spec(arm.spec, arm.id, seed, sweep)
                 wall = outcome.seconds if outcome is not None and outcome.seconds else 0.0
                 if folders.launch_count(run) == 0:  # cut before its train() could count the launch that trained it
                     folders.count_launch(run)

@@ -23,6 +23,7 @@ import json
 import pickle
 import random
 import tempfile
+import time
 import warnings
 import zipfile
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from ray.train import UserCallback
 
 from hybrid_ray import ray_compat, storage
 from hybrid_ray.errors import CheckpointError, first_line
-from hybrid_ray.layout import OPTIMIZER_FILE, RunLayout, checkpoint_name, step_of
+from hybrid_ray.layout import OPTIMIZER_FILE, RunLayout, checkpoint_name, optimizer_file, step_of
 from hybrid_ray.model import unwrap
 from hybrid_ray.model.build import WEIGHTS_FILE, load_state, save_model
 from hybrid_ray.records.folders import list_checkpoints, rm_command
@@ -141,9 +142,23 @@ class CheckpointManager:
         path = self.latest()
         return step_of(storage.name(path)) if path else None
 
-    def at_launch(self, name: str, storage_path: str) -> Resume:
+    def settled_resume_point(self, quiet_s: float = 1.0, timeout_s: float = 30.0) -> int | None:
+        """resume_point once no checkpoint file has changed for `quiet_s` (at most `timeout_s`): after a run is
+        stopped, a checkpoint its workers were writing may still be finished (or cut short) before Ray ends them, and
+        the relaunch resumes from what is there then."""
+        deadline = time.monotonic() + timeout_s
+        seen = None
+        while (now := {name: storage.file_sizes(self.run.checkpoint(name)) for name in self.names()}) != seen:
+            if time.monotonic() > deadline:
+                break
+            seen = now
+            time.sleep(quiet_s)
+        return self.resume_point()
+
+    def at_launch(self) -> Resume:
         """Where this launch resumes (a record of Ray's that Ray cannot load is set aside). A run whose checkpoints
         are all damaged is refused rather than silently started over."""
+        name = self.run.name
         known = self.names()
         damaged = self.set_aside_damaged_record()
         if damaged:
@@ -154,7 +169,7 @@ class CheckpointManager:
         newest, skipped = self.newest_good()
         if known and newest is None:
             raise CheckpointError(f"every checkpoint of run {name} is damaged (newest: {skipped[0]}); remove the run "
-                                  f"with `{rm_command(storage_path, name)}` to start it over")
+                                  f"with `{rm_command(self.run.storage_path, name)}` to start it over")
         for error in skipped:
             warnings.warn(f"{error}; skipping it for an older checkpoint")
         if newest is not None:
@@ -356,7 +371,7 @@ def drop_optimizer(folder: str) -> None:
     _manifest_files(manifest).pop(OPTIMIZER_FILE, None)
     manifest["weights_only"] = True
     storage.write_bytes(manifest_path, json.dumps(manifest, indent=1).encode())
-    storage.delete_file(storage.join(folder, OPTIMIZER_FILE))
+    storage.delete_file(optimizer_file(folder))
 
 
 def weights_only(folder: str) -> bool:

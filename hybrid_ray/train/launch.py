@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hybrid_ray import ray_compat, storage
+from hybrid_ray import cluster, ray_compat, storage
 from hybrid_ray import data as data_lib
+from hybrid_ray.config.build import warmup_used
 from hybrid_ray.errors import HybridRayError, Interrupted, SpecError, first_line, root_cause
-from hybrid_ray.jobs import cluster
 from hybrid_ray.layout import RunLayout, data_store, step_of
 from hybrid_ray.model import count_params, flops_per_token
 from hybrid_ray.model.build import check_backend
@@ -180,6 +180,7 @@ def train(
     a sweep's scheduler judges the run: it saves there, waits for the judgement and stops there when told.
     """
     started = time.time()
+    spec, warmup = warmup_used(spec)  # the warm-up it trains with, before spec.yaml records it
     if extend_steps > 0:
         check_extendable(spec)
     spec, dataset = check_locally(spec, address=address, extend_steps=extend_steps, until_step=until_step,
@@ -188,7 +189,7 @@ def train(
     folders.claim(run, spec)
     folders.set_aside_damaged(run)
     checkpoints = CheckpointManager(run, spec.train.keep)
-    resume = checkpoints.at_launch(spec.name, spec.storage_path)
+    resume = checkpoints.at_launch()
     reached = read_state(resume.checkpoint) if resume.checkpoint else None
     if until_step is not None:
         last = (reached.total_steps if reached else spec.train.steps) + extend_steps
@@ -208,6 +209,8 @@ def train(
     if data_origin is None:
         data_origin = share_data(spec, dataset, nodes)
     kernel_store = (kernel_cache or spec.storage_path) if nodes >= 2 else None
+    if progress and warmup and reached is None and not extend_steps:
+        warnings.warn(warmup)  # said once the run is sure to start, so that a refusal stays its one line
     if progress:
         print(f"training {spec.name} on {where}: {spec.scale.num_workers} worker(s), "
               f"{'GPU' if use_gpu else 'CPU'}, {count_params(spec.model)['total'] / 1e6:.1f}M parameters", flush=True)
@@ -235,7 +238,7 @@ def train(
     try:
         _fit(spec, launch, scaling, use_gpu, ray_checkpoints, callbacks)
     except KeyboardInterrupt:
-        step = checkpoints.resume_point()
+        step = checkpoints.settled_resume_point()
         if step is None:
             raise Interrupted("interrupted before the first checkpoint; relaunch the same command to start again") from None
         raise Interrupted(f"interrupted at step {step} (the newest checkpoint); relaunch the same command to resume") from None
@@ -310,15 +313,31 @@ def _fit(spec: RunSpec, launch: LaunchOptions, scaling: Any, use_gpu: bool, chec
     # Ray Train's SIGINT handler (installed by fit) holds the run's controller and is never taken back: in a driver
     # that lives on (a notebook, a test session) the finished run's controller stayed alive, polling, and a later
     # Ctrl-C aborted that finished run instead of interrupting the driver
-    sigint = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    main = threading.current_thread() is threading.main_thread()
+    sigint = signal.getsignal(signal.SIGINT) if main else None
+    sigterm = signal.getsignal(signal.SIGTERM) if main else None
+    if main:
+        # SIGTERM (a scheduler, `timeout`) stops the run as Ctrl-C does, through Ray Train's SIGINT handler, which
+        # aborts its workers: ray.init's own handler exited the driver with the workers still training, so the step
+        # said was not where a relaunch resumed (a checkpoint written after it)
+        signal.signal(signal.SIGTERM, _as_sigint)
     try:
         trainer.fit()
     except SystemExit as e:
         # Ray Train's own SIGINT handler aborts the run and then exits the driver: an interruption like any other
         raise KeyboardInterrupt from e
     finally:
-        if sigint is not None:
-            signal.signal(signal.SIGINT, sigint)
+        for signum, handler in ((signal.SIGINT, sigint), (signal.SIGTERM, sigterm)):
+            if handler is not None:
+                signal.signal(signum, handler)
+
+
+def _as_sigint(signum: int, frame: Any) -> None:
+    """SIGTERM handled by the SIGINT handler in place (Ray Train's, once fit has installed it)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler):
+        raise KeyboardInterrupt
+    handler(signal.SIGINT, frame)
 
 
 def finalize(spec: RunSpec, run: RunLayout, dataset: Any, wall_s: float) -> TrainOutcome:

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from hybrid_ray.errors import EnvironmentProblem
+from hybrid_ray.errors import EnvironmentProblem, SpecError
 from hybrid_ray.layout import kernel_store
 from hybrid_ray.node import kernels
 from hybrid_ray.spec import RunSpec
@@ -161,6 +161,8 @@ def warmup(spec: RunSpec, *, storage_path: str | None = None, say: Callable[[str
     when given. With `grid` (and `match_params`), every distinct kernel shape of that sweep grid's arms, so none of
     its trials compiles. A vocabulary that follows the tokenizer is resolved by preparing the spec's data, as
     `train` does."""
+    if match_params and not grid:
+        raise SpecError("--match-params goes with --grid (the arms it sizes)")
     if not torch.cuda.is_available():
         raise EnvironmentProblem("warmup needs a CUDA GPU: it compiles FLA's Triton kernels for the GPUs it finds, "
                                  "and this machine has none")
