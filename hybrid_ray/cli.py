@@ -633,7 +633,8 @@ def runs_list(storage_path: str, as_json: bool) -> int:
             step = f"{r.step if r.step is not None else '-'}/{r.total_steps or '-'}"
             best = f"{r.best_val_loss:.4f}" if r.best_val_loss is not None else "-"
             variant = r.variant or r.attention or "-"  # a ratio sweep's trial over shares: its layout
-            click.echo(f"{r.name:<32}{variant:<26}{r.status:<24}{step:>12}{best:>10}  {r.path}")
+            state = f"diverged at step {r.diverged_at}" if r.diverged_at is not None else r.status
+            click.echo(f"{r.name:<32}{variant:<26}{state:<24}{step:>12}{best:>10}  {r.path}")
     for r in rows:
         if r.problem:
             click.echo(f"error: {r.problem}", err=True)

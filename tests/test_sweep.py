@@ -382,3 +382,59 @@ def test_the_default_lr_grid_brackets_each_variant_s_own_lr_on_both_sides(tmp_pa
     assert main(["sweep", "--grid", "lr", "--lr", "1e-3", "--dry-run", "--storage-path", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert [line.split()[0] for line in out.splitlines()[1:8]] == [f"lr{x:g}" for x in lr_around(1e-3)]
+
+
+@pytest.mark.slow
+def test_a_diverging_arm_is_a_result_ranked_last_and_never_trained_again(ray_session, tmp_path, capsys):
+    """An LR grid whose top values diverge (issue 46: a bare `--grid lr` reaches 4x each arm's LR), at ASHA's
+    defaults: lr 30 breaks at step 14, after two checkpoints, lr 1e6 at step 2, before any. The sweep exits 0, each
+    diverged trial says where its loss broke, the finite arm ranks first, and relaunching the same command trains
+    nothing (Tune failed such a trial, the sweep exited 1, and resume_errored trained it again, to diverge again).
+    A checkpoint every 5 steps reports before the first evaluation (step 10): Tune's strict metric check failed the
+    whole sweep on that report, as on a trial that diverged before it evaluated."""
+    from hybrid_ray.layout import SweepLayout
+    from hybrid_ray.records import decisions
+    from hybrid_ray.train.checkpoint import weights_only
+
+    args = ["sweep", "--grid", "lr=2e-3,30,1e6", "--steps", "30", "--max-documents", "400", "--eval-every", "10",
+            "--checkpoint-every", "5", "--storage-path", str(tmp_path), "--name", "div"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    sweep_dir = SweepLayout.at(str(tmp_path / "div"))
+    where = {}
+    for name in ("lr30-s0", "lr1e+06-s0"):
+        run = sweep_dir.trial(name)
+        broke = json.loads(open(run.diverged).read())
+        results = json.loads(open(run.results).read())
+        assert results["status"] == "diverged" and results["diverged"] == broke
+        where[name] = f"diverged at step {broke['step']}"
+        assert f"] diverged  {name} at step {broke['step']} (lr " in out, out
+    kept = checkpoint_steps(tmp_path / "div" / "trials" / "lr30-s0")
+    bad = json.loads(open(sweep_dir.trial("lr30-s0").diverged).read())["step"]
+    assert kept and kept[-1] < bad and weights_only(sweep_dir.trial("lr30-s0").checkpoint(f"checkpoint_{kept[-1]:08d}"))
+    assert "2 of 3 trials diverged (lr 30, 1000000): the LR grid's top is too high" in out
+    table = out[out.index("rank"):].splitlines()
+    assert table[1].split()[:2] == ["1", "lr0.002"] and "diverged" not in table[1]
+    for line in table[2:4]:
+        arm = line.split()[1]
+        assert "diverged" in line.split()[2:4] and where[f"{arm}-s0"] in line, table
+        assert "inf" not in line and "nan" not in line
+    written = json.loads(open(sweep_dir.results).read())
+    assert [a["arm"] for a in written["arms"]][0] == "lr0.002"  # the arms as the table ranks them
+    assert [a["best_val_loss"] for a in written["arms"]][1:] == [None, None]
+    assert all(a["diverged"] for a in written["arms"][1:])
+    assert {r["name"]: r["status"] for r in written["trials"]} == {
+        "lr0.002-s0": "finished", "lr30-s0": "diverged", "lr1e+06-s0": "diverged"}
+    # a divergence is no judgement of ASHA's: its record stops nothing
+    assert all(r["decision"] == "continue" for r in decisions.read(sweep_dir.asha_decisions))
+    assert main(["runs", "list", "--storage-path", str(tmp_path)]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert where["lr30-s0"] in next(line for line in listed if line.startswith("div/lr30-s0"))
+    # the relaunch trains nothing: no launch counted, no file of a trial written, and exit 0 again
+    trials = tmp_path / "div" / "trials"
+    before = {p: p.stat().st_mtime_ns for p in trials.rglob("*") if p.is_file()}
+    assert main(args) == 0
+    again = capsys.readouterr().out
+    assert "2 of 3 trials diverged" in again and "failed" not in again and "started" not in again
+    assert {p: p.stat().st_mtime_ns for p in trials.rglob("*") if p.is_file()} == before
+    assert json.loads(open(sweep_dir.trial("lr30-s0").launches).read())["launches"] == 1

@@ -194,9 +194,12 @@ def test_trials_on_disk_reads_sizes_and_which_trials_ended(tmp_path):
     (trials / "empty-s0").mkdir()
     ckpt.CheckpointManager(layout.RunLayout(str(trials / "settled-s0"))).settle(keep_checkpoints=False)
     folders.write_results(RunLayout(str(trials / "finished-s0")), {"status": "finished", "step": 10, "total_steps": 10})
-    found = sweep_plan.trials_on_disk(SweepLayout.at(str(tmp_path)), ["settled-s0", "running-s0", "finished-s0", "empty-s0", "gone-s0"])
-    assert set(found) == {"settled-s0", "running-s0", "finished-s0", "empty-s0"}
-    assert found["settled-s0"][1] and found["finished-s0"][1]
+    # diverged before its first checkpoint: a relaunch trains it no more, so it writes nothing more either
+    folders.write_results(RunLayout(str(trials / "diverged-s0")), {"status": "diverged", "step": 0, "total_steps": 10})
+    names = ["settled-s0", "running-s0", "finished-s0", "empty-s0", "gone-s0", "diverged-s0"]
+    found = sweep_plan.trials_on_disk(SweepLayout.at(str(tmp_path)), names)
+    assert set(found) == {"settled-s0", "running-s0", "finished-s0", "empty-s0", "diverged-s0"}
+    assert found["settled-s0"][1] and found["finished-s0"][1] and found["diverged-s0"][1]
     assert not found["running-s0"][1] and found["empty-s0"] == (0, False)  # no checkpoint yet: not ended
     size = sum(p.stat().st_size for p in (trials / "running-s0").rglob("*") if p.is_file())
     assert found["running-s0"][0] == size > 0

@@ -1,6 +1,7 @@
 """What a sweep's trials ended as: ASHA's own record, not Tune's TERMINATED, says which ASHA stopped; ASHA's default
 grace period never judges an arm inside its learning-rate warm-up."""
 
+import json
 import pickle
 
 import pytest
@@ -167,3 +168,47 @@ def test_a_trial_asha_stopped_before_its_first_checkpoint_is_ranked_by_the_loss_
     [row] = collect([Arm("attn0", {"attention_ratio": 0.0}, spec)], 1, SweepLayout.at(str(tmp_path)), None, outcomes={"attn0-s0": TERM})
     assert row["status"] == "stopped by ASHA" and row["reason"] == "at step 12"
     assert row["best"] == {"step": 12, "val_loss": 2.92} and row["params"] > 0 and row["stopped_at_step"] == 12
+
+
+def _row(arm, seed, state, loss, lr, diverged=None):
+    """A sweep.json row as collect() makes it."""
+    best = {"step": 20, "val_loss": loss, "val_accuracy": 0.3}
+    return {"arm": arm, "settings": {"lr": lr}, "seed": seed, "name": f"{arm}-s{seed}", "run_dir": "/x", "value": lr,
+            "status": state, "reason": f"at step {diverged['step']} (lr {diverged['lr']:.3g})" if diverged else None,
+            "step": 20, "total_steps": 60, "params": 1e6, "best": best, "final": best, "tokens_seen": 1e5,
+            "diverged": diverged, "spec": {"optim": {"lr": lr}}, "history": [best]}
+
+
+def test_a_diverged_trial_is_a_result_ranked_after_every_finite_arm():
+    """Its loss before it broke (2.0 here, the lowest) ranks nothing: an arm whose every seed diverged comes last and
+    says where; an arm with one seed diverged is ranked on the others, after the complete arms, and says so."""
+    from hybrid_ray.records import folders, report
+
+    broke = {"step": 13, "lr": 0.004}
+    results = {"status": "diverged", "step": 10, "total_steps": 60, "diverged": broke}
+    assert status.trial_status(results, 10, TERM) == ("diverged", "at step 13 (lr 0.004)")
+    # a sweep launched before diverged trials ended recorded it as failed: its relaunch settles it as diverged
+    assert status.trial_status(results, 10, status.TuneOutcome("ERROR", "the loss stopped"))[0] == "diverged"
+    assert status.DIVERGED in status.ENDED
+    rows = [_row("lr0.008", 0, "diverged", 2.0, 8e-3, {"step": 9, "lr": 0.008}),
+            _row("lr0.004", 0, "diverged", 2.0, 4e-3, broke),
+            _row("lr0.002", 0, "finished", 2.5, 2e-3), _row("lr0.002", 1, "diverged", 2.0, 2e-3, broke),
+            _row("lr0.001", 0, "finished", 3.5, 1e-3), _row("lr0.001", 1, "finished", 3.4, 1e-3),
+            _row("lr0.0005", 0, "finished", 3.0, 5e-4), _row("lr0.0005", 1, "finished", 3.1, 5e-4)]
+    ranked = report.arm_summary(rows)
+    # complete arms, then the one with a seed left, then those that diverged: the one that trained longest first
+    assert [a["arm"] for a in ranked] == ["lr0.0005", "lr0.001", "lr0.002", "lr0.004", "lr0.008"]
+    assert [a["diverged"] for a in ranked] == [False, False, False, True, True]
+    assert ranked[2]["best_val_loss"] == 2.5 and ranked[2]["scored_seeds"] == 1  # the diverged seed counts in no mean
+    table = report.ranked_table(rows).splitlines()
+    assert "1 of 2 seeds diverged" in table[3] and "diverged at step 13 (lr 0.004)" in table[3]
+    for line in table[4:6]:
+        assert "diverged" in line.split()[2:4] and "diverged at step" in line and "inf" not in line, line
+    written = json.loads(folders.dumps(ranked))  # sweep.json's arms, as the table ranks them
+    assert [a["best_val_loss"] for a in written][3:] == [None, None] and written[3]["diverged_seeds"] == 1
+    assert status.divergence_line(rows) == ("3 of 8 trials diverged (lr 2e-3, 4e-3, 8e-3): lower their LR or "
+                                            "lengthen the warm-up")  # lr 2e-3 also finished once
+    top = [r for r in rows if r["arm"] != "lr0.002"]
+    assert status.divergence_line(top) == "2 of 6 trials diverged (lr 4e-3, 8e-3): the LR grid's top is too high"
+    assert status.divergence_line(rows[:2]).endswith(": every LR of the grid is too high")
+    assert status.divergence_line(rows[4:]) is None

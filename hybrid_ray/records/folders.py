@@ -172,6 +172,7 @@ class RunInfo:
     path: str
     problem: str | None = None  # why a damaged run's spec.yaml or results.json could not be read
     attention: str | None = None  # the attention layout, e.g. `attn17% [5,11]` (what names a run without a variant)
+    diverged_at: int | None = None  # the step its loss stopped being finite (`step`: its last good checkpoint's)
 
 
 def layout_label(model: dict[str, Any]) -> str | None:
@@ -206,8 +207,10 @@ def _read_info(run: RunLayout, name: str) -> RunInfo:
     if results is not None:
         best = (results.get("best") or {}).get("val_loss")
         spec = results.get("spec") or {}
+        diverged = results.get("diverged") if isinstance(results.get("diverged"), dict) else {}
         return RunInfo(name, spec.get("variant"), results.get("status", "?"), results.get("step"),
-                       results.get("total_steps"), best, run.dir, attention=layout_label(spec.get("model") or {}))
+                       results.get("total_steps"), best, run.dir, attention=layout_label(spec.get("model") or {}),
+                       diverged_at=diverged.get("step"))
     spec = read_spec(run)
     step = newest_step(run)
     status = "not started" if step is None else "running or interrupted"

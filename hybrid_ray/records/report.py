@@ -115,8 +115,15 @@ def trial_row(arm: str, settings: dict[str, Any], seed: int, name: str, run: Run
         "tokens_per_s": results.get("mean_tokens_per_s"),
         "spec": results.get("spec"),
         "evals": results.get("evals", {}),
+        "diverged": results.get("diverged"),  # {"step", "lr"}: where its loss stopped being finite
         "history": results.get("history", []),
     }
+
+
+def diverged_at(diverged: dict[str, Any]) -> str:
+    """Where a run's loss stopped being finite (its diverged.json): `at step 12 (lr 0.0008)`."""
+    lr = diverged.get("lr")
+    return f"at step {diverged.get('step', '?')}" + (f" (lr {lr:.3g})" if isinstance(lr, (int, float)) else "")
 
 
 def evaluations(row: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -127,9 +134,9 @@ def evaluations(row: dict[str, Any]) -> dict[int, dict[str, Any]]:
 
 
 def common_step(rows: list[dict[str, Any]]) -> int | None:
-    """The largest step at which every trial with a validation curve (failed ones aside) was evaluated: there, and
-    only there, every arm is compared after the same training (None when no step is shared)."""
-    steps = [set(evaluations(r)) for r in rows if r.get("status") != "failed"]
+    """The largest step at which every trial with a validation curve (failed and diverged ones aside) was evaluated:
+    there, and only there, every arm is compared after the same training (None when no step is shared)."""
+    steps = [set(evaluations(r)) for r in rows if r.get("status") not in ("failed", "diverged")]
     steps = [s for s in steps if s]
     shared = set.intersection(*steps) if steps else set()
     return max(shared) if shared else None
@@ -156,14 +163,20 @@ def arm_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows grouped by arm (an arm of one sweep: two sweeps' arms of one name stay apart): mean and standard deviation
     over seeds of the best validation loss (and accuracy; no deviation from one seed), of the loss and recall at the
     common step (every trial's), the steps its trials ran, seeds finished of seeds run, ranked with arms that ran to
-    the end first (an arm stopped early saw fewer tokens: not comparable)."""
+    the end first (an arm stopped early saw fewer tokens: not comparable) and arms whose every seed diverged last,
+    latest divergence first (their loss is no number; a seed that diverged counts in no mean)."""
     arms: dict[tuple[str | None, str], list[dict]] = {}
     for row in rows:
         arms.setdefault((row.get("sweep"), row["arm"]), []).append(row)
     several = len({sweep for sweep, _ in arms}) > 1
     step = common_step(rows)
     out = []
-    for (sweep, arm), members in arms.items():
+    for (sweep, arm), every in arms.items():
+        members = [m for m in every if m["status"] != "diverged"]
+        diverged = [m for m in every if m["status"] == "diverged"]
+        reasons = {f"diverged {m.get('reason') or diverged_at(m.get('diverged') or {})}" for m in diverged}
+        if diverged and members:
+            reasons.add(f"{len(diverged)} of {len(every)} seeds diverged")
         losses = [m["best"]["val_loss"] for m in members if (m.get("best") or {}).get("val_loss") is not None]
         accs = [m["best"]["val_accuracy"] for m in members if (m.get("best") or {}).get("val_accuracy") is not None]
         recalls = [_recall(m) for m in members if _recall(m) is not None]
@@ -171,7 +184,7 @@ def arm_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         acc, acc_std = _mean_std(accs) if accs else (math.nan, 0.0)
         common = [v for m in members if (v := at_step(m, "val_loss", step)) is not None]
         common_recall = [v for m in members if (v := at_step(m, "val_recall", step)) is not None]
-        complete = all(m["status"] == "finished" for m in members)
+        complete = all(m["status"] == "finished" for m in every)
         scores = {}
         for task in sorted({t for m in members for t, r in (m.get("evals") or {}).items() if "acc" in r}):
             values = [m["evals"][task]["acc"] for m in members if "acc" in (m.get("evals") or {}).get(task, {})]
@@ -179,16 +192,18 @@ def arm_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({
             "arm": arm, "sweep": sweep, "id": f"{sweep}/{arm}" if sweep else arm,
             "label": f"{arm} ({sweep})" if several and sweep else arm,
-            "settings": members[0].get("settings") or {}, "value": members[0]["value"], "seeds": len(members),
+            "settings": every[0].get("settings") or {}, "value": every[0]["value"], "seeds": len(every),
             "complete": complete,
-            "finished_seeds": sum(m["status"] == "finished" for m in members), "scored_seeds": len(losses),
-            "reasons": sorted({f"{m['status']} {m['reason']}" for m in members if m.get("reason")}),
-            "statuses": sorted({m["status"] for m in members}), "best_val_loss": loss, "best_val_loss_std": loss_std,
-            "best_val_accuracy": acc, "best_val_accuracy_std": acc_std, "params": members[0].get("params"),
-            "tokens_seen": max((m.get("tokens_seen") or 0) for m in members),
+            "finished_seeds": sum(m["status"] == "finished" for m in every), "scored_seeds": len(losses),
+            "diverged_seeds": len(diverged), "diverged": not members,
+            "diverged_at": max(((m.get("diverged") or {}).get("step") or 0 for m in diverged), default=None),
+            "reasons": sorted(reasons | {f"{m['status']} {m['reason']}" for m in members if m.get("reason")}),
+            "statuses": sorted({m["status"] for m in every}), "best_val_loss": loss, "best_val_loss_std": loss_std,
+            "best_val_accuracy": acc, "best_val_accuracy_std": acc_std, "params": every[0].get("params"),
+            "tokens_seen": max((m.get("tokens_seen") or 0) for m in every),
             "steps": sorted(m["step"] for m in members if m.get("step") and m["status"] != "not started"),
-            "total_steps": max((m.get("total_steps") or 0) for m in members) or None,
-            "stopped_at_step": max((m.get("stopped_at_step") or 0) for m in members) or None,
+            "total_steps": max((m.get("total_steps") or 0) for m in every) or None,
+            "stopped_at_step": max((m.get("stopped_at_step") or 0 for m in members), default=0) or None,
             "common_step": step, "losses_at_common": common,
             "loss_at_common": _mean_std(common) if common else None,
             "recall_at_common": _mean_std(common_recall) if common_recall else None,
@@ -202,7 +217,8 @@ def arm_summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             verdicts = against_best({a["id"]: a[metric] for a in alike if a["complete"]}, higher_is_better=higher)
             for arm in alike:
                 arm[key] = str(verdicts[arm["id"]]) if arm["id"] in verdicts else None
-    return sorted(out, key=lambda a: (not a["complete"], a["best_val_loss"]))
+    # arms whose every seed diverged last, the one that trained longest first
+    return sorted(out, key=lambda a: (a["diverged"], not a["complete"], a["best_val_loss"], -(a["diverged_at"] or 0)))
 
 
 def _like(arm: dict[str, Any]) -> tuple[str | None, int | None]:
@@ -300,6 +316,7 @@ def ranked_table(rows: list[dict[str, Any]]) -> str:
              + f"  {'loss vs best':<24}" + (f"{'recall vs best':<24}" if with_recall else "") + "note"]
     for i, arm in enumerate(summary, 1):
         loss = _mean_text((arm["best_val_loss"], arm["best_val_loss_std"]), arm["scored_seeds"])
+        loss = "diverged" if arm["diverged"] else loss  # where: the note
         common = _mean_text(arm["loss_at_common"], len(arm["losses_at_common"])) if at_common else ""
         acc = f"{arm['best_val_accuracy']:.3f}" if math.isfinite(arm["best_val_accuracy"]) else "-"
         params = f"{arm['params'] / 1e6:.2f}M" if arm["params"] else "-"
@@ -341,7 +358,7 @@ def value_positions(summary: list[dict[str, Any]]) -> tuple[dict[str, float], di
 
 
 def _ended_early(row: dict[str, Any]) -> bool:
-    return row.get("stopped_at_step") is not None and row.get("status") not in ("not started", "no results")
+    return row.get("stopped_at_step") is not None and row.get("status") not in ("not started", "no results", "diverged")
 
 
 def _span(values: list[int]) -> str:
@@ -350,9 +367,10 @@ def _span(values: list[int]) -> str:
 
 def _subtitle(rows: list[dict[str, Any]]) -> str:
     """What the figure's trials ran: how many finished their steps, how many stopped early and where."""
-    ran = [r for r in rows if r.get("step")]
+    ran = [r for r in rows if r.get("step") and r.get("status") != "diverged"]
     stopped = [r["step"] for r in ran if r.get("status") == "stopped by ASHA"]
     other = [r["step"] for r in ran if _ended_early(r) and r.get("status") != "stopped by ASHA"]
+    broke = [(r.get("diverged") or {}).get("step") or 0 for r in rows if r.get("status") == "diverged"]
     done = [r["step"] for r in ran if not _ended_early(r)]
     parts = [f"{len(rows)} trial(s)"]
     if done:
@@ -361,6 +379,8 @@ def _subtitle(rows: list[dict[str, Any]]) -> str:
         parts.append(f"{len(stopped)} stopped by ASHA at step {_span(stopped)}")
     if other:
         parts.append(f"{len(other)} ended early at step {_span(other)} (interrupted, failed or stopped)")
+    if broke:
+        parts.append(f"{len(broke)} diverged at step {_span(broke)} (not drawn)")
     return ", ".join(parts)
 
 
@@ -475,7 +495,8 @@ def plot_sweep(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
     ended_early = False
     for arm in order:
         members = [r for r in rows if r["arm"] == arm["arm"] and r.get("sweep") == arm["sweep"]]
-        for i, member in enumerate(members):
+        drawn = [m for m in members if m["status"] != "diverged"]  # its losses before it broke: off any scale
+        for i, member in enumerate(drawn):
             steps, values = series(member.get("history", []), "val_loss")
             times = [r.get("time_s") for r in member.get("history", []) if "val_loss" in r and r.get("val_loss") is not None]
             marker = "." if len(steps) < 30 else None  # a trial ASHA stopped at its first evaluation is one point
@@ -507,6 +528,11 @@ def plot_sweep(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
     _value_panel(by_value, summary, positions, colors, "loss_at_common" if step is not None else "best_val_loss",
                  "best_val_loss", primary, several, offset)
     by_value.set(title=f"validation loss {at}\n(mean ± std over seeds)", xlabel=xlabel, ylabel="val loss")
+    for arm in (a for a in summary if a["diverged"]):  # no loss: a cross at the foot of the panel, where it sits
+        x = positions[arm["id"]]
+        by_value.plot(x, 0.04, "x", color="firebrick", ms=9, mew=2, transform=by_value.get_xaxis_transform())
+        by_value.annotate("diverged", (x, 0.07), xycoords=by_value.get_xaxis_transform(), ha="center", fontsize=7,
+                          color="firebrick")
     if recall_panel is not None:
         _value_panel(recall_panel, summary, positions, colors, "recall_at_common" if step is not None else "recall",
                      "recall", primary.replace("best over", "at the end of"), several, offset)
@@ -517,6 +543,14 @@ def plot_sweep(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
     if found := grid_edges(summary):
         _mark_edges(by_value, summary, found, positions, "loss_at_common" if step is not None else "best_val_loss",
                     several, below=-0.42 if ticks else -0.2)
+    gone: list[str] = []  # arms whose every seed diverged, and the trials that diverged of the others
+    for arm in summary:
+        broke = [r["name"] for r in rows if r["arm"] == arm["arm"] and r.get("sweep") == arm["sweep"]
+                 and r["status"] == "diverged"]
+        gone += [arm["label"]] if arm["diverged"] else broke
+    if gone:  # no loss to draw: say which are missing
+        curves.text(0.02, 0.02, f"diverged, not drawn: {', '.join(gone)}", transform=curves.transAxes, fontsize=7,
+                    color="firebrick")
     curves.set(title="validation loss", xlabel="step", ylabel="val loss")
     by_time.set(title="validation loss against training time", xlabel="training seconds", ylabel="val loss")
     curves.legend(handles=curves.get_legend_handles_labels()[0] + handles, fontsize=6, ncol=2)

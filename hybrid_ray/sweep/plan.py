@@ -175,9 +175,9 @@ def free_bytes(path: str) -> int | None:
 
 
 def trials_on_disk(sweep: SweepLayout, trial_names: Sequence[str]) -> dict[str, tuple[int, bool]]:
-    """What each trial of the sweep holds now in its run folder: (bytes, ended). A trial has ended
-    when its results.json says it finished all its steps, or when every one of its checkpoints is weights only (only
-    checkpoint.settle, on an ended trial, drops optimizer state); a trial ASHA stopped that was not settled yet
+    """What each trial of the sweep holds now in its run folder: (bytes, ended). A trial has ended when its
+    results.json says it finished all its steps or diverged, or when every one of its checkpoints is weights only
+    (only checkpoint.settle, on an ended trial, drops optimizer state); a trial ASHA stopped that was not settled yet
     counts as not ended (sized at its peak: never under). Trials without a folder are left out; URIs: {}."""
     if storage.is_uri(sweep.dir):
         return {}
@@ -195,6 +195,7 @@ def trials_on_disk(sweep: SweepLayout, trial_names: Sequence[str]) -> dict[str, 
         except Exception:  # a damaged results.json: the sweep sets it aside; its size is counted all the same
             results = {}
         finished = results.get("status") == "finished" and results.get("step", 0) >= results.get("total_steps", 1)
+        finished = finished or results.get("status") == "diverged"  # a relaunch trains it no more
         checkpoints = folders.list_checkpoints(run)
         settled = bool(checkpoints) and not any(Path(run.optimizer(c)).exists() for c in checkpoints)
         out[name] = (size, finished or settled)

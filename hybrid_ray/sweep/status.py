@@ -1,11 +1,12 @@
 """A sweep trial: its name and run, and what it ended as, honestly (what an ended trial keeps: train/checkpoint.py).
 
 A trial is finished (it ran all its steps), stopped by ASHA (only a trial that ASHA's own decision, recorded in the
-sweep's `asha_decisions.jsonl` as it was taken, stopped; never one that ran all its steps), failed (with the first line
-of its error), interrupted (Ctrl-C, SIGTERM or a lost node stopped it: Tune ends such a trial like one ASHA stopped,
-but saved it as running, so relaunching resumes it), not started, or removed (Tune ran it to its end, but its run
-folder was deleted since; Tune never runs an ended trial again, so under FIFO the sweep trains such trials in a new
-Tuner, and under ASHA, whose stops cannot be replayed, it reports them).
+sweep's `asha_decisions.jsonl` as it was taken, stopped; never one that ran all its steps), diverged (its loss stopped
+being finite: a result of the grid, an LR too high, not a failure of the sweep; it is never trained again), failed
+(with the first line of its error), interrupted (Ctrl-C, SIGTERM or a lost node stopped it: Tune ends such a trial
+like one ASHA stopped, but saved it as running, so relaunching resumes it), not started, or removed (Tune ran it to
+its end, but its run folder was deleted since; Tune never runs an ended trial again, so under FIFO the sweep trains
+such trials in a new Tuner, and under ASHA, whose stops cannot be replayed, it reports them).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from hybrid_ray.errors import HybridRayError, Interrupted, first_line, root_cause
 from hybrid_ray.layout import SweepLayout
-from hybrid_ray.records import decisions
+from hybrid_ray.records import decisions, edge, report
 from hybrid_ray.spec import RunSpec
 
 FINISHED = "finished"
@@ -24,7 +25,8 @@ FAILED = "failed"
 INTERRUPTED = "interrupted"
 NOT_STARTED = "not started"
 REMOVED = "removed"
-ENDED = (FINISHED, STOPPED, FAILED, REMOVED)
+DIVERGED = "diverged"
+ENDED = (FINISHED, STOPPED, DIVERGED, FAILED, REMOVED)
 
 
 @dataclass
@@ -91,6 +93,8 @@ def trial_status(results: dict[str, Any] | None, newest_step: int | None, outcom
     total = (results or {}).get("total_steps")
     if results is not None and total and results.get("step", 0) >= total and results.get("status") == FINISHED:
         return FINISHED, None
+    if results is not None and results.get("status") == DIVERGED:  # before ERROR: earlier sweeps failed such a trial
+        return DIVERGED, report.diverged_at(results.get("diverged") or {})
     if outcome is not None and outcome.state == "ERROR" and not outcome.interrupted:
         return FAILED, outcome.error
     ended = outcome is not None and outcome.state == "TERMINATED"
@@ -103,6 +107,29 @@ def trial_status(results: dict[str, Any] | None, newest_step: int | None, outcom
     if newest_step is None and results is None:
         return NOT_STARTED, None
     return INTERRUPTED, f"at step {step}; relaunch to resume"
+
+
+def divergence_line(rows: list[dict[str, Any]]) -> str | None:
+    """The sweep's closing line on its diverged trials (None when none diverged): how many, at which learning rates,
+    and, when they are the grid's highest, that the LR grid's top is too high."""
+    diverged = [r for r in rows if r["status"] == DIVERGED]
+    if not diverged:
+        return None
+    lr = {r["name"]: _lr(r) for r in rows}
+    high = sorted({lr[r["name"]] for r in diverged if lr[r["name"]] is not None})
+    line = f"{len(diverged)} of {len(rows)} trials diverged"
+    line += f" (lr {', '.join(map(edge.number, high))})" if high else f" ({', '.join(r['name'] for r in diverged)})"
+    finite = [lr[r["name"]] for r in rows if r["status"] != DIVERGED and lr[r["name"]] is not None]
+    if high and any("lr" in (r.get("settings") or {}) for r in rows):  # an LR grid
+        if not finite:
+            return line + ": every LR of the grid is too high"
+        if min(high) > max(finite):
+            return line + ": the LR grid's top is too high"
+    return line + ": lower their LR or lengthen the warm-up"
+
+
+def _lr(row: dict[str, Any]) -> float | None:
+    return ((row.get("spec") or {}).get("optim") or {}).get("lr")
 
 
 def trial_name(arm_id: str, seed: int) -> str:

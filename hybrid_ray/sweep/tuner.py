@@ -39,7 +39,7 @@ from hybrid_ray.sweep.options import SweepOptions
 from hybrid_ray.sweep.plan import on_resolved_base, plan_sweep, with_warmup_used
 from hybrid_ray.sweep.status import trial_name, trial_spec
 from hybrid_ray.train.checkpoint import CheckpointManager, read_state
-from hybrid_ray.train.launch import check_locally, finalize, share_data
+from hybrid_ray.train.launch import DivergedError, check_locally, finalize, share_data
 from hybrid_ray.train.plan import TRIAL_CPU, gb
 from hybrid_ray.train.rungs import RungConfig
 
@@ -124,8 +124,19 @@ def _trial(config: dict[str, Any], specs: dict[str, dict], sweep: SweepLayout, d
     folders.set_aside_damaged(run)
     steps = (rungs or {}).get(config["arm"]) or []
     judged = RungConfig(tuple(steps), sweep.asha_decisions) if rungs is not None else None
-    outcome = train(spec, callbacks=[TuneReportCallback()], progress=False, kernel_cache=sweep.storage_path,
-                    data_origin=data_origin, rungs=judged)
+    if storage.exists(run.diverged):
+        # it diverged at an earlier launch: a result of the grid (this LR is too high), which training it again from
+        # its last checkpoint would only repeat; Tune reruns it only when it recorded it as failed (a sweep from
+        # before diverged trials ended) or when a new Tuner reports the grid (sweep(): removed trials)
+        _report_divergence(run)
+        return
+    try:
+        outcome = train(spec, callbacks=[TuneReportCallback()], progress=False, kernel_cache=sweep.storage_path,
+                        data_origin=data_origin, rungs=judged)
+    except DivergedError:  # its train() wrote its results (status diverged) and diverged.json: the trial ends here
+        CheckpointManager(run).settle(keep_checkpoints)
+        _report_divergence(run)
+        return
     if outcome.already_done:
         # it ended before this launch (Tune's own record of it was lost, or Ctrl-C came between its judgement and
         # its end): report what it ended with, train nothing
@@ -135,6 +146,15 @@ def _trial(config: dict[str, Any], specs: dict[str, dict], sweep: SweepLayout, d
                      "evaluated": False})
     if outcome.results["status"] in ("finished", "stopped"):  # ran to its end, or to the rung ASHA stopped it at
         CheckpointManager(run).settle(keep_checkpoints)  # free its disk now, not at the sweep's end
+
+
+def _report_divergence(run: RunLayout) -> None:
+    """A diverged trial's last result, which says so: its loss is no number, and without `evaluations` ASHA judges
+    nothing of it; the trial simply ends."""
+    from ray import tune
+
+    step = json.loads(storage.read_bytes(run.diverged)).get("step")
+    tune.report({"step": step, "diverged": True, "evaluated": False})
 
 
 class Console(Callback):
@@ -172,7 +192,12 @@ class Console(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         step = (trial.last_result or {}).get("step", 0)
         stop = status.read_stops(self.sweep).get(self._name(trial))
-        if step >= self.steps[trial.config["arm"]]:
+        diverged = self.sweep.trial(self._name(trial)).diverged
+        if storage.exists(diverged):  # its loss is no number: it leaves the ranking
+            self.best.pop(self._name(trial), None)
+            where = report.diverged_at(json.loads(storage.read_bytes(diverged)))
+            self._line(f"diverged  {self._name(trial)} {where}: a result, not a failure (no relaunch trains it)")
+        elif step >= self.steps[trial.config["arm"]]:
             self._line(f"finished  {self._name(trial)}")
         elif stop is not None:
             self._line(f"stopped   {self._name(trial)} by ASHA after step {stop['step']}")
@@ -255,6 +280,8 @@ def sweep(
                           f"relaunch the same command to resume it{how}")
     if progress:
         print(f"sweep finished in {time.time() - started:.0f}s: {summary}", flush=True)
+        if line := status.divergence_line(rows):
+            print(line, flush=True)
     failed = [r for r in rows if r["status"] == status.FAILED]
     if failed:
         if progress:  # the table says why each failed
@@ -267,9 +294,15 @@ def sweep(
     return outcome
 
 
+STRICT_METRICS = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
+
+
 class _Signals:
     """While a sweep runs: SIGTERM stops it like Ctrl-C (Tune's SIGINT handler ends the run and saves its state);
-    unless verbose, Tune's own banner, hints and log lines stay off the console."""
+    unless verbose, Tune's own banner, hints and log lines stay off the console; and Tune's strict metric check is
+    off. That check failed the whole sweep (TuneError) on any result without ASHA's `val_loss`: a checkpoint's report
+    before the first evaluation (--checkpoint-every 5 --eval-every 10), a trial that diverged before it evaluated.
+    RecordedASHA judges only results that carry both its metric and `evaluations`."""
 
     def __init__(self, verbose: bool) -> None:
         self.verbose = verbose
@@ -279,6 +312,8 @@ class _Signals:
         if self.main:
             self.term = signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
         self.output = os.environ.get("RAY_AIR_NEW_OUTPUT")
+        self.strict = os.environ.get(STRICT_METRICS)
+        os.environ[STRICT_METRICS] = "1"
         self.level = logging.getLogger("ray.tune").level
         if not self.verbose:
             os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the legacy reporter is silent at verbose=0; the new one is not
@@ -288,17 +323,19 @@ class _Signals:
     def __exit__(self, *exc) -> None:
         if self.main:
             signal.signal(signal.SIGTERM, self.term)
-        if self.output is None:
-            os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
-        else:
-            os.environ["RAY_AIR_NEW_OUTPUT"] = self.output
+        for name, value in (("RAY_AIR_NEW_OUTPUT", self.output), (STRICT_METRICS, self.strict)):
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         logging.getLogger("ray.tune").setLevel(self.level)
 
 
 # Tune does not retry a failed trial: the trial's train() already restarts its worker group from its newest checkpoint
 # up to scale.max_failures times (Ray Train's own FailureConfig, inside the trial), so a Tune retry would multiply
-# those attempts and rerun what no retry fixes (a diverged loss, a full disk, bad input). One failed trial does not
-# stop the others (fail_fast=False), and relaunching the sweep resumes it from its newest checkpoint (resume_errored).
+# those attempts and rerun what no retry fixes (a full disk, bad input; a diverged loss is no failure: `_trial` ends
+# such a trial as diverged, and a relaunch trains it no more). One failed trial does not stop the others
+# (fail_fast=False), and relaunching the sweep resumes it from its newest checkpoint (resume_errored).
 TRIAL_FAILURES = {"max_failures": 0, "fail_fast": False}
 
 
@@ -389,7 +426,8 @@ def collect(arms: list[Arm], seeds: int, sweep: SweepLayout, dataset: Any, *,
             keep_checkpoints: bool = False) -> list[dict[str, Any]]:
     """One row per trial from its run folder, with its status; a trial that ASHA stopped (or the sweep interrupted)
     gets its results.json written now, from its newest checkpoint, so it keeps its results like any other run. Only
-    trials that ended for good (finished, stopped by ASHA) drop their optimizer state: an interrupted one resumes."""
+    trials that ended for good (finished, stopped by ASHA, diverged) drop their optimizer state: an interrupted one
+    resumes."""
     outcomes = outcomes or {}
     stops = status.read_stops(sweep)
     rows = []
@@ -399,14 +437,16 @@ def collect(arms: list[Arm], seeds: int, sweep: SweepLayout, dataset: Any, *,
             run = sweep.trial(name)
             results, newest, gone = _on_disk(run)
             outcome = outcomes.get(name)
-            if newest is not None and (results is None or results.get("step", 0) < newest):
+            behind = newest is not None and (results is None or results.get("step", 0) < newest)
+            unrecorded = storage.exists(run.diverged) and (results or {}).get("status") != status.DIVERGED
+            if behind or unrecorded:  # (a diverged trial's results not written: its process ended first)
                 spec = trial_spec(arm.spec, arm.id, seed, sweep)
                 wall = outcome.seconds if outcome is not None and outcome.seconds else 0.0
                 if folders.launch_count(run) == 0:  # cut before its train() could count the launch that trained it
                     folders.count_launch(run)
                 results = _results_of_cut(spec, run, dataset, wall, results)
             state, reason = status.trial_status(results, newest, outcome, stops.get(name), gone=gone)
-            if state in (status.FINISHED, status.STOPPED):  # one whose process ended before it settled it
+            if state in (status.FINISHED, status.STOPPED, status.DIVERGED):  # its process ended before it settled it
                 try:
                     CheckpointManager(run).settle(keep_checkpoints)
                 except (OSError, HybridRayError) as e:  # it keeps more than it needs: that fails nothing
