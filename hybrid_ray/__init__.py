@@ -21,8 +21,7 @@ never import Ray.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hybrid_ray.lazy import exports
 
 _HOMES = {
     "RunSpec": "spec",
@@ -40,10 +39,4 @@ __all__ = sorted(_HOMES)
 
 _PACKAGES = ("train", "sweep")  # `hr.train.train(spec)`, `hr.sweep.sweep(base, options)`
 
-
-def __getattr__(name: str) -> Any:
-    if name in _PACKAGES:
-        return importlib.import_module(f"{__name__}.{name}")
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+__getattr__ = exports(__name__, _HOMES, _PACKAGES)

@@ -10,8 +10,7 @@ the loader behind `prepare` (tqdm, the node cache, the synthetic tasks).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hybrid_ray.lazy import exports
 
 _HOMES = {
     "Dataset": "dataset", "describe": "dataset", "prepare": "dataset",
@@ -21,9 +20,4 @@ _HOMES = {
     "Tokenizer": "tokenizer", "get_tokenizer": "tokenizer", "load_tokenizer": "tokenizer",
 }
 __all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+__getattr__ = exports(__name__, _HOMES)

@@ -6,8 +6,7 @@ takes about a second of each `hybrid-ray` command's start (`jobs`, `submit`, `--
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from hybrid_ray.lazy import exports
 
 _HOMES = {
     "build_model": "build", "init_weights": "build", "load_model": "build", "read_model_spec": "build",
@@ -15,9 +14,4 @@ _HOMES = {
     "count_params": "flops", "flops_per_token": "flops", "peak_flops": "flops",
 }
 __all__ = sorted(_HOMES)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_HOMES[name]}"), name)
+__getattr__ = exports(__name__, _HOMES)
