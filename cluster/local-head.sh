@@ -112,43 +112,69 @@ if [[ "${1:-}" == stop ]]; then
   exit 0
 fi
 
-PORT=$(pick_port "GCS" LOCAL_HEAD_PORT 6379)
-DASHBOARD_PORT=$(pick_port "dashboard" LOCAL_HEAD_DASHBOARD_PORT 8265)
-CLIENT_PORT=$(pick_port "Ray client server" LOCAL_HEAD_CLIENT_PORT 10001)
-TEMP_DIR="$PREFIX-$PORT"
-DASHBOARD="http://127.0.0.1:$DASHBOARD_PORT"
-if [[ -n "$(head_pids "$TEMP_DIR" "$PORT")" ]]; then
-  echo "error: a local head of port $PORT still runs from $TEMP_DIR; \`bash $0 stop $PORT\` stops it" >&2
-  exit 1
-fi
-rm -rf "$TEMP_DIR"
-mkdir -p "$TEMP_DIR"
-
 test -n "${RAY_AUTH_TOKEN:-}" || test -f "${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}" || ray get-auth-token --generate >/dev/null
 export RAY_AUTH_MODE=token RAY_TRAIN_ENABLE_STATE_TRACKING=1
-# the agents' ports are fixed by default (52365, ...): with another Ray on this machine (a test, a sweep's own Ray) the
-# head would have no job agent, so take free ones
-read -r AGENT_HTTP AGENT_GRPC RUNTIME_ENV_AGENT METRICS < <(python -c 'import socket
+
+start_head() {  # one `ray start` on the ports picked now; returns 3 when a port was taken between the pick and Ray's
+  # bind (another Ray starting at that moment: Ray then logs "already occupied", starts the head without that server,
+  # and a probe of the port would reach the other Ray's dashboard), after stopping what it started
+  PORT=$(pick_port "GCS" LOCAL_HEAD_PORT "$1") || exit 1
+  DASHBOARD_PORT=$(pick_port "dashboard" LOCAL_HEAD_DASHBOARD_PORT "$2") || exit 1
+  CLIENT_PORT=$(pick_port "Ray client server" LOCAL_HEAD_CLIENT_PORT "$3") || exit 1
+  TEMP_DIR="$PREFIX-$PORT"
+  DASHBOARD="http://127.0.0.1:$DASHBOARD_PORT"
+  if [[ -n "$(head_pids "$TEMP_DIR" "$PORT")" ]]; then
+    echo "error: a local head of port $PORT still runs from $TEMP_DIR; \`bash $0 stop $PORT\` stops it" >&2
+    exit 1
+  fi
+  rm -rf "$TEMP_DIR"
+  mkdir -p "$TEMP_DIR"
+  # the agents' ports are fixed by default (52365, ...): with another Ray on this machine (a test, a sweep's own Ray)
+  # the head would have no job agent, so take free ones
+  read -r AGENT_HTTP AGENT_GRPC RUNTIME_ENV_AGENT METRICS < <(python -c 'import socket
 socks = [socket.socket() for _ in range(4)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(*[s.getsockname()[1] for s in socks])')
-# in a session (and process group) of its own, which every process of the head inherits: `stop` ends that group,
-# including the Ray client server, whose command line names neither the head's folder nor a parent in it
-setsid ray start --head --node-ip-address=127.0.0.1 --port="$PORT" --dashboard-host=127.0.0.1 \
-  --dashboard-port="$DASHBOARD_PORT" --ray-client-server-port="$CLIENT_PORT" --temp-dir="$TEMP_DIR" \
-  --dashboard-agent-listen-port="$AGENT_HTTP" --dashboard-agent-grpc-port="$AGENT_GRPC" \
-  --runtime-env-agent-port="$RUNTIME_ENV_AGENT" --metrics-export-port="$METRICS" "$@" &
-echo $! > "$TEMP_DIR/local-head.pgid"  # no job control in a script: setsid needs no fork, so its pid is the group's
-if ! wait $!; then
-  stop_head "$TEMP_DIR" "$PORT"  # what a failed start left running (a raylet that timed out leaves the GCS up)
-  echo "error: ray start failed (above); what it started is stopped" >&2
-  exit 1
-fi
+  # in a session (and process group) of its own, which every process of the head inherits: `stop` ends that group,
+  # including the Ray client server, whose command line names neither the head's folder nor a parent in it
+  setsid ray start --head --node-ip-address=127.0.0.1 --port="$PORT" --dashboard-host=127.0.0.1 \
+    --dashboard-port="$DASHBOARD_PORT" --ray-client-server-port="$CLIENT_PORT" --temp-dir="$TEMP_DIR" \
+    --dashboard-agent-listen-port="$AGENT_HTTP" --dashboard-agent-grpc-port="$AGENT_GRPC" \
+    --runtime-env-agent-port="$RUNTIME_ENV_AGENT" --metrics-export-port="$METRICS" "${@:4}" > "$TEMP_DIR.start.log" 2>&1 &
+  echo $! > "$TEMP_DIR/local-head.pgid"  # no job control in a script: setsid needs no fork, so its pid is the group's
+  local started=0
+  wait $! || started=$?
+  cat "$TEMP_DIR.start.log"
+  if grep -q "already occupied" "$TEMP_DIR.start.log"; then started=3; fi
+  rm -f "$TEMP_DIR.start.log"
+  if (( started )); then
+    stop_head "$TEMP_DIR" "$PORT"  # what a failed start left running (a raylet that timed out leaves the GCS up)
+  fi
+  return "$started"
+}
+
+# a port taken in the moment between the pick and Ray's bind: pick again, from free ports (a given one is refused)
+defaults=(6379 8265 10001)
+for attempt in 1 2 3; do
+  status=0
+  start_head "${defaults[@]}" "$@" || status=$?
+  if (( status == 0 )); then break; fi
+  if (( status != 3 )); then echo "error: ray start failed (above); what it started is stopped" >&2; exit 1; fi
+  if [[ -n "${LOCAL_HEAD_PORT:-}${LOCAL_HEAD_DASHBOARD_PORT:-}${LOCAL_HEAD_CLIENT_PORT:-}" || $attempt == 3 ]]; then
+    echo "error: a port of this head was taken while Ray started (above); what it started is stopped" >&2
+    exit 1
+  fi
+  echo "a port was taken while Ray started (another Ray starting): trying again on free ports" >&2
+  read -r -a defaults < <(python -c 'import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])')
+done
 
 # The job server's agent starts seconds after the dashboard answers: submit a no-op job until one is accepted
 # (then delete it), so that a `hybrid-ray submit` right after this script does not meet "No available agent".
 echo "waiting for the head to accept jobs..."
-python - "$DASHBOARD" "$TEMP_DIR" <<'PY'
+if ! python - "$DASHBOARD" "$TEMP_DIR" <<'PY'
 import sys
 import time
 
@@ -170,5 +196,10 @@ while not client.get_job_status(job).is_terminal():
 client.delete_job(job)
 print(f"the head accepts jobs at {sys.argv[1]}")
 PY
+then
+  stop_head "$TEMP_DIR" "$PORT"  # a head that accepts no jobs is no head to leave running
+  echo "error: the head accepts no jobs (above); what it started is stopped" >&2
+  exit 1
+fi
 echo "train/sweep: --address 127.0.0.1:$PORT   submit/jobs: --address $DASHBOARD   Ray client server: port $CLIENT_PORT"
 echo "stop it: bash $0 stop $PORT"
