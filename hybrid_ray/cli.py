@@ -190,6 +190,11 @@ def sweep(address: str | None, verbose: bool, dry_run: bool, assume_gpus: int | 
     flags = {f.name: options.pop(f.name) for f in dataclasses.fields(SweepOptions) if f.name in options}
     chosen = sweep_options(build.load(options["config"]).sweep if options.get("config") else {}, flags)
     spec = sweep_base(**options, grid=chosen.grid)
+    if dry_run and chosen.tune_lr:
+        from hybrid_ray.sweep.study import dry_run as plan_study
+
+        plan_study(spec, chosen, address=address, assume=Assumed(**assumed))
+        return
     if dry_run:
         from hybrid_ray.sweep.plan import dry_run as plan_only
 

@@ -183,6 +183,35 @@ def _claim(study: StudyLayout, options: SweepOptions, arms: list[Arm], base: Run
     return False
 
 
+def dry_run(base: RunSpec, options: SweepOptions, *, address: str | None = None, assume: Any = None) -> None:
+    """Print both stages' plans (trials, trials at once, disk, GPU memory) without training or tokenizing; stage 2
+    is planned at each arm's own learning rate (the one stage 1 will choose changes no size)."""
+    from hybrid_ray.sweep.plan import Assumed
+    from hybrid_ray.sweep.plan import dry_run as plan_only
+
+    assume = assume or Assumed()
+    arms = study_arms(base, options)
+    study = study_layout(base)
+    values = {a.id: lr_values(a, options) for a in arms}
+    search, _ = lr_arms(arms, values, options.tune_steps)
+    steps = options.tune_steps or base.train.steps
+    print(f"stage 1, the LR search: {len(arms)} arm(s) x {len(next(iter(values.values())))} LR(s) x 1 seed = "
+          f"{len(search)} trial(s) of {steps} steps, ASHA within each arm; then at most {2 * len(arms)} more, FIFO "
+          f"(two LRs past the edge, once, for each arm whose best LR is at its grid's edge)", flush=True)
+    first = plan_only(_stage_base(base, study, "lr"), _search_options(options, "asha"), address=address,
+                      assume=assume, arms=search)
+    print(f"\nstage 2, the comparison: {len(arms)} arm(s) x {options.seeds} seed(s) = {len(arms) * options.seeds} "
+          f"trial(s) of {base.train.steps} steps, each arm at the LR stage 1 chooses, FIFO", flush=True)
+    second = plan_only(_stage_base(base, study, "compare"), _stage_options(options, scheduler="fifo"),
+                       address=address, assume=assume, arms=arms)
+    product = len(search) * options.seeds * base.train.steps
+    method = len(search) * steps + len(arms) * options.seeds * base.train.steps
+    print(f"\nin all: at most {len(search) * steps + 2 * len(arms) * steps + len(arms) * options.seeds * base.train.steps}"
+          f" trial-steps ({first.concurrent} then {second.concurrent} trial(s) at once; ASHA's stops make stage 1 "
+          f"shorter), against {product} for every arm at every LR with every seed to the end "
+          f"({method / product:.0%} of it before ASHA and extensions)", flush=True)
+
+
 def _timed(study: StudyLayout, stage: str, run: Any) -> Any:
     started = time.time()
     try:
