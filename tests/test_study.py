@@ -86,3 +86,17 @@ def test_each_arm_is_compared_at_the_lr_its_search_chose_and_the_report_holds_th
     assert (tmp_path / "study" / "lr_choices.jsonl").read_text() == before and again.choices == choices
     assert main(["compare", str(tmp_path / "study" / "compare"), "--out", str(tmp_path / "cmp")]) == 0
     assert all(math.isfinite(l) for losses in trials.values() for l in losses)
+
+
+def test_the_dry_run_shows_both_stages_and_the_saving_against_the_full_product(tmp_path, capsys):
+    assert main(["sweep", "--preset", "tiny", "--grid", "attention_ratio=0,0.5,1", "--tune-lr", "--seeds", "2",
+                 "--tune-steps", "100", "--steps", "400", "--dry-run", "--assume-gpus", "1", "--assume-gpu-memory", "80",
+                 "--assume-free-disk", "100", "--name", "s", "--storage-path", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "stage 1, the LR search: 3 arm(s) x 7 LR(s) x 1 seed = 21 trial(s) of 100 steps" in out
+    assert "then at most 6 more, FIFO" in out
+    assert "stage 2, the comparison: 3 arm(s) x 2 seed(s) = 6 trial(s) of 400 steps" in out
+    assert "trials: 21 arm(s) x 1 seed(s) = 21" in out and "trials: 3 arm(s) x 2 seed(s) = 6" in out
+    # 21 x 100 + 6 x 100 (extensions) + 6 x 400 trial-steps, against 21 arms x 2 seeds x 400
+    assert "at most 5100 trial-steps" in out and "against 16800" in out
+    assert not (tmp_path / "s").exists()  # a plan writes nothing
