@@ -31,6 +31,7 @@ def test_bad_tune_lr_combinations_are_one_line(tmp_path, capsys, args, fragment)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # 15 trials and a relaunch on a shared 2-CPU machine
 def test_each_arm_is_compared_at_the_lr_its_search_chose_and_the_report_holds_the_trials_numbers(ray_session,
                                                                                                   tmp_path, capsys):
     from hybrid_ray.layout import StudyLayout
@@ -38,7 +39,7 @@ def test_each_arm_is_compared_at_the_lr_its_search_chose_and_the_report_holds_th
 
     base = variant_spec("h100_hybrid_sparse", "tiny").with_overrides(
         {**TINY, "name": "study", "storage_path": str(tmp_path)})
-    options = SweepOptions(grid=["attention_ratio=0,0.5,1"], seeds=2, tune_lr=True, lr_grid=[1e-3, 3e-3, 1e-2],
+    options = SweepOptions(grid=["attention_ratio=0,0.5,1"], seeds=2, tune_lr=True, lr_grid=[1e-2, 3e-2, 1e-1],
                            tune_steps=8)
     outcome = tune_lr(base, options, progress=False)
     study = StudyLayout(str(tmp_path), "study")
@@ -56,6 +57,7 @@ def test_each_arm_is_compared_at_the_lr_its_search_chose_and_the_report_holds_th
         best = min(finished, key=finished.get)
         assert choice["lr"] == pytest.approx(best) and choice["val_loss"] == pytest.approx(finished[best])
         assert choice["extended"] == (choice["edge"] is not None)
+        assert choice["lr"] == pytest.approx(3e-2)  # the tiny model at 8 steps: x3 either side is worse (no extension)
     # ASHA judged an LR trial only against its own arm's
     judged = [json.loads(line) for line in (tmp_path / "study" / "lr" / "asha_decisions.jsonl").read_text().splitlines()]
     for arm in choices:
@@ -100,3 +102,32 @@ def test_the_dry_run_shows_both_stages_and_the_saving_against_the_full_product(t
     # 21 x 100 + 6 x 100 (extensions) + 6 x 400 trial-steps, against 21 arms x 2 seeds x 400
     assert "at most 5100 trial-steps" in out and "against 16800" in out
     assert not (tmp_path / "s").exists()  # a plan writes nothing
+
+
+def test_an_arm_s_choice_is_its_best_finished_lr_an_edge_extends_once_and_is_written_once(tmp_path):
+    """What stage 1 decides from an arm's LR curve: trials ASHA stopped are never chosen (they saw fewer steps), a
+    best finished LR at the grid's highest asks for two values past it, an arm whose every LR diverged searches lower,
+    and the choice is written once (a second write is refused: a relaunch reads it, never redoes it)."""
+    from hybrid_ray.errors import HybridRayError
+    from hybrid_ray.layout import StudyLayout
+    from hybrid_ray.sweep.study import best_point, edge_of, read_choices, record_choice
+
+    def point(lr, status, loss):
+        return {"lr": lr, "status": status, "step": 8, "val_loss": loss, "trial": f"a-lr{lr}-s0"}
+
+    curve = [point(1e-3, "stopped by ASHA", 2.0), point(2e-3, "finished", 3.0), point(4e-3, "finished", 2.5)]
+    assert best_point(curve)["lr"] == 4e-3  # the stopped trial's lower loss was at an earlier step
+    edge = edge_of(curve)
+    assert edge.side == "highest" and edge.extend == (8e-3, 1.6e-2)
+    assert edge_of([point(1e-3, "finished", 3.0), point(2e-3, "finished", 2.5), point(4e-3, "finished", 2.9)]) is None
+    diverged = [point(1e-3, "diverged", None), point(2e-3, "diverged", None)]
+    assert best_point(diverged) is None and edge_of(diverged).extend == (5e-4, 2.5e-4)
+    study = StudyLayout(str(tmp_path), "s")
+    (tmp_path / "s").mkdir()
+    record = record_choice(study, "a", curve + [point(8e-3, "finished", 2.4)], edge, extended=True)
+    assert record["lr"] == 8e-3 and read_choices(study) == {"a": record}
+    with pytest.raises(HybridRayError, match="already chosen"):
+        record_choice(study, "a", curve, None, extended=False)
+    with pytest.raises(HybridRayError, match="every one diverged"):
+        record_choice(study, "b", diverged, None, extended=True)
+    assert list(read_choices(study)) == ["a"]

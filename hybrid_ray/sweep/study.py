@@ -165,22 +165,30 @@ def stage_seconds(study: StudyLayout) -> dict[str, float]:
     return out
 
 
-def _claim(study: StudyLayout, options: SweepOptions, arms: list[Arm], base: RunSpec) -> bool:
-    """Record a new study (its options, arms and command), or refuse a relaunch that differs; True when it existed."""
+def _study_record(options: SweepOptions, arms: list[Arm]) -> dict[str, Any]:
+    """What defines a study: its options and arms (how to run it aside)."""
     how = ("max_concurrent", "keep_checkpoints")
-    record = json.loads(folders.dumps({
+    return json.loads(folders.dumps({
         "options": {k: v for k, v in dataclasses.asdict(options).items() if k not in how},
         "arms": {a.id: a.spec.with_overrides({"storage_path": "."}).to_dict() for a in arms}}))
-    if storage.exists(study.study):
-        previous = folders.read_json(study.study)
-        if {k: previous.get(k) for k in record} != record:
-            changed = sorted(k for k in record["options"] if previous.get("options", {}).get(k) != record["options"][k])
-            raise SpecError(f"study {study.name!r} already exists with other settings (differs in: "
-                            f"{', '.join(changed[:4]) or 'the arms specs'}); relaunch it unchanged to resume it, or "
-                            "pick a new --name")
-        return True
-    storage.write_bytes(study.study, folders.dumps({**record, "base": base.to_dict()}).encode())
-    return False
+
+
+def _check_relaunch(study: StudyLayout, record: dict[str, Any]) -> None:
+    """Refuse relaunching a study's name with other settings, in one line, before anything starts."""
+    if not storage.exists(study.study):
+        return
+    previous = folders.read_json(study.study)
+    if {k: previous.get(k) for k in record} != record:
+        changed = sorted(k for k in record["options"] if previous.get("options", {}).get(k) != record["options"][k])
+        raise SpecError(f"study {study.name!r} already exists with other settings (differs in: "
+                        f"{', '.join(changed[:4]) or 'the arms specs'}); relaunch it unchanged to resume it, or pick "
+                        "a new --name")
+
+
+def _record_study(study: StudyLayout, record: dict[str, Any], base: RunSpec) -> None:
+    """study.json, once stage 1's sweep has its folder (a study refused before it started leaves none)."""
+    if not storage.exists(study.study) and storage.exists(study.lr_search.grid):
+        storage.write_bytes(study.study, folders.dumps({**record, "base": base.to_dict()}).encode())
 
 
 def dry_run(base: RunSpec, options: SweepOptions, *, address: str | None = None, assume: Any = None) -> None:
@@ -217,7 +225,8 @@ def _timed(study: StudyLayout, stage: str, run: Any) -> Any:
     try:
         return run()
     finally:
-        _add_cost(study, stage, time.time() - started)
+        if storage.exists(study.dir):  # a stage refused before it started wrote nothing
+            _add_cost(study, stage, time.time() - started)
 
 
 def tune_lr(base: RunSpec, options: SweepOptions, *, address: str | None = None, progress: bool = True,
@@ -232,7 +241,8 @@ def tune_lr(base: RunSpec, options: SweepOptions, *, address: str | None = None,
         raise SpecError("tune_lr() runs a --tune-lr study")
     arms = study_arms(base, options)
     study = study_layout(base)
-    _claim(study, options, arms, base)
+    record = _study_record(options, arms)
+    _check_relaunch(study, record)
     say = (lambda text: print(text, flush=True)) if progress else (lambda text: None)
     values = {a.id: lr_values(a, options) for a in arms}
     choices = read_choices(study)
@@ -242,8 +252,12 @@ def tune_lr(base: RunSpec, options: SweepOptions, *, address: str | None = None,
             f"LR(s) each, one seed, ASHA within each arm ({study.lr_search.dir})")
         search, owner = lr_arms(arms, values, options.tune_steps)
         groups = {a.id: owner[a.id][0] for a in search}
-        found = _timed(study, "lr", lambda: sweep(_stage_base(base, study, "lr"), _search_options(options, "asha"),
-                                                  arms=search, asha_groups=groups, **run))
+        try:
+            found = _timed(study, "lr", lambda: sweep(_stage_base(base, study, "lr"),
+                                                      _search_options(options, "asha"), arms=search,
+                                                      asha_groups=groups, **run))
+        finally:
+            _record_study(study, record, base)
         first = curves(found.rows, owner)
         edges = {a.id: e for a in arms if (e := edge_of(first[a.id])) is not None}
         for arm in arms:
