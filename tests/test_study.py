@@ -126,6 +126,7 @@ def test_an_arm_s_choice_is_its_best_finished_lr_an_edge_extends_once_and_is_wri
     (tmp_path / "s").mkdir()
     record = record_choice(study, "a", curve + [point(8e-3, "finished", 2.4)], edge, extended=True)
     assert record["lr"] == 8e-3 and read_choices(study) == {"a": record}
+    assert record["still_at_edge"].startswith("best lr 8e-3 is the grid's highest")  # bounded: said, not searched
     with pytest.raises(HybridRayError, match="already chosen"):
         record_choice(study, "a", curve, None, extended=False)
     with pytest.raises(HybridRayError, match="every one diverged"):

@@ -50,6 +50,8 @@ def _curve_table(choices: dict[str, dict[str, Any]]) -> list[str]:
                                                                f"{' at step ' + str(p['step']) if p.get('step') else ''})")
                            for p in choice["curve"])
         note = ("grid extended once: " + choice["edge"]) if choice.get("extended") else ""
+        if choice.get("still_at_edge"):
+            note += "; after the one extension, still at the edge: " + choice["still_at_edge"]
         lines.append(f"| {arm} | {choice['lr']:.3g} | {choice['val_loss']:.4f} | {points} | {note} |")
     return lines
 

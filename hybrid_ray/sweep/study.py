@@ -113,7 +113,9 @@ def record_choice(study: StudyLayout, arm: str, curve: list[dict[str, Any]], edg
         raise HybridRayError(f"arm {arm}: no learning rate of its search ended with a finite loss (every one diverged "
                              "or failed); give it lower ones with --lr-grid")
     record = {"arm": arm, "lr": best["lr"], "val_loss": best["val_loss"], "curve": sorted(curve, key=lambda p: p["lr"]),
-              "extended": extended, "edge": str(edge) if edge else None}
+              "extended": extended, "edge": str(edge) if edge else None,
+              # bounded: one extension; a best still at the (new) edge is said, not searched further
+              "still_at_edge": str(after) if extended and (after := edge_of(curve)) is not None else None}
     if arm in read_choices(study):
         raise HybridRayError(f"arm {arm}'s learning rate is already chosen in {study.lr_choices}")
     before = storage.read_bytes(study.lr_choices) if storage.exists(study.lr_choices) else b""
