@@ -161,6 +161,13 @@ def train(address: str | None, verbose: bool, extend_steps: int, until_step: int
 @click.option("--keep-checkpoints", is_flag=True, default=None,
               help="Ended trials keep all their checkpoints with optimizer state (resumable, --extend-steps). "
                    "[default: model/ and the newest checkpoint's weights only]")
+@click.option("--tune-lr", is_flag=True, default=None,
+              help="Each arm at its own best learning rate: stage 1 searches it (one seed, ASHA within each arm, the "
+                   "grid extended once past an edge), stage 2 trains every arm at its choice with --seeds, FIFO; then "
+                   "report.md. Not with --grid lr.")
+@click.option("--lr-grid", metavar="LR1,LR2,...", help="With --tune-lr: the learning rates stage 1 tries for every arm. "
+              "[default: 7 values, x1/4 ... x4 each arm's own LR]")
+@click.option("--tune-steps", type=int, help="With --tune-lr: stage 1's steps a trial. [default: the full run]")
 @click.option("--dry-run", is_flag=True, help="Print the plan (arms, GPU memory against the GPU share, trials at once, "
               "disk, kernel shapes) and exit, training and tokenizing nothing.")
 @click.option("--assume-gpus", type=int, help="With --dry-run: plan for a cluster of this many GPUs (16 CPUs a GPU). "
@@ -183,12 +190,24 @@ def sweep(address: str | None, verbose: bool, dry_run: bool, assume_gpus: int | 
     flags = {f.name: options.pop(f.name) for f in dataclasses.fields(SweepOptions) if f.name in options}
     chosen = sweep_options(build.load(options["config"]).sweep if options.get("config") else {}, flags)
     spec = sweep_base(**options, grid=chosen.grid)
+    if dry_run and chosen.tune_lr:
+        from hybrid_ray.sweep.study import dry_run as plan_study
+
+        plan_study(spec, chosen, address=address, assume=Assumed(**assumed))
+        return
     if dry_run:
         from hybrid_ray.sweep.plan import dry_run as plan_only
 
         plan_only(spec, chosen, address=address, assume=Assumed(**assumed))
         return
     _quiet(verbose)
+    if chosen.tune_lr:
+        from hybrid_ray.sweep.study import tune_lr
+
+        study = tune_lr(spec, chosen, address=address, verbose=verbose, relaunch=shlex.join(["hybrid-ray", *_ARGV]))
+        click.echo(study.comparison.table)
+        click.echo(f"results: {study.study_dir} (report: {study.report})")
+        return
     outcome = run_sweep(spec, chosen, address=address, verbose=verbose, relaunch=shlex.join(["hybrid-ray", *_ARGV]))
     click.echo(outcome.table)
     click.echo(f"results: {outcome.sweep_dir}" + (f" (figure: {outcome.figure})" if outcome.figure else ""))

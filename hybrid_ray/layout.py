@@ -215,6 +215,56 @@ class SweepLayout:
         return RunLayout(storage.join(self.trials, name))
 
 
+@dataclass(frozen=True)
+class StudyLayout:
+    """A tune-lr study's folder (sweep/study.py): stage 1's LR search and its extension, each an ordinary sweep
+    folder, the record of each arm's chosen learning rate, stage 2's comparison (an ordinary sweep folder, which
+    `hybrid-ray compare` reads), and the report."""
+
+    storage_path: str
+    name: str
+
+    @property
+    def dir(self) -> str:
+        return storage.join(self.storage_path, self.name)
+
+    @property
+    def study(self) -> str:
+        """What defines the study (its options and arms): a relaunch with anything else is refused."""
+        return storage.join(self.dir, "study.json")
+
+    @property
+    def lr_search(self) -> SweepLayout:
+        return SweepLayout(self.dir, "lr")
+
+    @property
+    def lr_extension(self) -> SweepLayout:
+        """The LR values past the grid's edge, for arms whose best LR was at one (one extension, bounded)."""
+        return SweepLayout(self.dir, "lr-extend")
+
+    @property
+    def lr_choices(self) -> str:
+        """Each arm's chosen learning rate and the curve that chose it, one line an arm, written once."""
+        return storage.join(self.dir, "lr_choices.jsonl")  # not *.json: see SweepLayout.asha_decisions
+
+    @property
+    def comparison(self) -> SweepLayout:
+        return SweepLayout(self.dir, "compare")
+
+    @property
+    def report(self) -> str:
+        return storage.join(self.dir, "report.md")
+
+    @property
+    def figure(self) -> str:
+        return storage.join(self.dir, "study.png")
+
+    @property
+    def costs(self) -> str:
+        """Each stage's wall seconds, summed over launches (the report's cost of each stage)."""
+        return storage.join(self.dir, "stage_seconds.jsonl")
+
+
 def data_store(storage_path: str) -> str:
     """Where prepared shards are published for the other nodes of a cluster."""
     return storage.join(storage_path, DATA_STORE)

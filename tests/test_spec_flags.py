@@ -25,7 +25,7 @@ FLAG_SETS = {
     "train": [*START, *DATA, *RUN, *CLUSTER, "--extend-steps", "--until-step", "--dry-run"],
     "sweep": [*START, *DATA, *RUN, *CLUSTER, "--grid", "--seeds", "--scheduler", "--grace-period", "--reduction-factor",
               "--max-concurrent", "--gpus-per-trial", "--match-params", "--reference-arm", "--eval-task", "--eval-data",
-              "--keep-checkpoints", "--dry-run", "--assume-gpus", "--assume-gpu-memory", "--assume-free-disk"],
+              "--keep-checkpoints", "--tune-lr", "--lr-grid", "--tune-steps", "--dry-run", "--assume-gpus", "--assume-gpu-memory", "--assume-free-disk"],
     "submit": ["--address", "--fla", "--no-check", "--no-wait", "--dry-run", "--working-dir", "--exclude", "--verbose"],
     "warmup": [*START, *DATA, *RUN, "--grid", "--match-params"],
     "jobs": ["--address"],  # before its sub-command too, as submit's (issue 46)

@@ -93,6 +93,33 @@ def test_a_relaunched_scheduler_gets_its_rungs_back_so_the_same_losses_give_the_
     assert set(status.read_stops(SweepLayout.at(str(tmp_path / "cut")))) == {"lr0.0005-s0", "lr0.001-s0"}
 
 
+def test_a_grouped_asha_judges_a_trial_only_against_its_own_group_and_a_relaunch_gets_each_group_back(tmp_path):
+    """--tune-lr's stage 1 (sweep/study.py): one ASHA per arm, so an LR trial of arm A is never stopped for being
+    worse than arm B's. Ungrouped, B's worse LR trial is stopped against A's; grouped, it is its group's first and goes
+    on, and the second of each group is judged against its own."""
+    results = [("a-lr1", 2.0), ("b-lr1", 3.0), ("a-lr2", 2.5), ("b-lr2", 2.8)]
+    groups = {"a-lr1": "a", "a-lr2": "a", "b-lr1": "b", "b-lr2": "b"}
+
+    def grouped(folder):
+        return RecordedASHA(SweepLayout.at(str(folder)), groups, time_attr="evaluations", metric="val_loss",
+                            mode="min", max_t=8, grace_period=1, reduction_factor=2, stop_last_trials=False)
+
+    plain, apart = _asha(tmp_path / "plain"), grouped(tmp_path / "apart")
+    for arm, loss in results:
+        for asha in (plain, apart):
+            asha.on_trial_result(None, _trial(arm), {"step": 10, "evaluations": 1, "val_loss": loss})
+    assert "b-lr1-s0" in status.read_stops(SweepLayout.at(str(tmp_path / "plain")))
+    assert set(status.read_stops(SweepLayout.at(str(tmp_path / "apart")))) == {"a-lr2-s0"}  # b-lr2 beat b-lr1
+    # a relaunch: the groups' rungs come back from the record, each to its own group
+    cut = grouped(tmp_path / "cut")
+    for arm, loss in results[:3]:
+        cut.on_trial_result(None, _trial(arm), {"step": 10, "evaluations": 1, "val_loss": loss})
+    relaunched = pickle.loads(pickle.dumps(grouped(tmp_path / "cut")))
+    relaunched.on_trial_result(None, _trial("b-lr2"), {"step": 10, "evaluations": 1, "val_loss": 2.8})
+    assert status.read_stops(SweepLayout.at(str(tmp_path / "cut"))) == status.read_stops(
+        SweepLayout.at(str(tmp_path / "apart")))
+
+
 def test_asha_s_rung_steps_are_where_ray_s_bracket_judges():
     from ray.tune.schedulers import ASHAScheduler
 

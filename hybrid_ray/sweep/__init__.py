@@ -1,12 +1,13 @@
-"""Sweeps on Ray Tune: `sweep(base, SweepOptions)` (tuner.py), its plan (plan.py), ASHA (asha.py) and what each
-trial ended as (status.py). The names are imported on first use: the CLI's --dry-run plans without loading Ray Tune."""
+"""Sweeps on Ray Tune: `sweep(base, SweepOptions)` (tuner.py), `tune_lr` (study.py: each arm at its own learning
+rate, then the seeds), its plan (plan.py), ASHA (asha.py) and what each trial ended as (status.py).
+The names are imported on first use: the CLI's --dry-run plans without loading Ray Tune."""
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-_HOMES = {"sweep": "tuner", "SweepOptions": "options"}
+_HOMES = {"sweep": "tuner", "SweepOptions": "options", "tune_lr": "study"}
 __all__ = sorted(_HOMES)
 
 

@@ -106,13 +106,30 @@ class RecordedASHA(ASHAScheduler):
     ASHA judged is what the trial reports and keeps. Tune ends a trial that Ctrl-C cut exactly as one that ended, so
     this record is also the only honest source of "stopped by ASHA" (status.trial_status)."""
 
-    def __init__(self, sweep: SweepLayout, **kwargs: Any) -> None:
+    def __init__(self, sweep: SweepLayout, groups: dict[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.sweep = sweep
         self._restored = False
+        # arm id -> its group: ASHA judges a trial only against trials of its own group, each group with a bracket
+        # of its own (tune-lr's stage 1: an LR trial of one arm is never compared with another arm's). None: one group
+        self.groups = groups
+        self._group_brackets: dict[str, Any] = {}
+        self._settings = kwargs
 
-    def _rungs(self) -> list[tuple[float, dict]]:
-        return self._brackets[0]._rungs  # one bracket: ASHA's default, and what hybrid-ray builds
+    def _bracket(self, arm: str | None = None) -> Any:
+        if self.groups is None or arm is None:
+            return self._brackets[0]  # one bracket: ASHA's default, and what hybrid-ray builds
+        from ray.tune.schedulers.async_hyperband import _Bracket
+
+        group = self.groups.get(arm, arm)
+        if group not in self._group_brackets:
+            self._group_brackets[group] = _Bracket(
+                self._settings["grace_period"], self._settings["max_t"], self._settings["reduction_factor"], 0,
+                stop_last_trials=self._settings.get("stop_last_trials", True))
+        return self._group_brackets[group]
+
+    def _rungs(self, arm: str | None = None) -> list[tuple[float, dict]]:
+        return self._bracket(arm)._rungs
 
     def restore_rungs(self) -> None:
         """Give the rungs back the judgements recorded before (a relaunch's scheduler starts empty); once."""
@@ -120,7 +137,8 @@ class RecordedASHA(ASHAScheduler):
             return
         self._restored = True
         for record in decisions.read(self.sweep.asha_decisions):
-            for milestone, recorded in self._rungs():
+            arm = str(record["trial"]).rsplit("-s", 1)[0]
+            for milestone, recorded in self._rungs(arm):
                 if math.isclose(milestone, record.get("milestone", -1)):
                     recorded[record["trial"]] = self._metric_op * float(record["val_loss"])
 
@@ -129,11 +147,12 @@ class RecordedASHA(ASHAScheduler):
         if self._time_attr not in result or self._metric not in result or result[self._time_attr] >= self._max_t:
             # ASHA's rungs go on past max_t: the last evaluation is no rung, the trial ends there by itself
             return self.CONTINUE
-        name = trial_name(trial.config["arm"], trial.config["seed"])
-        before = {m for m, recorded in self._rungs() if name in recorded}
-        decision = self._brackets[0].on_result(_Named(name), result[self._time_attr],
-                                               self._metric_op * result[self._metric])
-        judged = [m for m, recorded in self._rungs() if name in recorded and m not in before]
+        arm = trial.config["arm"]
+        name = trial_name(arm, trial.config["seed"])
+        before = {m for m, recorded in self._rungs(arm) if name in recorded}
+        decision = self._bracket(arm).on_result(_Named(name), result[self._time_attr],
+                                                self._metric_op * result[self._metric])
+        judged = [m for m, recorded in self._rungs(arm) if name in recorded and m not in before]
         if judged:
             if decision == self.STOP:
                 self._num_stopped += 1
@@ -154,14 +173,16 @@ class RecordedASHA(ASHAScheduler):
         self._trial_info.pop(trial.trial_id, None)
 
 
-def scheduler(options: SweepOptions, arms: list[Arm], sweep: SweepLayout) -> Any:
-    """ASHA on the evaluation count (or FIFO), recording its decisions in the sweep's folder."""
+def scheduler(options: SweepOptions, arms: list[Arm], sweep: SweepLayout,
+              groups: dict[str, str] | None = None) -> Any:
+    """ASHA on the evaluation count (or FIFO), recording its decisions in the sweep's folder; `groups` (arm id ->
+    group): one ASHA per group, which judges a trial only against its own group's."""
     from ray.tune.schedulers import FIFOScheduler
 
     if options.scheduler == "fifo":
         return FIFOScheduler()
     return RecordedASHA(
-        sweep, time_attr="evaluations", metric="val_loss", mode="min",
+        sweep, groups, time_attr="evaluations", metric="val_loss", mode="min",
         max_t=max_evaluations(arms),
         grace_period=grace_period(options, arms), reduction_factor=options.reduction_factor,
         # judged with the rungs' own records only (a trial past its last rung is never stopped)

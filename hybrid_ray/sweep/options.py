@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from hybrid_ray.errors import SpecError, suggest
+from hybrid_ray.errors import SpecError, first_line, suggest
 
 SCHEDULERS = ("asha", "fifo")
 
@@ -28,6 +28,9 @@ class SweepOptions:
     eval_tasks: list[str] = field(default_factory=list)  # downstream tasks scored on every finished trial
     eval_data: str | None = None  # their data when the hub is out of reach (one task)
     keep_checkpoints: bool = False  # ended trials keep every checkpoint with its optimizer state
+    tune_lr: bool = False  # each arm at its own best learning rate, then the seeds (sweep/study.py)
+    lr_grid: list[float] | None = None  # tune-lr's learning rates for every arm; None: lr_around each arm's own
+    tune_steps: int | None = None  # tune-lr's stage-1 budget in steps; None: the full run
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -40,6 +43,28 @@ class SweepOptions:
             raise SpecError("--max-concurrent must be >= 1")
         if self.gpus_per_trial is not None and self.gpus_per_trial < 0:
             raise SpecError("--gpus-per-trial must be >= 0")
+        if self.lr_grid is not None:
+            items = self.lr_grid.split(",") if isinstance(self.lr_grid, str) else self.lr_grid
+            try:
+                self.lr_grid = [float(v) for v in items]
+            except ValueError as e:
+                raise SpecError(f"--lr-grid takes learning rates such as 3e-4,1e-3,3e-3: {first_line(e)}") from e
+        if not self.tune_lr and (self.lr_grid is not None or self.tune_steps is not None):
+            raise SpecError("--lr-grid and --tune-steps go with --tune-lr")
+        if self.tune_lr:
+            axes = [g.partition("=")[0].strip() for g in self.grid]
+            if any(a in ("lr", "optim.lr") for a in axes):
+                raise SpecError("--tune-lr searches each arm's learning rate itself: drop --grid lr (--lr-grid sets "
+                                "the values it tries)")
+            if self.lr_grid is not None and (len(self.lr_grid) < 2 or min(self.lr_grid) <= 0
+                                             or len(set(self.lr_grid)) != len(self.lr_grid)):
+                raise SpecError(f"--lr-grid needs two or more distinct learning rates > 0, got "
+                                f"{','.join(f'{v:g}' for v in self.lr_grid)}")
+            if self.tune_steps is not None and self.tune_steps < 1:
+                raise SpecError(f"--tune-steps must be >= 1, got {self.tune_steps}")
+            if self.scheduler != "asha":
+                raise SpecError("--tune-lr runs its LR search under ASHA and its comparison under FIFO: drop "
+                                "--scheduler")
         from hybrid_ray.evals.downstream import TASKS
 
         for task in self.eval_tasks:

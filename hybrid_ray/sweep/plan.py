@@ -384,11 +384,12 @@ class Assumed:
 
 
 def dry_run(base: RunSpec, options: SweepOptions, *, address: str | None = None,
-            assume: Assumed = Assumed()) -> SweepPlan:
+            assume: Assumed = Assumed(), arms: list[Arm] | None = None) -> SweepPlan:
     """Print the sweep's plan without training (or tokenizing): arms, parameters, MLP widths, GPU memory per trial
     against its share, trials at once, disk, kernel shapes; then refuse, in one line, what would be refused at launch.
-    Plans for `assume` where given, else for the cluster at `address` (or $RAY_ADDRESS), else for this machine."""
-    arms = expand(base, parse_grid(options.grid))
+    Plans for `assume` where given, else for the cluster at `address` (or $RAY_ADDRESS), else for this machine.
+    `arms`: the sweep's arms as given instead of the grid's product (sweep/study.py's stages)."""
+    arms = arms if arms is not None else expand(base, parse_grid(options.grid))
     base = dataclasses.replace(base, storage_path=storage.normalize(base.storage_path))
     base = dataclasses.replace(base, model=base.model.with_vocab(_planned_vocab(base)))
     arms, notes = with_warmup_used(on_resolved_base(arms, base, options))

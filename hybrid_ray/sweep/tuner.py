@@ -216,12 +216,16 @@ def sweep(
     progress: bool = True,
     verbose: bool = False,
     relaunch: str | None = None,
+    arms: list[Arm] | None = None,
+    asha_groups: dict[str, str] | None = None,
 ) -> SweepOutcome:
     """Run (or resume) the sweep `base.name`: every arm of the grid times every seed, under `base.storage_path`.
 
     Ctrl-C or SIGTERM stops it resumably: the table so far is written and Interrupted (exit code 130) says how to
-    relaunch (`relaunch`, the command line, when given)."""
-    arms = expand(base, parse_grid(options.grid))  # grid errors before anything else
+    relaunch (`relaunch`, the command line, when given). `arms`: the sweep's arms as given (sweep/study.py: each at
+    its own learning rate) instead of the grid's product; `asha_groups` (arm id -> group): ASHA judges a trial only
+    against its own group's (sweep/asha.py)."""
+    arms = arms if arms is not None else expand(base, parse_grid(options.grid))  # grid errors before anything else
     base, dataset = check_locally(base, address=address, extend_steps=0, until_step=None, progress=progress)
     arms, warmups = with_warmup_used(on_resolved_base(arms, base, options))
     if options.scheduler == "asha":
@@ -258,7 +262,8 @@ def sweep(
 
     started = time.time()
     origin = share_data(base, dataset)
-    outcomes, interrupted = _fit(base, options, arms, sweep, concurrent, resumed, progress, verbose, origin)
+    outcomes, interrupted = _fit(base, options, arms, sweep, concurrent, resumed, progress, verbose, origin,
+                                 asha_groups)
     rerun = not interrupted and options.scheduler != "asha"  # ASHA's stops cannot be replayed in a new Tuner
     removed = removed_trials(outcomes, sweep) if rerun else []
     if removed:
@@ -348,7 +353,7 @@ def run_config(base: RunSpec, callbacks: list[Callback]) -> Any:
 
 
 def _new_tuner(trainable: Any, base: RunSpec, options: SweepOptions, arms: list[Arm], sweep: SweepLayout, concurrent: int,
-               progress: bool) -> Any:
+               progress: bool, asha_groups: dict[str, str] | None = None) -> Any:
     """A new sweep's Tuner: every arm times every seed, `concurrent` at a time."""
     from ray import tune
 
@@ -359,13 +364,14 @@ def _new_tuner(trainable: Any, base: RunSpec, options: SweepOptions, arms: list[
         # Tune starts the arm axis fastest: every arm's seed 0, in this order, then seed 1, ...
         param_space={"arm": tune.grid_search(launched_order(sweep, arms)),
                      "seed": tune.grid_search(list(range(options.seeds)))},
-        tune_config=tune.TuneConfig(scheduler=scheduler(options, arms, sweep), max_concurrent_trials=concurrent),
+        tune_config=tune.TuneConfig(scheduler=scheduler(options, arms, sweep, asha_groups), max_concurrent_trials=concurrent),
         run_config=run_config(base, callbacks),
     )
 
 
 def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep: SweepLayout, concurrent: int, resumed: bool,
-         progress: bool, verbose: bool, data_origin: str | None) -> tuple[dict[str, status.TuneOutcome], bool]:
+         progress: bool, verbose: bool, data_origin: str | None,
+         asha_groups: dict[str, str] | None = None) -> tuple[dict[str, status.TuneOutcome], bool]:
     """Run the Tuner; returns Tune's outcome of every trial it knows, by trial name, and whether it was interrupted."""
     from ray import tune
 
@@ -381,7 +387,7 @@ def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep: SweepLayo
                 # Tune kept the first launch's settings (scheduler, concurrency, run config) in the sweep folder
                 tuner = tune.Tuner.restore(sweep.dir, trainable, resume_unfinished=True, resume_errored=True)
             else:
-                tuner = _new_tuner(trainable, base, options, arms, sweep, concurrent, progress)
+                tuner = _new_tuner(trainable, base, options, arms, sweep, concurrent, progress, asha_groups)
             grid = tuner.fit()
         except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's handler was in place
             return {}, True
