@@ -13,6 +13,7 @@ from typing import Any
 from hybrid_ray import storage
 from hybrid_ray.layout import StudyLayout, SweepLayout
 from hybrid_ray.records import folders
+from hybrid_ray.records.stage_costs import stage_seconds
 from hybrid_ray.records.report import arm_summary, ranked_table
 from hybrid_ray.records.significance import METHOD
 
@@ -59,8 +60,6 @@ def _curve_table(choices: dict[str, dict[str, Any]]) -> list[str]:
 def write(study: StudyLayout, base: Any, options: Any, choices: dict[str, dict[str, Any]],
           rows: list[dict[str, Any]], command: str | None = None) -> tuple[str, str | None]:
     """report.md and study.png in the study's folder; returns their paths (no figure without a history)."""
-    from hybrid_ray.sweep.study import stage_seconds
-
     seconds = stage_seconds(study)
     stages = [("1: LR search (ASHA within each arm)", study.lr_search), ("1b: LR grid extension (FIFO)",
                                                                          study.lr_extension),

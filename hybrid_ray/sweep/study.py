@@ -29,12 +29,11 @@ from hybrid_ray import storage
 from hybrid_ray.config.grid import Arm, Axis, expand, lr_around, parse_grid
 from hybrid_ray.errors import HybridRayError, SpecError
 from hybrid_ray.layout import StudyLayout
-from hybrid_ray.records import folders
+from hybrid_ray.records import folders, stage_costs
 from hybrid_ray.records.edge import Edge, grid_edge
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.sweep.options import SweepOptions
 
-STAGES = ("lr", "lr-extend", "compare")
 
 
 @dataclass
@@ -148,25 +147,6 @@ def edge_of(curve: list[dict[str, Any]]) -> Edge | None:
     return grid_edge("lr", values, best["lr"] if best else min(values))
 
 
-def _add_cost(study: StudyLayout, stage: str, seconds: float) -> None:
-    before = storage.read_bytes(study.costs) if storage.exists(study.costs) else b""
-    storage.write_bytes(study.costs, before + json.dumps({"stage": stage, "seconds": round(seconds, 3)}).encode()
-                        + b"\n")
-
-
-def stage_seconds(study: StudyLayout) -> dict[str, float]:
-    """Wall seconds of each stage, summed over the launches that ran it."""
-    out = dict.fromkeys(STAGES, 0.0)
-    if storage.exists(study.costs):
-        for line in storage.read_bytes(study.costs).decode(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            out[record["stage"]] = out.get(record["stage"], 0.0) + float(record["seconds"])
-    return out
-
-
 def _study_record(options: SweepOptions, arms: list[Arm]) -> dict[str, Any]:
     """What defines a study: its options and arms (how to run it aside)."""
     how = ("max_concurrent", "keep_checkpoints")
@@ -228,7 +208,7 @@ def _timed(study: StudyLayout, stage: str, run: Any) -> Any:
         return run()
     finally:
         if storage.exists(study.dir):  # a stage refused before it started wrote nothing
-            _add_cost(study, stage, time.time() - started)
+            stage_costs.add(study, stage, time.time() - started)
 
 
 def tune_lr(base: RunSpec, options: SweepOptions, *, address: str | None = None, progress: bool = True,
