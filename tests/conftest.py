@@ -49,8 +49,8 @@ else:
 
 # the files that train through Ray, slowest first (each 2-4 minutes on 2 cores; the rest take seconds): the two test
 # processes (setup.cfg) start on them and the short files fill in at the end, instead of one long file starting last
-SLOWEST_FIRST = ("test_cluster.py", "test_train.py", "test_jobs.py", "test_sweep.py", "test_submit.py", "test_model.py",
-                 "test_package.py")
+SLOWEST_FIRST = ("test_cluster.py", "test_train.py", "test_jobs.py", "test_sweep.py", "test_study.py", "test_submit.py",
+                 "test_model.py", "test_package.py")
 
 
 def pytest_collection_modifyitems(config, items):
