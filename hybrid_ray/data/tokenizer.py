@@ -138,17 +138,17 @@ class FastTokenizer:
             if (d / "added_tokens.json").exists():  # the legacy file: transformers' reading of it is its own
                 return None
             if kind in _GPT2:
-                core, added = _gpt2_core(d, config)
+                core = _gpt2_core(d, config)
             elif kind in _GENERIC and (d / "tokenizer.json").exists():
                 from tokenizers import Tokenizer as Core
 
-                core, added = Core.from_file(str(d / "tokenizer.json")), []  # with its added tokens
+                core = Core.from_file(str(d / "tokenizer.json"))  # with its added tokens
                 if config.get("clean_up_tokenization_spaces") and type(core.model).__name__ != "BPE":
                     return None
             else:
                 return None
             named = _named_specials(config, specials, kind)
-            if core is None or named is None or not _add_specials(core, config, named, added):
+            if core is None or named is None or not _add_specials(core, config, named):
                 return None
         except Exception:  # a file `tokenizers` cannot read: transformers reads it, or says in one line why not
             return None
@@ -209,10 +209,10 @@ def _named_specials(config: dict, specials: dict, kind: str | None) -> dict[str,
     return named
 
 
-def _gpt2_core(d: Path, config: dict) -> tuple[Any, list[dict]]:
+def _gpt2_core(d: Path, config: dict) -> Any:
     """GPT-2's byte-level BPE as transformers' GPT2Tokenizer builds it (its own pre-tokenizer and decoder around the
     folder's vocabulary and merges): tokenizer.json read by `tokenizers` when its BPE is the one GPT2Tokenizer makes,
-    else vocab.json and merges.txt; and the added tokens still to add to it."""
+    else vocab.json and merges.txt; None when the folder holds neither as GPT2Tokenizer reads it."""
     from tokenizers import Tokenizer as Core
     from tokenizers import decoders, models, pre_tokenizers
 
@@ -221,31 +221,27 @@ def _gpt2_core(d: Path, config: dict) -> tuple[Any, list[dict]]:
         bpe = core.model
         if type(bpe).__name__ != "BPE" or bpe.dropout is not None or bpe.continuing_subword_prefix or \
                 bpe.end_of_word_suffix or bpe.fuse_unk or bpe.byte_fallback or bpe.ignore_merges or bpe.unk_token:
-            return None, []
+            return None
         core.normalizer = None
-        added: list[dict] = []
     elif (d / "vocab.json").exists() and (d / "merges.txt").exists():
         vocab = json.loads((d / "vocab.json").read_bytes())
         lines = (d / "merges.txt").read_text(encoding="utf-8").splitlines()
         merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
         core = Core(models.BPE(vocab=vocab, merges=merges, dropout=None, continuing_subword_prefix="",
                                end_of_word_suffix="", fuse_unk=False))
-        added = []
     else:
-        return None, []
+        return None
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=bool(config.get("add_prefix_space", False)))
     core.decoder = decoders.ByteLevel()
-    return core, added
+    return core
 
 
-def _add_specials(core: Any, config: dict, named: dict[str, str], added: list[dict]) -> bool:
-    """Register the folder's added tokens (tokenizer.json's and tokenizer_config.json's) and the named special tokens
-    with `core`, as transformers does; False when an added token would not keep its recorded id."""
+def _add_specials(core: Any, config: dict, named: dict[str, str]) -> bool:
+    """Register tokenizer_config.json's added tokens (tokenizer.json's are in `core` already) and the named special
+    tokens with `core`, as transformers does; False when an added token would not keep its recorded id."""
     from tokenizers import AddedToken
 
-    wanted = {int(e["id"]): e for e in added}
-    for id_, entry in (config.get("added_tokens_decoder") or {}).items():
-        wanted[int(id_)] = entry
+    wanted = {int(id_): entry for id_, entry in (config.get("added_tokens_decoder") or {}).items()}
     for entry in wanted.values():
         if not isinstance(entry, dict) or not isinstance(entry.get("content"), str):
             return False
