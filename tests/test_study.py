@@ -52,6 +52,8 @@ def test_each_arm_is_compared_at_the_lr_its_search_chose_and_the_report_holds_th
             for trial in (tmp_path / "study" / sweep / "trials").glob(f"{arm}-lr*-s0"):
                 results = json.loads((trial / "results.json").read_text())
                 assert results["total_steps"] == 8  # --tune-steps
+                # an ended LR trial keeps its records, not its weights (91 would not fit an H100 node's disk)
+                assert not (trial / "model").exists() and not list(trial.glob("checkpoint_*")), trial
                 if results["status"] == "finished":
                     finished[results["spec"]["optim"]["lr"]] = results["final"]["val_loss"]
         best = min(finished, key=finished.get)
@@ -70,6 +72,7 @@ def test_each_arm_is_compared_at_the_lr_its_search_chose_and_the_report_holds_th
             results = json.loads((tmp_path / "study" / "compare" / "trials" / f"{arm}-s{seed}" / "results.json")
                                  .read_text())
             assert results["status"] == "finished" and results["step"] == 12
+            assert (tmp_path / "study" / "compare" / "trials" / f"{arm}-s{seed}" / "model").is_dir()
             assert results["spec"]["optim"]["lr"] == pytest.approx(choice["lr"])
             trials.setdefault(arm, []).append(results["best"]["val_loss"])
     assert not (tmp_path / "study" / "compare" / "asha_decisions.jsonl").exists()

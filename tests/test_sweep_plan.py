@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -192,7 +193,7 @@ def test_trials_on_disk_reads_sizes_and_which_trials_ended(tmp_path):
         for step in steps:
             write(trials / name / layout.checkpoint_name(step), step=step)
     (trials / "empty-s0").mkdir()
-    ckpt.CheckpointManager(layout.RunLayout(str(trials / "settled-s0"))).settle(keep_checkpoints=False)
+    ckpt.CheckpointManager(layout.RunLayout(str(trials / "settled-s0"))).settle("weights")
     folders.write_results(RunLayout(str(trials / "finished-s0")), {"status": "finished", "step": 10, "total_steps": 10})
     # diverged before its first checkpoint: a relaunch trains it no more, so it writes nothing more either
     folders.write_results(RunLayout(str(trials / "diverged-s0")), {"status": "diverged", "step": 0, "total_steps": 10})
@@ -203,6 +204,28 @@ def test_trials_on_disk_reads_sizes_and_which_trials_ended(tmp_path):
     assert not found["running-s0"][1] and found["empty-s0"] == (0, False)  # no checkpoint yet: not ended
     size = sum(p.stat().st_size for p in (trials / "running-s0").rglob("*") if p.is_file())
     assert found["running-s0"][0] == size > 0
+
+
+def test_a_trial_that_keeps_only_records_drops_every_checkpoint_and_its_model_and_counts_as_ended(tmp_path):
+    from test_checkpoint import write
+
+    run = RunLayout(str(tmp_path / "trials" / "searched-s0"))
+    for step in (10, 20):
+        write(Path(run.dir) / layout.checkpoint_name(step), step=step)
+    Path(run.model).mkdir()
+    (Path(run.model) / "model.safetensors").write_bytes(b"x" * 1000)
+    folders.write_results(run, {"status": "stopped", "step": 20, "total_steps": 40})
+    ckpt.CheckpointManager(run).settle("records")
+    assert ckpt.list_checkpoints(run) == [] and not Path(run.model).exists()
+    assert folders.read_results(run)["step"] == 20  # its numbers stay
+    [(size, ended)] = sweep_plan.trials_on_disk(SweepLayout.at(str(tmp_path)), ["searched-s0"]).values()
+    assert ended and size < sweep_plan.RECORDS_BYTES
+    spec = h100_arms(16)[0].spec
+    disk = {k: sweep_plan.trial_disk(spec, k) for k in ("checkpoints", "weights", "records")}
+    assert disk["records"].ended == sweep_plan.RECORDS_BYTES < disk["weights"].ended < disk["checkpoints"].ended
+    assert disk["records"].peak == disk["weights"].peak  # it writes the same while it runs
+    with pytest.raises(ValueError, match="keeps must be one of"):
+        ckpt.CheckpointManager(run).settle("nothing")
 
 
 def test_gpu_packing_fills_each_gpu_and_refuses_a_share_that_does_not_fit():
@@ -280,9 +303,9 @@ def test_an_ended_trial_keeps_the_newest_weights_and_drops_optimizer_state(tmp_p
 
     for step in (10, 20):
         write(tmp_path / layout.checkpoint_name(step), step=step)
-    ckpt.CheckpointManager(layout.RunLayout(str(tmp_path))).settle(keep_checkpoints=True)
+    ckpt.CheckpointManager(layout.RunLayout(str(tmp_path))).settle("checkpoints")
     assert len(ckpt.list_checkpoints(RunLayout(str(tmp_path)))) == 2
-    ckpt.CheckpointManager(layout.RunLayout(str(tmp_path))).settle(keep_checkpoints=False)
+    ckpt.CheckpointManager(layout.RunLayout(str(tmp_path))).settle("weights")
     newest = tmp_path / layout.checkpoint_name(20)
     assert ckpt.list_checkpoints(RunLayout(str(tmp_path))) == [newest.name]
     assert not (newest / ckpt.OPTIMIZER_FILE).exists() and (newest / "model.safetensors").exists()

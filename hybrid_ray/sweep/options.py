@@ -28,9 +28,15 @@ class SweepOptions:
     eval_tasks: list[str] = field(default_factory=list)  # downstream tasks scored on every finished trial
     eval_data: str | None = None  # their data when the hub is out of reach (one task)
     keep_checkpoints: bool = False  # ended trials keep every checkpoint with its optimizer state
+    keep_weights: bool = True  # False: ended trials keep only their records (a --tune-lr search's trials)
     tune_lr: bool = False  # each arm at its own best learning rate, then the seeds (sweep/study.py)
     lr_grid: list[float] | None = None  # tune-lr's learning rates for every arm; None: lr_around each arm's own
     tune_steps: int | None = None  # tune-lr's stage-1 budget in steps; None: the full run
+
+    @property
+    def ended_keeps(self) -> str:
+        """What an ended trial keeps (train/checkpoint.py's ENDED_KEEPS)."""
+        return "checkpoints" if self.keep_checkpoints else "weights" if self.keep_weights else "records"
 
     def __post_init__(self) -> None:
         if self.seeds < 1:

@@ -49,6 +49,11 @@ MODEL_CONFIG_BYTES = 16 * 1024
 BYTE_TOKENIZER_BYTES = 16 * 1024
 
 
+# What an ended trial that keeps only its records holds: spec.yaml, results.json with its history, logs, Ray's
+# record (tens of KB on the tiny preset; a long run's history and event files grow it).
+RECORDS_BYTES = 1024 * 1024
+
+
 TOKENIZER_BYTES_PER_TOKEN = 64
 
 
@@ -110,12 +115,12 @@ class TrialDisk:
     peak: int  # the most it holds while it runs: its kept checkpoints, one more being written, model/ at its end
 
 
-def trial_disk(spec: RunSpec, keep_checkpoints: bool = False) -> TrialDisk:
-    """The disk one trial takes: an ended one keeps model/ and its newest checkpoint's weights (everything with
-    `keep_checkpoints`); a running one its kept checkpoints, one more while Ray writes the next before it deletes
-    the oldest, and model/ at its end."""
+def trial_disk(spec: RunSpec, keeps: str = "weights") -> TrialDisk:
+    """The disk one trial takes: an ended one what `keeps` says (train/checkpoint.py's ENDED_KEEPS); a running one
+    its kept checkpoints, one more while Ray writes the next before it deletes the oldest, and model/ at its end."""
     checkpoint, kept, model = checkpoint_bytes(spec), checkpoints_kept(spec), model_dir_bytes(spec)
-    ended = kept * checkpoint + model if keep_checkpoints else weights_checkpoint_bytes(spec) + model
+    ended = {"checkpoints": kept * checkpoint + model, "weights": weights_checkpoint_bytes(spec) + model,
+             "records": RECORDS_BYTES}[keeps]
     return TrialDisk(checkpoint, kept, model, ended, kept * checkpoint + checkpoint + model)
 
 
@@ -142,14 +147,14 @@ class DiskPlan:
 
 
 def disk_plan(trials: dict[str, RunSpec], concurrent: int, free: int | None,
-              on_disk: dict[str, tuple[int, bool]] | None = None, keep_checkpoints: bool = False) -> DiskPlan:
+              on_disk: dict[str, tuple[int, bool]] | None = None, keeps: str = "weights") -> DiskPlan:
     """The most disk the sweep's `trials` (name: spec) hold at once, given what each holds now (`on_disk`: name:
     (bytes, ended), trials_on_disk): every trial ends holding what it keeps (an ended one: what it holds), and at
     the peak the `concurrent` trials with the most to grow are running at their peak."""
     on_disk = on_disk or {}
     finals, growth = 0, []
     for name, spec in trials.items():
-        size = trial_disk(spec, keep_checkpoints)
+        size = trial_disk(spec, keeps)
         held, ended = on_disk.get(name, (0, False))
         if ended:
             finals += held
@@ -161,7 +166,7 @@ def disk_plan(trials: dict[str, RunSpec], concurrent: int, free: int | None,
     held = sum(on_disk.get(name, (0, False))[0] for name in trials)
     largest = max(trials.values(), key=lambda s: count_params(s.model)["total"])
     ended_count = sum(1 for name in trials if on_disk.get(name, (0, False))[1])
-    return DiskPlan(len(trials), running, ended_count, trial_disk(largest, keep_checkpoints), need, held, free)
+    return DiskPlan(len(trials), running, ended_count, trial_disk(largest, keeps), need, held, free)
 
 
 def free_bytes(path: str) -> int | None:
@@ -198,57 +203,58 @@ def trials_on_disk(sweep: SweepLayout, trial_names: Sequence[str]) -> dict[str, 
         finished = finished or results.get("status") == "diverged"  # a relaunch trains it no more
         checkpoints = folders.list_checkpoints(run)
         settled = bool(checkpoints) and not any(Path(run.optimizer(c)).exists() for c in checkpoints)
+        settled = settled or (bool(results) and not checkpoints and not storage.exists(run.model))  # records only
         out[name] = (size, finished or settled)
     return out
 
 
-def _fits(trials: dict[str, RunSpec], concurrent: int, free: int, on_disk: dict, keep_checkpoints: bool) -> bool:
-    return disk_plan(trials, concurrent, free, on_disk, keep_checkpoints).to_write <= free
+def _fits(trials: dict[str, RunSpec], concurrent: int, free: int, on_disk: dict, keeps: str) -> bool:
+    return disk_plan(trials, concurrent, free, on_disk, keeps).to_write <= free
 
 
 def _what_fits(trials: dict[str, RunSpec], concurrent: int, free: int, on_disk: dict,
-               keep_checkpoints: bool) -> list[str]:
+               keeps: str) -> list[str]:
     """The flags that make the sweep fit `free`, each alone (only ones that really do)."""
     fits = []
     kept = max(checkpoints_kept(s) for s in trials.values())
     for keep in range(kept - 1, 0, -1):
         smaller = {n: s.with_overrides({"train.keep": keep}) for n, s in trials.items()}
-        if _fits(smaller, concurrent, free, on_disk, keep_checkpoints):
+        if _fits(smaller, concurrent, free, on_disk, keeps):
             every = math.ceil(max(s.train.steps for s in trials.values()) / keep)
             fits.append(f"--keep {keep} (or --checkpoint-every {every})")
             break
     for fewer in range(concurrent - 1, 0, -1):
-        if _fits(trials, fewer, free, on_disk, keep_checkpoints):
+        if _fits(trials, fewer, free, on_disk, keeps):
             fits.append(f"--max-concurrent {fewer}")
             break
-    if keep_checkpoints and _fits(trials, concurrent, free, on_disk, False):
+    if keeps == "checkpoints" and _fits(trials, concurrent, free, on_disk, "weights"):
         fits.append("no --keep-checkpoints")
     started = [n for n in trials if n in on_disk]
     rest = [n for n in trials if n not in on_disk]
     for count in range(len(rest) - 1, 0, -1):
         subset = {n: trials[n] for n in started + rest[:count]}
-        if _fits(subset, concurrent, free, on_disk, keep_checkpoints):
+        if _fits(subset, concurrent, free, on_disk, keeps):
             fits.append(f"{len(subset)} trial(s) instead of {len(trials)} (fewer arms or --seeds)")
             break
     return fits
 
 
 def check_disk(trials: dict[str, RunSpec], concurrent: int, path: str, *,
-               on_disk: dict[str, tuple[int, bool]] | None = None, keep_checkpoints: bool = False,
+               on_disk: dict[str, tuple[int, bool]] | None = None, keeps: str = "weights",
                free: int | None = None) -> DiskPlan:
     """Refuse (one line: the numbers and the flags that make it fit) a sweep whose trials would fill the disk under
     `path`, counting only what remains to be written (a relaunch never needs the space its trials hold already); for
     URI storage, warn with the size it will take. `trials`: trial name -> spec; `on_disk`: trials_on_disk();
     `free`: the free bytes to plan against (default: the file system's under `path`; a dry run assumes one)."""
     on_disk = on_disk or {}
-    plan = disk_plan(trials, concurrent, free if free is not None else free_bytes(path), on_disk, keep_checkpoints)
+    plan = disk_plan(trials, concurrent, free if free is not None else free_bytes(path), on_disk, keeps)
     if plan.free is None:
         warnings.warn(f"the sweep will store about {gb(plan.need)} under {path} ({plan.describe()}); "
                       "check that the bucket has room")
         return plan
     if plan.to_write <= plan.free:
         return plan
-    fits = _what_fits(trials, concurrent, plan.free, on_disk, keep_checkpoints)
+    fits = _what_fits(trials, concurrent, plan.free, on_disk, keeps)
     tried = [lever for lever, ok in (("--keep 1", max(checkpoints_kept(s) for s in trials.values()) > 1),
                                      ("--max-concurrent 1", concurrent > 1),
                                      ("fewer trials", len([n for n in trials if n not in on_disk]) > 1)) if ok]
@@ -352,7 +358,7 @@ def plan_sweep(arms: list[Arm], options: SweepOptions, have: dict[str, float], g
     concurrent = min(p.concurrent for p in plans)  # the largest arm bounds it
     trials = {trial_name(a.id, seed): a.spec for a in arms for seed in range(options.seeds)}
     on_disk = trials_on_disk(sweep, list(trials))
-    kwargs = {"on_disk": on_disk, "keep_checkpoints": options.keep_checkpoints}
+    kwargs = {"on_disk": on_disk, "keeps": options.ended_keeps}
     free = free if free is not None else free_bytes(sweep.dir)
     fits = concurrent
     if options.max_concurrent is None and free is not None:  # the default runs no more at once than the disk holds

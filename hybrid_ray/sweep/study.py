@@ -78,8 +78,9 @@ def _stage_options(options: SweepOptions, **changes: Any) -> SweepOptions:
 
 
 def _search_options(options: SweepOptions, scheduler: str) -> SweepOptions:
+    # its ended trials keep their records, not their weights: only their losses decide (ENDED_KEEPS)
     return _stage_options(options, grid=[*options.grid, "lr"], seeds=1, scheduler=scheduler, eval_tasks=[],
-                          eval_data=None)
+                          eval_data=None, keep_weights=False, keep_checkpoints=False)
 
 
 def _stage_base(base: RunSpec, study: StudyLayout, stage: str) -> RunSpec:
@@ -149,7 +150,7 @@ def edge_of(curve: list[dict[str, Any]]) -> Edge | None:
 
 def _study_record(options: SweepOptions, arms: list[Arm]) -> dict[str, Any]:
     """What defines a study: its options and arms (how to run it aside)."""
-    how = ("max_concurrent", "keep_checkpoints")
+    how = ("max_concurrent", "keep_checkpoints", "keep_weights")
     return json.loads(folders.dumps({
         "options": {k: v for k, v in dataclasses.asdict(options).items() if k not in how},
         "arms": {a.id: a.spec.with_overrides({"storage_path": "."}).to_dict() for a in arms}}))

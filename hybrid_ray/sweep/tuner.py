@@ -60,7 +60,7 @@ class SweepOutcome:
 
 def _grid_record(options: SweepOptions, arms: list[Arm]) -> dict[str, Any]:
     """What defines a sweep: relaunching its name with anything else is refused."""
-    how = ("max_concurrent", "keep_checkpoints")  # how to run it, not what it is
+    how = ("max_concurrent", "keep_checkpoints", "keep_weights")  # how to run it, not what it is
     return {"options": {k: v for k, v in dataclasses.asdict(options).items() if k not in how},
             "arms": {a.id: a.spec.to_dict() for a in arms}}
 
@@ -109,12 +109,11 @@ def check_relaunch(sweep: SweepLayout, options: SweepOptions, arms: list[Arm]) -
 
 
 def _trial(config: dict[str, Any], specs: dict[str, dict], sweep: SweepLayout, data_origin: str | None,
-           keep_checkpoints: bool = False, rungs: dict[str, list[int]] | None = None) -> None:
+           keeps: str = "weights", rungs: dict[str, list[int]] | None = None) -> None:
     """A Tune trial: one train() run of an arm and seed, reporting to Tune through Ray Train's callback. The trial's
     own process owns its run folder from start to end: its train() resumes it, keeps its newest checkpoints while it
     trains, stops it at a rung when ASHA says so (train/rungs.py), writes its results, and then this settles it; the
     scheduler and the sweep never delete anything of a trial that is running."""
-    from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from hybrid_ray.train import train
@@ -130,22 +129,33 @@ def _trial(config: dict[str, Any], specs: dict[str, dict], sweep: SweepLayout, d
         # before diverged trials ended) or when a new Tuner reports the grid (sweep(): removed trials)
         _report_divergence(run)
         return
+    settled = folders.read_results(run) if keeps == "records" and folders.newest_step(run) is None else None
+    if settled and settled.get("status") in ("finished", "stopped"):
+        # it ended and kept only its records (ENDED_KEEPS) before Tune could record its end: with no checkpoint left,
+        # train() would start it over; report what it ended with instead
+        _report_ended(settled)
+        return
     try:
         outcome = train(spec, callbacks=[TuneReportCallback()], progress=False, kernel_cache=sweep.storage_path,
                         data_origin=data_origin, rungs=judged)
     except DivergedError:  # its train() wrote its results (status diverged) and diverged.json: the trial ends here
-        CheckpointManager(run).settle(keep_checkpoints)
+        CheckpointManager(run).settle(keeps)
         _report_divergence(run)
         return
     if outcome.already_done:
         # it ended before this launch (Tune's own record of it was lost, or Ctrl-C came between its judgement and
         # its end): report what it ended with, train nothing
-        done = outcome.results
-        evaluations = sum("val_loss" in r for r in done.get("history", []))
-        tune.report({**(done.get("final") or {}), "step": done["step"], "evaluations": evaluations,
-                     "evaluated": False})
+        _report_ended(outcome.results)
     if outcome.results["status"] in ("finished", "stopped"):  # ran to its end, or to the rung ASHA stopped it at
-        CheckpointManager(run).settle(keep_checkpoints)  # free its disk now, not at the sweep's end
+        CheckpointManager(run).settle(keeps)  # free its disk now, not at the sweep's end
+
+
+def _report_ended(done: dict[str, Any]) -> None:
+    """What an ended trial's relaunch reports: its final numbers, judged by no one again (`evaluated` False)."""
+    from ray import tune
+
+    evaluations = sum("val_loss" in r for r in done.get("history", []))
+    tune.report({**(done.get("final") or {}), "step": done["step"], "evaluations": evaluations, "evaluated": False})
 
 
 def _report_divergence(run: RunLayout) -> None:
@@ -271,7 +281,7 @@ def sweep(
         if progress:
             print(f"training again the trial(s) whose run folder was deleted: {', '.join(removed)}", flush=True)
         outcomes, interrupted = _fit(base, options, arms, sweep, concurrent, False, progress, verbose, origin)
-    rows = collect(arms, options.seeds, sweep, dataset, outcomes=outcomes, keep_checkpoints=options.keep_checkpoints)
+    rows = collect(arms, options.seeds, sweep, dataset, outcomes=outcomes, keeps=options.ended_keeps)
     if options.eval_tasks and not interrupted:
         rows = evaluate_finished(rows, options, address, progress)
     outcome = write_outputs(sweep, rows, title=base.name, launch_order=launched_order(sweep, arms))
@@ -378,7 +388,7 @@ def _fit(base: RunSpec, options: SweepOptions, arms: list[Arm], sweep: SweepLayo
     specs = {arm.id: arm.spec.to_dict() for arm in arms}
     rungs = {arm.id: rung_steps(options, arms, arm) for arm in arms} if options.scheduler == "asha" else None
     trainable = tune.with_parameters(_trial, specs=specs, sweep=sweep, data_origin=data_origin,
-                                     keep_checkpoints=options.keep_checkpoints, rungs=rungs)
+                                     keeps=options.ended_keeps, rungs=rungs)
     # the trial itself only waits on its TorchTrainer, whose workers hold the CPUs and GPUs
     trainable = tune.with_resources(trainable, {"CPU": TRIAL_CPU})
     with _Signals(verbose):
@@ -429,7 +439,7 @@ def removed_trials(outcomes: dict[str, status.TuneOutcome], sweep: SweepLayout) 
 
 def collect(arms: list[Arm], seeds: int, sweep: SweepLayout, dataset: Any, *,
             outcomes: dict[str, status.TuneOutcome] | None = None,
-            keep_checkpoints: bool = False) -> list[dict[str, Any]]:
+            keeps: str = "weights") -> list[dict[str, Any]]:
     """One row per trial from its run folder, with its status; a trial that ASHA stopped (or the sweep interrupted)
     gets its results.json written now, from its newest checkpoint, so it keeps its results like any other run. Only
     trials that ended for good (finished, stopped by ASHA, diverged) drop their optimizer state: an interrupted one
@@ -454,7 +464,7 @@ def collect(arms: list[Arm], seeds: int, sweep: SweepLayout, dataset: Any, *,
             state, reason = status.trial_status(results, newest, outcome, stops.get(name), gone=gone)
             if state in (status.FINISHED, status.STOPPED, status.DIVERGED):  # its process ended before it settled it
                 try:
-                    CheckpointManager(run).settle(keep_checkpoints)
+                    CheckpointManager(run).settle(keeps)
                 except (OSError, HybridRayError) as e:  # it keeps more than it needs: that fails nothing
                     warnings.warn(f"could not free the disk of trial {name} ({first_line(e)})")
             if results is None and state == status.STOPPED:

@@ -103,6 +103,13 @@ class Resume:
     counted: list[str]
 
 
+# What an ended sweep trial keeps (CheckpointManager.settle): every checkpoint with its optimizer state (--keep-
+# checkpoints: resumable, --extend-steps), model/ and its newest checkpoint's weights (the default: generate, eval), or
+# only its records (a --tune-lr search's trials: the 13-arm study's 91 would otherwise keep ~146 GB of weights nobody
+# reads, more than an H100 node's disk).
+ENDED_KEEPS = ("checkpoints", "weights", "records")
+
+
 class CheckpointManager:
     """A run's checkpoints on the driver, the one owner of their lifecycle: where a launch resumes from (`at_launch`),
     what the run keeps while it trains (the newest `keep`: `for_ray` hands Ray Train a CheckpointConfig that deletes
@@ -251,11 +258,19 @@ class CheckpointManager:
             storage.remove_dir(self.run.checkpoint(name))
         return gone
 
-    def settle(self, keep_checkpoints: bool) -> None:
-        """What an ended sweep trial keeps: model/ and its newest checkpoint's weights, without optimizer state or
-        older checkpoints, unless `keep_checkpoints`."""
-        if not keep_checkpoints:
+    def settle(self, keeps: str = "weights") -> None:
+        """Free what an ended sweep trial no longer needs (`keeps`, one of ENDED_KEEPS): nothing ("checkpoints"), its
+        optimizer state and older checkpoints ("weights": model/ and the newest checkpoint's weights stay), or every
+        checkpoint and model/ ("records": its results, history and spec stay)."""
+        if keeps not in ENDED_KEEPS:
+            raise ValueError(f"keeps must be one of {ENDED_KEEPS}, got {keeps!r}")
+        if keeps == "weights":
             self.prune()
+        elif keeps == "records":
+            for name in self.names():
+                storage.remove_dir(self.run.checkpoint(name))
+            if storage.exists(self.run.model):
+                storage.remove_dir(self.run.model)
 
     def prune(self) -> None:
         """Keep only the newest good checkpoint of a run, weights only (what an ended sweep trial keeps); nothing when
