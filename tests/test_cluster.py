@@ -239,7 +239,11 @@ def test_two_heads_of_local_head_sh_start_beside_each_other_and_stop_apart(tmp_p
         second = start()
         for what, default in (("gcs", 6379), ("dashboard", 8265), ("client", 10001)):
             assert first[what] != second[what] and _listening(first[what]) and _listening(second[what]), what
-            assert f"port {default} (" in second["stderr"] and f"using {second[what]} " in second["stderr"]  # said
+            # a head that moves off a default port says so; under the full suite another test's Ray may hold a
+            # default when the first head starts and free it before the second does, so the second may take it
+            if second[what] != default:
+                assert f"port {default} (" in second["stderr"] and f"using {second[what]} " in second["stderr"]
+        assert any(second[w] != d for w, d in (("gcs", 6379), ("dashboard", 8265), ("client", 10001)))
         both = stop()
         assert both.returncode == 2 and f"{first['gcs']}" in both.stderr and f"{second['gcs']}" in both.stderr
         assert stop(second["gcs"]).returncode == 0
