@@ -92,8 +92,8 @@ def test_the_study_s_dry_run_gives_each_stage_its_gpu_hours_and_the_total(tmp_pa
     arms = planned_arms(tmp_path, capsys)
     measured(RunLayout.named(str(tmp_path), "a"), arms["attn0"], wall=1500.0, step=1000)  # 1.5 GPU-s a step
     measured(RunLayout.named(str(tmp_path), "b"), arms["attn50"], wall=1000.0, step=1000)  # 1.0 GPU-s a step
-    rc = main(["sweep", "--variant", "h100_deltanet", "--grid", GRID, "--tune-lr", "--seeds", "2", "--tune-steps", "200",
-               "--dry-run", *ASSUME, "--name", "st", "--storage-path", str(tmp_path)])
+    rc = main(["sweep", "--variant", "h100_deltanet", "--grid", GRID, "--tune-lr", "--seeds", "2",
+               "--tune-steps", "200", "--dry-run", *ASSUME, "--name", "st", "--storage-path", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 0, out
     # stage 1: 2 arms x 7 LRs x 200 steps: 7 x 200 x (1.5 + 1.0) = 3500 GPU-s = 0.97 h, at most (ASHA)

@@ -99,14 +99,17 @@ class Speeds:
         """Every measured run under `storage_path` (one that cannot be read is passed over: a dry run refuses nothing
         for it)."""
         speeds = cls(storage.normalize(storage_path))
-        for run in result_runs(storage_path):
-            try:
-                results = folders.read_results(run)
-            except Exception:
-                continue
-            found = measure(results, run.dir) if results else None
-            if found:
-                speeds.by_key.setdefault(found[0], []).append(found[1])
+        try:
+            for run in result_runs(storage_path):
+                try:
+                    results = folders.read_results(run)
+                except Exception:
+                    continue
+                found = measure(results, run.dir) if results else None
+                if found:
+                    speeds.by_key.setdefault(found[0], []).append(found[1])
+        except OSError:  # storage that cannot be listed (a bucket out of reach): what was read so far
+            pass
         return speeds
 
     def devices(self, spec: RunSpec) -> dict[str, float]:
