@@ -41,12 +41,25 @@ def speed_key(spec: RunSpec) -> str:
 
 @dataclass(frozen=True)
 class Measured:
-    """One run's measurement: GPU-seconds over the steps it ran, on one kind of GPU."""
+    """One run's measurement on one kind of GPU: GPU-seconds over the steps it trained, and GPU-seconds of each of its
+    launches outside them."""
 
     run: str  # its folder
     device: str
-    gpu_seconds: float
+    step_seconds: float  # GPU-seconds of its training clock (train_seconds x GPU share)
     steps: int
+    launch_seconds: float | None  # GPU-seconds a launch besides its steps; None: a run from before train_seconds
+
+
+@dataclass(frozen=True)
+class Speed:
+    """An arm's measured speed on one kind of GPU: GPU-seconds a step and GPU-seconds a trial launch."""
+
+    step: float
+    launch: float
+
+    def seconds(self, trials: int, steps: int) -> float:
+        return trials * self.launch + trials * steps * self.step
 
 
 def measure(results: dict[str, Any], run: str) -> tuple[str, Measured] | None:
@@ -67,10 +80,19 @@ def measure(results: dict[str, Any], run: str) -> tuple[str, Measured] | None:
     share = spec.scale.num_workers * (1.0 if per_worker is None else per_worker)  # None: one GPU each on a GPU node
     if share <= 0:
         return None
-    # The wall seconds (every launch's, summed by finalize), not train_seconds: a trial also spends its GPU share on
-    # start-up, compiling kernels, evaluations and checkpoints, and holds it all along; that is what the GPU-hours of
-    # a sweep are. Per step it ran, so a trial ASHA stopped measures the same speed as one that finished.
-    return speed_key(spec), Measured(run, device, wall * share, steps)
+    # Two parts, since a short run's wall time is mostly its launch: the training clock (train_seconds: the steps but
+    # each launch's first, which is compile_seconds), a cost per step; and the rest of the wall time (every launch's,
+    # summed by finalize), a cost per launch: Ray Train's worker group, model, data, the first step's compile,
+    # evaluations and checkpoints, the model's export. A trial holds its GPU share all along, so both count. Per step
+    # it trained, so a trial ASHA stopped measures the same speed as one that finished.
+    train = results.get("train_seconds")
+    if not isinstance(train, (int, float)) or train <= 0:
+        # A results.json from before train_seconds: its wall time a step, start-up and all (an estimate too high for
+        # longer trials than it ran), and no launch part.
+        return speed_key(spec), Measured(run, device, wall * share, steps, None)
+    launches = results.get("launches")
+    launches = max(launches, 1) if isinstance(launches, int) else 1
+    return speed_key(spec), Measured(run, device, train * share, steps, max(wall - train, 0.0) * share / launches)
 
 
 def result_runs(storage_path: str) -> Iterator[RunLayout]:
@@ -112,15 +134,20 @@ class Speeds:
             pass
         return speeds
 
-    def devices(self, spec: RunSpec) -> dict[str, float]:
-        """GPU-seconds a step of `spec` on each device it was measured on: all its runs on that device pooled (total
-        GPU-seconds over total steps, so a long run weighs more than a short one)."""
-        pooled: dict[str, list[float]] = {}
+    def devices(self, spec: RunSpec) -> dict[str, Speed]:
+        """The measured speed of `spec` on each device it was measured on: a step's GPU-seconds pooled over its runs
+        there (total seconds over total steps, so a long run weighs more than a short one), a launch's their mean.
+        Runs from before train_seconds count only where no later run measured the arm on that device."""
+        by_device: dict[str, list[Measured]] = {}
         for m in self.by_key.get(speed_key(spec), []):
-            seconds_steps = pooled.setdefault(m.device, [0.0, 0])
-            seconds_steps[0] += m.gpu_seconds
-            seconds_steps[1] += m.steps
-        return {device: seconds / steps for device, (seconds, steps) in pooled.items()}
+            by_device.setdefault(m.device, []).append(m)
+        speeds = {}
+        for device, runs in by_device.items():
+            timed = [m for m in runs if m.launch_seconds is not None]
+            runs = timed or runs
+            launch = sum(m.launch_seconds for m in timed) / len(timed) if timed else 0.0
+            speeds[device] = Speed(sum(m.step_seconds for m in runs) / sum(m.steps for m in runs), launch)
+        return speeds
 
 
 def hours_text(hours: float) -> str:
@@ -139,6 +166,7 @@ class GpuHours:
     devices: dict[str, int]  # the GPUs the speeds were measured on: arms each
     storage_path: str
     at_most: bool = False  # the full budget, which a scheduler's stops make shorter
+    launch_seconds: float = 0.0  # of `seconds`, the trials' launches (start-up, compile, first step, end)
 
     @property
     def complete(self) -> bool:
@@ -149,8 +177,8 @@ class GpuHours:
         return self.seconds / 3600
 
     def line(self) -> str:
-        """`GPU-hours: about 3.1 (26 trials x 80 steps at the speed measured on ... for 13 of 13 arms)`, the measured
-        arms' hours and how many are not measured yet, or `not known`."""
+        """`GPU-hours: about 3.1 (26 trials x 80 steps at the speed measured on ... for 13 of 13 arms; 0.42 of it
+        trial start-up and end)`, the measured arms' hours and how many are not measured yet, or `not known`."""
         if not self.measured:
             return (f"GPU-hours: not known (no run of these arms has been measured on a GPU under "
                     f"{self.storage_path})")
@@ -160,32 +188,36 @@ class GpuHours:
         on = (next(iter(self.devices)) if len(self.devices) == 1 else
               ", ".join(f"{d} ({n} arm(s))" for d, n in self.devices.items()))
         size = f"{'at most about' if self.at_most else 'about'} {hours_text(self.hours)}"
+        launches = (f"; {hours_text(self.launch_seconds / 3600)} of it trial start-up and end" if self.launch_seconds
+                    else "")
         if self.complete:
             return (f"GPU-hours: {size} ({how} at the speed measured on {on} for {self.measured} of {self.arms} "
-                    "arms)")
-        return (f"GPU-hours: {size} for the {self.measured} measured arm(s) ({how} at the speed measured on {on}); "
-                f"{self.arms - self.measured} arm(s) not measured yet")
+                    f"arms{launches})")
+        return (f"GPU-hours: {size} for the {self.measured} measured arm(s) ({how} at the speed measured on {on}"
+                f"{launches}); {self.arms - self.measured} arm(s) not measured yet")
 
 
 def estimate(specs: Sequence[RunSpec], seeds: int, speeds: Speeds, *, at_most: bool = False) -> GpuHours:
     """The GPU-hours of `seeds` trials of each arm (`specs`: their specs, each to its own steps) at the speeds
-    measured under the storage path. Where an arm was measured on several GPUs, the GPU that measured most of the
-    arms is used, so one sweep's hours are of one kind of GPU where they can be."""
+    measured under the storage path: trials x GPU-seconds a launch + trials x steps x GPU-seconds a step. Where an
+    arm was measured on several GPUs, the GPU that measured most of the arms is used, so one sweep's hours are of one
+    kind of GPU where they can be."""
     found = [speeds.devices(spec) for spec in specs]
     coverage: dict[str, int] = {}
     for devices in found:
         for device in devices:
             coverage[device] = coverage.get(device, 0) + 1
     preferred = sorted(coverage, key=lambda d: (-coverage[d], d))
-    seconds, steps, used = 0.0, [], {}
+    seconds, launch_seconds, steps, used = 0.0, 0.0, [], {}
     for spec, devices in zip(specs, found):
         device = next((d for d in preferred if d in devices), None)
         if device is None:
             continue
-        seconds += devices[device] * spec.train.steps * seeds
+        seconds += devices[device].seconds(seeds, spec.train.steps)
+        launch_seconds += devices[device].launch * seeds
         steps += [spec.train.steps] * seeds
         used[device] = used.get(device, 0) + 1
     used = dict(sorted(used.items(), key=lambda kv: (-kv[1], kv[0])))
     measured = sum(used.values())
     return GpuHours(len(specs), measured, measured * seeds, tuple(steps), seconds, used, speeds.storage_path,
-                    at_most)
+                    at_most, launch_seconds)
