@@ -20,6 +20,7 @@ from hybrid_ray.config.grid import Arm, expand, match_params, parse_grid
 from hybrid_ray.errors import HybridRayError, SpecError
 from hybrid_ray.layout import SweepLayout
 from hybrid_ray.model import count_params
+from hybrid_ray.records.speeds import GpuHours, Speeds, estimate
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.sweep.asha import asha_line, grace_period
 from hybrid_ray.sweep.options import SweepOptions
@@ -389,12 +390,19 @@ class Assumed:
             raise SpecError(f"--assume-free-disk must be >= 0 GB, got {self.free_disk_gb:g}")
 
 
+def gpu_hours(planned: SweepPlan, options: SweepOptions, speeds: Speeds) -> GpuHours:
+    """The GPU-hours of the planned sweep's trials at the speed measured of its arms (records/speeds.py); under ASHA
+    the full budget, which its stops make shorter."""
+    return estimate([a.spec for a in planned.arms], options.seeds, speeds, at_most=options.scheduler == "asha")
+
+
 def dry_run(base: RunSpec, options: SweepOptions, *, address: str | None = None,
-            assume: Assumed = Assumed(), arms: list[Arm] | None = None) -> SweepPlan:
+            assume: Assumed = Assumed(), arms: list[Arm] | None = None, speeds: Speeds | None = None) -> SweepPlan:
     """Print the sweep's plan without training (or tokenizing): arms, parameters, MLP widths, GPU memory per trial
-    against its share, trials at once, disk, kernel shapes; then refuse, in one line, what would be refused at launch.
-    Plans for `assume` where given, else for the cluster at `address` (or $RAY_ADDRESS), else for this machine.
-    `arms`: the sweep's arms as given instead of the grid's product (sweep/study.py's stages)."""
+    against its share, trials at once, disk, kernel shapes, the GPU-hours at the arms' measured speed; then refuse,
+    in one line, what would be refused at launch. Plans for `assume` where given, else for the cluster at `address`
+    (or $RAY_ADDRESS), else for this machine. `arms`: the sweep's arms as given instead of the grid's product
+    (sweep/study.py's stages); `speeds`: the measured runs (default: those under the base's storage path)."""
     arms = arms if arms is not None else expand(base, parse_grid(options.grid))
     base = dataclasses.replace(base, storage_path=storage.normalize(base.storage_path))
     base = dataclasses.replace(base, model=base.model.with_vocab(_planned_vocab(base)))
@@ -407,7 +415,9 @@ def dry_run(base: RunSpec, options: SweepOptions, *, address: str | None = None,
     sweep = SweepLayout.of(base)
     free = int(assume.free_disk_gb * 1e9) if assume.free_disk_gb is not None else None
     planned = plan_sweep(arms, options, have, memory, sweep, free=free, check=False)
+    speeds = speeds if speeds is not None else Speeds.read(base.storage_path)
     print(planned.describe(options), flush=True)
+    print(gpu_hours(planned, options, speeds).line(), flush=True)
     plan_sweep(arms, options, have, memory, sweep, free=free)  # the launch's refusals, after the plan
     return planned
 

@@ -177,30 +177,40 @@ def _record_study(study: StudyLayout, record: dict[str, Any], base: RunSpec) -> 
 def dry_run(base: RunSpec, options: SweepOptions, *, address: str | None = None, assume: Any = None) -> None:
     """Print both stages' plans (trials, trials at once, disk, GPU memory) without training or tokenizing; stage 2
     is planned at each arm's own learning rate (the one stage 1 will choose changes no size)."""
-    from hybrid_ray.sweep.plan import Assumed
+    from hybrid_ray.records.speeds import Speeds, estimate, hours_text
+    from hybrid_ray.sweep.plan import Assumed, gpu_hours
     from hybrid_ray.sweep.plan import dry_run as plan_only
 
     assume = assume or Assumed()
     arms = study_arms(base, options)
     study = study_layout(base)
+    speeds = Speeds.read(study.storage_path)  # every run under the storage path, not the study's own alone
     values = {a.id: lr_values(a, options) for a in arms}
     search, _ = lr_arms(arms, values, options.tune_steps)
     steps = options.tune_steps or base.train.steps
     print(f"stage 1, the LR search: {len(arms)} arm(s) x {len(next(iter(values.values())))} LR(s) x 1 seed = "
           f"{len(search)} trial(s) of {steps} steps, ASHA within each arm; then at most {2 * len(arms)} more, FIFO "
           f"(two LRs past the edge, once, for each arm whose best LR is at its grid's edge)", flush=True)
-    first = plan_only(_stage_base(base, study, "lr"), _search_options(options, "asha"), address=address,
-                      assume=assume, arms=search)
+    search_options = _search_options(options, "asha")
+    first = plan_only(_stage_base(base, study, "lr"), search_options, address=address, assume=assume, arms=search,
+                      speeds=speeds)
     print(f"\nstage 2, the comparison: {len(arms)} arm(s) x {options.seeds} seed(s) = {len(arms) * options.seeds} "
           f"trial(s) of {base.train.steps} steps, each arm at the LR stage 1 chooses, FIFO", flush=True)
-    second = plan_only(_stage_base(base, study, "compare"), _stage_options(options, scheduler="fifo"),
-                       address=address, assume=assume, arms=arms)
+    compare_options = _stage_options(options, scheduler="fifo")
+    second = plan_only(_stage_base(base, study, "compare"), compare_options, address=address, assume=assume,
+                       arms=arms, speeds=speeds)
     product = len(search) * options.seeds * base.train.steps
     method = len(search) * steps + len(arms) * options.seeds * base.train.steps
+    # stage 1's extensions: at most two LRs of each arm, each at its arm's speed (an LR sets no speed)
+    extensions = estimate([a.spec.with_overrides({"train.steps": steps}) for a in second.arms], 2, speeds)
+    stages = [gpu_hours(first, search_options, speeds), extensions, gpu_hours(second, compare_options, speeds)]
+    hours = (f"; GPU-hours: at most about {hours_text(sum(s.hours for s in stages))} (stage 1 "
+             f"{hours_text(stages[0].hours)}, its extensions {hours_text(stages[1].hours)}, stage 2 "
+             f"{hours_text(stages[2].hours)})" if all(s.complete for s in stages) else "")
     print(f"\nin all: at most {len(search) * steps + 2 * len(arms) * steps + len(arms) * options.seeds * base.train.steps}"
           f" trial-steps ({first.concurrent} then {second.concurrent} trial(s) at once; ASHA's stops make stage 1 "
           f"shorter), against {product} for every arm at every LR with every seed to the end "
-          f"({method / product:.0%} of it before ASHA and extensions)", flush=True)
+          f"({method / product:.0%} of it before ASHA and extensions){hours}", flush=True)
 
 
 def _timed(study: StudyLayout, stage: str, run: Any) -> Any:
