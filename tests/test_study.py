@@ -30,18 +30,62 @@ def test_bad_tune_lr_combinations_are_one_line(tmp_path, capsys, args, fragment)
     assert not (tmp_path / "s").exists()
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(2400)  # 15 trials and a relaunch on a shared 2-CPU machine
-def test_each_arm_is_compared_at_the_lr_its_search_chose_and_the_report_holds_the_trials_numbers(ray_session,
-                                                                                                  tmp_path, capsys):
-    from hybrid_ray.layout import StudyLayout
-    from hybrid_ray.sweep.study import read_choices, tune_lr
+def _ended_search_trials(study) -> dict[str, bytes]:
+    """Stage 1's trials that ended (their results.json says finished or stopped), with that file's bytes."""
+    out = {}
+    for results in (study / "lr" / "trials").glob("*/results.json"):
+        try:
+            if json.loads(results.read_text())["status"] in ("finished", "stopped"):
+                out[results.parent.name] = results.read_bytes()
+        except (OSError, ValueError, KeyError):  # being written
+            pass
+    return out
 
-    base = variant_spec("h100_hybrid_sparse", "tiny").with_overrides(
-        {**TINY, "name": "study", "storage_path": str(tmp_path)})
-    options = SweepOptions(grid=["attention_ratio=0,0.5,1"], seeds=2, tune_lr=True, lr_grid=[1e-2, 3e-2, 1e-1],
-                           tune_steps=8)
-    outcome = tune_lr(base, options, progress=False)
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # 15 trials, a Ctrl-C and two relaunches on a shared 2-CPU machine
+def test_each_arm_is_compared_at_the_lr_its_search_chose_and_the_report_holds_the_trials_numbers(ray_head,
+                                                                                                  tmp_path):
+    """The README's study command at the tiny size (3 arms, 2 seeds), on a head, as a user runs it: Ctrl-C during
+    stage 1 once a trial has ended says interrupted with the command to relaunch (exit 130); the relaunch trains no
+    ended LR trial again and ends the study; each arm's choice is its best finished LR trial, stage 2 trains each arm
+    at it, report.md holds the trials' numbers; a second relaunch searches nothing and `compare` reads stage 2."""
+    import signal
+    import subprocess
+    import time
+
+    from ray_procs import HYBRID_RAY
+
+    from hybrid_ray.layout import StudyLayout
+    from hybrid_ray.sweep.study import read_choices
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(variant_spec("h100_hybrid_sparse", "tiny").with_overrides(TINY).to_yaml())
+    args = [HYBRID_RAY, "sweep", "--config", str(config), "--grid", "attention_ratio=0,0.5,1", "--seeds", "2",
+            "--tune-lr", "--lr-grid", "1e-2,3e-2,1e-1", "--tune-steps", "8", "--storage-path", str(tmp_path),
+            "--name", "study", "--address", ray_head.address]
+    study_dir = tmp_path / "study"
+    proc = subprocess.Popen(args, env=ray_head.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while not _ended_search_trials(study_dir):
+        assert time.time() < deadline and proc.poll() is None, proc.communicate()[0][-3000:]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, (out + err)[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: sweep lr interrupted after ") and "relaunch the same command" in last, last
+    assert "--tune-lr" in last and "stage 2" not in out
+    ended = _ended_search_trials(study_dir)
+    assert ended and not (study_dir / "lr_choices.jsonl").exists()  # no decision from a cut search
+
+    again = subprocess.run(args, env=ray_head.env, capture_output=True, text=True, timeout=1800)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert "resuming lr" in again.stdout
+    for name, before in ended.items():  # an LR trial that ended before the cut is not trained again
+        trial = study_dir / "lr" / "trials" / name
+        assert (trial / "results.json").read_bytes() == before, name
+        assert json.loads((trial / "launches.json").read_text())["launches"] == 1, name
     study = StudyLayout(str(tmp_path), "study")
     choices = read_choices(study)
     assert sorted(choices) == ["attn0", "attn100", "attn50"]
@@ -49,11 +93,11 @@ def test_each_arm_is_compared_at_the_lr_its_search_chose_and_the_report_holds_th
     for arm, choice in choices.items():
         finished = {}
         for sweep in ("lr", "lr-extend"):
-            for trial in (tmp_path / "study" / sweep / "trials").glob(f"{arm}-lr*-s0"):
+            for trial in (study_dir / sweep / "trials").glob(f"{arm}-lr*-s0"):
                 results = json.loads((trial / "results.json").read_text())
                 assert results["total_steps"] == 8  # --tune-steps
                 # an ended LR trial keeps its records, not its weights (91 would not fit an H100 node's disk)
-                assert not (trial / "model").exists() and not list(trial.glob("checkpoint_*")), trial
+                assert not (trial / "model").exists() and not list(trial.glob("checkpoint_0*")), trial
                 if results["status"] == "finished":
                     finished[results["spec"]["optim"]["lr"]] = results["final"]["val_loss"]
         best = min(finished, key=finished.get)
@@ -61,7 +105,7 @@ def test_each_arm_is_compared_at_the_lr_its_search_chose_and_the_report_holds_th
         assert choice["extended"] == (choice["edge"] is not None)
         assert choice["lr"] == pytest.approx(3e-2)  # the tiny model at 8 steps: x3 either side is worse (no extension)
     # ASHA judged an LR trial only against its own arm's
-    judged = [json.loads(line) for line in (tmp_path / "study" / "lr" / "asha_decisions.jsonl").read_text().splitlines()]
+    judged = [json.loads(line) for line in (study_dir / "lr" / "asha_decisions.jsonl").read_text().splitlines()]
     for arm in choices:
         mine = [d for d in judged if d["trial"].startswith(f"{arm}-lr")]
         assert mine and any(d["decision"] == "continue" for d in mine), (arm, judged)
@@ -69,27 +113,28 @@ def test_each_arm_is_compared_at_the_lr_its_search_chose_and_the_report_holds_th
     trials = {}
     for arm, choice in choices.items():
         for seed in (0, 1):
-            results = json.loads((tmp_path / "study" / "compare" / "trials" / f"{arm}-s{seed}" / "results.json")
-                                 .read_text())
+            run = study_dir / "compare" / "trials" / f"{arm}-s{seed}"
+            results = json.loads((run / "results.json").read_text())
             assert results["status"] == "finished" and results["step"] == 12
-            assert (tmp_path / "study" / "compare" / "trials" / f"{arm}-s{seed}" / "model").is_dir()
+            assert (run / "model").is_dir()
             assert results["spec"]["optim"]["lr"] == pytest.approx(choice["lr"])
             trials.setdefault(arm, []).append(results["best"]["val_loss"])
-    assert not (tmp_path / "study" / "compare" / "asha_decisions.jsonl").exists()
+    assert not (study_dir / "compare" / "asha_decisions.jsonl").exists()
     # the report's numbers are the trials' numbers
-    report = (tmp_path / "study" / "report.md").read_text()
+    report = (study_dir / "report.md").read_text()
     for arm, losses in trials.items():
         mean, std = _mean_std(losses)
         assert f"{mean:.4f} ± {std:.4f}" in report, (arm, report)
         assert f"| {arm} | {choices[arm]['lr']:.3g} | {choices[arm]['val_loss']:.4f} |" in report
-    assert "Welch" in report and "trial-steps" in report and (tmp_path / "study" / "study.png").exists()
-    assert {r["name"] for r in outcome.comparison.rows} == {f"{a}-s{s}" for a in choices for s in (0, 1)}
+    assert "Welch" in report and "trial-steps" in report and (study_dir / "study.png").exists()
+    compared = json.loads((study_dir / "compare" / "sweep.json").read_text())["trials"]
+    assert {r["name"] for r in compared} == {f"{a}-s{s}" for a in choices for s in (0, 1)}
     # a relaunch reads the choices and searches nothing again; `compare` reads stage 2 like any sweep
-    before = (tmp_path / "study" / "lr_choices.jsonl").read_text()
-    again = tune_lr(base, options, progress=True)
-    assert "stage 1" not in capsys.readouterr().out
-    assert (tmp_path / "study" / "lr_choices.jsonl").read_text() == before and again.choices == choices
-    assert main(["compare", str(tmp_path / "study" / "compare"), "--out", str(tmp_path / "cmp")]) == 0
+    before = (study_dir / "lr_choices.jsonl").read_text()
+    third = subprocess.run(args, env=ray_head.env, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0 and "stage 1" not in third.stdout, (third.stdout + third.stderr)[-3000:]
+    assert (study_dir / "lr_choices.jsonl").read_text() == before
+    assert main(["compare", str(study_dir / "compare"), "--out", str(tmp_path / "cmp")]) == 0
     assert all(math.isfinite(l) for losses in trials.values() for l in losses)
 
 
