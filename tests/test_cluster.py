@@ -206,6 +206,7 @@ def _listening(port: int) -> bool:
     return False
 
 
+@pytest.mark.soak  # a deployment script, two Ray heads at once
 def test_two_heads_of_local_head_sh_start_beside_each_other_and_stop_apart(tmp_path):
     """Issue 46: cluster/local-head.sh hard-coded ports 6379/8265 and one Ray folder, so a second head (or a user's
     own Ray) collided, and `stop` left the head's Ray client server (port 10001) running. Two heads at a user's

@@ -60,6 +60,7 @@ def documented_example() -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.soak  # each call it makes is tested on its own path; this is the docstring, end to end
 def test_the_documented_library_example_runs_end_to_end_in_a_fresh_process(tmp_path):
     """Issue 46: the docstring's example raised AttributeError at `hr.train.train`. Run as it stands, in a new Python
     with its own HOME (the default storage path ~/hybrid-ray-runs lands there) and its own local Ray: it trains a run,

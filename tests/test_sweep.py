@@ -338,6 +338,7 @@ def test_asha_stops_many_short_trials_at_once_and_every_number_reported_is_the_o
 
 
 @pytest.mark.slow
+@pytest.mark.soak  # the benchmark's CPU twin; Ctrl-C in an ASHA search: test_study.py, the relaunch's judgements: test_sweep_status.py
 def test_the_study_benchmark_s_cpu_twin_interrupted_and_relaunched_reports_what_asha_judged(tmp_path, monkeypatch):
     """benchmarks/bench_study.py as on the GPU (the 13-arm study, Ctrl-C once, relaunch), at a CPU size: no trial
     fails, and each stopped trial reports the step and loss ASHA judged (a relaunch's decisions against a straight
