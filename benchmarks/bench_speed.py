@@ -10,8 +10,8 @@ cross-entropy, FLA_CE_GLUON=1), `hd128` (a different model: 2x the Gated DeltaNe
 parameter count), `attn_auto` / `attn_flash` / `attn_cudnn` / `attn_efficient` / `attn_triton` (the dense attention
 kernel of FLA's attention layers, `hybrid_ray.model.attention.DENSE_KERNELS`; none named: the default),
 `noreshard` (on one GPU, FSDP2 keeps each block's gathered parameters from forward to backward) and `shardlocal`
-(AdamW and the gradient clip on the local shards, not DTensors): `hybrid_ray.train.parallelize.HostWork`, off by
-default. Each setting
+(AdamW and the gradient clip on the local shards, not DTensors): `hybrid_ray.train.parallelize.HostWork`, on by
+default since issue #48 (a setting that does not name them runs without them). Each setting
 runs the same loop as
 `hybrid-ray train` (setup_model + train_step, batch 48 x 1024, random tokens) without Ray, and one JSON line per
 result goes to --out-dir/speed.jsonl. --profile writes the top CUDA kernels of two steps there too; --launch measures

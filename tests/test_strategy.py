@@ -46,7 +46,8 @@ def test_shard_local_optimizer_and_clip_match_torch_under_fsdp2(one_rank_group, 
     from hybrid_ray.train import parallelize
     from hybrid_ray.train.optim import ShardLocalAdamW, build_optimizer
 
-    assert parallelize.HOST_WORK == parallelize.HostWork()  # off by default
+    assert parallelize.HOST_WORK == parallelize.HostWork(True, True)  # on by default (issue 48)
+    monkeypatch.setattr(parallelize, "HOST_WORK", parallelize.HostWork(False, False))
     assert parallelize.reshard_after_forward(1) is True and type(build_optimizer(
         torch.nn.Linear(2, 2), variant_spec().optim, torch.device("cpu"))) is torch.optim.AdamW
     monkeypatch.setattr(parallelize, "HOST_WORK", parallelize.HostWork(True, True))

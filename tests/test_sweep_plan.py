@@ -237,7 +237,7 @@ def test_gpu_packing_fills_each_gpu_and_refuses_a_share_that_does_not_fit():
     message = str(e.value)
     assert e.value.exit_code == 2 and "\n" not in message
     assert message.startswith("--gpus-per-trial 0.25 puts 4 trials on each 80.0 GB GPU, but one trial of attn0 needs "
-                              "about 24.9 GB at micro-batch 16 x 1024: use --gpus-per-trial 0.3333 (3 trials a GPU) "
+                              "about 25.6 GB at micro-batch 16 x 1024: use --gpus-per-trial 0.3333 (3 trials a GPU) "
                               "or --micro-batch-size 8"), message
     for share in (0.3333, 0.5):  # what it names, and a looser one, are taken as asked
         p = run_plan.plan(attn0, have, trial=True, gpus_per_trial=share, gpu_memory=int(80e9))

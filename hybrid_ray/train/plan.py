@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from hybrid_ray.errors import ClusterError, HybridRayError, SpecError
 from hybrid_ray.model import count_params
 from hybrid_ray.spec import RunSpec
+from hybrid_ray.train import parallelize
 
 # The Tune trial itself only waits on its TorchTrainer, but it holds this much CPU for as long as it runs; its
 # workers hold their own CPUs and GPUs in a placement group of their own (docs/ARCHITECTURE.md, "Ray facts").
@@ -118,6 +119,8 @@ def gpu_memory(spec: RunSpec) -> GpuMemory:
     width = 1 if bf16 else 2  # fp32 training saves fp32 activations
     if strategy == "fsdp":
         states = 16 * params / workers + (FSDP_SHARDED_BYTES * params if workers > 1 else 0)
+        if workers == 1 and parallelize.HOST_WORK.one_rank_keeps_gathered:  # each block's gathered copy, kept
+            states += (2 if bf16 else 4) * params
         share = 1.0
     else:
         states = 16 * params + (AUTOCAST_CACHE_BYTES * params if bf16 else 0)
