@@ -101,6 +101,28 @@ def test_a_short_run_s_start_up_is_counted_once_a_trial_not_once_a_step(tmp_path
                      "0.024 of it trial start-up and end)"]
 
 
+def test_evaluations_are_counted_at_the_planned_cadence_not_the_measured_one(tmp_path, capsys):
+    """A run that records eval_seconds: its evaluations come out of the launch part and are counted per evaluation
+    the planned trials make (every --eval-every steps and at the end), not at the measured run's cadence."""
+    from hybrid_ray.records.speeds import Speeds, estimate, evaluations
+
+    arms = planned_arms(tmp_path, capsys)
+    study = StudyLayout(str(tmp_path), "st")
+    for arm in arms:  # the 40-step H100 trial again, evaluated 4 times in 8.0 s of its 65.7 s besides training
+        run = study.lr_search.trial(f"{arm}-lr0.001-s0")
+        measured(run, arms[arm], wall=78.3, train=12.6, compile=7.1, step=40, share=1 / 3)
+        folders.write_results(run, {**folders.read_results(run), "eval_seconds": 8.0,
+                                    "history": [{"step": s, "loss": 3.0, "val_loss": 2.0} for s in (10, 20, 30, 40)]})
+    speed = Speeds.read(str(tmp_path)).devices(arms["attn0"])[H100]
+    assert speed.launch == pytest.approx((78.3 - 12.6 - 8.0) / 3) and speed.evaluation == pytest.approx(2.0 / 3)
+    assert speed.step == pytest.approx(12.6 / 3 / 40)
+    # the H100 base evaluates every 100 steps: 10 evaluations in 1000 steps, 11 in 1050 (one at the end)
+    assert arms["attn0"].train.eval_every == 100 and evaluations(arms["attn0"]) == 10
+    assert evaluations(arms["attn0"].with_overrides({"train.steps": 1050})) == 11
+    hours = estimate(list(arms.values()), 2, Speeds.read(str(tmp_path)))
+    assert hours.seconds == pytest.approx(4 * ((78.3 - 12.6 - 8.0) / 3 + 1000 * 12.6 / 3 / 40 + 10 * 2.0 / 3))
+
+
 def test_arms_not_measured_yet_are_counted_apart(tmp_path, capsys):
     arms = planned_arms(tmp_path, capsys)
     # a results.json from before train_seconds: its wall time a step, 1.5 GPU-s, and no launch part

@@ -100,6 +100,8 @@ def test_default_run_learns_and_writes_everything(default_run):
     # the launch's first step (compiling kernels on a GPU) is kept apart: train_seconds and time_s count training only
     assert 0 < results["compile_seconds"] and 0 < results["train_seconds"]
     assert results["compile_seconds"] + results["train_seconds"] < results["wall_seconds"]
+    # and the evaluations too (the dry run's GPU-hours count them at a sweep's own cadence: records/speeds.py)
+    assert 0 < results["eval_seconds"] < results["wall_seconds"] - results["train_seconds"] - results["compile_seconds"]
     assert max(r["time_s"] for r in results["history"]) <= results["train_seconds"]
     assert results["versions"]["backend"] == "torch" and "fla" in results["versions"]
     assert results["spec"]["scale"]["strategy"] == "auto" and results["versions"]["strategy"] == "ddp"  # CPU workers

@@ -49,6 +49,7 @@ class Measured:
     step_seconds: float  # GPU-seconds of its training clock (train_seconds x GPU share)
     steps: int
     launch_seconds: float | None  # GPU-seconds a launch besides its steps; None: a run from before train_seconds
+    eval_seconds: float | None = None  # GPU-seconds an evaluation; None: a run from before eval_seconds (in launch)
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,10 @@ class Speed:
 
     step: float
     launch: float
+    evaluation: float = 0.0  # GPU-seconds an evaluation; 0: unmeasured, the measured runs' evaluations are in `launch`
 
-    def seconds(self, trials: int, steps: int) -> float:
-        return trials * self.launch + trials * steps * self.step
+    def seconds(self, trials: int, steps: int, evaluations: int = 0) -> float:
+        return trials * (self.launch + steps * self.step + evaluations * self.evaluation)
 
 
 def measure(results: dict[str, Any], run: str) -> tuple[str, Measured] | None:
@@ -92,7 +94,13 @@ def measure(results: dict[str, Any], run: str) -> tuple[str, Measured] | None:
         return speed_key(spec), Measured(run, device, wall * share, steps, None)
     launches = results.get("launches")
     launches = max(launches, 1) if isinstance(launches, int) else 1
-    return speed_key(spec), Measured(run, device, train * share, steps, max(wall - train, 0.0) * share / launches)
+    # evaluations apart (eval_seconds, each one's GPU-seconds), since a sweep's evaluation cadence is its own; a run
+    # from before eval_seconds leaves its evaluations in the launch part, at its own cadence
+    evals = results.get("eval_seconds")
+    count = sum("val_loss" in record for record in results.get("history") or [])
+    per_eval = evals * share / count if isinstance(evals, (int, float)) and evals > 0 and count else None
+    outside = wall - train - (evals if per_eval is not None else 0.0)
+    return speed_key(spec), Measured(run, device, train * share, steps, max(outside, 0.0) * share / launches, per_eval)
 
 
 def result_runs(storage_path: str) -> Iterator[RunLayout]:
@@ -146,7 +154,9 @@ class Speeds:
             timed = [m for m in runs if m.launch_seconds is not None]
             runs = timed or runs
             launch = sum(m.launch_seconds for m in timed) / len(timed) if timed else 0.0
-            speeds[device] = Speed(sum(m.step_seconds for m in runs) / sum(m.steps for m in runs), launch)
+            evaluated = [m.eval_seconds for m in timed if m.eval_seconds is not None]
+            evaluation = sum(evaluated) / len(evaluated) if evaluated else 0.0
+            speeds[device] = Speed(sum(m.step_seconds for m in runs) / sum(m.steps for m in runs), launch, evaluation)
         return speeds
 
 
@@ -197,9 +207,16 @@ class GpuHours:
                 f"{launches}); {self.arms - self.measured} arm(s) not measured yet")
 
 
+def evaluations(spec: RunSpec) -> int:
+    """The evaluations a run of `spec` makes: every `eval_every` steps and at its last (train/evaluate.py)."""
+    every, steps = spec.train.eval_every, spec.train.steps
+    return steps // every + (1 if steps % every else 0)
+
+
 def estimate(specs: Sequence[RunSpec], seeds: int, speeds: Speeds, *, at_most: bool = False) -> GpuHours:
     """The GPU-hours of `seeds` trials of each arm (`specs`: their specs, each to its own steps) at the speeds
-    measured under the storage path: trials x GPU-seconds a launch + trials x steps x GPU-seconds a step. Where an
+    measured under the storage path: trials x (GPU-seconds a launch + steps x GPU-seconds a step + its evaluations x
+    GPU-seconds an evaluation). Where an
     arm was measured on several GPUs, the GPU that measured most of the arms is used, so one sweep's hours are of one
     kind of GPU where they can be."""
     found = [speeds.devices(spec) for spec in specs]
@@ -213,7 +230,7 @@ def estimate(specs: Sequence[RunSpec], seeds: int, speeds: Speeds, *, at_most: b
         device = next((d for d in preferred if d in devices), None)
         if device is None:
             continue
-        seconds += devices[device].seconds(seeds, spec.train.steps)
+        seconds += devices[device].seconds(seeds, spec.train.steps, evaluations(spec))
         launch_seconds += devices[device].launch * seeds
         steps += [spec.train.steps] * seeds
         used[device] = used.get(device, 0) + 1

@@ -59,6 +59,7 @@ class TrainerState:
     tokens_seen: int = 0
     train_seconds: float = 0.0
     compile_seconds: float = 0.0  # the first step of every launch (compiling and tuning kernels), apart from training
+    eval_seconds: float = 0.0  # the evaluations (validation loss, recall probes), apart from training
     # the state_dict() of each of the Checkpointer's components (the LR schedule, the loader), under its name
     schedule: dict = field(default_factory=dict)
     loader: dict = field(default_factory=dict)

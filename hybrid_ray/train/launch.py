@@ -370,6 +370,7 @@ def finalize(spec: RunSpec, run: RunLayout, dataset: Any, wall_s: float) -> Trai
             "tokens_seen": state.tokens_seen,
             "train_seconds": state.train_seconds,  # training only: each launch's first step is compile_seconds
             "compile_seconds": state.compile_seconds,
+            "eval_seconds": state.eval_seconds,
             "wall_seconds": previous.get("wall_seconds", 0.0) + wall_s,
             "launches": folders.launch_count(run),
             "resumed_at": state.resumed_at,

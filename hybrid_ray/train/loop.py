@@ -258,7 +258,9 @@ def train_loop_per_worker(config: dict) -> None:
             break  # before anything of a broken model is evaluated or saved
         state.train_seconds += time.perf_counter() - started
         if evaluating:
+            evaluated = time.perf_counter()
             state.last_eval = evaluator.run(state, last)
+            state.eval_seconds += time.perf_counter() - evaluated
             record = {**record, **state.last_eval, "step": state.step}
             metrics.restart_clock()
         metrics.write(state, record)
