@@ -30,16 +30,16 @@ def test_bad_tune_lr_combinations_are_one_line(tmp_path, capsys, args, fragment)
     assert not (tmp_path / "s").exists()
 
 
-def _ended_search_trials(study) -> dict[str, bytes]:
-    """Stage 1's trials that ended (their results.json says finished or stopped), with that file's bytes."""
-    out = {}
+def _finished_search_trial(study) -> bool:
+    """Whether a stage-1 trial has run all its steps (a results.json that says `stopped` may be a trial the sweep
+    cut, which resumes)."""
     for results in (study / "lr" / "trials").glob("*/results.json"):
         try:
-            if json.loads(results.read_text())["status"] in ("finished", "stopped"):
-                out[results.parent.name] = results.read_bytes()
+            if json.loads(results.read_text())["status"] == "finished":
+                return True
         except (OSError, ValueError, KeyError):  # being written
             pass
-    return out
+    return False
 
 
 @pytest.mark.slow
@@ -67,7 +67,7 @@ def test_each_arm_is_compared_at_the_lr_its_search_chose_and_the_report_holds_th
     study_dir = tmp_path / "study"
     proc = subprocess.Popen(args, env=ray_head.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
-    while not _ended_search_trials(study_dir):
+    while not _finished_search_trial(study_dir):
         assert time.time() < deadline and proc.poll() is None, proc.communicate()[0][-3000:]
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
@@ -76,7 +76,10 @@ def test_each_arm_is_compared_at_the_lr_its_search_chose_and_the_report_holds_th
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: sweep lr interrupted after ") and "relaunch the same command" in last, last
     assert "--tune-lr" in last and "stage 2" not in out
-    ended = _ended_search_trials(study_dir)
+    # what the cut search recorded as ended for good (finished or stopped by ASHA; a trial it cut is `interrupted`)
+    rows = json.loads((study_dir / "lr" / "sweep.json").read_text())["trials"]
+    ended = {r["name"]: (study_dir / "lr" / "trials" / r["name"] / "results.json").read_bytes() for r in rows
+             if r["status"] in ("finished", "stopped by ASHA")}
     assert ended and not (study_dir / "lr_choices.jsonl").exists()  # no decision from a cut search
 
     again = subprocess.run(args, env=ray_head.env, capture_output=True, text=True, timeout=1800)
