@@ -102,6 +102,8 @@ def test_default_run_learns_and_writes_everything(default_run):
     assert results["compile_seconds"] + results["train_seconds"] < results["wall_seconds"]
     # and the evaluations too (the dry run's GPU-hours count them at a sweep's own cadence: records/speeds.py)
     assert 0 < results["eval_seconds"] < results["wall_seconds"] - results["train_seconds"] - results["compile_seconds"]
+    inside = sum(results[k] for k in ("setup_seconds", "compile_seconds", "train_seconds", "eval_seconds"))
+    assert 0 < results["setup_seconds"] and inside < results["wall_seconds"]  # the rest: Ray's start-up, checkpoints
     assert max(r["time_s"] for r in results["history"]) <= results["train_seconds"]
     assert results["versions"]["backend"] == "torch" and "fla" in results["versions"]
     assert results["spec"]["scale"]["strategy"] == "auto" and results["versions"]["strategy"] == "ddp"  # CPU workers

@@ -60,6 +60,7 @@ class TrainerState:
     train_seconds: float = 0.0
     compile_seconds: float = 0.0  # the first step of every launch (compiling and tuning kernels), apart from training
     eval_seconds: float = 0.0  # the evaluations (validation loss, recall probes), apart from training
+    setup_seconds: float = 0.0  # every launch's worker set-up before its first step (data, model, optimizer, restore)
     # the state_dict() of each of the Checkpointer's components (the LR schedule, the loader), under its name
     schedule: dict = field(default_factory=dict)
     loader: dict = field(default_factory=dict)

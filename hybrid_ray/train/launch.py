@@ -371,6 +371,7 @@ def finalize(spec: RunSpec, run: RunLayout, dataset: Any, wall_s: float) -> Trai
             "train_seconds": state.train_seconds,  # training only: each launch's first step is compile_seconds
             "compile_seconds": state.compile_seconds,
             "eval_seconds": state.eval_seconds,
+            "setup_seconds": state.setup_seconds,  # the workers' set-up; the wall time's rest is Ray's and the I/O's
             "wall_seconds": previous.get("wall_seconds", 0.0) + wall_s,
             "launches": folders.launch_count(run),
             "resumed_at": state.resumed_at,

@@ -217,6 +217,7 @@ def _report(state: TrainerState, record: dict, saved: tuple[str, str] | None) ->
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point: config = {"spec": RunSpec.to_dict(), "launch": LaunchOptions as a dict}."""
+    set_up = time.perf_counter()
     spec, launch = RunSpec.from_dict(config["spec"]), LaunchOptions(**config.get("launch", {}))
     worker = _Worker.start(spec, launch)
     device, layout = worker.device, worker.layout(spec)
@@ -239,6 +240,7 @@ def train_loop_per_worker(config: dict) -> None:
         stop_at = state.step  # told to stop at a rung before this launch: nothing to train
     metrics = MetricsLogger(LogConfig.from_spec(spec), device, worker.rank, worker.world, launch.tensorboard_dir, launch.echo)
     divergence = Divergence(device, RunLayout(launch.run_dir).diverged, worker.rank)
+    state.setup_seconds += time.perf_counter() - set_up
     while state.step < stop_at:
         started = time.perf_counter()
         lr = schedule.lr_at(state.step)
