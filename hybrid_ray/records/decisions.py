@@ -9,10 +9,9 @@ decision is "stop" or "continue".
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from hybrid_ray import storage
+from hybrid_ray.records import jsonl
 
 STOP, CONTINUE = "stop", "continue"
 
@@ -20,23 +19,12 @@ STOP, CONTINUE = "stop", "continue"
 def read(path: str) -> list[dict[str, Any]]:
     """Every decision recorded at `path`, oldest first (none when there is no record; a line that a full disk cut
     short is skipped)."""
-    if not storage.exists(path):
-        return []
-    lines = []
-    for line in storage.read_bytes(path).decode(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and "trial" in record:
-            lines.append(record)
-    return lines
+    return [record for record in jsonl.read(path) if "trial" in record]
 
 
 def append(path: str, record: dict[str, Any]) -> None:
     """Add one decision to the record at `path`."""
-    before = storage.read_bytes(path) if storage.exists(path) else b""
-    storage.write_bytes(path, before + json.dumps(record).encode() + b"\n")
+    jsonl.append(path, record)
 
 
 def of_trial(path: str, trial: str) -> list[dict[str, Any]]:

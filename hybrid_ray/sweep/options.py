@@ -10,6 +10,8 @@ from typing import Any
 from hybrid_ray.errors import SpecError, first_line, suggest
 
 SCHEDULERS = ("asha", "fifo")
+# the settings that say how to run a sweep, not what it is: a relaunch may change them (sweep/tuner.py, sweep/study.py)
+HOW_TO_RUN = ("max_concurrent", "keep_checkpoints", "keep_weights")
 
 
 @dataclass(kw_only=True)

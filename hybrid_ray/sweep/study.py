@@ -29,10 +29,10 @@ from hybrid_ray import storage
 from hybrid_ray.config.grid import Arm, Axis, expand, lr_around, parse_grid
 from hybrid_ray.errors import HybridRayError, SpecError
 from hybrid_ray.layout import StudyLayout
-from hybrid_ray.records import folders, stage_costs
+from hybrid_ray.records import folders, jsonl, stage_costs
 from hybrid_ray.records.edge import Edge, grid_edge
 from hybrid_ray.spec import RunSpec
-from hybrid_ray.sweep.options import SweepOptions
+from hybrid_ray.sweep.options import HOW_TO_RUN, SweepOptions
 
 
 
@@ -91,15 +91,9 @@ def _stage_base(base: RunSpec, study: StudyLayout, stage: str) -> RunSpec:
 
 def read_choices(study: StudyLayout) -> dict[str, dict[str, Any]]:
     """Every arm's recorded choice (a line a full disk cut short is skipped: that arm is decided again)."""
-    if not storage.exists(study.lr_choices):
-        return {}
     out = {}
-    for line in storage.read_bytes(study.lr_choices).decode(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and "arm" in record and record["arm"] not in out:
+    for record in jsonl.read(study.lr_choices):
+        if "arm" in record and record["arm"] not in out:
             out[record["arm"]] = record
     return out
 
@@ -118,8 +112,7 @@ def record_choice(study: StudyLayout, arm: str, curve: list[dict[str, Any]], edg
               "still_at_edge": str(after) if extended and (after := edge_of(curve)) is not None else None}
     if arm in read_choices(study):
         raise HybridRayError(f"arm {arm}'s learning rate is already chosen in {study.lr_choices}")
-    before = storage.read_bytes(study.lr_choices) if storage.exists(study.lr_choices) else b""
-    storage.write_bytes(study.lr_choices, before + json.dumps(record).encode() + b"\n")
+    jsonl.append(study.lr_choices, record)
     return record
 
 
@@ -150,9 +143,8 @@ def edge_of(curve: list[dict[str, Any]]) -> Edge | None:
 
 def _study_record(options: SweepOptions, arms: list[Arm]) -> dict[str, Any]:
     """What defines a study: its options and arms (how to run it aside)."""
-    how = ("max_concurrent", "keep_checkpoints", "keep_weights")
     return json.loads(folders.dumps({
-        "options": {k: v for k, v in dataclasses.asdict(options).items() if k not in how},
+        "options": {k: v for k, v in dataclasses.asdict(options).items() if k not in HOW_TO_RUN},
         "arms": {a.id: a.spec.with_overrides({"storage_path": "."}).to_dict() for a in arms}}))
 
 

@@ -35,7 +35,7 @@ from hybrid_ray.records.edge import Edge
 from hybrid_ray.spec import RunSpec
 from hybrid_ray.sweep import status
 from hybrid_ray.sweep.asha import asha_line, grace_period, launch_order, rung_steps, scheduler
-from hybrid_ray.sweep.options import SweepOptions
+from hybrid_ray.sweep.options import HOW_TO_RUN, SweepOptions
 from hybrid_ray.sweep.plan import on_resolved_base, plan_sweep, with_warmup_used
 from hybrid_ray.sweep.status import trial_name, trial_spec
 from hybrid_ray.train.checkpoint import CheckpointManager, read_state
@@ -60,8 +60,7 @@ class SweepOutcome:
 
 def _grid_record(options: SweepOptions, arms: list[Arm]) -> dict[str, Any]:
     """What defines a sweep: relaunching its name with anything else is refused."""
-    how = ("max_concurrent", "keep_checkpoints", "keep_weights")  # how to run it, not what it is
-    return {"options": {k: v for k, v in dataclasses.asdict(options).items() if k not in how},
+    return {"options": {k: v for k, v in dataclasses.asdict(options).items() if k not in HOW_TO_RUN},
             "arms": {a.id: a.spec.to_dict() for a in arms}}
 
 
